@@ -1,0 +1,6 @@
+"""diffkit pipelines: self-contained `DiffusionPipeline`s, one per file."""
+
+from .pipeline_class_conditional_image import ClassConditionalImagePipeline
+from .pipeline_unconditional_image import UnconditionalImagePipeline
+
+__all__ = ["ClassConditionalImagePipeline", "UnconditionalImagePipeline"]

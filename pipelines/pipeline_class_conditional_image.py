@@ -1,0 +1,326 @@
+# Copyright 2026 The diffkit authors. Licensed under the Apache License, Version 2.0.
+#
+# This file depends only on torch and diffusers so that it can be uploaded next to the weights and loaded with
+# `DiffusionPipeline.from_pretrained(repo_id, trust_remote_code=True)` by people who do not have diffkit installed.
+"""Class-conditional image generation with classifier-free guidance."""
+
+import inspect
+import math
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DConditionModel
+from diffusers.utils.torch_utils import randn_tensor
+
+OUTPUT_TYPES = ("pil", "np", "pt")
+
+
+def one_hot_label_states(class_ids: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
+    r"""
+    Turn class ids (the null class `num_classes` included) into the UNet's `encoder_hidden_states`.
+
+    The UNet's `encoder_hid_proj` is a `Linear(num_classes + 1, cross_attention_dim)`; applied to a one-hot vector it
+    is a learned embedding of each label (and of the null label), which cross-attention then reads as a sequence of
+    length 1. Keeping the embedding inside the UNet means the pipeline needs no component beyond `unet`.
+    """
+    states = torch.nn.functional.one_hot(class_ids, num_classes + 1).to(dtype)
+    return states[:, None, :]
+
+
+class ClassConditionalImagePipeline(DiffusionPipeline):
+    r"""
+    Pipeline for class-conditional image generation with classifier-free guidance.
+
+    The UNet reads the label as `encoder_hidden_states`: a one-hot vector over `num_classes + 1` entries (see
+    [`one_hot_label_states`]), projected by the UNet's `encoder_hid_proj`. The last entry, `null_class_id`, is the
+    "no label" condition that training substitutes with probability `condition_dropout`, which is what makes
+    classifier-free guidance possible.
+
+    Args:
+        unet ([`~diffusers.UNet2DConditionModel`]):
+            The denoising model, with `encoder_hid_dim_type="text_proj"` and `encoder_hid_dim=num_classes + 1`.
+        scheduler ([`~diffusers.SchedulerMixin`]):
+            Any diffusers scheduler made from the training scheduler's config, e.g.
+            `DDIMScheduler.from_config(pipe.scheduler.config)`.
+        num_classes (`int`):
+            The number of real classes; defaults to `unet.config.encoder_hid_dim - 1`. Registered in
+            `model_index.json`.
+        null_class_id (`int`, *optional*):
+            The id of the "no label" condition used by the unconditional branch of guidance. Defaults to
+            `num_classes`, the last entry of the one-hot vector. Registered in `model_index.json`.
+        id2label (`Dict[str, str]`, *optional*):
+            Names of the classes by id, so that `class_labels` can be given as names. Registered with string keys, as
+            JSON stores them. Defaults to the ids themselves.
+        guidance_scale (`float`, *optional*, defaults to 4.0):
+            The guidance scale used when `__call__` is not given one. Registered in `model_index.json`.
+    """
+
+    model_cpu_offload_seq = "unet"
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        scheduler: SchedulerMixin,
+        num_classes: Optional[int] = None,
+        null_class_id: Optional[int] = None,
+        id2label: Optional[Dict[str, str]] = None,
+        guidance_scale: float = 4.0,
+    ):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+        if num_classes is None:
+            num_classes = unet.config.encoder_hid_dim - 1
+        if null_class_id is None:
+            null_class_id = num_classes
+        if id2label is None:
+            id2label = {str(i): str(i) for i in range(num_classes)}
+        self.register_to_config(
+            num_classes=num_classes,
+            null_class_id=null_class_id,
+            id2label={str(k): str(v) for k, v in id2label.items()},
+            guidance_scale=guidance_scale,
+        )
+
+    @property
+    def label2id(self) -> Dict[str, int]:
+        return {name: int(i) for i, name in self.config.id2label.items()}
+
+    def get_label_ids(self, class_labels: Union[int, str, Sequence[Union[int, str]]]) -> List[int]:
+        r"""Map labels given as ids or names (see `pipe.config.id2label`) to ids, raising `ValueError` on unknown ones."""
+        if isinstance(class_labels, (int, str)):
+            class_labels = [class_labels]
+        if isinstance(class_labels, torch.Tensor):
+            class_labels = class_labels.flatten().tolist()
+        label2id = self.label2id
+        label_ids = []
+        for label in class_labels:
+            if isinstance(label, str):
+                if label not in label2id:
+                    raise ValueError(
+                        f"`class_labels` contains the unknown label name {label!r}; known names are "
+                        f"{sorted(label2id, key=label2id.get)}, or pass ids 0-{self.config.num_classes - 1}."
+                    )
+                label_ids.append(label2id[label])
+            elif isinstance(label, int) and not isinstance(label, bool):
+                if not 0 <= label < self.config.num_classes:
+                    raise ValueError(
+                        f"`class_labels` contains the label id {label}, which is out of range: ids go from 0 to "
+                        f"{self.config.num_classes - 1} ({self.config.num_classes} classes)."
+                    )
+                label_ids.append(label)
+            else:
+                raise ValueError(
+                    f"`class_labels` contains {label!r} of type {type(label).__name__}; pass label ids (int) or "
+                    f"label names (str) from {list(label2id)}."
+                )
+        return label_ids
+
+    def check_inputs(
+        self,
+        class_labels,
+        num_images_per_label,
+        num_inference_steps,
+        guidance_scale,
+        generator,
+        output_type,
+        callback_on_step_end_tensor_inputs,
+    ):
+        if class_labels is None or (not isinstance(class_labels, (int, str)) and len(class_labels) == 0):
+            raise ValueError(
+                f"`class_labels` must name at least one class, but is {class_labels!r}; pass e.g. [3, 'seven']."
+            )
+        label_ids = self.get_label_ids(class_labels)
+        if (
+            not isinstance(num_images_per_label, int)
+            or isinstance(num_images_per_label, bool)
+            or num_images_per_label < 1
+        ):
+            raise ValueError(f"`num_images_per_label` must be a positive integer, but is {num_images_per_label!r}.")
+        if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool) or num_inference_steps < 1:
+            raise ValueError(
+                f"`num_inference_steps` must be a positive integer, but is {num_inference_steps!r}; "
+                "use e.g. 25 for DPM-Solver or 1000 for DDPM."
+            )
+        if (
+            not isinstance(guidance_scale, (int, float))
+            or isinstance(guidance_scale, bool)
+            or not math.isfinite(guidance_scale)
+            or guidance_scale < 0
+        ):
+            raise ValueError(
+                f"`guidance_scale` must be a finite number >= 0, but is {guidance_scale!r}: 0 gives unconditional "
+                "samples, 1 purely conditional ones, and larger values follow the label more closely."
+            )
+        batch_size = len(label_ids) * num_images_per_label
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(
+                f"`generator` is a list of {len(generator)} generators, but {batch_size} images are requested "
+                f"({len(label_ids)} labels x {num_images_per_label} images per label): pass one generator per image "
+                "or a single generator."
+            )
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, but is {output_type!r}.")
+        unknown_inputs = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+        if unknown_inputs:
+            raise ValueError(
+                f"`callback_on_step_end_tensor_inputs` contains {unknown_inputs}; allowed are "
+                f"{self._callback_tensor_inputs}."
+            )
+        return label_ids
+
+    def prepare_extra_step_kwargs(self, generator):
+        # Not all schedulers take a generator (DDIM does, PNDM does not): pass it only to those that do.
+        if "generator" in inspect.signature(self.scheduler.step).parameters:
+            return {"generator": generator}
+        return {}
+
+    @property
+    def guidance_scale(self):
+        return self._guidance_scale
+
+    @property
+    def num_timesteps(self):
+        return self._num_timesteps
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        class_labels: Union[int, str, Sequence[Union[int, str]]],
+        num_images_per_label: int = 1,
+        num_inference_steps: int = 25,
+        guidance_scale: Optional[float] = None,
+        generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Optional[Callable[["ClassConditionalImagePipeline", int, int, Dict], Dict]] = None,
+        callback_on_step_end_tensor_inputs: List[str] = ["latents"],
+    ) -> Union[ImagePipelineOutput, Tuple]:
+        r"""
+        Generate images of the requested classes.
+
+        Args:
+            class_labels (`int`, `str` or a list of them):
+                The classes to generate, as ids (`3`) or names from `pipe.config.id2label` (`"seven"`).
+            num_images_per_label (`int`, *optional*, defaults to 1):
+                Images generated for each entry of `class_labels`; the output lists them label by label.
+            num_inference_steps (`int`, *optional*, defaults to 25):
+                The number of denoising steps. 25 suits the DPM-Solver++ scheduler that training saves; a
+                `DDPMScheduler` needs about 1000.
+            guidance_scale (`float`, *optional*, defaults to `pipe.config.guidance_scale`):
+                Classifier-free guidance scale `w` in `eps = eps_uncond + w * (eps_cond - eps_uncond)`. `1` uses only
+                the conditional prediction (and skips the unconditional pass), `0` only the unconditional one.
+            generator (`torch.Generator` or `List[torch.Generator]`, *optional*):
+                Generator(s) that make generation deterministic; a list gives one generator per image.
+            output_type (`str`, *optional*, defaults to `"pil"`):
+                `"pil"` (list of `PIL.Image`), `"np"` (`np.ndarray` of shape `(batch, height, width, channels)` in
+                [0, 1]) or `"pt"` (`torch.Tensor` of shape `(batch, channels, height, width)` in [0, 1]).
+            return_dict (`bool`, *optional*, defaults to `True`):
+                Return an [`~diffusers.ImagePipelineOutput`] instead of a plain tuple.
+            callback_on_step_end (`Callable`, *optional*):
+                Called after each step as `callback_on_step_end(pipe, step_index, timestep, callback_kwargs)`, with
+                the tensors named in `callback_on_step_end_tensor_inputs`; it returns a dict whose entries replace them.
+            callback_on_step_end_tensor_inputs (`List[str]`, *optional*, defaults to `["latents"]`):
+                The tensors passed to `callback_on_step_end`.
+
+        Examples:
+
+        ```py
+        >>> import torch
+        >>> from pipelines import ClassConditionalImagePipeline
+
+        >>> pipe = ClassConditionalImagePipeline.from_pretrained("out/")  # the --output_dir of training/train.py
+        >>> images = pipe(class_labels=[3, "seven"], guidance_scale=4.0, num_inference_steps=50,
+        ...               generator=torch.Generator().manual_seed(0)).images
+        >>> images[1].save("seven.png")
+        ```
+
+        Returns:
+            [`~diffusers.ImagePipelineOutput`] or `tuple`: the generated images, as `.images` or as the tuple's first
+            element.
+        """
+        if guidance_scale is None:
+            guidance_scale = self.config.guidance_scale
+
+        # 0. Check inputs. Raise an error if not correct
+        label_ids = self.check_inputs(
+            class_labels,
+            num_images_per_label,
+            num_inference_steps,
+            guidance_scale,
+            generator,
+            output_type,
+            callback_on_step_end_tensor_inputs,
+        )
+        self._guidance_scale = guidance_scale
+        device = self._execution_device
+        batch_size = len(label_ids) * num_images_per_label
+
+        # 1. Encode the labels; the unconditional branch uses the null label
+        class_ids = torch.tensor(label_ids, device=device).repeat_interleave(num_images_per_label)
+        null_ids = torch.full_like(class_ids, self.config.null_class_id)
+        # Guidance scale 1 is the conditional prediction alone and 0 the unconditional one: evaluate only the
+        # branch that is needed. Otherwise both branches run in one batched forward pass.
+        if guidance_scale == 1:
+            model_class_ids = class_ids
+        elif guidance_scale == 0:
+            model_class_ids = null_ids
+        else:
+            model_class_ids = torch.cat([null_ids, class_ids])
+        encoder_hidden_states = one_hot_label_states(model_class_ids, self.config.num_classes, self.unet.dtype)
+
+        # 2. Prepare the timesteps
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        self._num_timesteps = len(timesteps)
+
+        # 3. Sample the initial noise
+        sample_size = self.unet.config.sample_size
+        if isinstance(sample_size, int):
+            sample_size = (sample_size, sample_size)
+        shape = (batch_size, self.unet.config.in_channels, *sample_size)
+        if device.type == "mps":
+            # randn does not work reproducibly on mps
+            latents = randn_tensor(shape, generator=generator, dtype=self.unet.dtype).to(device)
+        else:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+        latents = latents * self.scheduler.init_noise_sigma
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator)
+
+        # 4. Denoising loop
+        for i, t in enumerate(self.progress_bar(timesteps)):
+            # 4.1 expand the latents when both guidance branches run in one pass
+            branches = len(model_class_ids) // batch_size
+            latent_model_input = torch.cat([latents] * branches) if branches > 1 else latents
+            latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
+
+            # 4.2 predict the model output (noise or velocity, as the scheduler was trained)
+            model_output = self.unet(latent_model_input, t, encoder_hidden_states=encoder_hidden_states).sample
+
+            # 4.3 classifier-free guidance
+            if branches > 1:
+                model_output_uncond, model_output_cond = model_output.chunk(2)
+                model_output = model_output_uncond + guidance_scale * (model_output_cond - model_output_uncond)
+
+            # 4.4 compute the previous sample: x_t -> x_t-1
+            latents = self.scheduler.step(model_output, t, latents, **extra_step_kwargs).prev_sample
+
+            if callback_on_step_end is not None:
+                callback_kwargs = {}
+                for k in callback_on_step_end_tensor_inputs:
+                    callback_kwargs[k] = locals()[k]
+                callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                latents = callback_outputs.pop("latents", latents)
+
+        # 5. Post-process from [-1, 1] to [0, 1]
+        image = (latents / 2 + 0.5).clamp(0, 1)
+        if output_type != "pt":
+            image = image.cpu().permute(0, 2, 3, 1).float().numpy()
+            if output_type == "pil":
+                image = self.numpy_to_pil(image)
+
+        self.maybe_free_model_hooks()
+
+        if not return_dict:
+            return (image,)
+        return ImagePipelineOutput(images=image)

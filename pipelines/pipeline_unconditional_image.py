@@ -1,0 +1,153 @@
+# Copyright 2026 The diffkit authors. Licensed under the Apache License, Version 2.0.
+#
+# This file depends only on torch and diffusers so that it can be uploaded next to the weights and loaded with
+# `DiffusionPipeline.from_pretrained(repo_id, trust_remote_code=True)` by people who do not have diffkit installed.
+"""Unconditional image generation with any diffusers scheduler."""
+
+import inspect
+from typing import List, Optional, Tuple, Union
+
+import torch
+from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DModel
+from diffusers.utils.torch_utils import randn_tensor
+
+OUTPUT_TYPES = ("pil", "np", "pt")
+
+
+class UnconditionalImagePipeline(DiffusionPipeline):
+    r"""
+    Pipeline for unconditional image generation, called like [`diffusers.DDPMPipeline`].
+
+    With a [`~diffusers.DDPMScheduler`] and the same `generator` it produces exactly the images of `DDPMPipeline`
+    given the same UNet and scheduler. Unlike `DDPMPipeline` it also drives schedulers that scale their inputs
+    (Euler, Heun, ...) and validates its arguments before any work starts.
+
+    Args:
+        unet ([`~diffusers.UNet2DModel`]):
+            The denoising model; its `sample_size` and `in_channels` fix the shape of the generated images.
+        scheduler ([`~diffusers.SchedulerMixin`]):
+            Any diffusers scheduler made from the training scheduler's config, e.g.
+            `DDIMScheduler.from_config(pipe.scheduler.config)`.
+    """
+
+    model_cpu_offload_seq = "unet"
+
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+
+    def check_inputs(self, batch_size, num_inference_steps, generator, output_type):
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive integer, but is {batch_size!r}.")
+        if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool) or num_inference_steps < 1:
+            raise ValueError(
+                f"`num_inference_steps` must be a positive integer, but is {num_inference_steps!r}; "
+                "use e.g. 1000 for DDPM or 25-50 for DDIM and DPM-Solver."
+            )
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(
+                f"`generator` is a list of {len(generator)} generators, but {batch_size} images are requested: "
+                "pass one generator per image (`batch_size`) or a single generator."
+            )
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, but is {output_type!r}.")
+
+    def prepare_extra_step_kwargs(self, generator):
+        # Not all schedulers take a generator (DDIM does, PNDM does not): pass it only to those that do.
+        if "generator" in inspect.signature(self.scheduler.step).parameters:
+            return {"generator": generator}
+        return {}
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
+        num_inference_steps: int = 1000,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> Union[ImagePipelineOutput, Tuple]:
+        r"""
+        Generate images from noise.
+
+        Args:
+            batch_size (`int`, *optional*, defaults to 1):
+                The number of images to generate.
+            generator (`torch.Generator` or `List[torch.Generator]`, *optional*):
+                Generator(s) that make generation deterministic; a list gives one generator per image.
+            num_inference_steps (`int`, *optional*, defaults to 1000):
+                The number of denoising steps; DDPM needs about 1000, DDIM or DPM-Solver 20-50.
+            output_type (`str`, *optional*, defaults to `"pil"`):
+                `"pil"` (list of `PIL.Image`), `"np"` (`np.ndarray` of shape `(batch, height, width, channels)` in
+                [0, 1]) or `"pt"` (`torch.Tensor` of shape `(batch, channels, height, width)` in [0, 1]).
+            return_dict (`bool`, *optional*, defaults to `True`):
+                Return an [`~diffusers.ImagePipelineOutput`] instead of a plain tuple.
+
+        Examples:
+
+        ```py
+        >>> import torch
+        >>> from diffusers import DDPMScheduler, UNet2DModel
+        >>> from pipelines import UnconditionalImagePipeline
+
+        >>> unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+        ...                    down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+        ...                    norm_num_groups=4)
+        >>> pipe = UnconditionalImagePipeline(unet=unet, scheduler=DDPMScheduler())
+        >>> images = pipe(batch_size=2, num_inference_steps=4, generator=torch.Generator().manual_seed(0)).images
+        >>> images[0].size
+        (8, 8)
+        ```
+
+        Returns:
+            [`~diffusers.ImagePipelineOutput`] or `tuple`: the generated images, as `.images` or as the tuple's first
+            element.
+        """
+        # 0. Check inputs. Raise an error if not correct
+        self.check_inputs(batch_size, num_inference_steps, generator, output_type)
+
+        # 1. Sample gaussian noise to begin the loop
+        if isinstance(self.unet.config.sample_size, int):
+            image_shape = (
+                batch_size,
+                self.unet.config.in_channels,
+                self.unet.config.sample_size,
+                self.unet.config.sample_size,
+            )
+        else:
+            image_shape = (batch_size, self.unet.config.in_channels, *self.unet.config.sample_size)
+
+        device = self._execution_device
+        if device.type == "mps":
+            # randn does not work reproducibly on mps
+            image = randn_tensor(image_shape, generator=generator, dtype=self.unet.dtype).to(device)
+        else:
+            image = randn_tensor(image_shape, generator=generator, device=device, dtype=self.unet.dtype)
+        # Sigma-based schedulers (Euler, Heun) start from noise of std `init_noise_sigma`; it is 1.0 for DDPM/DDIM.
+        image = image * self.scheduler.init_noise_sigma
+
+        # 2. Set the timesteps
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator)
+
+        # 3. Denoising loop
+        for t in self.progress_bar(self.scheduler.timesteps):
+            # 3.1 predict the model output (noise, sample or velocity, as the scheduler was trained)
+            model_input = self.scheduler.scale_model_input(image, t)
+            model_output = self.unet(model_input, t).sample
+
+            # 3.2 compute the previous sample: x_t -> x_t-1
+            image = self.scheduler.step(model_output, t, image, **extra_step_kwargs).prev_sample
+
+        # 4. Post-process from [-1, 1] to [0, 1]
+        image = (image / 2 + 0.5).clamp(0, 1)
+        if output_type != "pt":
+            image = image.cpu().permute(0, 2, 3, 1).float().numpy()
+            if output_type == "pil":
+                image = self.numpy_to_pil(image)
+
+        self.maybe_free_model_hooks()
+
+        if not return_dict:
+            return (image,)
+        return ImagePipelineOutput(images=image)

