@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from PIL import Image
 
 from pipelines import ClassConditionalImagePipeline, UnconditionalImagePipeline
@@ -49,6 +50,13 @@ def test_train_class_conditional_with_accelerate_launch(tmp_path):
     assert config["args"]["conditioning"] == "class" and config["args"]["max_train_steps"] == 3
     assert config["data"]["num_images"] == 40 and config["data"]["num_channels"] == 1
     assert config["run"]["global_step"] == 3 and np.isfinite(config["run"]["final_loss"])
+
+    card = ModelCard.load(output_dir / "README.md")
+    assert card.data.library_name == "diffusers"
+    assert card.data.pipeline_tag == "unconditional-image-generation"
+    assert "class-conditional" in card.data.tags
+    assert "![Samples](samples.png)" in card.text
+    assert "ClassConditionalImagePipeline.from_pretrained(" in card.text and "0 = zero" in card.text
 
     grid = Image.open(output_dir / "samples.png")
     assert grid.size == (2 * RESOLUTION, 10 * RESOLUTION)  # one row per class, --num_samples_per_class columns

@@ -36,13 +36,14 @@ from tqdm.auto import tqdm
 from pipelines import ClassConditionalImagePipeline, UnconditionalImagePipeline
 from pipelines.pipeline_class_conditional_image import one_hot_label_states
 from training.dataset_loading import EMBEDDED_DATASETS, load_training_data, make_train_transform
+from training.model_card import render_model_card
 
 logger = get_logger(__name__, log_level="INFO")
 
 TRAINING_CONFIG_NAME = "training_config.json"
 SAMPLES_NAME = "samples.png"
 # Files and folders a finished run leaves in --output_dir; anything else there means the folder is not ours.
-RUN_OUTPUTS = ("model_index.json", "unet", "scheduler", SAMPLES_NAME, TRAINING_CONFIG_NAME)
+MODEL_CARD_NAME = "README.md"
 # Flags that do not change what is trained, so re-running into the same folder with other values is the same run.
 NON_RUN_FLAGS = ("output_dir", "overwrite_output_dir", "cache_dir", "dataloader_num_workers")
 
@@ -541,12 +542,14 @@ def main(args):
             grid.save(os.path.join(staging_dir, SAMPLES_NAME))
             with open(os.path.join(staging_dir, TRAINING_CONFIG_NAME), "w") as f:
                 json.dump(training_config, f, indent=2)
+            card = render_model_card(training_config, type(pipeline).__name__, args.output_dir, SAMPLES_NAME)
+            card.save(os.path.join(staging_dir, MODEL_CARD_NAME))
             replace_outputs(staging_dir, args.output_dir)
         finally:
             shutil.rmtree(staging_dir, ignore_errors=True)
         logger.info(
             f"Trained {global_step} steps in {train_seconds:.0f}s (final loss {training_config['run']['final_loss']:.4f}); "
-            f"saved the pipeline, {SAMPLES_NAME} and {TRAINING_CONFIG_NAME} to {args.output_dir}"
+            f"saved the pipeline, {SAMPLES_NAME}, {TRAINING_CONFIG_NAME} and {MODEL_CARD_NAME} to {args.output_dir}"
         )
 
     accelerator.end_training()

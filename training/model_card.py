@@ -1,0 +1,59 @@
+"""Render the model card (`README.md`) of a trained pipeline from the template in `model_cards/`."""
+
+import importlib.resources
+import json
+
+from huggingface_hub import ModelCard, ModelCardData
+
+# `model_cards/` is installed as package data (see pyproject.toml), so the templates are found in any install.
+PIPELINE_TEMPLATE = "diffkit_pipeline.md"
+SAMPLE_LABELS_IN_USAGE = 2
+
+
+def render_model_card(training_config: dict, pipeline_class: str, load_path: str, samples_file: str) -> ModelCard:
+    """The model card of a finished run, described by the `training_config.json` written beside the weights."""
+    args, data, run = training_config["args"], training_config["data"], training_config["run"]
+    class_conditional = args["conditioning"] == "class"
+    names = list((data["id2label"] or {}).values())
+    tags = ["diffkit", "diffusers", "ddpm", "class-conditional" if class_conditional else "unconditional"]
+    card_data = ModelCardData(
+        library_name="diffusers",
+        pipeline_tag="unconditional-image-generation",
+        tags=tags,
+        datasets=[args["dataset_name"]] if args.get("dataset_name") else None,
+    )
+    if class_conditional:
+        usage_call = (
+            f"images = pipe(class_labels={names[:SAMPLE_LABELS_IN_USAGE]!r}, "
+            "generator=torch.Generator().manual_seed(0)).images"
+        )
+        samples_caption = (
+            f"One row per class ({', '.join(names)}), {args['num_inference_steps']} steps at guidance scale "
+            f"{args['guidance_scale']}, seed {args['seed']}."
+        )
+    else:
+        usage_call = "images = pipe(batch_size=4, num_inference_steps=25, generator=torch.Generator().manual_seed(0)).images"
+        samples_caption = f"{args['num_inference_steps']} steps, seed {args['seed']}."
+    return ModelCard.from_template(
+        card_data,
+        template_str=importlib.resources.files("model_cards").joinpath(PIPELINE_TEMPLATE).read_text(encoding="utf-8"),
+        title=f"{pipeline_class} trained on {data['source']}",
+        conditioning_text="class-conditional" if class_conditional else "unconditional",
+        pipeline_class=pipeline_class,
+        data_source=data["source"],
+        num_images=data["num_images"],
+        resolution=data["resolution"],
+        num_channels=data["num_channels"],
+        labels=", ".join(f"{i} = {n}" for i, n in enumerate(names)),
+        load_path=load_path,
+        usage_call=usage_call,
+        samples_file=samples_file,
+        samples_caption=samples_caption,
+        global_step=run["global_step"],
+        images_seen=run["images_seen"],
+        total_batch_size=run["total_batch_size"],
+        num_processes=run["num_processes"],
+        train_seconds=run["train_seconds"],
+        final_loss=f"{run['final_loss']:.4f}",
+        training_config_json=json.dumps(training_config, indent=2),
+    )
