@@ -38,9 +38,16 @@ def train_digit_classifier(seed: int = 0):
     order = torch.randperm(len(images))
     test_idx, train_idx = order[:HELD_OUT], order[HELD_OUT:]
     model = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Flatten(), torch.nn.Dropout(0.3), torch.nn.Linear(64 * 7 * 7, 128), torch.nn.ReLU(),
+        torch.nn.Conv2d(1, 32, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(32, 64, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Dropout(0.3),
+        torch.nn.Linear(64 * 7 * 7, 128),
+        torch.nn.ReLU(),
         torch.nn.Linear(128, 10),
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -75,7 +82,9 @@ def main():
 
     start = time.time()
     classifier, held_out_accuracy = train_digit_classifier()
-    print(f"classifier: held-out accuracy {held_out_accuracy:.3f} on {HELD_OUT} real digits ({time.time() - start:.0f}s)")
+    print(
+        f"classifier: held-out accuracy {held_out_accuracy:.3f} on {HELD_OUT} real digits ({time.time() - start:.0f}s)"
+    )
 
     pipe = ClassConditionalImagePipeline.from_pretrained(args.output_dir)
     pipe.set_progress_bar_config(disable=True)

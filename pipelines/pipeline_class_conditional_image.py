@@ -6,7 +6,7 @@
 
 import inspect
 import math
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DConditionModel
@@ -87,7 +87,7 @@ class ClassConditionalImagePipeline(DiffusionPipeline):
         return {name: int(i) for i, name in self.config.id2label.items()}
 
     def get_label_ids(self, class_labels: Union[int, str, Sequence[Union[int, str]]]) -> List[int]:
-        r"""Map labels given as ids or names (see `pipe.config.id2label`) to ids, raising `ValueError` on unknown ones."""
+        r"""Map labels given as ids or names (`pipe.config.id2label`) to ids; `ValueError` names any unknown one."""
         if isinstance(class_labels, (int, str)):
             class_labels = [class_labels]
         if isinstance(class_labels, torch.Tensor):
@@ -137,7 +137,11 @@ class ClassConditionalImagePipeline(DiffusionPipeline):
             or num_images_per_label < 1
         ):
             raise ValueError(f"`num_images_per_label` must be a positive integer, but is {num_images_per_label!r}.")
-        if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool) or num_inference_steps < 1:
+        if (
+            not isinstance(num_inference_steps, int)
+            or isinstance(num_inference_steps, bool)
+            or num_inference_steps < 1
+        ):
             raise ValueError(
                 f"`num_inference_steps` must be a positive integer, but is {num_inference_steps!r}; "
                 "use e.g. 25 for DPM-Solver or 1000 for DDPM."
@@ -219,7 +223,8 @@ class ClassConditionalImagePipeline(DiffusionPipeline):
                 Return an [`~diffusers.ImagePipelineOutput`] instead of a plain tuple.
             callback_on_step_end (`Callable`, *optional*):
                 Called after each step as `callback_on_step_end(pipe, step_index, timestep, callback_kwargs)`, with
-                the tensors named in `callback_on_step_end_tensor_inputs`; it returns a dict whose entries replace them.
+                the tensors named in `callback_on_step_end_tensor_inputs`; the entries of the dict it returns replace
+                them.
             callback_on_step_end_tensor_inputs (`List[str]`, *optional*, defaults to `["latents"]`):
                 The tensors passed to `callback_on_step_end`.
 
@@ -229,10 +234,14 @@ class ClassConditionalImagePipeline(DiffusionPipeline):
         >>> import torch
         >>> from pipelines import ClassConditionalImagePipeline
 
-        >>> pipe = ClassConditionalImagePipeline.from_pretrained("out/")  # the --output_dir of training/train.py
-        >>> images = pipe(class_labels=[3, "seven"], guidance_scale=4.0, num_inference_steps=50,
-        ...               generator=torch.Generator().manual_seed(0)).images
-        >>> images[1].save("seven.png")
+        >>> # out/ is the --output_dir of `accelerate launch training/train.py` (not run by doctest: it needs training)
+        >>> pipe = ClassConditionalImagePipeline.from_pretrained("out/")  # doctest: +SKIP
+        >>> images = pipe(
+        ...     class_labels=[3, "seven"], guidance_scale=4.0, num_inference_steps=50,
+        ...     generator=torch.Generator().manual_seed(0),
+        ... ).images  # doctest: +SKIP
+        >>> images[1].save("seven.png")  # doctest: +SKIP
+
         ```
 
         Returns:

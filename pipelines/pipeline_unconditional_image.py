@@ -39,7 +39,11 @@ class UnconditionalImagePipeline(DiffusionPipeline):
     def check_inputs(self, batch_size, num_inference_steps, generator, output_type):
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive integer, but is {batch_size!r}.")
-        if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool) or num_inference_steps < 1:
+        if (
+            not isinstance(num_inference_steps, int)
+            or isinstance(num_inference_steps, bool)
+            or num_inference_steps < 1
+        ):
             raise ValueError(
                 f"`num_inference_steps` must be a positive integer, but is {num_inference_steps!r}; "
                 "use e.g. 1000 for DDPM or 25-50 for DDIM and DPM-Solver."
@@ -90,13 +94,15 @@ class UnconditionalImagePipeline(DiffusionPipeline):
         >>> from diffusers import DDPMScheduler, UNet2DModel
         >>> from pipelines import UnconditionalImagePipeline
 
-        >>> unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
-        ...                    down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-        ...                    norm_num_groups=4)
+        >>> unet = UNet2DModel(
+        ...     sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), norm_num_groups=4,
+        ...     down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+        ... )
         >>> pipe = UnconditionalImagePipeline(unet=unet, scheduler=DDPMScheduler())
         >>> images = pipe(batch_size=2, num_inference_steps=4, generator=torch.Generator().manual_seed(0)).images
         >>> images[0].size
         (8, 8)
+
         ```
 
         Returns:

@@ -80,13 +80,17 @@ def test_unconditional_matches_ddpm_pipeline(tiny_unet2d):
     assert np.abs(other - actual).max() > 1e-3
 
 
-@pytest.mark.parametrize("scheduler_class", [DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler])
+@pytest.mark.parametrize(
+    "scheduler_class", [DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler]
+)
 def test_unconditional_scheduler_swap_honours_steps(tiny_unet2d, scheduler_class):
     scheduler = scheduler_class.from_config(DDPMScheduler(num_train_timesteps=100).config)
     pipe = UnconditionalImagePipeline(unet=tiny_unet2d, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     calls = count_unet_calls(tiny_unet2d)
-    images = pipe(batch_size=2, num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="np").images
+    images = pipe(
+        batch_size=2, num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="np"
+    ).images
     assert calls == [2, 2, 2, 2]
     assert np.isfinite(images).all() and images.min() >= 0 and images.max() <= 1
 
@@ -94,12 +98,16 @@ def test_unconditional_scheduler_swap_honours_steps(tiny_unet2d, scheduler_class
 def test_unconditional_save_load_round_trip(tiny_unet2d, tmp_path):
     pipe = UnconditionalImagePipeline(unet=tiny_unet2d, scheduler=DDPMScheduler(num_train_timesteps=100))
     pipe.set_progress_bar_config(disable=True)
-    before = pipe(batch_size=2, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0), output_type="np")
+    before = pipe(
+        batch_size=2, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0), output_type="np"
+    )
     pipe.save_pretrained(tmp_path)
     assert (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     loaded = UnconditionalImagePipeline.from_pretrained(tmp_path)
     loaded.set_progress_bar_config(disable=True)
-    after = loaded(batch_size=2, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0), output_type="np")
+    after = loaded(
+        batch_size=2, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0), output_type="np"
+    )
     np.testing.assert_array_equal(before.images, after.images)
 
 
@@ -139,8 +147,13 @@ def test_output_types_and_label_order(tiny_condition_unet):
 def test_guidance_scale_one_is_the_conditional_branch_alone(tiny_condition_unet):
     pipe = make_class_pipeline(tiny_condition_unet)
     calls = count_unet_calls(tiny_condition_unet)
-    images = pipe(class_labels=[0, 1], guidance_scale=1.0, num_inference_steps=STEPS,
-                  generator=torch.Generator().manual_seed(0), output_type="pt").images
+    images = pipe(
+        class_labels=[0, 1],
+        guidance_scale=1.0,
+        num_inference_steps=STEPS,
+        generator=torch.Generator().manual_seed(0),
+        output_type="pt",
+    ).images
     assert calls == [2] * STEPS  # the unconditional branch is skipped
     expected = manual_sampling(tiny_condition_unet, pipe.scheduler, [0, 1], "cond", STEPS, seed=0)
     torch.testing.assert_close(images, expected, rtol=0, atol=1e-6)
@@ -149,22 +162,37 @@ def test_guidance_scale_one_is_the_conditional_branch_alone(tiny_condition_unet)
 def test_guidance_scale_zero_is_the_unconditional_branch_alone(tiny_condition_unet):
     pipe = make_class_pipeline(tiny_condition_unet)
     calls = count_unet_calls(tiny_condition_unet)
-    images = pipe(class_labels=[0, 1], guidance_scale=0.0, num_inference_steps=STEPS,
-                  generator=torch.Generator().manual_seed(0), output_type="pt").images
+    images = pipe(
+        class_labels=[0, 1],
+        guidance_scale=0.0,
+        num_inference_steps=STEPS,
+        generator=torch.Generator().manual_seed(0),
+        output_type="pt",
+    ).images
     assert calls == [2] * STEPS
     expected = manual_sampling(tiny_condition_unet, pipe.scheduler, [0, 1], None, STEPS, seed=0)
     torch.testing.assert_close(images, expected, rtol=0, atol=1e-6)
     # with no label information, the label asked for does not matter
-    other = pipe(class_labels=[2, 2], guidance_scale=0.0, num_inference_steps=STEPS,
-                 generator=torch.Generator().manual_seed(0), output_type="pt").images
+    other = pipe(
+        class_labels=[2, 2],
+        guidance_scale=0.0,
+        num_inference_steps=STEPS,
+        generator=torch.Generator().manual_seed(0),
+        output_type="pt",
+    ).images
     torch.testing.assert_close(images, other, rtol=0, atol=1e-6)
 
 
 def test_guidance_combines_both_branches_in_one_batched_pass(tiny_condition_unet):
     pipe = make_class_pipeline(tiny_condition_unet)
     calls = count_unet_calls(tiny_condition_unet)
-    images = pipe(class_labels=[0, 1], guidance_scale=3.0, num_inference_steps=STEPS,
-                  generator=torch.Generator().manual_seed(0), output_type="pt").images
+    images = pipe(
+        class_labels=[0, 1],
+        guidance_scale=3.0,
+        num_inference_steps=STEPS,
+        generator=torch.Generator().manual_seed(0),
+        output_type="pt",
+    ).images
     assert calls == [4] * STEPS  # [uncond, cond] in one forward pass of twice the batch
     expected = manual_sampling(tiny_condition_unet, pipe.scheduler, [0, 1], 3.0, STEPS, seed=0)
     torch.testing.assert_close(images, expected, rtol=0, atol=1e-5)
@@ -195,13 +223,16 @@ def test_class_save_load_round_trip(tiny_condition_unet, tmp_path):
     assert (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").is_file()
 
 
-@pytest.mark.parametrize("scheduler_class", [DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler])
+@pytest.mark.parametrize(
+    "scheduler_class", [DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler]
+)
 def test_class_scheduler_swap(tiny_condition_unet, scheduler_class):
     pipe = make_class_pipeline(tiny_condition_unet)
     pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
     calls = count_unet_calls(tiny_condition_unet)
-    images = pipe(class_labels=[0], num_inference_steps=4, generator=torch.Generator().manual_seed(0),
-                  output_type="np").images
+    images = pipe(
+        class_labels=[0], num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="np"
+    ).images
     assert calls == [2] * 4
     assert np.isfinite(images).all()
 

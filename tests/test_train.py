@@ -1,5 +1,4 @@
 import json
-import os
 
 import numpy as np
 import pytest
@@ -35,7 +34,9 @@ def assert_launch_succeeded(result):
 def test_train_class_conditional_with_accelerate_launch(tmp_path):
     output_dir = tmp_path / "out"
     unet_config = write_unet_config(tmp_path, TINY_CONDITION_UNET_CONFIG, "unet.json")
-    result = run_accelerate_launch([*QUICK_RUN, "--output_dir", str(output_dir), "--model_config_name_or_path", unet_config])
+    result = run_accelerate_launch(
+        [*QUICK_RUN, "--output_dir", str(output_dir), "--model_config_name_or_path", unet_config]
+    )
     assert_launch_succeeded(result)
     assert "Steps: 100%" in result.stderr  # the progress bar
 
@@ -63,8 +64,12 @@ def test_train_class_conditional_with_accelerate_launch(tmp_path):
 
     pipe = ClassConditionalImagePipeline.from_pretrained(output_dir)
     pipe.set_progress_bar_config(disable=True)
-    images = pipe(class_labels=[3, "seven"], guidance_scale=4.0, num_inference_steps=2,
-                  generator=torch.Generator().manual_seed(0)).images
+    images = pipe(
+        class_labels=[3, "seven"],
+        guidance_scale=4.0,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+    ).images
     assert [im.size for im in images] == [(RESOLUTION, RESOLUTION)] * 2
 
 
@@ -72,9 +77,12 @@ def test_train_unconditional_with_accelerate_launch(tmp_path):
     output_dir = tmp_path / "out"
     unet_config = write_unet_config(tmp_path, TINY_UNET2D_CONFIG, "unet.json")
     result = run_accelerate_launch(
-        [*QUICK_RUN, "--conditioning", "none", "--output_dir", str(output_dir), "--model_config_name_or_path", unet_config]
-    )
+        [*QUICK_RUN, "--conditioning", "none", "--output_dir", str(output_dir),
+         "--model_config_name_or_path", unet_config, "--prediction_type", "v_prediction", "--beta_schedule", "linear"]
+    )  # fmt: skip
     assert_launch_succeeded(result)
+    scheduler_config = json.loads((output_dir / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler_config["prediction_type"] == "v_prediction" and scheduler_config["beta_schedule"] == "linear"
     assert json.loads((output_dir / "model_index.json").read_text())["_class_name"] == "UnconditionalImagePipeline"
     assert Image.open(output_dir / "samples.png").size == (2 * RESOLUTION, 8 * RESOLUTION)
     pipe = UnconditionalImagePipeline.from_pretrained(output_dir)
@@ -101,16 +109,35 @@ def test_train_on_local_colour_image_folder(tmp_path):
     unet_config = write_unet_config(tmp_path, TINY_CONDITION_UNET_CONFIG, "unet.json")
     result = run_accelerate_launch(
         [*QUICK_RUN, "--train_data_dir", str(data_dir), "--output_dir", str(output_dir), "--random_flip",
-         "--model_config_name_or_path", unet_config]
+         "--model_config_name_or_path", unet_config, "--beta_schedule", "scaled_linear"]
     )  # fmt: skip
     assert_launch_succeeded(result)
     pipe = ClassConditionalImagePipeline.from_pretrained(output_dir)
+    assert pipe.scheduler.config.beta_schedule == "scaled_linear"
     assert pipe.config.id2label == {"0": "seven", "1": "three"}  # subfolder names, sorted
     assert pipe.unet.config.in_channels == 3
     pipe.set_progress_bar_config(disable=True)
     images = pipe(class_labels=["three"], num_inference_steps=2).images
     assert images[0].mode == "RGB" and images[0].size == (RESOLUTION, RESOLUTION)
     assert Image.open(output_dir / "samples.png").size == (2 * RESOLUTION, 2 * RESOLUTION)
+
+
+def test_train_on_a_dataset_by_name_with_custom_columns(tmp_path):
+    """`--dataset_name` goes through `datasets.load_dataset`; here a local parquet dataset, as the Hub serves them."""
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (12, 10, 3), dtype=np.uint8)) for _ in range(6)]
+    dataset_dir = write_parquet_dataset(tmp_path / "hub", {"img": images, "digit": [0, 1, 2, 0, 1, 2]})
+    output_dir = tmp_path / "out"
+    unet_config = write_unet_config(tmp_path, TINY_CONDITION_UNET_CONFIG, "unet.json")
+    run_in_process(
+        ["--dataset_name", dataset_dir, "--image_column", "img", "--label_column", "digit", "--resolution", "8",
+         "--center_crop", "--max_train_steps", "2", "--train_batch_size", "4", "--num_inference_steps", "2",
+         "--num_samples_per_class", "1", "--model_config_name_or_path", unet_config, "--output_dir", str(output_dir)]
+    )  # fmt: skip
+    config = json.loads((output_dir / TRAINING_CONFIG_NAME).read_text())
+    assert config["data"]["num_channels"] == 3 and config["data"]["resolution"] == 8
+    assert config["data"]["id2label"] == {"0": "0", "1": "1", "2": "2"}  # integer labels are named by their id
+    assert Image.open(output_dir / "samples.png").size == (8, 3 * 8)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -208,3 +235,20 @@ def test_every_flag_has_help():
     assert len(flags) > 30
     undocumented = [action.option_strings[0] for action in flags if not (action.help and len(action.help) > 10)]
     assert undocumented == []
+
+
+def test_outputs_replace_an_earlier_run_whole(tmp_path):
+    from training.train import replace_outputs
+
+    output_dir, staging_dir = tmp_path / "out", tmp_path / "staging"
+    (output_dir / "unet").mkdir(parents=True)
+    (output_dir / "unet" / "stale.safetensors").write_text("old weights")
+    (output_dir / "samples.png").write_text("old grid")
+    (staging_dir / "unet").mkdir(parents=True)
+    (staging_dir / "unet" / "diffusion_pytorch_model.safetensors").write_text("new weights")
+    (staging_dir / "samples.png").write_text("new grid")
+    replace_outputs(str(staging_dir), str(output_dir))
+    assert sorted(p.name for p in output_dir.iterdir()) == ["samples.png", "unet"]  # no leftovers moved aside
+    assert [p.name for p in (output_dir / "unet").iterdir()] == ["diffusion_pytorch_model.safetensors"]
+    assert (output_dir / "samples.png").read_text() == "new grid"
+    assert list(staging_dir.iterdir()) == []

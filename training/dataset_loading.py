@@ -64,9 +64,7 @@ def load_mnist_5k():
 
     rows = np.loadtxt(mnist_5k_path(), delimiter=",", dtype=np.uint8)
     pixels = rows[:, :-1].reshape(-1, MNIST_IMAGE_SIZE, MNIST_IMAGE_SIZE)
-    features = datasets.Features(
-        {"image": datasets.Image(), "label": datasets.ClassLabel(names=MNIST_LABEL_NAMES)}
-    )
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=MNIST_LABEL_NAMES)})
     return datasets.Dataset.from_dict(
         {"image": [Image.fromarray(p, mode="L") for p in pixels], "label": rows[:, -1].astype(np.int64)},
         features=features,

@@ -32,7 +32,9 @@ def render_model_card(training_config: dict, pipeline_class: str, load_path: str
             f"{args['guidance_scale']}, seed {args['seed']}."
         )
     else:
-        usage_call = "images = pipe(batch_size=4, num_inference_steps=25, generator=torch.Generator().manual_seed(0)).images"
+        usage_call = (
+            "images = pipe(batch_size=4, num_inference_steps=25, generator=torch.Generator().manual_seed(0)).images"
+        )
         samples_caption = f"{args['num_inference_steps']} steps, seed {args['seed']}."
     return ModelCard.from_template(
         card_data,

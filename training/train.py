@@ -267,6 +267,8 @@ def validate_args(args):
         raise ValueError(f"`--guidance_scale` must be a finite number >= 0, but is {args.guidance_scale}.")
     if args.max_grad_norm <= 0:
         raise ValueError(f"`--max_grad_norm` must be positive, but is {args.max_grad_norm}.")
+    if args.resolution is not None:
+        check_resolution(args.resolution, base_unet_config(args))
     check_output_dir(args)
 
 
@@ -291,7 +293,9 @@ def check_output_dir(args):
     with open(config_path) as f:
         previous = json.load(f).get("args", {})
     current = json.loads(json.dumps(run_config(args)))
-    differences = sorted(k for k in set(previous) | set(current) if k not in NON_RUN_FLAGS and previous.get(k) != current.get(k))
+    differences = sorted(
+        k for k in set(previous) | set(current) if k not in NON_RUN_FLAGS and previous.get(k) != current.get(k)
+    )
     if differences:
         shown = ", ".join(f"--{k} {previous.get(k)!r} -> {current.get(k)!r}" for k in differences[:5])
         raise ValueError(
@@ -300,27 +304,37 @@ def check_output_dir(args):
         )
 
 
-def build_unet(args, num_channels: int, resolution: int, num_classes: int):
-    """The UNet to train: the default configuration, or --model_config_name_or_path, fitted to the data."""
-    unet_class = UNet2DConditionModel if args.conditioning == "class" else UNet2DModel
+def base_unet_config(args) -> dict:
+    """The default UNet configuration for --conditioning, or the one named by --model_config_name_or_path."""
     if args.model_config_name_or_path is None:
-        config = dict(DEFAULT_CLASS_UNET_CONFIG if args.conditioning == "class" else DEFAULT_UNCONDITIONAL_UNET_CONFIG)
-    else:
-        config = load_unet_config(unet_class, args.model_config_name_or_path)
+        return dict(DEFAULT_CLASS_UNET_CONFIG if args.conditioning == "class" else DEFAULT_UNCONDITIONAL_UNET_CONFIG)
+    unet_class = UNet2DConditionModel if args.conditioning == "class" else UNet2DModel
+    return load_unet_config(unet_class, args.model_config_name_or_path)
+
+
+def check_resolution(resolution: int, unet_config: dict):
+    num_down_blocks = len(unet_config["down_block_types"])
+    downsampling_factor = 2 ** (num_down_blocks - 1)
+    if resolution % downsampling_factor != 0:
+        raise ValueError(
+            f"`--resolution` {resolution} cannot be halved evenly by the UNet's {num_down_blocks} down blocks: it "
+            f"must be a multiple of {downsampling_factor} (e.g. "
+            f"{downsampling_factor * max(1, round(resolution / downsampling_factor))}); change --resolution or the "
+            "UNet configuration."
+        )
+
+
+def build_unet(args, num_channels: int, resolution: int, num_classes: int):
+    """The UNet to train, fitted to the data's channels, resolution and classes."""
+    config = base_unet_config(args)
+    check_resolution(resolution, config)
     config.update(sample_size=resolution, in_channels=num_channels, out_channels=num_channels)
     if args.conditioning == "class":
         # The label enters as a one-hot vector over the classes plus the null class; `encoder_hid_proj` (a Linear)
         # turns it into the label embedding that cross-attention reads.
         config.update(encoder_hid_dim=num_classes + 1, encoder_hid_dim_type="text_proj")
-    downsampling_factor = 2 ** (len(config["down_block_types"]) - 1)
-    if resolution % downsampling_factor != 0:
-        raise ValueError(
-            f"`--resolution` {resolution} cannot be halved evenly by the UNet's {len(config['down_block_types'])} "
-            f"down blocks: it must be a multiple of {downsampling_factor} (e.g. "
-            f"{downsampling_factor * max(1, round(resolution / downsampling_factor))}); change --resolution or the "
-            "UNet configuration."
-        )
-    return unet_class.from_config(config)
+        return UNet2DConditionModel.from_config(config)
+    return UNet2DModel.from_config(config)
 
 
 def load_unet_config(unet_class, name_or_path: str) -> dict:
@@ -360,7 +374,9 @@ def main(args):
     )
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     logger.info(accelerator.state, main_process_only=False)
-    if accelerator.device.type == "cpu" and torch.get_num_threads() * accelerator.num_processes < (os.cpu_count() or 1):
+    if accelerator.device.type == "cpu" and torch.get_num_threads() * accelerator.num_processes < (
+        os.cpu_count() or 1
+    ):
         # Without a config file, `accelerate launch` sets OMP_NUM_THREADS=1, which leaves CPU cores idle.
         logger.warning(
             f"Training on the CPU with {torch.get_num_threads()} thread(s) per process on a {os.cpu_count()}-core "
@@ -421,7 +437,8 @@ def main(args):
     logger.info("***** Running training *****")
     logger.info(f"  Data = {data.source}: {len(train_dataset)} images, {data.num_channels} channel(s), {resolution}px")
     logger.info(f"  Conditioning = {args.conditioning} ({data.num_classes} classes)")
-    logger.info(f"  UNet = {type(accelerator.unwrap_model(unet)).__name__}, {sum(p.numel() for p in unet.parameters()):,} parameters")
+    num_parameters = sum(p.numel() for p in unet.parameters())
+    logger.info(f"  UNet = {type(accelerator.unwrap_model(unet)).__name__}, {num_parameters:,} parameters")
     logger.info(f"  Num epochs = {num_epochs}, total optimisation steps = {max_train_steps}")
     logger.info(f"  Total batch size (parallel, distributed & accumulation) = {total_batch_size}")
 
@@ -470,7 +487,9 @@ def main(args):
                 progress_bar.update(1)
                 loss_value = accelerator.gather(loss.detach()).mean().item()
                 loss_history.append(loss_value)
-                progress_bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}", epoch=epoch)
+                progress_bar.set_postfix(
+                    loss=f"{loss_value:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}", epoch=epoch
+                )
             if global_step >= max_train_steps:
                 break
     progress_bar.close()
@@ -548,7 +567,8 @@ def main(args):
         finally:
             shutil.rmtree(staging_dir, ignore_errors=True)
         logger.info(
-            f"Trained {global_step} steps in {train_seconds:.0f}s (final loss {training_config['run']['final_loss']:.4f}); "
+            f"Trained {global_step} steps in {train_seconds:.0f}s "
+            f"(final loss {training_config['run']['final_loss']:.4f}); "
             f"saved the pipeline, {SAMPLES_NAME}, {TRAINING_CONFIG_NAME} and {MODEL_CARD_NAME} to {args.output_dir}"
         )
 
