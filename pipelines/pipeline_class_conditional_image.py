@@ -173,6 +173,8 @@ class ClassConditionalImagePipeline(DiffusionPipeline):
             )
         return label_ids
 
+    # Copied from pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.prepare_extra_step_kwargs: each
+    # pipeline file must stand alone when uploaded as remote code, so it cannot import the other.
     def prepare_extra_step_kwargs(self, generator):
         # Not all schedulers take a generator (DDIM does, PNDM does not): pass it only to those that do.
         if "generator" in inspect.signature(self.scheduler.step).parameters:
@@ -321,7 +323,7 @@ class ClassConditionalImagePipeline(DiffusionPipeline):
                 callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
                 latents = callback_outputs.pop("latents", latents)
 
-        # 5. Post-process from [-1, 1] to [0, 1]
+        # 5. Post-process from [-1, 1] to [0, 1] (as in UnconditionalImagePipeline; this file stands alone)
         image = (latents / 2 + 0.5).clamp(0, 1)
         if output_type != "pt":
             image = image.cpu().permute(0, 2, 3, 1).float().numpy()

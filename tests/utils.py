@@ -35,12 +35,15 @@ TINY_CONDITION_UNET_CONFIG = {
 }
 
 
-def run_accelerate_launch(args, cwd=REPO_ROOT, timeout=300):
-    """Run `accelerate launch training/train.py ARGS` as a user would, on one CPU process."""
-    command = [
+def accelerate_launch_command(args):
+    """`accelerate launch training/train.py ARGS` as a user would type it, on one CPU process."""
+    return [
         sys.executable, "-m", "accelerate.commands.launch",
         "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
         "--num_cpu_threads_per_process", "1",
         os.path.join(REPO_ROOT, "training", "train.py"), *args,
     ]  # fmt: skip
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def run_accelerate_launch(args, cwd=REPO_ROOT, timeout=300):
+    return subprocess.run(accelerate_launch_command(args), cwd=cwd, capture_output=True, text=True, timeout=timeout)

@@ -13,7 +13,7 @@ Every problem the user can fix (a missing folder, a missing column, labels that 
 
 import os
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -22,14 +22,17 @@ from PIL import Image
 EMBEDDED_DATASETS = ("mnist-5k",)
 MNIST_LABEL_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 MNIST_IMAGE_SIZE = 28
+# A column of example indices added to the training data, so that augmentation can depend on the example.
+INDEX_COLUMN = "example_index"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-# Image modes we train on as they are; any other mode (P, RGBA, I;16, ...) is converted to RGB.
+# We train on grey ("L") or colour ("RGB") images; other PIL modes are converted to the nearer of the two.
 CHANNELS_BY_MODE = {"L": 1, "RGB": 3}
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 
 @dataclass
 class TrainingData:
-    """A `datasets.Dataset` with an `image` column and, for labelled data, an integer `label` column."""
+    """A `datasets.Dataset` with `image` and `example_index` columns and, for labelled data, an integer `label`."""
 
     dataset: "datasets.Dataset"  # noqa: F821
     id2label: Optional[Dict[int, str]]
@@ -170,13 +173,16 @@ def load_training_data(args) -> TrainingData:
     else:
         dataset = dataset.select_columns([image_column]).rename_columns({image_column: "image"})
 
-    first_mode = dataset[0]["image"].mode
-    image_mode = first_mode if first_mode in CHANNELS_BY_MODE else "RGB"
+    image_mode = "L" if dataset[0]["image"].mode in GREY_MODES else "RGB"
+    dataset = dataset.add_column(INDEX_COLUMN, list(range(len(dataset))))
     return TrainingData(dataset=dataset, id2label=id2label, image_mode=image_mode, source=source)
 
 
-def resize_and_crop(image: Image.Image, resolution: int, center_crop: bool) -> Image.Image:
-    """Resize the shorter side to `resolution`, then crop a square (centred or random)."""
+def resize_and_crop(image: Image.Image, resolution: int, crop_position: Optional[Tuple[float, float]]) -> Image.Image:
+    """Resize the shorter side to `resolution`, then crop a square.
+
+    `crop_position` is where the crop lies along the spare width and height, each in [0, 1]; `None` centres it.
+    """
     width, height = image.size
     scale = resolution / min(width, height)
     if scale != 1:
@@ -187,29 +193,40 @@ def resize_and_crop(image: Image.Image, resolution: int, center_crop: bool) -> I
         width, height = image.size
     if (width, height) == (resolution, resolution):
         return image
-    if center_crop:
-        left, top = (width - resolution) // 2, (height - resolution) // 2
-    else:
-        # torch's RNG: seeded by `set_seed` and, in DataLoader workers, differently in each worker.
-        left = int(torch.randint(0, width - resolution + 1, ()))
-        top = int(torch.randint(0, height - resolution + 1, ()))
+    along_width, along_height = crop_position if crop_position is not None else (0.5, 0.5)
+    left = min(width - resolution, int(along_width * (width - resolution + 1)))
+    top = min(height - resolution, int(along_height * (height - resolution + 1)))
     return image.crop((left, top, left + resolution, top + resolution))
 
 
-def make_train_transform(image_mode: str, resolution: int, center_crop: bool, random_flip: bool):
-    """A batch transform for `Dataset.with_transform`: images to `pixel_values` in [-1, 1], labels to `labels`."""
+class TrainTransform:
+    """Batch transform for `Dataset.with_transform`: images to `pixel_values` in [-1, 1], labels to `labels`.
 
-    def transform(examples):
+    Random crops and flips are drawn from a generator seeded by `(seed, epoch, example index)` rather than from any
+    shared random state. They are therefore the same whatever the number of DataLoader workers or processes, and a
+    run resumed from a checkpoint sees exactly the augmentations the uninterrupted run would. The training loop sets
+    `epoch` before each pass over the data (DataLoader workers start afterwards and see the new value).
+    """
+
+    def __init__(self, image_mode: str, resolution: int, center_crop: bool, random_flip: bool, seed: int):
+        self.image_mode = image_mode
+        self.resolution = resolution
+        self.center_crop = center_crop
+        self.random_flip = random_flip
+        self.seed = seed
+        self.epoch = 0
+
+    def __call__(self, examples):
         pixel_values = []
-        for image in examples["image"]:
-            image = resize_and_crop(image.convert(image_mode), resolution, center_crop)
-            if random_flip and torch.rand(()) < 0.5:
+        for image, index in zip(examples["image"], examples[INDEX_COLUMN]):
+            rng = np.random.default_rng((self.seed, self.epoch, index))
+            crop_position = None if self.center_crop else tuple(rng.random(2))
+            image = resize_and_crop(image.convert(self.image_mode), self.resolution, crop_position)
+            if self.random_flip and rng.random() < 0.5:
                 image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            array = np.asarray(image, dtype=np.float32).reshape(resolution, resolution, -1)
+            array = np.asarray(image, dtype=np.float32).reshape(self.resolution, self.resolution, -1)
             pixel_values.append(torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0)
         batch = {"pixel_values": torch.stack(pixel_values)}
         if "label" in examples:
             batch["labels"] = torch.tensor(examples["label"], dtype=torch.long)
         return batch
-
-    return transform

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
+from accelerate.utils import DataLoaderConfiguration, set_seed
 from diffusers import (
     DDPMScheduler,
     DPMSolverMultistepScheduler,
@@ -30,12 +30,21 @@ from diffusers import (
     UNet2DModel,
 )
 from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
 from diffusers.utils import make_image_grid
 from tqdm.auto import tqdm
 
 from pipelines import ClassConditionalImagePipeline, UnconditionalImagePipeline
 from pipelines.pipeline_class_conditional_image import one_hot_label_states
-from training.dataset_loading import EMBEDDED_DATASETS, load_training_data, make_train_transform
+from training.checkpointing import (
+    list_checkpoints,
+    load_checkpoint_extras,
+    read_training_state,
+    remove_partial_checkpoints,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from training.dataset_loading import EMBEDDED_DATASETS, TrainTransform, load_training_data
 from training.model_card import render_model_card
 
 logger = get_logger(__name__, log_level="INFO")
@@ -44,8 +53,18 @@ TRAINING_CONFIG_NAME = "training_config.json"
 SAMPLES_NAME = "samples.png"
 # Files and folders a finished run leaves in --output_dir; anything else there means the folder is not ours.
 MODEL_CARD_NAME = "README.md"
-# Flags that do not change what is trained, so re-running into the same folder with other values is the same run.
-NON_RUN_FLAGS = ("output_dir", "overwrite_output_dir", "cache_dir", "dataloader_num_workers")
+# Flags that do not change what is trained: a run resumed or repeated with other values is still the same run.
+NON_RUN_FLAGS = (
+    "output_dir",
+    "overwrite_output_dir",
+    "cache_dir",
+    "dataloader_num_workers",
+    "resume_from_checkpoint",
+    "checkpointing_steps",
+    "checkpoints_total_limit",
+)
+# Losses of the last steps, averaged into the "final loss" reported in training_config.json and the model card.
+FINAL_LOSS_WINDOW = 50
 
 # The default UNets: small enough for the default job to train on 2 CPU cores in minutes. Attention (and, for the
 # class-conditional UNet, cross-attention to the label) runs only at the lowest resolution, where it is cheap.
@@ -203,6 +222,56 @@ def build_parser() -> argparse.ArgumentParser:
         help="Mixed precision; defaults to the value in the accelerate config. fp16 needs a GPU.",
     )
 
+    ema = parser.add_argument_group("EMA of the weights")
+    ema.add_argument(
+        "--use_ema",
+        action="store_true",
+        help="Keep an exponential moving average of the UNet weights; the saved pipeline and samples use it.",
+    )
+    ema.add_argument(
+        "--ema_decay", type=float, default=0.9999, help="The largest EMA decay, reached after the warm-up."
+    )
+    ema.add_argument(
+        "--ema_inv_gamma",
+        type=float,
+        default=1.0,
+        help="EMA warm-up: decay = 1 - (1 + updates / inv_gamma) ** -power, capped at --ema_decay.",
+    )
+    ema.add_argument(
+        "--ema_power",
+        type=float,
+        default=3 / 4,
+        help="EMA warm-up exponent: 3/4 suits runs of up to ~100k steps, 2/3 longer ones (diffusers' EMAModel).",
+    )
+    ema.add_argument(
+        "--ema_update_every",
+        type=int,
+        default=1,
+        help="Update the EMA every N optimisation steps (the warm-up counts updates, not steps).",
+    )
+
+    checkpoints = parser.add_argument_group("checkpoints")
+    checkpoints.add_argument(
+        "--checkpointing_steps",
+        type=int,
+        default=500,
+        help="Save a resumable checkpoint (model, EMA, optimiser, LR scheduler, random states, data position) "
+        "every N optimisation steps, as --output_dir/checkpoint-N.",
+    )
+    checkpoints.add_argument(
+        "--checkpoints_total_limit",
+        type=int,
+        default=None,
+        help="Keep only the newest N complete checkpoints (older ones are deleted by the main process).",
+    )
+    checkpoints.add_argument(
+        "--resume_from_checkpoint",
+        type=str,
+        default=None,
+        help="Resume from a checkpoint folder, or 'latest' for the newest complete one in --output_dir (a fresh "
+        "start if there is none). The resumed run ends with the weights the uninterrupted run would have.",
+    )
+
     output = parser.add_argument_group("output")
     output.add_argument(
         "--output_dir", type=str, default="out", help="Where the pipeline, samples and configuration are written."
@@ -248,12 +317,14 @@ def validate_args(args):
             "given; pass only one."
         )
     positive = ["train_batch_size", "num_epochs", "gradient_accumulation_steps", "num_train_timesteps"]
-    positive += ["num_inference_steps", "num_samples_per_class"]
-    positive += [n for n in ("max_train_steps", "max_train_samples", "resolution") if getattr(args, n) is not None]
+    positive += ["num_inference_steps", "num_samples_per_class", "ema_update_every"]
+    optional_positive = ("max_train_steps", "max_train_samples", "resolution")
+    optional_positive += ("checkpointing_steps", "checkpoints_total_limit")
+    positive += [name for name in optional_positive if getattr(args, name) is not None]
     for name in positive:
         if getattr(args, name) < 1:
             raise ValueError(f"`--{name}` must be a positive integer, but is {getattr(args, name)}.")
-    for name in ("lr_warmup_steps", "dataloader_num_workers"):
+    for name in ("lr_warmup_steps", "dataloader_num_workers", "seed"):
         if getattr(args, name) < 0:
             raise ValueError(f"`--{name}` must be >= 0, but is {getattr(args, name)}.")
     if not 0 <= args.condition_dropout < 1:
@@ -265,6 +336,8 @@ def validate_args(args):
         raise ValueError(f"`--learning_rate` must be a positive number, but is {args.learning_rate}.")
     if not (math.isfinite(args.guidance_scale) and args.guidance_scale >= 0):
         raise ValueError(f"`--guidance_scale` must be a finite number >= 0, but is {args.guidance_scale}.")
+    if not 0 < args.ema_decay < 1:
+        raise ValueError(f"`--ema_decay` must be in (0, 1), but is {args.ema_decay}; 0.9999 is usual.")
     if args.max_grad_norm <= 0:
         raise ValueError(f"`--max_grad_norm` must be positive, but is {args.max_grad_norm}.")
     if args.resolution is not None:
@@ -277,31 +350,48 @@ def run_config(args) -> dict:
 
 
 def check_output_dir(args):
-    """Refuse an --output_dir that holds something other than an earlier run of the same configuration."""
+    """Refuse to resume from a checkpoint made with other flags, and an --output_dir that holds another run."""
+    if args.resume_from_checkpoint is not None:
+        checkpoint_dir = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
+        if checkpoint_dir is not None:
+            stored = read_training_state(checkpoint_dir)["args"]
+            problem = f"checkpoint {checkpoint_dir!r} was made by a different run"
+            check_same_run(stored, args, problem, "resume with the flags it was made with, or start a new run")
+            return
     if not os.path.isdir(args.output_dir) or args.overwrite_output_dir:
         return
-    entries = set(os.listdir(args.output_dir))
+    entries = sorted(os.listdir(args.output_dir))
     if not entries:
         return
     config_path = os.path.join(args.output_dir, TRAINING_CONFIG_NAME)
-    if not os.path.isfile(config_path):
+    checkpoints = list_checkpoints(args.output_dir)
+    if os.path.isfile(config_path):
+        with open(config_path) as f:
+            stored = json.load(f)["args"]
+    elif checkpoints:
+        stored = read_training_state(checkpoints[-1][1])["args"]
+    else:
         raise ValueError(
-            f"`--output_dir` {args.output_dir!r} is not empty ({', '.join(sorted(entries)[:5])}, ...) and holds no "
-            f"{TRAINING_CONFIG_NAME}, so it is not a diffkit run: choose a new --output_dir, or pass "
+            f"`--output_dir` {args.output_dir!r} is not empty ({', '.join(entries[:5])}, ...) and holds no "
+            f"{TRAINING_CONFIG_NAME} or checkpoint, so it is not a diffkit run: choose a new --output_dir, or pass "
             "--overwrite_output_dir to write into it anyway."
         )
-    with open(config_path) as f:
-        previous = json.load(f).get("args", {})
+    check_same_run(
+        stored,
+        args,
+        f"`--output_dir` {args.output_dir!r} holds a different run",
+        "choose a new --output_dir, or pass --overwrite_output_dir to replace it",
+    )
+
+
+def check_same_run(stored_args: dict, args, problem: str, fix: str):
     current = json.loads(json.dumps(run_config(args)))
     differences = sorted(
-        k for k in set(previous) | set(current) if k not in NON_RUN_FLAGS and previous.get(k) != current.get(k)
+        k for k in set(stored_args) | set(current) if k not in NON_RUN_FLAGS and stored_args.get(k) != current.get(k)
     )
     if differences:
-        shown = ", ".join(f"--{k} {previous.get(k)!r} -> {current.get(k)!r}" for k in differences[:5])
-        raise ValueError(
-            f"`--output_dir` {args.output_dir!r} holds a different run ({shown}); choose a new --output_dir, or pass "
-            "--overwrite_output_dir to replace it."
-        )
+        shown = ", ".join(f"--{k} {stored_args.get(k)!r} -> {current.get(k)!r}" for k in differences[:5])
+        raise ValueError(f"{problem} ({shown}); {fix}.")
 
 
 def base_unet_config(args) -> dict:
@@ -370,7 +460,11 @@ def replace_outputs(staging_dir: str, output_dir: str):
 
 def main(args):
     accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=args.mixed_precision
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        # The data order of each epoch then depends only on --seed and the epoch, so a resumed run can skip to
+        # the exact batch where its checkpoint was taken.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
     )
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     logger.info(accelerator.state, main_process_only=False)
@@ -383,6 +477,13 @@ def main(args):
             "machine: pass `accelerate launch --num_cpu_threads_per_process N` (or set OMP_NUM_THREADS) to use them."
         )
     set_seed(args.seed)
+    if accelerator.is_main_process:
+        remove_partial_checkpoints(args.output_dir)
+    resume_dir = None
+    if args.resume_from_checkpoint is not None:
+        resume_dir = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
+        if resume_dir is None:
+            logger.info(f"No complete checkpoint in {args.output_dir}: starting a new run.")
 
     # 1. Data
     data = load_training_data(args)
@@ -394,9 +495,8 @@ def main(args):
                 f"The first training image is {width}x{height}, not square; pass --resolution to resize and crop."
             )
         resolution = width
-    train_dataset = data.dataset.with_transform(
-        make_train_transform(data.image_mode, resolution, args.center_crop, args.random_flip)
-    )
+    train_transform = TrainTransform(data.image_mode, resolution, args.center_crop, args.random_flip, args.seed)
+    train_dataset = data.dataset.with_transform(train_transform)
     train_dataloader = torch.utils.data.DataLoader(
         train_dataset,
         batch_size=args.train_batch_size,
@@ -412,6 +512,17 @@ def main(args):
         beta_schedule=args.beta_schedule,
         prediction_type=args.prediction_type,
     )
+    ema_model = None
+    if args.use_ema:
+        ema_model = EMAModel(
+            unet.parameters(),
+            decay=args.ema_decay,
+            use_ema_warmup=True,
+            inv_gamma=args.ema_inv_gamma,
+            power=args.ema_power,
+            model_cls=type(unet),
+            model_config=unet.config,
+        )
     optimizer = torch.optim.AdamW(
         unet.parameters(),
         lr=args.learning_rate,
@@ -432,6 +543,11 @@ def main(args):
     unet, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
         unet, optimizer, train_dataloader, lr_scheduler
     )
+    if ema_model is not None:
+        ema_model.to(accelerator.device)
+    # Training noise, timesteps and condition dropout come from this generator alone (one stream per process), so
+    # that a checkpoint can restore it exactly whatever else draws random numbers.
+    noise_generator = torch.Generator(device=accelerator.device).manual_seed(args.seed + accelerator.process_index)
 
     total_batch_size = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     logger.info("***** Running training *****")
@@ -442,18 +558,43 @@ def main(args):
     logger.info(f"  Num epochs = {num_epochs}, total optimisation steps = {max_train_steps}")
     logger.info(f"  Total batch size (parallel, distributed & accumulation) = {total_batch_size}")
 
-    # 3. Training loop
-    global_step = 0
-    loss_history = []
+    # 3. Resume
+    global_step, first_epoch, batches_to_skip, recent_losses, previous_train_seconds = 0, 0, 0, [], 0.0
+    if resume_dir is not None:
+        accelerator.load_state(resume_dir)
+        load_checkpoint_extras(accelerator, resume_dir, ema_model, noise_generator)
+        training_state = read_training_state(resume_dir)
+        global_step = training_state["global_step"]
+        recent_losses = training_state["recent_losses"]
+        previous_train_seconds = training_state["train_seconds"]
+        first_epoch = global_step // num_update_steps_per_epoch
+        batches_to_skip = (global_step % num_update_steps_per_epoch) * args.gradient_accumulation_steps
+        logger.info(f"Resumed from {resume_dir} at step {global_step} (epoch {first_epoch}, batch {batches_to_skip})")
+
+    # 4. Training loop
     start_time = time.time()
-    progress_bar = tqdm(range(max_train_steps), disable=not accelerator.is_local_main_process, desc="Steps")
-    for epoch in range(num_epochs):
+    progress_bar = tqdm(
+        range(max_train_steps), initial=global_step, disable=not accelerator.is_local_main_process, desc="Steps"
+    )
+    for epoch in range(first_epoch, num_epochs):
         unet.train()
-        for batch in train_dataloader:
+        train_transform.epoch = epoch
+        train_dataloader.set_epoch(epoch)
+        epoch_dataloader = train_dataloader
+        if epoch == first_epoch and batches_to_skip:
+            epoch_dataloader = accelerator.skip_first_batches(train_dataloader, batches_to_skip)
+        for batch in epoch_dataloader:
             clean_images = batch["pixel_values"]
-            noise = torch.randn_like(clean_images)
+            batch_size = clean_images.shape[0]
+            noise = torch.randn(
+                clean_images.shape, generator=noise_generator, device=clean_images.device, dtype=clean_images.dtype
+            )
             timesteps = torch.randint(
-                0, noise_scheduler.config.num_train_timesteps, (clean_images.shape[0],), device=clean_images.device
+                0,
+                noise_scheduler.config.num_train_timesteps,
+                (batch_size,),
+                generator=noise_generator,
+                device=clean_images.device,
             )
             # Forward diffusion: x_t = sqrt(alpha_bar_t) * x_0 + sqrt(1 - alpha_bar_t) * noise
             noisy_images = noise_scheduler.add_noise(clean_images, noise, timesteps)
@@ -462,7 +603,8 @@ def main(args):
                 if args.conditioning == "class":
                     # Condition dropout: the null label teaches the unconditional branch of guidance.
                     labels = batch["labels"]
-                    dropped = torch.rand(labels.shape, device=labels.device) < args.condition_dropout
+                    dropped = torch.rand(labels.shape, generator=noise_generator, device=labels.device)
+                    dropped = dropped < args.condition_dropout
                     labels = torch.where(dropped, torch.full_like(labels, data.num_classes), labels)
                     encoder_hidden_states = one_hot_label_states(labels, data.num_classes, noisy_images.dtype)
                     model_output = unet(noisy_images, timesteps, encoder_hidden_states=encoder_hidden_states).sample
@@ -484,21 +626,42 @@ def main(args):
 
             if accelerator.sync_gradients:
                 global_step += 1
+                if ema_model is not None and global_step % args.ema_update_every == 0:
+                    ema_model.step(unet.parameters())
                 progress_bar.update(1)
                 loss_value = accelerator.gather(loss.detach()).mean().item()
-                loss_history.append(loss_value)
+                recent_losses = (recent_losses + [loss_value])[-FINAL_LOSS_WINDOW:]
                 progress_bar.set_postfix(
                     loss=f"{loss_value:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}", epoch=epoch
                 )
+                if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
+                    training_state = {
+                        "global_step": global_step,
+                        "args": run_config(args),
+                        "recent_losses": recent_losses,
+                        "train_seconds": previous_train_seconds + time.time() - start_time,
+                    }
+                    removed = save_checkpoint(
+                        accelerator,
+                        args.output_dir,
+                        global_step,
+                        training_state,
+                        ema_model,
+                        noise_generator,
+                        args.checkpoints_total_limit,
+                    )
+                    logger.info(f"Saved checkpoint-{global_step}; removed {[os.path.basename(r) for r in removed]}")
             if global_step >= max_train_steps:
                 break
     progress_bar.close()
-    train_seconds = time.time() - start_time
+    train_seconds = previous_train_seconds + time.time() - start_time
 
-    # 4. Save the pipeline, a sample grid and the configuration
+    # 5. Save the pipeline (with the EMA weights, if kept), a sample grid, the configuration and the model card
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         unet = accelerator.unwrap_model(unet).eval()
+        if ema_model is not None:
+            ema_model.copy_to(unet.parameters())
         # The saved scheduler is DPM-Solver++ built from the training schedule: ~25 steps instead of DDPM's 1000.
         # Dynamic thresholding keeps its x0 predictions in the data range [-1, 1], as DDPM's `clip_sample` does;
         # without it, guided samples of pixel-space models turn to speckle (default job: 30% vs 100% recognised).
@@ -551,7 +714,7 @@ def main(args):
                 "global_step": global_step,
                 "images_seen": global_step * total_batch_size,
                 "train_seconds": round(train_seconds, 1),
-                "final_loss": sum(loss_history[-50:]) / max(1, len(loss_history[-50:])),
+                "final_loss": sum(recent_losses) / max(1, len(recent_losses)),
             },
         }
         os.makedirs(os.path.dirname(os.path.abspath(args.output_dir)), exist_ok=True)
