@@ -226,7 +226,7 @@ class TrainTransform:
                 image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             array = np.asarray(image, dtype=np.float32).reshape(self.resolution, self.resolution, -1)
             pixel_values.append(torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0)
-        batch = {"pixel_values": torch.stack(pixel_values)}
+        batch = {"pixel_values": torch.stack(pixel_values), INDEX_COLUMN: torch.tensor(examples[INDEX_COLUMN])}
         if "label" in examples:
             batch["labels"] = torch.tensor(examples["label"], dtype=torch.long)
         return batch

@@ -44,7 +44,7 @@ from training.checkpointing import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from training.dataset_loading import EMBEDDED_DATASETS, TrainTransform, load_training_data
+from training.dataset_loading import EMBEDDED_DATASETS, INDEX_COLUMN, TrainTransform, load_training_data
 from training.model_card import render_model_card
 
 logger = get_logger(__name__, log_level="INFO")
@@ -459,7 +459,12 @@ def replace_outputs(staging_dir: str, output_dir: str):
 
 
 def main(args):
+    # `accelerate launch --multi_gpu --num_processes N` on a machine without GPUs starts N processes, but unless the
+    # accelerate config says `use_cpu`, accelerate then joins them in no process group: each would train alone and
+    # overwrite the others' outputs. Join them over gloo (accelerate's MULTI_CPU mode) instead.
+    launched_processes = int(os.environ.get("WORLD_SIZE", "1"))
     accelerator = Accelerator(
+        cpu=launched_processes > 1 and not torch.cuda.is_available(),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         # The data order of each epoch then depends only on --seed and the epoch, so a resumed run can skip to
@@ -468,6 +473,12 @@ def main(args):
     )
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     logger.info(accelerator.state, main_process_only=False)
+    if accelerator.num_processes != launched_processes:
+        raise RuntimeError(
+            f"{launched_processes} processes were launched, but accelerate set up {accelerator.num_processes} "
+            f"({accelerator.distributed_type}); check the accelerate config (`accelerate env`) so that they train "
+            "together instead of each alone."
+        )
     if accelerator.device.type == "cpu" and torch.get_num_threads() * accelerator.num_processes < (
         os.cpu_count() or 1
     ):
@@ -531,7 +542,9 @@ def main(args):
         eps=args.adam_epsilon,
     )
 
-    num_update_steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
+    # accelerate.prepare shards the batches between the processes: count each process's share.
+    batches_per_process = math.ceil(len(train_dataloader) / accelerator.num_processes)
+    num_update_steps_per_epoch = math.ceil(batches_per_process / args.gradient_accumulation_steps)
     max_train_steps = args.max_train_steps or args.num_epochs * num_update_steps_per_epoch
     num_epochs = math.ceil(max_train_steps / num_update_steps_per_epoch)
     lr_scheduler = get_scheduler(
@@ -543,6 +556,7 @@ def main(args):
     unet, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
         unet, optimizer, train_dataloader, lr_scheduler
     )
+    assert len(train_dataloader) == batches_per_process, (len(train_dataloader), batches_per_process)
     if ema_model is not None:
         ema_model.to(accelerator.device)
     # Training noise, timesteps and condition dropout come from this generator alone (one stream per process), so
@@ -583,7 +597,13 @@ def main(args):
         epoch_dataloader = train_dataloader
         if epoch == first_epoch and batches_to_skip:
             epoch_dataloader = accelerator.skip_first_batches(train_dataloader, batches_to_skip)
-        for batch in epoch_dataloader:
+        for step, batch in enumerate(epoch_dataloader):
+            if epoch == first_epoch and step == 0:
+                # Which examples each process starts on: in a multi-process run they must differ (one shard each).
+                logger.info(
+                    f"Process {accelerator.process_index} starts on examples {batch[INDEX_COLUMN].tolist()}",
+                    main_process_only=False,
+                )
             clean_images = batch["pixel_values"]
             batch_size = clean_images.shape[0]
             noise = torch.randn(

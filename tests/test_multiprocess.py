@@ -1,0 +1,49 @@
+import json
+import re
+import subprocess
+import sys
+
+from .utils import REPO_ROOT
+
+NUM_RUNS = 2
+
+
+def launch_two_processes(output_dir):
+    """`accelerate launch --multi_gpu --num_processes 2`, as a user with two GPUs would; here it runs over gloo."""
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+        "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1", "--main_process_port", "0",
+        "training/train.py", "--output_dir", str(output_dir),
+        "--max_train_samples", "64", "--train_batch_size", "8", "--max_train_steps", "6", "--resolution", "16",
+        "--checkpointing_steps", "2", "--checkpoints_total_limit", "2",
+        "--num_inference_steps", "1", "--num_samples_per_class", "1",
+    ]  # fmt: skip
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_two_process_run_trains_on_shards_saves_once_and_exits_cleanly(tmp_path):
+    for run in range(NUM_RUNS):
+        output_dir = tmp_path / f"run{run}"
+        result = launch_two_processes(output_dir)
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, output[-5000:]
+        assert "terminate called" not in output
+        assert "DistributedType.MULTI_CPU" in output
+
+        # each process trained on its own shard of the data
+        first_examples = dict(re.findall(r"Process (\d) starts on examples (\[[\d, ]+\])", output))
+        assert set(first_examples) == {"0", "1"}
+        assert not set(json.loads(first_examples["0"])) & set(json.loads(first_examples["1"]))
+
+        run_figures = json.loads((output_dir / "training_config.json").read_text())["run"]
+        assert run_figures["num_processes"] == 2 and run_figures["total_batch_size"] == 16
+        assert run_figures["global_step"] == 6
+        # rotation kept exactly the newest two complete checkpoints, each with both processes' random states
+        checkpoints = sorted(p.name for p in output_dir.iterdir() if "checkpoint" in p.name)
+        assert checkpoints == ["checkpoint-4", "checkpoint-6"]
+        for name in checkpoints:
+            assert {"random_states_0.pkl", "random_states_1.pkl", "noise_generator_1.safetensors"} <= {
+                p.name for p in (output_dir / name).iterdir()
+            }
+        assert (output_dir / "model_index.json").is_file()
