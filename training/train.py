@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = parser.add_argument_group("optimisation")
     train.add_argument("--train_batch_size", type=int, default=64, help="Batch size per device.")
     train.add_argument(
-        "--num_epochs", type=int, default=10, help="Passes over the data; ignored if --max_train_steps is set."
+        "--num_epochs", type=int, default=12, help="Passes over the data; ignored if --max_train_steps is set."
     )
     train.add_argument(
         "--max_train_steps",
@@ -225,8 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     ema = parser.add_argument_group("EMA of the weights")
     ema.add_argument(
         "--use_ema",
-        action="store_true",
-        help="Keep an exponential moving average of the UNet weights; the saved pipeline and samples use it.",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Keep an exponential moving average of the UNet weights; the saved pipeline and samples use it "
+        "(--no-use_ema turns it off).",
     )
     ema.add_argument(
         "--ema_decay", type=float, default=0.9999, help="The largest EMA decay, reached after the warm-up."
