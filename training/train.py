@@ -45,6 +45,7 @@ from training.checkpointing import (
     save_checkpoint,
 )
 from training.dataset_loading import EMBEDDED_DATASETS, INDEX_COLUMN, TrainTransform, load_training_data
+from training.losses import min_snr_loss_weights, offset_noise, perturbed_input_noise
 from training.model_card import render_model_card
 
 logger = get_logger(__name__, log_level="INFO")
@@ -213,6 +214,26 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--adam_weight_decay", type=float, default=0.0, help="AdamW weight decay.")
     train.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW epsilon.")
     train.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradients are clipped to this norm.")
+    train.add_argument(
+        "--snr_gamma",
+        type=float,
+        default=None,
+        help="Min-SNR-gamma loss weighting (Hang et al., 2023); 5.0 is the recommended value. Off by default.",
+    )
+    train.add_argument(
+        "--noise_offset",
+        type=float,
+        default=0.0,
+        help="Add this times a per-image, per-channel N(0, 1) constant to the noise, so the model can learn "
+        "overall brightness (0.05-0.1 is usual).",
+    )
+    train.add_argument(
+        "--input_perturbation",
+        type=float,
+        default=0.0,
+        help="Perturb the noise that makes the model input (not the target) by this times N(0, 1), against "
+        "exposure bias (Ning et al., 2023; 0.1 is usual).",
+    )
     train.add_argument("--seed", type=int, default=0, help="Seed for initialisation, data order, noise and samples.")
     train.add_argument(
         "--mixed_precision",
@@ -340,6 +361,11 @@ def validate_args(args):
         raise ValueError(f"`--guidance_scale` must be a finite number >= 0, but is {args.guidance_scale}.")
     if not 0 < args.ema_decay < 1:
         raise ValueError(f"`--ema_decay` must be in (0, 1), but is {args.ema_decay}; 0.9999 is usual.")
+    if args.snr_gamma is not None and not (math.isfinite(args.snr_gamma) and args.snr_gamma > 0):
+        raise ValueError(f"`--snr_gamma` must be a positive number, but is {args.snr_gamma}; 5.0 is usual.")
+    for name in ("noise_offset", "input_perturbation"):
+        if not (math.isfinite(getattr(args, name)) and getattr(args, name) >= 0):
+            raise ValueError(f"`--{name}` must be a finite number >= 0, but is {getattr(args, name)}.")
     if args.max_grad_norm <= 0:
         raise ValueError(f"`--max_grad_norm` must be positive, but is {args.max_grad_norm}.")
     if args.resolution is not None:
@@ -611,6 +637,8 @@ def main(args):
             noise = torch.randn(
                 clean_images.shape, generator=noise_generator, device=clean_images.device, dtype=clean_images.dtype
             )
+            if args.noise_offset:
+                noise = offset_noise(noise, args.noise_offset, noise_generator)
             timesteps = torch.randint(
                 0,
                 noise_scheduler.config.num_train_timesteps,
@@ -618,8 +646,12 @@ def main(args):
                 generator=noise_generator,
                 device=clean_images.device,
             )
-            # Forward diffusion: x_t = sqrt(alpha_bar_t) * x_0 + sqrt(1 - alpha_bar_t) * noise
-            noisy_images = noise_scheduler.add_noise(clean_images, noise, timesteps)
+            # Forward diffusion: x_t = sqrt(alpha_bar_t) * x_0 + sqrt(1 - alpha_bar_t) * noise. Input perturbation
+            # noises the input with a perturbed copy of the noise while the target stays the unperturbed one.
+            input_noise = noise
+            if args.input_perturbation:
+                input_noise = perturbed_input_noise(noise, args.input_perturbation, noise_generator)
+            noisy_images = noise_scheduler.add_noise(clean_images, input_noise, timesteps)
 
             with accelerator.accumulate(unet):
                 if args.conditioning == "class":
@@ -637,7 +669,11 @@ def main(args):
                     target = noise
                 else:
                     target = noise_scheduler.get_velocity(clean_images, noise, timesteps)
-                loss = F.mse_loss(model_output.float(), target.float())
+                if args.snr_gamma is None:
+                    loss = F.mse_loss(model_output.float(), target.float())
+                else:
+                    per_image_loss = F.mse_loss(model_output.float(), target.float(), reduction="none").mean((1, 2, 3))
+                    loss = (per_image_loss * min_snr_loss_weights(noise_scheduler, timesteps, args.snr_gamma)).mean()
 
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
