@@ -252,3 +252,21 @@ def test_outputs_replace_an_earlier_run_whole(tmp_path):
     assert [p.name for p in (output_dir / "unet").iterdir()] == ["diffusion_pytorch_model.safetensors"]
     assert (output_dir / "samples.png").read_text() == "new grid"
     assert list(staging_dir.iterdir()) == []
+
+
+def test_bf16_mixed_precision_keeps_fp32_weights(tmp_path):
+    output_dir = tmp_path / "out"
+    unet_config = write_unet_config(tmp_path, TINY_CONDITION_UNET_CONFIG, "unet.json")
+    result = run_accelerate_launch(
+        [*QUICK_RUN, "--mixed_precision", "bf16", "--gradient_checkpointing", "--output_dir", str(output_dir),
+         "--model_config_name_or_path", unet_config]
+    )  # fmt: skip
+    assert_launch_succeeded(result)
+    assert "Mixed precision type: bf16" in result.stderr
+    config = json.loads((output_dir / TRAINING_CONFIG_NAME).read_text())
+    assert np.isfinite(config["run"]["final_loss"])
+    # autocast computes in bf16, but the trainable (and saved) weights stay fp32
+    from safetensors.torch import load_file
+
+    weights = load_file(output_dir / "unet" / "diffusion_pytorch_model.safetensors")
+    assert {tensor.dtype for tensor in weights.values()} == {torch.float32}

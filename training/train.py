@@ -236,6 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--seed", type=int, default=0, help="Seed for initialisation, data order, noise and samples.")
     train.add_argument(
+        "--gradient_checkpointing",
+        action="store_true",
+        help="Recompute UNet activations in the backward pass: less memory for more compute.",
+    )
+    train.add_argument(
+        "--allow_tf32",
+        action="store_true",
+        help="Allow TF32 matmuls on Ampere and newer NVIDIA GPUs (faster, slightly less precise); no effect on CPU.",
+    )
+    train.add_argument(
         "--mixed_precision",
         type=str,
         default=None,
@@ -546,6 +556,13 @@ def main(args):
 
     # 2. Model, noise scheduler, optimiser
     unet = build_unet(args, data.num_channels, resolution, data.num_classes)
+    if args.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    if args.allow_tf32:
+        if torch.cuda.is_available():
+            torch.backends.cuda.matmul.allow_tf32 = True
+        else:
+            logger.warning("--allow_tf32 has no effect without a CUDA GPU.")
     noise_scheduler = DDPMScheduler(
         num_train_timesteps=args.num_train_timesteps,
         beta_schedule=args.beta_schedule,
