@@ -270,3 +270,31 @@ def test_bf16_mixed_precision_keeps_fp32_weights(tmp_path):
 
     weights = load_file(output_dir / "unet" / "diffusion_pytorch_model.safetensors")
     assert {tensor.dtype for tensor in weights.values()} == {torch.float32}
+
+
+def test_tensorboard_logs_and_validation_grids(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    output_dir = tmp_path / "out"
+    unet_config = write_unet_config(tmp_path, TINY_CONDITION_UNET_CONFIG, "unet.json")
+    result = run_accelerate_launch(
+        [*QUICK_RUN, "--report_to", "tensorboard", "--validation_steps", "2", "--output_dir", str(output_dir),
+         "--model_config_name_or_path", unet_config]
+    )  # fmt: skip
+    assert_launch_succeeded(result)
+    assert Image.open(output_dir / "validation" / "step-2.png").size == (2 * RESOLUTION, 10 * RESOLUTION)
+    event_files = list((output_dir / "logs").rglob("events.out.tfevents.*"))
+    assert event_files
+    scalars, images = set(), set()
+    for event_file in event_files:
+        events = EventAccumulator(str(event_file), size_guidance={"images": 0})
+        events.Reload()
+        scalars |= set(events.Tags()["scalars"])
+        images |= set(events.Tags()["images"])
+        if "loss" in events.Tags()["scalars"]:
+            assert [e.step for e in events.Scalars("loss")] == [1, 2, 3]
+    assert {"loss", "lr", "grad_norm", "images_per_second"} <= scalars
+    assert "validation" in images
+    # a second run into the same folder still counts it as this run, logs and all
+    parse_args([*QUICK_RUN, "--report_to", "tensorboard", "--output_dir", str(output_dir),
+                "--model_config_name_or_path", unet_config])  # fmt: skip
