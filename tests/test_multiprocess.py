@@ -3,16 +3,21 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from .utils import REPO_ROOT
 
-NUM_RUNS = 2
+LAUNCH_STYLES = {
+    # as a user with two GPUs would type it; on this machine the script joins the processes over gloo
+    "multi_gpu_flags": ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"],
+    # the config file the README documents for machines without GPUs
+    "multi_cpu_config": ["--config_file", "training/accelerate_configs/multi_cpu.yaml"],
+}
 
 
-def launch_two_processes(output_dir):
-    """`accelerate launch --multi_gpu --num_processes 2`, as a user with two GPUs would; here it runs over gloo."""
+def launch_two_processes(output_dir, launch_style):
     command = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+        sys.executable, "-m", "accelerate.commands.launch", *LAUNCH_STYLES[launch_style],
         "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1", "--main_process_port", "0",
         "training/train.py", "--output_dir", str(output_dir),
         "--max_train_samples", "64", "--train_batch_size", "8", "--max_train_steps", "6", "--resolution", "16",
@@ -22,10 +27,11 @@ def launch_two_processes(output_dir):
     return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
 
 
-def test_two_process_run_trains_on_shards_saves_once_and_exits_cleanly(tmp_path):
-    for run in range(NUM_RUNS):
+@pytest.mark.parametrize("launch_style", sorted(LAUNCH_STYLES))
+def test_two_process_run_trains_on_shards_saves_once_and_exits_cleanly(tmp_path, launch_style):
+    for run in range(2):
         output_dir = tmp_path / f"run{run}"
-        result = launch_two_processes(output_dir)
+        result = launch_two_processes(output_dir, launch_style)
         output = result.stdout + result.stderr
         assert result.returncode == 0, output[-5000:]
         assert "terminate called" not in output

@@ -819,10 +819,11 @@ def main(args):
                 logs = {
                     "loss": loss_value,
                     "lr": lr_scheduler.get_last_lr()[0],
-                    "grad_norm": grad_norm.item(),
                     "images_per_second": total_batch_size / max(now - last_step_time, 1e-9),
                 }
                 progress_bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{logs['lr']:.2e}", epoch=epoch)
+                if grad_norm is not None:  # DeepSpeed clips inside its engine and reports no norm here
+                    logs["grad_norm"] = grad_norm.item()
                 accelerator.log(logs, step=global_step)
                 if args.validation_steps and global_step % args.validation_steps == 0 and accelerator.is_main_process:
                     log_validation(accelerator, unet, ema_model, noise_scheduler, args, data, global_step)
