@@ -24,6 +24,9 @@ MNIST_LABEL_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seve
 MNIST_IMAGE_SIZE = 28
 # A column of example indices added to the training data, so that augmentation can depend on the example.
 INDEX_COLUMN = "example_index"
+# Decoded pixels (raw uint8 bytes, HWC) and their shape, written once by `decode_once`.
+PIXELS_COLUMN = "pixels"
+PIXELS_SHAPE_COLUMN = "pixels_shape"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # We train on grey ("L") or colour ("RGB") images; other PIL modes are converted to the nearer of the two.
 CHANNELS_BY_MODE = {"L": 1, "RGB": 3}
@@ -178,29 +181,49 @@ def load_training_data(args) -> TrainingData:
     return TrainingData(dataset=dataset, id2label=id2label, image_mode=image_mode, source=source)
 
 
-def resize_and_crop(image: Image.Image, resolution: int, crop_position: Optional[Tuple[float, float]]) -> Image.Image:
-    """Resize the shorter side to `resolution`, then crop a square.
+def resize_shorter_side(image: Image.Image, resolution: int) -> Image.Image:
+    """Resize so that the shorter side is `resolution`, keeping the aspect ratio."""
+    width, height = image.size
+    scale = resolution / min(width, height)
+    if scale == 1:
+        return image
+    return image.resize(
+        (max(resolution, round(width * scale)), max(resolution, round(height * scale))), Image.Resampling.BILINEAR
+    )
+
+
+def crop_square(array: np.ndarray, resolution: int, crop_position: Optional[Tuple[float, float]]) -> np.ndarray:
+    """Crop a `resolution` square from an HWC array whose shorter side is `resolution`.
 
     `crop_position` is where the crop lies along the spare width and height, each in [0, 1]; `None` centres it.
     """
-    width, height = image.size
-    scale = resolution / min(width, height)
-    if scale != 1:
-        image = image.resize(
-            (max(resolution, round(width * scale)), max(resolution, round(height * scale))),
-            Image.Resampling.BILINEAR,
-        )
-        width, height = image.size
-    if (width, height) == (resolution, resolution):
-        return image
+    height, width = array.shape[:2]
     along_width, along_height = crop_position if crop_position is not None else (0.5, 0.5)
     left = min(width - resolution, int(along_width * (width - resolution + 1)))
     top = min(height - resolution, int(along_height * (height - resolution + 1)))
-    return image.crop((left, top, left + resolution, top + resolution))
+    return array[top : top + resolution, left : left + resolution]
+
+
+def decode_once(dataset, image_mode: str, resolution: int):
+    """Decode, convert and resize every image once, with `Dataset.map`.
+
+    The result holds raw uint8 pixels (`pixels`, `pixels_shape`, HWC) instead of encoded images, so an epoch costs
+    only a crop, a flip and a conversion per image. `datasets` caches the map on disk for datasets that live on disk
+    (Hub and folder datasets), so a second run with the same data and resolution skips it.
+    """
+
+    def decode(examples):
+        arrays = [
+            np.asarray(resize_shorter_side(image.convert(image_mode), resolution)) for image in examples["image"]
+        ]
+        arrays = [array[:, :, None] if array.ndim == 2 else array for array in arrays]
+        return {PIXELS_COLUMN: [a.tobytes() for a in arrays], PIXELS_SHAPE_COLUMN: [list(a.shape) for a in arrays]}
+
+    return dataset.map(decode, batched=True, remove_columns=["image"], desc="Decoding and resizing images once")
 
 
 class TrainTransform:
-    """Batch transform for `Dataset.with_transform`: images to `pixel_values` in [-1, 1], labels to `labels`.
+    """Batch transform for `Dataset.with_transform` on `decode_once` data: `pixel_values` in [-1, 1], `labels`.
 
     Random crops and flips are drawn from a generator seeded by `(seed, epoch, example index)` rather than from any
     shared random state. They are therefore the same whatever the number of DataLoader workers or processes, and a
@@ -208,8 +231,7 @@ class TrainTransform:
     `epoch` before each pass over the data (DataLoader workers start afterwards and see the new value).
     """
 
-    def __init__(self, image_mode: str, resolution: int, center_crop: bool, random_flip: bool, seed: int):
-        self.image_mode = image_mode
+    def __init__(self, resolution: int, center_crop: bool, random_flip: bool, seed: int):
         self.resolution = resolution
         self.center_crop = center_crop
         self.random_flip = random_flip
@@ -217,16 +239,17 @@ class TrainTransform:
         self.epoch = 0
 
     def __call__(self, examples):
-        pixel_values = []
-        for image, index in zip(examples["image"], examples[INDEX_COLUMN]):
+        arrays = []
+        for raw, shape, index in zip(examples[PIXELS_COLUMN], examples[PIXELS_SHAPE_COLUMN], examples[INDEX_COLUMN]):
             rng = np.random.default_rng((self.seed, self.epoch, index))
             crop_position = None if self.center_crop else tuple(rng.random(2))
-            image = resize_and_crop(image.convert(self.image_mode), self.resolution, crop_position)
+            array = crop_square(np.frombuffer(raw, dtype=np.uint8).reshape(shape), self.resolution, crop_position)
             if self.random_flip and rng.random() < 0.5:
-                image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            array = np.asarray(image, dtype=np.float32).reshape(self.resolution, self.resolution, -1)
-            pixel_values.append(torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0)
-        batch = {"pixel_values": torch.stack(pixel_values), INDEX_COLUMN: torch.tensor(examples[INDEX_COLUMN])}
+                array = array[:, ::-1]
+            arrays.append(array)
+        # One conversion for the whole batch: uint8 HWC -> float NCHW in [-1, 1]
+        pixel_values = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        batch = {"pixel_values": pixel_values.contiguous(), INDEX_COLUMN: torch.tensor(examples[INDEX_COLUMN])}
         if "label" in examples:
             batch["labels"] = torch.tensor(examples["label"], dtype=torch.long)
         return batch

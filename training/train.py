@@ -45,7 +45,13 @@ from training.checkpointing import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from training.dataset_loading import EMBEDDED_DATASETS, INDEX_COLUMN, TrainTransform, load_training_data
+from training.dataset_loading import (
+    EMBEDDED_DATASETS,
+    INDEX_COLUMN,
+    TrainTransform,
+    decode_once,
+    load_training_data,
+)
 from training.losses import min_snr_loss_weights, offset_noise, perturbed_input_noise
 from training.model_card import render_model_card
 
@@ -645,8 +651,11 @@ def main(args):
                 f"The first training image is {width}x{height}, not square; pass --resolution to resize and crop."
             )
         resolution = width
-    train_transform = TrainTransform(data.image_mode, resolution, args.center_crop, args.random_flip, args.seed)
-    train_dataset = data.dataset.with_transform(train_transform)
+    # The main process decodes first, so that the others read the cache it leaves (for datasets on disk).
+    with accelerator.main_process_first():
+        decoded_dataset = decode_once(data.dataset, data.image_mode, resolution)
+    train_transform = TrainTransform(resolution, args.center_crop, args.random_flip, args.seed)
+    train_dataset = decoded_dataset.with_transform(train_transform)
     train_dataloader = torch.utils.data.DataLoader(
         train_dataset,
         batch_size=args.train_batch_size,
