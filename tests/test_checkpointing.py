@@ -16,7 +16,7 @@ from training.checkpointing import (
 )
 from training.train import parse_args
 
-from .utils import REPO_ROOT, accelerate_launch_command, run_accelerate_launch
+from .utils import REPO_ROOT, accelerate_launch_command, assert_launch_succeeded, run_accelerate_launch
 
 # Long enough (~0.1 s a step with the default UNet) for a test to kill it in the middle; crosses an epoch boundary
 # (64 images / batch 8 = 8 steps an epoch) and uses every source of randomness: flips, condition dropout, EMA.
@@ -25,10 +25,6 @@ RESUME_RUN = [
     "--use_ema", "--ema_decay", "0.99", "--random_flip", "--lr_warmup_steps", "2",
     "--num_inference_steps", "2", "--num_samples_per_class", "1",
 ]  # fmt: skip
-
-
-def assert_launch_succeeded(result):
-    assert result.returncode == 0, f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-5000:]}"
 
 
 def assert_same_weights(path_a, path_b):

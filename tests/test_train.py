@@ -10,7 +10,7 @@ from pipelines import ClassConditionalImagePipeline, UnconditionalImagePipeline
 from training.dataset_loading import MNIST_LABEL_NAMES, load_mnist_5k
 from training.train import TRAINING_CONFIG_NAME, build_parser, main, parse_args, run_config
 
-from .utils import TINY_CONDITION_UNET_CONFIG, TINY_UNET2D_CONFIG, run_accelerate_launch
+from .utils import TINY_CONDITION_UNET_CONFIG, TINY_UNET2D_CONFIG, assert_launch_succeeded, run_accelerate_launch
 
 RESOLUTION = 16
 # A few optimisation steps on a handful of real digits: enough to exercise every stage of the script.
@@ -25,10 +25,6 @@ def write_unet_config(tmp_path, config, name):
     path = tmp_path / name
     path.write_text(json.dumps({k: v for k, v in config.items() if k not in data_keys}))
     return str(path)
-
-
-def assert_launch_succeeded(result):
-    assert result.returncode == 0, f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-5000:]}"
 
 
 def test_train_class_conditional_with_accelerate_launch(tmp_path):

@@ -47,3 +47,7 @@ def accelerate_launch_command(args):
 
 def run_accelerate_launch(args, cwd=REPO_ROOT, timeout=300):
     return subprocess.run(accelerate_launch_command(args), cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_launch_succeeded(result):
+    assert result.returncode == 0, f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-5000:]}"
