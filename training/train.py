@@ -59,8 +59,8 @@ logger = get_logger(__name__, log_level="INFO")
 
 TRAINING_CONFIG_NAME = "training_config.json"
 SAMPLES_NAME = "samples.png"
-# Files and folders a finished run leaves in --output_dir; anything else there means the folder is not ours.
 MODEL_CARD_NAME = "README.md"
+# Validation grids go to --output_dir/validation/step-N.png.
 VALIDATION_DIR = "validation"
 UNCONDITIONAL_GRID_ROWS = 8
 # Flags that do not change what is trained: a run resumed or repeated with other values is still the same run.
