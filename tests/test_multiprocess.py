@@ -15,14 +15,14 @@ LAUNCH_STYLES = {
 }
 
 
-def launch_two_processes(output_dir, launch_style):
+def launch_two_processes(output_dir, launch_style, *extra_args):
     command = [
         sys.executable, "-m", "accelerate.commands.launch", *LAUNCH_STYLES[launch_style],
         "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1", "--main_process_port", "0",
         "training/train.py", "--output_dir", str(output_dir),
         "--max_train_samples", "64", "--train_batch_size", "8", "--max_train_steps", "6", "--resolution", "16",
         "--checkpointing_steps", "2", "--checkpoints_total_limit", "2",
-        "--num_inference_steps", "1", "--num_samples_per_class", "1",
+        "--num_inference_steps", "1", "--num_samples_per_class", "1", *extra_args,
     ]  # fmt: skip
     return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
 
@@ -53,3 +53,17 @@ def test_two_process_run_trains_on_shards_saves_once_and_exits_cleanly(tmp_path,
                 p.name for p in (output_dir / name).iterdir()
             }
         assert (output_dir / "model_index.json").is_file()
+
+
+def test_two_process_run_that_fails_mid_training_exits_with_its_error(tmp_path):
+    # A file where checkpoint-2 must go makes the main process fail while the process group is up and after the
+    # loss gathers: the run must end with that error and exit code 1, not with a C++ abort at interpreter exit.
+    output_dir = tmp_path / "run"
+    output_dir.mkdir()
+    (output_dir / "checkpoint-2").write_text("in the way")
+    result = launch_two_processes(output_dir, "multi_gpu_flags", "--overwrite_output_dir")
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-5000:]
+    assert "NotADirectoryError" in output and "checkpoint-2" in output
+    assert "terminate called" not in output and "SIGABRT" not in output
+    assert not (output_dir / "model_index.json").exists()

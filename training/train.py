@@ -910,5 +910,23 @@ def main(args):
     accelerator.end_training()
 
 
+def release_process_group():
+    """Destroy a gloo process group that `main` left behind because it stopped with an error.
+
+    A gloo worker thread that drops the last reference to a finished collective (say the `gather` of the loss) must
+    take the GIL to free its tensors; if the interpreter is already shutting down, that thread is killed inside C++
+    and the process aborts with "terminate called without an active exception" (SIGABRT) instead of exiting with the
+    error. Destroying the group first joins those threads while Python is still alive. On success
+    `accelerator.end_training()` has destroyed it already. An NCCL group is left to its own watchdog: destroying
+    it while other ranks are still inside a collective can hang.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if torch.distributed.get_backend() == "gloo":
+            torch.distributed.destroy_process_group()
+
+
 if __name__ == "__main__":
-    main(parse_args())
+    try:
+        main(parse_args())
+    finally:
+        release_process_group()
