@@ -5,7 +5,10 @@
 """Class-conditional image generation with classifier-free guidance."""
 
 import inspect
+import json
 import math
+import os
+import shutil
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -81,6 +84,37 @@ class ClassConditionalImagePipeline(DiffusionPipeline):
             id2label={str(k): str(v) for k, v in id2label.items()},
             guidance_scale=guidance_scale,
         )
+
+    # Copied from pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.save_config
+    def save_config(self, save_directory: Union[str, os.PathLike], **kwargs):
+        r"""
+        Write `model_index.json`, plus this file beside it, so the folder loads without diffkit installed.
+
+        `save_pretrained` (and therefore `push_to_hub`) calls this before anything is uploaded. `_class_name` becomes
+        `[file stem, class name]`, the form with which `DiffusionPipeline.from_pretrained(folder_or_repo,
+        trust_remote_code=True)` imports the class from the copied file.
+        """
+        super().save_config(save_directory, **kwargs)
+        source_file = inspect.getfile(type(self))
+        module_name = os.path.splitext(os.path.basename(source_file))[0]
+        shutil.copyfile(source_file, os.path.join(save_directory, f"{module_name}.py"))
+        config_file = os.path.join(save_directory, self.config_name)
+        with open(config_file, encoding="utf-8") as f:
+            model_index = json.load(f)
+        model_index["_class_name"] = [module_name, type(self).__name__]
+        with open(config_file, "w", encoding="utf-8") as f:
+            f.write(json.dumps(model_index, indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    # Copied from pipelines.pipeline_unconditional_image.UnconditionalImagePipeline._dict_from_json_file
+    def _dict_from_json_file(cls, json_file: Union[str, os.PathLike]):
+        config = super()._dict_from_json_file(json_file)
+        # A folder written by `save_config` names its own copy of this file for `trust_remote_code` users. Loaded
+        # through this class, the installed code is used instead, and no remote code is needed or run.
+        class_name = config.get("_class_name")
+        if isinstance(class_name, list) and class_name[1] == cls.__name__:
+            config["_class_name"] = cls.__name__
+        return config
 
     @property
     def label2id(self) -> Dict[str, int]:

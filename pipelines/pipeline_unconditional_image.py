@@ -5,6 +5,9 @@
 """Unconditional image generation with any diffusers scheduler."""
 
 import inspect
+import json
+import os
+import shutil
 from typing import List, Optional, Tuple, Union
 
 import torch
@@ -35,6 +38,35 @@ class UnconditionalImagePipeline(DiffusionPipeline):
     def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
+
+    def save_config(self, save_directory: Union[str, os.PathLike], **kwargs):
+        r"""
+        Write `model_index.json`, plus this file beside it, so the folder loads without diffkit installed.
+
+        `save_pretrained` (and therefore `push_to_hub`) calls this before anything is uploaded. `_class_name` becomes
+        `[file stem, class name]`, the form with which `DiffusionPipeline.from_pretrained(folder_or_repo,
+        trust_remote_code=True)` imports the class from the copied file.
+        """
+        super().save_config(save_directory, **kwargs)
+        source_file = inspect.getfile(type(self))
+        module_name = os.path.splitext(os.path.basename(source_file))[0]
+        shutil.copyfile(source_file, os.path.join(save_directory, f"{module_name}.py"))
+        config_file = os.path.join(save_directory, self.config_name)
+        with open(config_file, encoding="utf-8") as f:
+            model_index = json.load(f)
+        model_index["_class_name"] = [module_name, type(self).__name__]
+        with open(config_file, "w", encoding="utf-8") as f:
+            f.write(json.dumps(model_index, indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def _dict_from_json_file(cls, json_file: Union[str, os.PathLike]):
+        config = super()._dict_from_json_file(json_file)
+        # A folder written by `save_config` names its own copy of this file for `trust_remote_code` users. Loaded
+        # through this class, the installed code is used instead, and no remote code is needed or run.
+        class_name = config.get("_class_name")
+        if isinstance(class_name, list) and class_name[1] == cls.__name__:
+            config["_class_name"] = cls.__name__
+        return config
 
     def check_inputs(self, batch_size, num_inference_steps, generator, output_type):
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:

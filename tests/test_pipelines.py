@@ -7,6 +7,7 @@ from diffusers import (
     DDIMScheduler,
     DDPMPipeline,
     DDPMScheduler,
+    DiffusionPipeline,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
 )
@@ -109,6 +110,18 @@ def test_unconditional_save_load_round_trip(tiny_unet2d, tmp_path):
         batch_size=2, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0), output_type="np"
     )
     np.testing.assert_array_equal(before.images, after.images)
+    assert type(loaded) is UnconditionalImagePipeline  # the installed class, not the copy saved beside the weights
+
+    # the saved folder also loads as remote code, which must be asked for
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        DiffusionPipeline.from_pretrained(tmp_path)
+    remote = DiffusionPipeline.from_pretrained(tmp_path, trust_remote_code=True)
+    assert type(remote).__name__ == "UnconditionalImagePipeline" and type(remote) is not UnconditionalImagePipeline
+    remote.set_progress_bar_config(disable=True)
+    from_remote_code = remote(
+        batch_size=2, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0), output_type="np"
+    )
+    np.testing.assert_array_equal(before.images, from_remote_code.images)
 
 
 @pytest.mark.parametrize(

@@ -39,7 +39,9 @@ def test_train_class_conditional_with_accelerate_launch(tmp_path):
     assert (output_dir / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert not list(output_dir.glob("**/*.bin"))
     model_index = json.loads((output_dir / "model_index.json").read_text())
-    assert model_index["_class_name"] == "ClassConditionalImagePipeline"
+    # the file stem and class with which `trust_remote_code=True` loads the copy of the pipeline file beside it
+    assert model_index["_class_name"] == ["pipeline_class_conditional_image", "ClassConditionalImagePipeline"]
+    assert (output_dir / "pipeline_class_conditional_image.py").is_file()
     assert model_index["num_classes"] == 10 and model_index["null_class_id"] == 10
     assert model_index["id2label"] == {str(i): name for i, name in enumerate(MNIST_LABEL_NAMES)}
 
@@ -79,7 +81,8 @@ def test_train_unconditional_with_accelerate_launch(tmp_path):
     assert_launch_succeeded(result)
     scheduler_config = json.loads((output_dir / "scheduler" / "scheduler_config.json").read_text())
     assert scheduler_config["prediction_type"] == "v_prediction" and scheduler_config["beta_schedule"] == "linear"
-    assert json.loads((output_dir / "model_index.json").read_text())["_class_name"] == "UnconditionalImagePipeline"
+    model_index = json.loads((output_dir / "model_index.json").read_text())
+    assert model_index["_class_name"] == ["pipeline_unconditional_image", "UnconditionalImagePipeline"]
     assert Image.open(output_dir / "samples.png").size == (2 * RESOLUTION, 8 * RESOLUTION)
     pipe = UnconditionalImagePipeline.from_pretrained(output_dir)
     pipe.set_progress_bar_config(disable=True)

@@ -45,8 +45,10 @@ def accelerate_launch_command(args):
     ]  # fmt: skip
 
 
-def run_accelerate_launch(args, cwd=REPO_ROOT, timeout=300):
-    return subprocess.run(accelerate_launch_command(args), cwd=cwd, capture_output=True, text=True, timeout=timeout)
+def run_accelerate_launch(args, cwd=REPO_ROOT, timeout=300, env=None):
+    return subprocess.run(
+        accelerate_launch_command(args), cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def assert_launch_succeeded(result):

@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import time
 
+import huggingface_hub
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -35,8 +36,10 @@ from diffusers.training_utils import EMAModel
 from diffusers.utils import make_image_grid
 from tqdm.auto import tqdm
 
+from model_cards.card import render_model_card
 from pipelines import ClassConditionalImagePipeline, UnconditionalImagePipeline
 from pipelines.pipeline_class_conditional_image import one_hot_label_states
+from pipelines.push import HubPushError, check_repo_id, create_hub_repo, push_checkpoint, push_pipeline_folder
 from training.checkpointing import (
     list_checkpoints,
     load_checkpoint_extras,
@@ -53,7 +56,6 @@ from training.dataset_loading import (
     load_training_data,
 )
 from training.losses import min_snr_loss_weights, offset_noise, perturbed_input_noise
-from training.model_card import render_model_card
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -75,6 +77,12 @@ NON_RUN_FLAGS = (
     "report_to",
     "logging_dir",
     "validation_steps",
+    "push_to_hub",
+    "hub_model_id",
+    "hub_private_repo",
+    "hub_token",
+    "push_checkpoints",
+    "model_license",
 )
 # Losses of the last steps, averaged into the "final loss" reported in training_config.json and the model card.
 FINAL_LOSS_WINDOW = 50
@@ -367,6 +375,44 @@ def build_parser() -> argparse.ArgumentParser:
         default=8,
         help="Columns of samples.png (one row per class); for --conditioning none, the grid holds 8 times this.",
     )
+    output.add_argument(
+        "--model_license",
+        type=str,
+        default="apache-2.0",
+        help="Licence of the trained weights, as a Hub licence id (e.g. apache-2.0, mit, cc-by-4.0), written in the "
+        "model card's metadata; check that your training data allows it.",
+    )
+
+    hub = parser.add_argument_group("sharing on the Hugging Face Hub (HF_ENDPOINT and HF_TOKEN are honoured)")
+    hub.add_argument(
+        "--push_to_hub",
+        action="store_true",
+        help="At the end of the run, push the pipeline, its code, samples.png and the model card to the Hub. The "
+        "repo is created (or checked) before training starts; if the final push fails, everything stays in "
+        "--output_dir and `python -m pipelines.push` pushes it later.",
+    )
+    hub.add_argument(
+        "--hub_model_id",
+        type=str,
+        default=None,
+        help="Repo to push to, 'name' or 'namespace/name'; defaults to the name of --output_dir in your namespace.",
+    )
+    hub.add_argument(
+        "--hub_private_repo", action="store_true", help="Create the repo as private (an existing one keeps its own)."
+    )
+    hub.add_argument(
+        "--hub_token",
+        type=str,
+        default=None,
+        help="Hub token with write access; defaults to HF_TOKEN or the `hf auth login` one. It is never written to "
+        "the outputs or the trackers.",
+    )
+    hub.add_argument(
+        "--push_checkpoints",
+        action="store_true",
+        help="Also push each checkpoint to checkpoints/checkpoint-N in the repo (deleting the ones rotation "
+        "removes); a failed checkpoint push is logged and training goes on.",
+    )
 
     return parser
 
@@ -415,7 +461,18 @@ def validate_args(args):
         raise ValueError(f"`--max_grad_norm` must be positive, but is {args.max_grad_norm}.")
     if args.resolution is not None:
         check_resolution(args.resolution, base_unet_config(args))
+    for name in ("hub_model_id", "hub_private_repo", "hub_token", "push_checkpoints"):
+        if getattr(args, name) and not args.push_to_hub:
+            raise ValueError(f"`--{name}` only takes effect with --push_to_hub: add --push_to_hub, or drop --{name}.")
+    if args.push_to_hub:
+        argument = "--hub_model_id" if args.hub_model_id else "--hub_model_id (by default the name of --output_dir)"
+        check_repo_id(hub_repo_id(args), argument)
     check_output_dir(args)
+
+
+def hub_repo_id(args) -> str:
+    """The repo --push_to_hub pushes to, as diffusers' examples choose it."""
+    return args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
 
 
 def run_config(args) -> dict:
@@ -633,6 +690,11 @@ def main(args):
             "machine: pass `accelerate launch --num_cpu_threads_per_process N` (or set OMP_NUM_THREADS) to use them."
         )
     set_seed(args.seed)
+    hub_repo = None
+    if args.push_to_hub and accelerator.is_main_process:
+        # Before any training: a missing token or a refused repo must not surface only when the run is over.
+        hub_repo = create_hub_repo(hub_repo_id(args), private=args.hub_private_repo or None, token=args.hub_token)
+        logger.info(f"The pipeline will be pushed to {hub_repo} on {huggingface_hub.constants.ENDPOINT}.")
     if accelerator.is_main_process:
         remove_partial_checkpoints(args.output_dir)
     resume_dir = None
@@ -853,6 +915,17 @@ def main(args):
                         args.checkpoints_total_limit,
                     )
                     logger.info(f"Saved checkpoint-{global_step}; removed {[os.path.basename(r) for r in removed]}")
+                    if args.push_checkpoints and accelerator.is_main_process:
+                        try:
+                            push_checkpoint(
+                                args.output_dir,
+                                f"checkpoint-{global_step}",
+                                [os.path.basename(r) for r in removed],
+                                hub_repo,
+                                token=args.hub_token,
+                            )
+                        except HubPushError as error:
+                            logger.warning(f"Could not push checkpoint-{global_step}; training goes on. {error}")
                 # Throughput counts training only, not the validation and checkpoint time above.
                 last_step_time = time.time()
             if global_step >= max_train_steps:
@@ -872,6 +945,7 @@ def main(args):
         grid = sample_grid(pipeline, args, data, accelerator.device)
 
         training_config = {
+            "license": args.model_license,
             "args": run_config(args),
             "data": {
                 "source": data.source,
@@ -896,7 +970,10 @@ def main(args):
             grid.save(os.path.join(staging_dir, SAMPLES_NAME))
             with open(os.path.join(staging_dir, TRAINING_CONFIG_NAME), "w") as f:
                 json.dump(training_config, f, indent=2)
-            card = render_model_card(training_config, type(pipeline).__name__, args.output_dir, SAMPLES_NAME)
+            module_name = type(pipeline).__module__.rsplit(".", 1)[-1]
+            card = render_model_card(
+                training_config, type(pipeline).__name__, module_name, args.output_dir, SAMPLES_NAME
+            )
             card.save(os.path.join(staging_dir, MODEL_CARD_NAME))
             replace_outputs(staging_dir, args.output_dir)
         finally:
@@ -906,6 +983,13 @@ def main(args):
             f"(final loss {training_config['run']['final_loss']:.4f}); "
             f"saved the pipeline, {SAMPLES_NAME}, {TRAINING_CONFIG_NAME} and {MODEL_CARD_NAME} to {args.output_dir}"
         )
+        if args.push_to_hub:
+            try:
+                commit = push_pipeline_folder(args.output_dir, hub_repo, token=args.hub_token)
+            except HubPushError:
+                logger.error(f"Training finished and its outputs are saved in {args.output_dir}, but the push failed.")
+                raise
+            logger.info(f"Pushed the pipeline to {hub_repo} at revision {commit.oid}: {commit.commit_url}")
 
     accelerator.end_training()
 

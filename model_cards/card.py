@@ -2,25 +2,48 @@
 
 import importlib.resources
 import json
+from typing import Optional
 
 from huggingface_hub import ModelCard, ModelCardData
 
 # `model_cards/` is installed as package data (see pyproject.toml), so the templates are found in any install.
 PIPELINE_TEMPLATE = "diffkit_pipeline.md"
 SAMPLE_LABELS_IN_USAGE = 2
+# The embedded dataset's images are a subset of MNIST; the card's metadata links the Hub dataset it comes from.
+EMBEDDED_DATASET_HUB_IDS = {"mnist-5k": "ylecun/mnist"}
 
 
-def render_model_card(training_config: dict, pipeline_class: str, load_path: str, samples_file: str) -> ModelCard:
-    """The model card of a finished run, described by the `training_config.json` written beside the weights."""
+def render_model_card(
+    training_config: dict,
+    pipeline_class: str,
+    pipeline_module: str,
+    load_path: str,
+    samples_file: str,
+    revision: Optional[str] = None,
+) -> ModelCard:
+    """The model card of a finished run, described by the `training_config.json` written beside the weights.
+
+    Args:
+        training_config: the run's `training_config.json` (`args`, `data` and `run` sections).
+        pipeline_class: the pipeline's class name, e.g. `"ClassConditionalImagePipeline"`.
+        pipeline_module: the file stem of its code, uploaded beside the weights for `trust_remote_code` loading.
+        load_path: what `from_pretrained` is given in the card's snippets: the output folder or the Hub repo id.
+        samples_file: the sample grid's file name, embedded as an image.
+        revision: the Hub commit that holds the weights and code; the snippets pin it when given.
+    """
     args, data, run = training_config["args"], training_config["data"], training_config["run"]
     class_conditional = args["conditioning"] == "class"
     names = list((data["id2label"] or {}).values())
     tags = ["diffkit", "diffusers", "ddpm", "class-conditional" if class_conditional else "unconditional"]
+    dataset_id = args.get("dataset_name")
+    if dataset_id is None and args.get("train_data_dir") is None:
+        dataset_id = EMBEDDED_DATASET_HUB_IDS.get(args.get("dataset"))
     card_data = ModelCardData(
         library_name="diffusers",
         pipeline_tag="unconditional-image-generation",
+        license=training_config.get("license"),
         tags=tags,
-        datasets=[args["dataset_name"]] if args.get("dataset_name") else None,
+        datasets=[dataset_id] if dataset_id else None,
     )
     if class_conditional:
         usage_call = (
@@ -42,12 +65,15 @@ def render_model_card(training_config: dict, pipeline_class: str, load_path: str
         title=f"{pipeline_class} trained on {data['source']}",
         conditioning_text="class-conditional" if class_conditional else "unconditional",
         pipeline_class=pipeline_class,
+        pipeline_module=pipeline_module,
         data_source=data["source"],
         num_images=data["num_images"],
         resolution=data["resolution"],
         num_channels=data["num_channels"],
         labels=", ".join(f"{i} = {n}" for i, n in enumerate(names)),
         load_path=load_path,
+        revision_argument=f', revision="{revision}"' if revision else "",
+        revision=revision,
         usage_call=usage_call,
         samples_file=samples_file,
         samples_caption=samples_caption,

@@ -1,0 +1,345 @@
+"""Pushing to and loading from the Hub, end to end against the test Hub server on 127.0.0.1.
+
+huggingface_hub reads HF_ENDPOINT when it is first imported, so every client (training, `python -m pipelines.push`,
+loading) runs in a subprocess whose environment points at the server; HF_HOME is a fresh folder each time, so no
+cached file or stored token of this machine takes part.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from diffusers import DDPMScheduler
+from huggingface_hub import HfApi, ModelCard
+
+from pipelines import ClassConditionalImagePipeline
+from pipelines.push import main as push_main
+from training.train import parse_args
+
+from .hub_server import HubServer
+from .test_train import QUICK_RUN, write_unet_config
+from .utils import REPO_ROOT, TINY_CONDITION_UNET_CONFIG, assert_launch_succeeded, run_accelerate_launch
+
+WRITE_TOKEN = "hf_diffkit_test_write_token"
+REPO_ID = "diffkit-tests/tiny-mnist"
+# Makes diffkit's packages unimportable in a subprocess, as on a machine where only diffusers is installed.
+WITHOUT_DIFFKIT = """
+import importlib.abc, sys
+class HideDiffkit(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("pipelines", "training", "model_cards"):
+            raise ModuleNotFoundError(f"No module named {name!r} (hidden by the test)")
+sys.meta_path.insert(0, HideDiffkit())
+try:
+    import pipelines
+except ModuleNotFoundError:
+    pass
+else:
+    raise AssertionError("diffkit is still importable")
+"""
+# Four steps of sampling for two labels with a fixed seed; the images go to the .npy file given as argv[1].
+GENERATE = """
+import numpy as np, torch
+pipe.set_progress_bar_config(disable=True)
+images = pipe(class_labels=[3, 7], num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="np")
+np.save(sys.argv[1], images.images)
+print("loaded as", type(pipe).__module__, type(pipe).__name__)
+"""
+
+
+def hub_environment(hub, tmp_path, token=WRITE_TOKEN):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "hf_home"), HF_HUB_DISABLE_TELEMETRY="1")
+    if token:
+        env["HF_TOKEN"] = token
+    return env
+
+
+def run_python(code_parts, env, *args):
+    """Run the concatenated code parts (each dedented) as a script, with `args` as its sys.argv[1:]."""
+    parts = [code_parts] if isinstance(code_parts, str) else code_parts
+    return subprocess.run(
+        [sys.executable, "-c", "\n".join(textwrap.dedent(part) for part in parts), *map(str, args)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def assert_ran(result):
+    assert result.returncode == 0, f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-5000:]}"
+
+
+@pytest.fixture(scope="module")
+def hub():
+    with HubServer(required_token=WRITE_TOKEN) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def pushed_run(hub, tmp_path_factory):
+    """A tiny class-conditional run trained with --push_to_hub; the token comes from HF_TOKEN."""
+    tmp_path = tmp_path_factory.mktemp("pushed_run")
+    output_dir = tmp_path / "out"
+    unet_config = write_unet_config(tmp_path, TINY_CONDITION_UNET_CONFIG, "unet.json")
+    result = run_accelerate_launch(
+        [*QUICK_RUN, "--output_dir", str(output_dir), "--model_config_name_or_path", unet_config,
+         "--checkpointing_steps", "2", "--push_to_hub", "--hub_model_id", REPO_ID, "--push_checkpoints",
+         "--model_license", "mit"],
+        env=hub_environment(hub, tmp_path),
+    )  # fmt: skip
+    assert_launch_succeeded(result)
+    return output_dir, result
+
+
+def test_push_from_training_uploads_a_self_contained_repo(hub, pushed_run):
+    output_dir, result = pushed_run
+    files = hub.files(REPO_ID)
+    expected = {"model_index.json", "pipeline_class_conditional_image.py", "README.md", "samples.png",
+                "training_config.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+                "scheduler/scheduler_config.json", "checkpoints/checkpoint-2/training_state.json"}  # fmt: skip
+    assert expected <= set(files)
+    assert not [path for path in files if path.startswith(("checkpoint-", "logs/", ".")) and path != ".gitattributes"]
+    pipeline_file = "pipeline_class_conditional_image.py"
+    assert files[pipeline_file] == (output_dir / pipeline_file).read_bytes()
+    assert json.loads(files["model_index.json"])["_class_name"] == [
+        "pipeline_class_conditional_image",
+        "ClassConditionalImagePipeline",
+    ]
+    assert files["samples.png"] == (output_dir / "samples.png").read_bytes()
+    # the token reached the server but none of the files, local or pushed
+    local_files = [p for p in output_dir.rglob("*") if p.is_file()]
+    assert not [p for p in local_files if WRITE_TOKEN.encode() in p.read_bytes()]
+    assert not [path for path, content in files.items() if WRITE_TOKEN.encode() in content]
+    commit = hub.repos[REPO_ID].commits
+    assert [c.summary for c in commit[1:]] == [
+        "Upload checkpoint-2",
+        "Upload ClassConditionalImagePipeline trained with diffkit",
+        f"Model card: load revision {commit[2].oid[:7]}",
+    ]
+    assert f"at revision {commit[2].oid}" in result.stderr
+
+
+def test_model_card_on_the_hub(hub, pushed_run, tmp_path):
+    card_file = tmp_path / "README.md"
+    card_file.write_bytes(hub.files(REPO_ID)["README.md"])
+    card = ModelCard.load(card_file)
+    assert card.data.library_name == "diffusers"
+    assert card.data.pipeline_tag == "unconditional-image-generation"
+    assert card.data.license == "mit"
+    assert card.data.datasets == ["ylecun/mnist"]
+    assert {"diffkit", "class-conditional"} <= set(card.data.tags)
+    weights_revision = hub.repos[REPO_ID].commits[2].oid
+    pinned = f'"{REPO_ID}", revision="{weights_revision}"'
+    assert f"DiffusionPipeline.from_pretrained({pinned}, trust_remote_code=True)" in card.text
+    assert f"ClassConditionalImagePipeline.from_pretrained({pinned})" in card.text
+    assert "pin the revision" in card.text
+    assert "![Samples](samples.png)" in card.text
+    assert "| optimisation steps | 3 |" in card.text
+    # the card read through the Hub API, as `ModelCard.load(repo_id)` does
+    result = run_python(
+        f"from huggingface_hub import ModelCard; print(ModelCard.load({REPO_ID!r}).data.license)",
+        hub_environment(hub, tmp_path, token=None),
+    )
+    assert_ran(result)
+    assert result.stdout.strip() == "mit"
+
+
+def test_both_ways_of_loading_give_the_same_images(hub, pushed_run, tmp_path):
+    env = hub_environment(hub, tmp_path, token=None)  # a public repo: reading needs no token
+    load_with_diffkit = f"""
+        import sys
+        from pipelines import ClassConditionalImagePipeline
+        pipe = ClassConditionalImagePipeline.from_pretrained({REPO_ID!r})
+        """
+    with_diffkit = run_python(
+        [load_with_diffkit, GENERATE],
+        env,
+        tmp_path / "diffkit.npy",
+    )
+    assert_ran(with_diffkit)
+    assert "loaded as pipelines.pipeline_class_conditional_image ClassConditionalImagePipeline" in with_diffkit.stdout
+
+    load_with_remote_code = f"""
+        import sys
+        from diffusers import DiffusionPipeline
+        pipe = DiffusionPipeline.from_pretrained({REPO_ID!r}, trust_remote_code=True)
+        """
+    without_diffkit = run_python(
+        [WITHOUT_DIFFKIT, load_with_remote_code, GENERATE],
+        env,
+        tmp_path / "remote_code.npy",
+    )
+    assert_ran(without_diffkit)
+    assert "ClassConditionalImagePipeline" in without_diffkit.stdout
+    assert "pipelines.pipeline_class" not in without_diffkit.stdout  # the class came from the repo's file
+
+    diffkit_images = np.load(tmp_path / "diffkit.npy")
+    assert diffkit_images.shape == (2, 16, 16, 1)
+    np.testing.assert_array_equal(diffkit_images, np.load(tmp_path / "remote_code.npy"))
+
+    # trust_remote_code stays off unless asked for
+    refused = run_python(
+        [WITHOUT_DIFFKIT, f"from diffusers import DiffusionPipeline; DiffusionPipeline.from_pretrained({REPO_ID!r})"],
+        env,
+    )
+    assert refused.returncode != 0 and "trust_remote_code=True" in refused.stderr
+
+
+def test_loading_honours_revision_cache_dir_and_local_files_only(hub, pushed_run, tmp_path):
+    commits = hub.repos[REPO_ID].commits
+    env = hub_environment(hub, tmp_path, token=None)
+    code = f"""
+        import sys
+        from pipelines import ClassConditionalImagePipeline
+        kwargs = dict(cache_dir=sys.argv[1], local_files_only=sys.argv[2] == "offline")
+        pipe = ClassConditionalImagePipeline.from_pretrained({REPO_ID!r}, revision=sys.argv[3], **kwargs)
+        print("num_classes", pipe.config.num_classes)
+        if sys.argv[2] == "online":
+            try:
+                ClassConditionalImagePipeline.from_pretrained({REPO_ID!r}, revision="0" * 40, **kwargs)
+            except Exception as error:
+                print("missing revision:", type(error).__name__, error)
+        """
+    cache_dir = tmp_path / "cache"
+    assert_ran(online := run_python(code, env, cache_dir, "online", commits[2].oid))
+    assert "num_classes 10" in online.stdout
+    # diffusers reports a failed lookup as "not fully cached" and logs the Hub's reason, which names the revision
+    assert "missing revision: OSError Cannot load model diffkit-tests/tiny-mnist" in online.stdout
+    assert f"Invalid rev id: {'0' * 40}" in online.stderr
+    assert list(cache_dir.glob("models--diffkit-tests--tiny-mnist/snapshots/*/unet"))
+    # from the cache alone, with the server unreachable
+    env_offline = {**env, "HF_ENDPOINT": "http://127.0.0.1:9"}
+    assert_ran(run_python(code, env_offline, cache_dir, "offline", commits[2].oid))
+
+
+def test_push_command_adds_a_commit_to_an_existing_repo(hub, pushed_run, tmp_path):
+    output_dir, _ = pushed_run
+    commits_before = len(hub.repos[REPO_ID].commits)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.push", str(output_dir), REPO_ID, "--commit_message", "Push again"],
+        cwd=REPO_ROOT, env=hub_environment(hub, tmp_path), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert_ran(result)
+    commits = hub.repos[REPO_ID].commits
+    assert len(commits) == commits_before + 2
+    assert commits[-2].summary == "Push again"
+    assert f"at revision {commits[-2].oid}" in result.stdout
+    assert f'revision="{commits[-2].oid}"' in commits[-1].files["README.md"].decode()
+
+
+def test_pipeline_push_to_hub_from_python_is_self_contained_and_private(hub, tmp_path):
+    repo_id = "diffkit-tests/private-tiny"
+    code = f"""
+        import torch
+        from diffusers import DDPMScheduler, UNet2DConditionModel
+        from pipelines import ClassConditionalImagePipeline
+        from tests.utils import TINY_CONDITION_UNET_CONFIG
+        torch.manual_seed(0)
+        pipe = ClassConditionalImagePipeline(UNet2DConditionModel(**TINY_CONDITION_UNET_CONFIG), DDPMScheduler())
+        pipe.push_to_hub({repo_id!r}, private=True)
+        """
+    assert_ran(run_python(code, hub_environment(hub, tmp_path)))
+    assert hub.repos[repo_id].private
+    assert "pipeline_class_conditional_image.py" in hub.files(repo_id)
+
+    load = [
+        WITHOUT_DIFFKIT,
+        f"""
+        from diffusers import DiffusionPipeline
+        pipe = DiffusionPipeline.from_pretrained({repo_id!r}, trust_remote_code=True)
+        print(type(pipe).__name__)
+        """,
+    ]
+    assert_ran(with_token := run_python(load, hub_environment(hub, tmp_path / "a")))
+    assert "ClassConditionalImagePipeline" in with_token.stdout
+    without_token = run_python(load, hub_environment(hub, tmp_path / "b", token=None))
+    assert without_token.returncode != 0 and "RepositoryNotFoundError" in without_token.stderr
+
+
+def test_failed_push_after_training_keeps_the_outputs_and_says_how_to_push_again(hub, tmp_path):
+    output_dir = tmp_path / "out"
+    unet_config = write_unet_config(tmp_path, TINY_CONDITION_UNET_CONFIG, "unet.json")
+    hub.fail_commits = True
+    try:
+        result = run_accelerate_launch(
+            [*QUICK_RUN, "--output_dir", str(output_dir), "--model_config_name_or_path", unet_config,
+             "--push_to_hub", "--hub_model_id", "diffkit-tests/fails"],
+            env=hub_environment(hub, tmp_path),
+        )  # fmt: skip
+    finally:
+        hub.fail_commits = False
+    assert result.returncode == 1
+    assert "500" in result.stderr and f"python -m pipelines.push {output_dir} diffkit-tests/fails" in result.stderr
+    assert f"Training finished and its outputs are saved in {output_dir}" in result.stderr
+    assert (output_dir / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (output_dir / "samples.png").is_file()
+
+
+def test_push_command_to_an_unreachable_hub_keeps_the_folder(pushed_run, tmp_path):
+    output_dir, _ = pushed_run
+    before = sorted(str(p.relative_to(output_dir)) for p in output_dir.rglob("*"))
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path), "HF_TOKEN": WRITE_TOKEN}
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.push", str(output_dir), "someone/model"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "could not be reached" in result.stderr and "Local files are untouched" in result.stderr
+    assert sorted(str(p.relative_to(output_dir)) for p in output_dir.rglob("*")) == before
+
+
+def test_push_to_hub_without_a_token_stops_before_training(hub, tmp_path):
+    requests_before = len(hub.requests)
+    result = run_accelerate_launch(
+        [*QUICK_RUN, "--output_dir", str(tmp_path / "out"), "--push_to_hub", "--hub_model_id", "diffkit-tests/x"],
+        env=hub_environment(hub, tmp_path, token=None),
+    )
+    assert result.returncode == 1
+    assert "401" in result.stderr and "pass a token with write access" in result.stderr
+    assert "Steps:" not in result.stderr  # no training happened
+    assert not (tmp_path / "out").exists()
+    new_requests = hub.requests[requests_before:]
+    assert "POST /api/repos/create" in new_requests
+    assert not [r for r in new_requests if "/preupload/" in r or "/commit/" in r]  # no upload was attempted
+    assert "diffkit-tests/x" not in hub.repos
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--push_to_hub", "--hub_model_id", "bad name/with space"], "`--hub_model_id` 'bad name/with space'"),
+        (["--push_to_hub", "--hub_model_id", "a/b/c"], "is not a valid Hub repo id"),
+        (["--hub_model_id", "me/model"], "`--hub_model_id` only takes effect with --push_to_hub"),
+        (["--push_checkpoints"], "`--push_checkpoints` only takes effect with --push_to_hub"),
+    ],
+)
+def test_bad_hub_flags_are_rejected_before_training(tmp_path, flags, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        parse_args(["--output_dir", str(tmp_path / "out"), *flags])
+
+
+def test_push_command_rejects_bad_input_before_calling_the_hub(tmp_path, monkeypatch, tiny_condition_unet):
+    def no_network(*args, **kwargs):
+        raise AssertionError("the Hub was called before the input was checked")
+
+    monkeypatch.setattr(HfApi, "create_repo", no_network)
+    (tmp_path / "not_a_pipeline" / "unet").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"is not a saved pipeline \(it has no model_index.json\)"):
+        push_main([str(tmp_path / "not_a_pipeline"), "someone/model"])
+
+    pipeline_dir = tmp_path / "pipeline"
+    ClassConditionalImagePipeline(tiny_condition_unet, DDPMScheduler()).save_pretrained(pipeline_dir)
+    with pytest.raises(ValueError, match="`repo_id` 'not a repo id' is not a valid Hub repo id"):
+        push_main([str(pipeline_dir), "not a repo id"])
+
+    # a pipeline saved without its code beside it (as diffusers' own save_pretrained would leave it)
+    (pipeline_dir / "pipeline_class_conditional_image.py").unlink()
+    with pytest.raises(ValueError, match="without its code beside it"):
+        push_main([str(pipeline_dir), "someone/model"])
