@@ -76,6 +76,11 @@ def assert_ran(result):
     assert result.returncode == 0, f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-5000:]}"
 
 
+def weights_commit(hub):
+    """The commit of the first push from training: the one that uploaded the weights and code."""
+    return next(c for c in hub.repos[REPO_ID].commits if c.summary.startswith("Upload ClassConditional"))
+
+
 @pytest.fixture(scope="module")
 def hub():
     with HubServer(required_token=WRITE_TOKEN) as server:
@@ -90,7 +95,8 @@ def pushed_run(hub, tmp_path_factory):
     unet_config = write_unet_config(tmp_path, TINY_CONDITION_UNET_CONFIG, "unet.json")
     result = run_accelerate_launch(
         [*QUICK_RUN, "--output_dir", str(output_dir), "--model_config_name_or_path", unet_config,
-         "--checkpointing_steps", "2", "--push_to_hub", "--hub_model_id", REPO_ID, "--push_checkpoints",
+         "--checkpointing_steps", "1", "--checkpoints_total_limit", "2", "--push_to_hub", "--hub_model_id", REPO_ID,
+         "--push_checkpoints",
          "--model_license", "mit"],
         env=hub_environment(hub, tmp_path),
     )  # fmt: skip
@@ -103,8 +109,12 @@ def test_push_from_training_uploads_a_self_contained_repo(hub, pushed_run):
     files = hub.files(REPO_ID)
     expected = {"model_index.json", "pipeline_class_conditional_image.py", "README.md", "samples.png",
                 "training_config.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
-                "scheduler/scheduler_config.json", "checkpoints/checkpoint-2/training_state.json"}  # fmt: skip
+                "scheduler/scheduler_config.json"}  # fmt: skip
     assert expected <= set(files)
+    # checkpoints 1-3 were pushed as they were written; rotation deleted checkpoint-1 locally and in the repo
+    pushed_checkpoints = {path.split("/")[1] for path in files if path.startswith("checkpoints/")}
+    assert pushed_checkpoints == {"checkpoint-2", "checkpoint-3"}
+    assert "checkpoints/checkpoint-3/training_state.json" in files
     assert not [path for path in files if path.startswith(("checkpoint-", "logs/", ".")) and path != ".gitattributes"]
     pipeline_file = "pipeline_class_conditional_image.py"
     assert files[pipeline_file] == (output_dir / pipeline_file).read_bytes()
@@ -117,13 +127,15 @@ def test_push_from_training_uploads_a_self_contained_repo(hub, pushed_run):
     local_files = [p for p in output_dir.rglob("*") if p.is_file()]
     assert not [p for p in local_files if WRITE_TOKEN.encode() in p.read_bytes()]
     assert not [path for path, content in files.items() if WRITE_TOKEN.encode() in content]
-    commit = hub.repos[REPO_ID].commits
-    assert [c.summary for c in commit[1:]] == [
+    commits = hub.repos[REPO_ID].commits
+    assert [c.summary for c in commits[1:]] == [
+        "Upload checkpoint-1",
         "Upload checkpoint-2",
+        "Upload checkpoint-3",
         "Upload ClassConditionalImagePipeline trained with diffkit",
-        f"Model card: load revision {commit[2].oid[:7]}",
+        f"Model card: load revision {weights_commit(hub).oid[:7]}",
     ]
-    assert f"at revision {commit[2].oid}" in result.stderr
+    assert f"at revision {weights_commit(hub).oid}" in result.stderr
 
 
 def test_model_card_on_the_hub(hub, pushed_run, tmp_path):
@@ -135,7 +147,7 @@ def test_model_card_on_the_hub(hub, pushed_run, tmp_path):
     assert card.data.license == "mit"
     assert card.data.datasets == ["ylecun/mnist"]
     assert {"diffkit", "class-conditional"} <= set(card.data.tags)
-    weights_revision = hub.repos[REPO_ID].commits[2].oid
+    weights_revision = weights_commit(hub).oid
     pinned = f'"{REPO_ID}", revision="{weights_revision}"'
     assert f"DiffusionPipeline.from_pretrained({pinned}, trust_remote_code=True)" in card.text
     assert f"ClassConditionalImagePipeline.from_pretrained({pinned})" in card.text
@@ -193,7 +205,6 @@ def test_both_ways_of_loading_give_the_same_images(hub, pushed_run, tmp_path):
 
 
 def test_loading_honours_revision_cache_dir_and_local_files_only(hub, pushed_run, tmp_path):
-    commits = hub.repos[REPO_ID].commits
     env = hub_environment(hub, tmp_path, token=None)
     code = f"""
         import sys
@@ -208,7 +219,7 @@ def test_loading_honours_revision_cache_dir_and_local_files_only(hub, pushed_run
                 print("missing revision:", type(error).__name__, error)
         """
     cache_dir = tmp_path / "cache"
-    assert_ran(online := run_python(code, env, cache_dir, "online", commits[2].oid))
+    assert_ran(online := run_python(code, env, cache_dir, "online", weights_commit(hub).oid))
     assert "num_classes 10" in online.stdout
     # diffusers reports a failed lookup as "not fully cached" and logs the Hub's reason, which names the revision
     assert "missing revision: OSError Cannot load model diffkit-tests/tiny-mnist" in online.stdout
@@ -216,7 +227,7 @@ def test_loading_honours_revision_cache_dir_and_local_files_only(hub, pushed_run
     assert list(cache_dir.glob("models--diffkit-tests--tiny-mnist/snapshots/*/unet"))
     # from the cache alone, with the server unreachable
     env_offline = {**env, "HF_ENDPOINT": "http://127.0.0.1:9"}
-    assert_ran(run_python(code, env_offline, cache_dir, "offline", commits[2].oid))
+    assert_ran(run_python(code, env_offline, cache_dir, "offline", weights_commit(hub).oid))
 
 
 def test_push_command_adds_a_commit_to_an_existing_repo(hub, pushed_run, tmp_path):
