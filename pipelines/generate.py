@@ -27,6 +27,7 @@ from pipelines.loaders import (
     check_model_id,
     load_controlnet_canny,
     load_sdxl,
+    load_sdxl_refiner,
     load_stable_diffusion,
 )
 
@@ -51,6 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--controlnet", default=SD15_CANNY_CONTROLNET, help="Hub id or folder of the canny ControlNet."
     )
     parser.add_argument("--vae", default=None, help="Hub id or folder of an fp16-safe VAE for SDXL.")
+    parser.add_argument(
+        "--refiner",
+        default=None,
+        help="sdxl: Hub id or folder of the SDXL refiner (e.g. stabilityai/stable-diffusion-xl-refiner-1.0); the "
+        "base denoises the first --refiner_switch of the schedule and the refiner the rest.",
+    )
+    parser.add_argument(
+        "--refiner_switch", type=float, default=0.8, help="Fraction of the steps the base runs before the refiner."
+    )
     parser.add_argument("--prompt", required=True, help="What to draw; CLIP reads the first 77 tokens.")
     parser.add_argument("--negative_prompt", default=None, help="What to steer away from (with guidance > 1).")
     parser.add_argument("--image", default=None, help="Photo whose canny edges guide the image (controlnet-canny).")
@@ -91,6 +101,12 @@ def parse_args(argv=None) -> argparse.Namespace:
             raise ValueError("`controlnet-canny` needs `--image PHOTO`: the photo whose edges guide the image.")
     if args.vae is not None:
         check_model_id(args.vae, "--vae")
+    if args.refiner is not None:
+        if args.family != "sdxl":
+            raise ValueError(f"`--refiner` works with the sdxl family only, not {args.family!r}.")
+        check_model_id(args.refiner, "--refiner")
+    if not 0 < args.refiner_switch < 1:
+        raise ValueError(f"`--refiner_switch` must be in (0, 1), but is {args.refiner_switch}; 0.8 is usual.")
     if args.image is not None:
         try:
             with Image.open(args.image) as image:
@@ -131,6 +147,7 @@ def main(argv=None):
         pipe = load_stable_diffusion(args.model, **options)
     elif args.family == "sdxl":
         pipe = load_sdxl(args.model, vae=args.vae, **options)
+        refiner = load_sdxl_refiner(pipe, args.refiner, memory=args.memory) if args.refiner else None
     else:
         # The base model's own model_index.json says which ControlNet pipeline fits it.
         sdxl = "XL" in DiffusionPipeline.load_config(args.model)["_class_name"]
@@ -145,7 +162,15 @@ def main(argv=None):
 
     # The generator lives on the CPU so that a seed gives the same images on any device.
     generator = torch.Generator("cpu").manual_seed(args.seed)
-    images = pipe(generator=generator, **call_kwargs).images
+    if args.family == "sdxl" and refiner is not None:
+        latents = pipe(generator=generator, denoising_end=args.refiner_switch, output_type="latent", **call_kwargs)
+        # the refiner takes its size from the latents; num_images_per_prompt pairs each latent with the prompt
+        refiner_kwargs = {k: v for k, v in call_kwargs.items() if k not in ("width", "height")}
+        images = refiner(
+            image=latents.images, denoising_start=args.refiner_switch, generator=generator, **refiner_kwargs
+        ).images
+    else:
+        images = pipe(generator=generator, **call_kwargs).images
 
     os.makedirs(args.out, exist_ok=True)
     parameters = {k: v for k, v in vars(args).items() if k != "out"}

@@ -36,7 +36,7 @@ from .tiny_stable_diffusion import (
 
 SIZE = 64  # pixels; the latents are 8x8
 STEPS = 2
-CUDA_REASON = "needs a CUDA GPU (runs wherever one is present, e.g. in benchmarks/bench_inference.py's machines)"
+CUDA_REASON = "offloading needs a CUDA GPU; these run on any machine with one (this project's CI has none)"
 pytestmark = pytest.mark.filterwarnings("ignore:Running diffusion on the CPU")
 
 
@@ -259,6 +259,13 @@ def test_generate_command_end_to_end(models, tmp_path):
     first, second = (np.asarray(Image.open(tmp_path / d / "sdxl-seed0-0.png")) for d in "ab")
     np.testing.assert_array_equal(first, second)
 
+    # the two-stage SDXL flow
+    generate_main(["sdxl", "--model", models["sdxl"], "--refiner", models["refiner"], "--prompt", "a lion",
+                   "--steps", "4", "--num_images", "2", "--width", "64", "--height", "64",
+                   "--out", str(tmp_path / "c")])  # fmt: skip
+    refined = np.asarray(Image.open(tmp_path / "c" / "sdxl-seed0-1.png"))
+    assert refined.shape == (64, 64, 3) and not np.array_equal(refined, first)
+
 
 def test_generate_help_explains_every_option():
     for action in build_parser()._actions:
@@ -273,6 +280,8 @@ def test_generate_help_explains_every_option():
         (["sd", "--steps", "0"], "`--steps` must be a positive integer"),
         (["sd", "--steps", "-3"], "`--steps` must be a positive integer"),
         (["controlnet-canny"], "needs `--image PHOTO`"),
+        (["sd", "--refiner", "a/b"], "`--refiner` works with the sdxl family only"),
+        (["sdxl", "--refiner_switch", "1.0"], "`--refiner_switch` must be in \\(0, 1\\)"),
         (["sd", "--model", "no-such-folder"], "`--model` 'no-such-folder' is not a folder"),
         (["sd", "--model", "not a/model id"], "is neither an existing folder nor a Hub repo id"),
     ],
