@@ -28,6 +28,7 @@ def canny_edges(
     >>> edges = canny_edges(astronaut())
     >>> edges.size, edges.mode
     ((512, 512), 'RGB')
+
     ```
     """
     if not (isinstance(low_threshold, int) and isinstance(high_threshold, int)) or not (
