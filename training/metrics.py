@@ -68,14 +68,17 @@ def kernel_inception_distance(
 ) -> Tuple[float, float]:
     """Unbiased MMD² with a cubic polynomial kernel between two feature sets: (mean, std) over random subsets.
 
-    Subsets hold `min(subset_size, len(first), len(second))` rows. The estimator is unbiased: for two samples of
-    one distribution its expectation is 0, so small negative values occur.
+    Subsets hold `min(subset_size, len(first), len(second))` rows; when that is all of both sets, one subset is
+    computed and the std is 0. The estimator is unbiased: for two samples of one distribution its expectation is 0,
+    so small negative values occur.
     """
     first, second = np.asarray(first, dtype=np.float64), np.asarray(second, dtype=np.float64)
     size = min(subset_size, len(first), len(second))
     if size < 2:
         raise ValueError(f"KID needs at least 2 feature vectors per set, but got {len(first)} and {len(second)}.")
     dim = first.shape[1]
+    if size == len(first) == len(second):
+        num_subsets = 1  # every "subset" would be the whole of both sets: one computation gives the value
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(num_subsets):
