@@ -295,3 +295,21 @@ def test_class_check_inputs(tiny_condition_unet, kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         pipe(**{"class_labels": [0, 1], "num_inference_steps": STEPS, **kwargs})
     assert calls == []  # rejected before any work
+
+
+@pytest.mark.parametrize("use_clipped_model_output, same", [(True, True), (False, False)])
+def test_ddim_steps_with_the_noise_that_matches_its_clipped_clean_image(
+    tiny_condition_unet, use_clipped_model_output, same
+):
+    # A narrow clip range makes clipping bite at every step, so the two ways of stepping give different images.
+    pipe = make_class_pipeline(tiny_condition_unet)
+    pipe.scheduler = DDIMScheduler(num_train_timesteps=100, clip_sample=True, clip_sample_range=0.1)
+    kwargs = dict(class_labels=[0, 1], num_inference_steps=STEPS, guidance_scale=3.0, output_type="np")
+    images = pipe(generator=torch.Generator().manual_seed(0), **kwargs).images
+
+    step = pipe.scheduler.step
+    pipe.scheduler.step = lambda *args, **step_kwargs: step(
+        *args, **{**step_kwargs, "use_clipped_model_output": use_clipped_model_output}
+    )
+    forced = pipe(generator=torch.Generator().manual_seed(0), **kwargs).images
+    assert np.array_equal(images, forced) == same
