@@ -121,21 +121,20 @@ def generate(pipe, num_samples: int, batch_size: int, seed: int, num_inference_s
     return torch.cat(batches).float(), requested
 
 
-def feature_space_metrics(name: str, real: np.ndarray, reference: np.ndarray, generated: np.ndarray, seed: int):
-    """FD, KID and precision/recall of `generated` against `real`, each beside the real-vs-real `reference` value."""
+def mobilenet_metrics(real: np.ndarray, reference: np.ndarray, generated: np.ndarray, seed: int):
+    """FID, KID and precision/recall of `generated` against `real` in MobileNetV2 features, each beside the
+    real-vs-real `reference` value."""
     real_stats = feature_statistics(real)
     results = {}
     for label, other in (("generated", generated), ("real_reference", reference)):
         kid_mean, kid_std = kernel_inception_distance(real, other, seed=seed)
         precision, recall = precision_recall(real, other)
         results[label] = {
-            f"FID-{name}" if name == "MobileNetV2" else f"FD-{name}": frechet_distance(
-                real_stats, feature_statistics(other)
-            ),
-            f"KID-{name}": kid_mean,
-            f"KID-{name}-std": kid_std,
-            f"precision-{name}": precision,
-            f"recall-{name}": recall,
+            "FID-MobileNetV2": frechet_distance(real_stats, feature_statistics(other)),
+            "KID-MobileNetV2": kid_mean,
+            "KID-MobileNetV2-std": kid_std,
+            "precision-MobileNetV2": precision,
+            "recall-MobileNetV2": recall,
         }
     return results
 
@@ -182,7 +181,7 @@ def evaluate(
         "sampling_seconds": round(sample_seconds, 1),
         "mobilenet_resolution": feature_resolution,
         "FID-InceptionV3": INCEPTION_UNAVAILABLE,
-        **{k: v for k, v in feature_space_metrics("MobileNetV2", *mobilenet, seed).items()},
+        **mobilenet_metrics(*mobilenet, seed),
     }
     if class_conditional and labels is not None:
         classifier, held_out_accuracy = train_classifier(
@@ -198,8 +197,9 @@ def evaluate(
         results["classifier_held_out_accuracy"] = held_out_accuracy
         results["class-accuracy"] = (predicted == requested).float().mean().item()
         results["class-accuracy-per-class"] = per_class
-        for label, values in feature_space_metrics("classifier", *classifier_features, seed).items():
-            results[label].update({k: v for k, v in values.items() if k.startswith("FD-")})
+        real_stats = feature_statistics(classifier_features[0])
+        for label, other in zip(("real_reference", "generated"), classifier_features[1:]):
+            results[label]["FD-classifier"] = frechet_distance(real_stats, feature_statistics(other))
     return results
 
 
