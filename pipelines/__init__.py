@@ -1,6 +1,7 @@
 """diffkit pipelines: self-contained `DiffusionPipeline`s, one per file."""
 
+from .denoising_film import DenoisingFilm
 from .pipeline_class_conditional_image import ClassConditionalImagePipeline
 from .pipeline_unconditional_image import UnconditionalImagePipeline
 
-__all__ = ["ClassConditionalImagePipeline", "UnconditionalImagePipeline"]
+__all__ = ["ClassConditionalImagePipeline", "DenoisingFilm", "UnconditionalImagePipeline"]

@@ -111,3 +111,39 @@ def test_score_orders_real_above_noise(tiny_run):
     assert set(scores["generated"]) == {"FID-MobileNetV2", "FD-classifier"}  # only what was asked for
     assert scores["generated"]["FD-classifier"] > scores["real_reference"]["FD-classifier"]
     assert scores["generated"]["FID-MobileNetV2"] > scores["real_reference"]["FID-MobileNetV2"]
+
+
+def test_inception_metrics_go_through_torch_fidelity_when_it_is_there(monkeypatch, tiny_run):
+    # torch-fidelity needs torchvision, which cannot be installed beside this torch, so a stand-in module with its
+    # API checks what diffkit hands it (8-bit RGB tensors, one dataset per side) and how the results are named.
+    import sys
+    import types
+
+    calls = []
+
+    def calculate_metrics(input1, input2, fid, kid, isc, **kwargs):
+        calls.append((input1, input2, kwargs))
+        names = ("frechet_inception_distance", "kernel_inception_distance_mean", "inception_score_mean")
+        return dict(zip(names, (12.5, 0.01, 2.0)))
+
+    fake = types.SimpleNamespace(
+        FeatureExtractorInceptionV3=lambda name, features: None, calculate_metrics=calculate_metrics,
+        KEY_METRIC_FID="frechet_inception_distance", KEY_METRIC_KID_MEAN="kernel_inception_distance_mean",
+        KEY_METRIC_ISC_MEAN="inception_score_mean",
+    )  # fmt: skip
+    monkeypatch.setitem(sys.modules, "torch_fidelity", fake)
+    inception_unavailable_reason.cache_clear()
+    try:
+        assert inception_unavailable_reason() is None
+        images, labels = real_images(json.loads((tiny_run / "training_config.json").read_text()))
+        reference = prepare_real_reference(images, labels, 10, 10, feature_resolution=32, classifier_epochs=1)
+        generated = torch.rand(10, *images.shape[1:], generator=torch.Generator().manual_seed(0))
+        scores = score(reference, generated, torch.arange(10), metrics=["FID-InceptionV3", "IS-InceptionV3"])
+    finally:
+        inception_unavailable_reason.cache_clear()
+    assert scores["generated"] == {"FID-InceptionV3": 12.5, "IS-InceptionV3": 2.0}
+    (generated_set, real_set, kwargs) = calls[0]
+    assert len(generated_set) == len(real_set) == 10 and kwargs["kid_subset_size"] == 10
+    first = generated_set[0]
+    assert first.dtype == torch.uint8 and first.shape == (3, *images.shape[2:])
+    assert torch.equal(first[0], (generated[0, 0] * 255).round().to(torch.uint8))
