@@ -34,15 +34,17 @@ def render_model_card(
         metrics: the run's `metrics.json` (training with --eval_steps), shown as an evaluation table when given.
     """
     args, data, run = training_config["args"], training_config["data"], training_config["run"]
-    class_conditional = args["conditioning"] == "class"
-    names = list((data["id2label"] or {}).values())
-    tags = ["diffkit", "diffusers", "ddpm", "class-conditional" if class_conditional else "unconditional"]
+    conditioning = args["conditioning"]
+    class_conditional = conditioning == "class"
+    names = list((data["id2label"] or {}).values()) if class_conditional else []
+    kind = {"class": "class-conditional", "text": "text-to-image", "none": "unconditional"}[conditioning]
+    tags = ["diffkit", "diffusers", "ddpm", kind]
     dataset_id = args.get("dataset_name")
     if dataset_id is None and args.get("train_data_dir") is None:
         dataset_id = EMBEDDED_DATASET_HUB_IDS.get(args.get("dataset"))
     card_data = ModelCardData(
         library_name="diffusers",
-        pipeline_tag="unconditional-image-generation",
+        pipeline_tag="text-to-image" if conditioning == "text" else "unconditional-image-generation",
         license=training_config.get("license"),
         tags=tags,
         datasets=[dataset_id] if dataset_id else None,
@@ -56,6 +58,15 @@ def render_model_card(
             f"One row per class ({', '.join(names)}), {args['num_inference_steps']} steps at guidance scale "
             f"{args['guidance_scale']}, seed {args['seed']}."
         )
+    elif conditioning == "text":
+        prompts = data.get("sample_prompts") or ["a photo"]
+        usage_call = (
+            f"images = pipe({prompts[:SAMPLE_LABELS_IN_USAGE]!r}, generator=torch.Generator().manual_seed(0)).images"
+        )
+        samples_caption = (
+            f"One row per prompt ({'; '.join(prompts)}), {args['num_inference_steps']} steps at guidance scale "
+            f"{args['guidance_scale']}, seed {args['seed']}. Text encoder: {data.get('text_encoder')}."
+        )
     else:
         usage_call = (
             "images = pipe(batch_size=4, num_inference_steps=25, generator=torch.Generator().manual_seed(0)).images"
@@ -65,7 +76,7 @@ def render_model_card(
         card_data,
         template_str=importlib.resources.files("model_cards").joinpath(PIPELINE_TEMPLATE).read_text(encoding="utf-8"),
         title=f"{pipeline_class} trained on {data['source']}",
-        conditioning_text="class-conditional" if class_conditional else "unconditional",
+        conditioning_text=kind,
         pipeline_class=pipeline_class,
         pipeline_module=pipeline_module,
         data_source=data["source"],

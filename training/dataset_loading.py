@@ -13,7 +13,7 @@ Every problem the user can fix (a missing folder, a missing column, labels that 
 
 import os
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -21,6 +21,11 @@ from PIL import Image
 
 EMBEDDED_DATASETS = ("mnist-5k",)
 MNIST_LABEL_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+# Captions of the embedded digits for `--conditioning text`, from their labels: image i gets phrasing i % 3, so each
+# digit is seen in every phrasing. The first phrasing of each digit is the prompt of the sample grid.
+MNIST_CAPTION_TEMPLATES = ["a handwritten {name}", "the digit {digit}", "a picture of the number {name}"]
+# Rows of the sample grid for captioned data without labels: its first distinct captions.
+UNLABELLED_GRID_PROMPTS = 8
 MNIST_IMAGE_SIZE = 28
 # A column of example indices added to the training data, so that augmentation can depend on the example.
 INDEX_COLUMN = "example_index"
@@ -41,6 +46,8 @@ class TrainingData:
     id2label: Optional[Dict[int, str]]
     image_mode: str
     source: str
+    # For `--conditioning text`: the dataset has a `caption` column, and these prompts make the sample grid.
+    sample_prompts: Optional[List[str]] = None
 
     @property
     def num_channels(self) -> int:
@@ -75,6 +82,30 @@ def load_mnist_5k():
         {"image": [Image.fromarray(p, mode="L") for p in pixels], "label": rows[:, -1].astype(np.int64)},
         features=features,
     )
+
+
+def mnist_captions(labels: Sequence[int]) -> List[str]:
+    """A caption for each embedded digit, from its label (see `MNIST_CAPTION_TEMPLATES`)."""
+    return [
+        MNIST_CAPTION_TEMPLATES[i % len(MNIST_CAPTION_TEMPLATES)].format(name=MNIST_LABEL_NAMES[label], digit=label)
+        for i, label in enumerate(labels)
+    ]
+
+
+def check_caption_column(dataset, caption_column: str, source: str, fix: str):
+    import datasets
+
+    if caption_column not in dataset.column_names:
+        raise ValueError(
+            f"`--conditioning text` needs captions, but `--caption_column` {caption_column!r} is not a column of the "
+            f"{source} (columns: {dataset.column_names}); {fix}"
+        )
+    feature = dataset.features[caption_column]
+    if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
+        raise ValueError(
+            f"`--caption_column` {caption_column!r} has type {feature}, not text; pass the column that holds the "
+            "captions."
+        )
 
 
 def check_train_data_dir(train_data_dir: str):
@@ -133,6 +164,12 @@ def load_training_data(args) -> TrainingData:
                 "subfolders: put each class's images in a subfolder named after it, or train with "
                 "`--conditioning none`."
             )
+        if args.conditioning == "text":
+            check_caption_column(
+                dataset, args.caption_column, source,
+                "put a metadata.jsonl beside the images with one line per image, e.g. "
+                '{"file_name": "0001.png", "text": "a red circle"} (the datasets imagefolder convention).',
+            )  # fmt: skip
     elif args.dataset_name is not None:
         dataset = datasets.load_dataset(
             args.dataset_name, args.dataset_config_name, cache_dir=args.cache_dir, split="train"
@@ -150,6 +187,8 @@ def load_training_data(args) -> TrainingData:
                 f"`--dataset_name` {args.dataset_name!r}; its columns are {dataset.column_names}. Pass the right "
                 "`--label_column` or train with `--conditioning none`."
             )
+        if args.conditioning == "text":
+            check_caption_column(dataset, args.caption_column, source, "pass the right --caption_column.")
     else:
         dataset = load_mnist_5k()
         image_column, flag = "image", "label"
@@ -167,8 +206,20 @@ def load_training_data(args) -> TrainingData:
             f"column that holds the images (columns: {dataset.column_names})."
         )
 
-    id2label = None
-    if args.conditioning == "class":
+    id2label, sample_prompts = None, None
+    if args.conditioning == "text":
+        if args.train_data_dir is None and args.dataset_name is None:
+            # Captions from the labels; the labels stay, so that samples can be checked against them.
+            captions = mnist_captions(dataset["label"])
+            dataset = dataset.select_columns([image_column, "label"]).add_column("caption", captions)
+            id2label = label_names_of(dataset, "label", flag)
+            sample_prompts = [MNIST_CAPTION_TEMPLATES[0].format(name=name) for name in MNIST_LABEL_NAMES]
+        else:
+            dataset = dataset.select_columns([image_column, args.caption_column]).rename_columns(
+                {image_column: "image", args.caption_column: "caption"}
+            )
+            sample_prompts = list(dict.fromkeys(dataset["caption"]))[:UNLABELLED_GRID_PROMPTS]
+    elif args.conditioning == "class":
         id2label = label_names_of(dataset, label_column, flag)
         dataset = dataset.select_columns([image_column, label_column]).rename_columns(
             {image_column: "image", label_column: "label"}
@@ -178,7 +229,9 @@ def load_training_data(args) -> TrainingData:
 
     image_mode = "L" if dataset[0]["image"].mode in GREY_MODES else "RGB"
     dataset = dataset.add_column(INDEX_COLUMN, list(range(len(dataset))))
-    return TrainingData(dataset=dataset, id2label=id2label, image_mode=image_mode, source=source)
+    return TrainingData(
+        dataset=dataset, id2label=id2label, image_mode=image_mode, source=source, sample_prompts=sample_prompts
+    )
 
 
 def resize_shorter_side(image: Image.Image, resolution: int) -> Image.Image:
@@ -252,4 +305,6 @@ class TrainTransform:
         batch = {"pixel_values": pixel_values.contiguous(), INDEX_COLUMN: torch.tensor(examples[INDEX_COLUMN])}
         if "label" in examples:
             batch["labels"] = torch.tensor(examples["label"], dtype=torch.long)
+        if "caption" in examples:
+            batch["captions"] = list(examples["caption"])
         return batch

@@ -547,14 +547,20 @@ def parse_args(argv=None):
         raise ValueError(
             f"{args.output_dir!r} holds no training_config.json: pass the --output_dir of a finished training run."
         )
+    with open(os.path.join(args.output_dir, "training_config.json"), encoding="utf-8") as f:
+        conditioning = json.load(f).get("args", {}).get("conditioning")
+    if conditioning == "text":
+        raise ValueError(
+            f"{args.output_dir!r} holds a text-conditional run; `python -m training.evaluate` scores "
+            "class-conditional "
+            "and unconditional runs (benchmarks/bench_text_prompts.py checks prompts of text runs)."
+        )
     for name in ("num_samples", "batch_size", "feature_resolution", "classifier_epochs"):
         if getattr(args, name) < 1:
             raise ValueError(f"`--{name}` must be a positive integer, but is {getattr(args, name)}.")
     if args.num_samples <= 3:
         raise ValueError(f"`--num_samples` {args.num_samples} is too few: precision/recall needs more than 3.")
     if args.metrics is not None:
-        with open(os.path.join(args.output_dir, "training_config.json"), encoding="utf-8") as f:
-            conditioning = json.load(f).get("args", {}).get("conditioning")
         check_metrics(args.metrics, conditioning == "class")
     return args
 

