@@ -90,7 +90,8 @@ def main():
     print("| --- |" + " ---: |" * (len(MNIST_LABEL_NAMES) + 1))
     for template, result in results.items():
         cells = " | ".join(f"{result['per_digit'][n]:.0%}" for n in MNIST_LABEL_NAMES)
-        print(f"| {template}{' (unseen)' if template == UNSEEN_TEMPLATE else ''} | {cells} | {result['overall']:.1%} |")
+        label = f"{template} (unseen)" if template == UNSEEN_TEMPLATE else template
+        print(f"| {label} | {cells} | {result['overall']:.1%} |")
     print(f"Trained phrasings together: {summary['trained_phrasings_accuracy']:.1%}")
 
 
