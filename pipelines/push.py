@@ -5,7 +5,7 @@
 The folder (the `--output_dir` of a finished `training/train.py` run, or one written by `pipe.save_pretrained`) is
 uploaded with its pipeline `.py` file, so that `DiffusionPipeline.from_pretrained(REPO_ID, trust_remote_code=True)`
 works without diffkit. For a training run, the model card is rendered again with loading snippets pinned to the
-commit that holds the weights. Checkpoints, tracker logs and validation grids stay local.
+commit that holds the weights. Checkpoints, tracker logs, validation grids and `best/` stay local.
 
 `HF_ENDPOINT` and `HF_TOKEN` are honoured as everywhere in huggingface_hub.
 """
@@ -27,8 +27,9 @@ MODEL_INDEX_NAME = "model_index.json"
 TRAINING_CONFIG_NAME = "training_config.json"
 MODEL_CARD_NAME = "README.md"
 SAMPLES_NAME = "samples.png"
-# Local-only parts of an output folder: resumable state, tracker logs, validation grids, staging folders.
-LOCAL_ONLY_PATTERNS = ["checkpoint-*", "logs/*", "validation/*", ".*"]
+# Local-only parts of an output folder: resumable state, tracker logs, validation grids, the best pipeline kept by
+# --save_best_by (a second pipeline the repo's loading snippets would not reach), staging folders.
+LOCAL_ONLY_PATTERNS = ["checkpoint-*", "logs/*", "validation/*", "best/*", ".*"]
 CHECKPOINTS_PATH_IN_REPO = "checkpoints"
 
 

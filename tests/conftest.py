@@ -29,3 +29,15 @@ def real_feature_cache(tmp_path_factory):
         del os.environ["DIFFKIT_CACHE"]
     else:
         os.environ["DIFFKIT_CACHE"] = previous
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_folder(tmp_path_factory):
+    """A tiny random CLIP text encoder (32-d) with CLIP's real tokenizer, saved as a transformers folder."""
+    from .tiny_stable_diffusion import save_clip_tokenizer, tiny_text_encoder
+
+    folder = tmp_path_factory.mktemp("tiny-clip")
+    save_clip_tokenizer(str(folder))
+    torch.manual_seed(0)
+    tiny_text_encoder().save_pretrained(folder)
+    return str(folder)

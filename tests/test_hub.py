@@ -22,6 +22,7 @@ from training.train import parse_args
 
 from .hub_server import HubServer
 from .test_train import QUICK_RUN, write_unet_config
+from .test_train_text import text_run_args
 from .utils import REPO_ROOT, TINY_CONDITION_UNET_CONFIG, assert_launch_succeeded, run_accelerate_launch
 
 WRITE_TOKEN = "hf_diffkit_test_write_token"
@@ -354,3 +355,47 @@ def test_push_command_rejects_bad_input_before_calling_the_hub(tmp_path, monkeyp
     (pipeline_dir / "pipeline_class_conditional_image.py").unlink()
     with pytest.raises(ValueError, match="without its code beside it"):
         push_main([str(pipeline_dir), "someone/model"])
+
+
+TEXT_REPO_ID = "diffkit-tests/tiny-text"
+GENERATE_FROM_PROMPTS = """
+import numpy as np, torch
+pipe.set_progress_bar_config(disable=True)
+images = pipe(["a handwritten seven", "the digit 3"], negative_prompt="the digit 1", num_inference_steps=4,
+              generator=torch.Generator().manual_seed(0), output_type="np")
+np.save(sys.argv[1], images.images)
+print("loaded as", type(pipe).__module__, type(pipe).__name__)
+"""
+
+
+def test_text_pipeline_pushed_from_training_loads_both_ways(hub, tiny_clip_folder, tmp_path):
+    output_dir = tmp_path / "out"
+    args = [*text_run_args(tmp_path, tiny_clip_folder), "--output_dir", str(output_dir),
+            "--push_to_hub", "--hub_model_id", TEXT_REPO_ID]  # fmt: skip
+    assert_launch_succeeded(run_accelerate_launch(args, env=hub_environment(hub, tmp_path)))
+    files = hub.files(TEXT_REPO_ID)
+    assert {"pipeline_text_conditional_image.py", "text_encoder/model.safetensors", "tokenizer/tokenizer_config.json",
+            "unet/diffusion_pytorch_model.safetensors", "README.md", "samples.png"} <= set(files)  # fmt: skip
+    card_file = tmp_path / "README.md"
+    card_file.write_bytes(files["README.md"])
+    card = ModelCard.load(card_file)
+    assert card.data.pipeline_tag == "text-to-image" and "TextConditionalImagePipeline.from_pretrained(" in card.text
+
+    env = hub_environment(hub, tmp_path, token=None)
+    with_diffkit = run_python(
+        [f"import sys\nfrom pipelines import TextConditionalImagePipeline\n"
+         f"pipe = TextConditionalImagePipeline.from_pretrained({TEXT_REPO_ID!r})", GENERATE_FROM_PROMPTS],
+        env, tmp_path / "diffkit.npy",
+    )  # fmt: skip
+    assert_ran(with_diffkit)
+    assert "pipelines.pipeline_text_conditional_image TextConditionalImagePipeline" in with_diffkit.stdout
+    without_diffkit = run_python(
+        [WITHOUT_DIFFKIT, f"import sys\nfrom diffusers import DiffusionPipeline\n"
+         f"pipe = DiffusionPipeline.from_pretrained({TEXT_REPO_ID!r}, trust_remote_code=True)", GENERATE_FROM_PROMPTS],
+        env, tmp_path / "remote_code.npy",
+    )  # fmt: skip
+    assert_ran(without_diffkit)
+    assert "pipelines.pipeline_text" not in without_diffkit.stdout  # the class came from the repo's file
+    images = np.load(tmp_path / "diffkit.npy")
+    assert images.shape == (2, 16, 16, 1)
+    np.testing.assert_array_equal(images, np.load(tmp_path / "remote_code.npy"))

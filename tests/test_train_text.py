@@ -16,18 +16,7 @@ from training.text_conditioning import CaptionEmbeddings, drop_captions, load_te
 from training.train import main, parse_args
 
 from .test_train import QUICK_RUN, RESOLUTION, write_unet_config
-from .tiny_stable_diffusion import save_clip_tokenizer, tiny_text_encoder
 from .utils import TINY_CONDITION_UNET_CONFIG, assert_launch_succeeded, run_accelerate_launch
-
-
-@pytest.fixture(scope="module")
-def tiny_clip_folder(tmp_path_factory):
-    """A tiny random CLIP text encoder (32-d) with CLIP's real tokenizer, saved as a transformers folder."""
-    folder = tmp_path_factory.mktemp("tiny-clip")
-    save_clip_tokenizer(str(folder))
-    torch.manual_seed(0)
-    tiny_text_encoder().save_pretrained(folder)
-    return str(folder)
 
 
 def text_run_args(tmp_path, tiny_clip_folder, *extra):
