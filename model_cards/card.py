@@ -69,7 +69,7 @@ def render_model_card(
         )
     else:
         usage_call = (
-            "images = pipe(batch_size=4, num_inference_steps=25, generator=torch.Generator().manual_seed(0)).images"
+            "images = pipe(batch_size=4, num_inference_steps=20, generator=torch.Generator().manual_seed(0)).images"
         )
         samples_caption = f"{args['num_inference_steps']} steps, seed {args['seed']}."
     return ModelCard.from_template(

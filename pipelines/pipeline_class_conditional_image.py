@@ -178,7 +178,7 @@ class ClassConditionalImagePipeline(DiffusionPipeline):
         ):
             raise ValueError(
                 f"`num_inference_steps` must be a positive integer, but is {num_inference_steps!r}; "
-                "use e.g. 25 for DPM-Solver or 1000 for DDPM."
+                "use e.g. 20 (the saved DDPM scheduler's default) or 25 for DPM-Solver."
             )
         if (
             not isinstance(guidance_scale, (int, float))
@@ -255,7 +255,7 @@ class ClassConditionalImagePipeline(DiffusionPipeline):
         self,
         class_labels: Union[int, str, Sequence[Union[int, str]]],
         num_images_per_label: int = 1,
-        num_inference_steps: int = 25,
+        num_inference_steps: int = 20,
         guidance_scale: Optional[float] = None,
         generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
         output_type: str = "pil",
@@ -271,9 +271,9 @@ class ClassConditionalImagePipeline(DiffusionPipeline):
                 The classes to generate, as ids (`3`) or names from `pipe.config.id2label` (`"seven"`).
             num_images_per_label (`int`, *optional*, defaults to 1):
                 Images generated for each entry of `class_labels`; the output lists them label by label.
-            num_inference_steps (`int`, *optional*, defaults to 25):
-                The number of denoising steps. 25 suits the DPM-Solver++ scheduler that training saves; a
-                `DDPMScheduler` needs about 1000.
+            num_inference_steps (`int`, *optional*, defaults to 20):
+                The number of denoising steps. 20 suits the DDPM scheduler that training saves (on the default
+                job they match DDPM's 1000 in FD-classifier within 6%; see benchmarks/bench_sampling.py).
             guidance_scale (`float`, *optional*, defaults to `pipe.config.guidance_scale`):
                 Classifier-free guidance scale `w` in `eps = eps_uncond + w * (eps_cond - eps_uncond)`. `1` uses only
                 the conditional prediction (and skips the unconditional pass), `0` only the unconditional one.

@@ -226,7 +226,7 @@ class TextConditionalImagePipeline(DiffusionPipeline):
         ):
             raise ValueError(
                 f"`num_inference_steps` must be a positive integer, but is {num_inference_steps!r}; "
-                "use e.g. 25 for DPM-Solver or 1000 for DDPM."
+                "use e.g. 20 (the saved DDPM scheduler's default) or 25 for DPM-Solver."
             )
         if (
             not isinstance(guidance_scale, (int, float))
@@ -303,7 +303,7 @@ class TextConditionalImagePipeline(DiffusionPipeline):
         prompt: Optional[Union[str, List[str]]] = None,
         negative_prompt: Optional[Union[str, List[str]]] = None,
         num_images_per_prompt: int = 1,
-        num_inference_steps: int = 25,
+        num_inference_steps: int = 20,
         guidance_scale: Optional[float] = None,
         generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
         prompt_embeds: Optional[torch.Tensor] = None,
@@ -324,8 +324,8 @@ class TextConditionalImagePipeline(DiffusionPipeline):
                 guidance. One string for all prompts, or one per prompt. Ignored when `guidance_scale` is 1.
             num_images_per_prompt (`int`, *optional*, defaults to 1):
                 Images generated for each prompt; the output lists them prompt by prompt.
-            num_inference_steps (`int`, *optional*, defaults to 25):
-                The number of denoising steps. 25 suits the DPM-Solver++ scheduler that training saves.
+            num_inference_steps (`int`, *optional*, defaults to 20):
+                The number of denoising steps. 20 suits the DDPM scheduler that training saves.
             guidance_scale (`float`, *optional*, defaults to `pipe.config.guidance_scale`):
                 Classifier-free guidance scale `w` in `eps = eps_uncond + w * (eps_cond - eps_uncond)`. `1` uses only
                 the conditional prediction (and skips the unconditional pass), `0` only the unconditional one.
