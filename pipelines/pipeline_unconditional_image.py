@@ -8,7 +8,7 @@ import inspect
 import json
 import os
 import shutil
-from typing import List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DModel
@@ -34,6 +34,7 @@ class UnconditionalImagePipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "unet"
+    _callback_tensor_inputs = ["latents", "model_output", "pred_original_sample"]
 
     def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin):
         super().__init__()
@@ -68,7 +69,9 @@ class UnconditionalImagePipeline(DiffusionPipeline):
             config["_class_name"] = cls.__name__
         return config
 
-    def check_inputs(self, batch_size, num_inference_steps, generator, output_type):
+    def check_inputs(
+        self, batch_size, num_inference_steps, generator, output_type, callback_on_step_end_tensor_inputs
+    ):
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive integer, but is {batch_size!r}.")
         if (
@@ -87,6 +90,12 @@ class UnconditionalImagePipeline(DiffusionPipeline):
             )
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, but is {output_type!r}.")
+        unknown_inputs = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+        if unknown_inputs:
+            raise ValueError(
+                f"`callback_on_step_end_tensor_inputs` contains {unknown_inputs}; allowed are "
+                f"{self._callback_tensor_inputs}."
+            )
 
     def prepare_extra_step_kwargs(self, generator):
         step_parameters = inspect.signature(self.scheduler.step).parameters
@@ -101,6 +110,27 @@ class UnconditionalImagePipeline(DiffusionPipeline):
             extra_step_kwargs["use_clipped_model_output"] = True
         return extra_step_kwargs
 
+    # Copied from pipelines.pipeline_class_conditional_image.ClassConditionalImagePipeline.predict_original_sample
+    def predict_original_sample(self, model_output: torch.Tensor, timestep, sample: torch.Tensor) -> torch.Tensor:
+        """The clean image x_0 implied by `model_output` at `timestep` for the noisy `sample` x_t.
+
+        For the variance-preserving schedulers (DDPM, DDIM, DPM-Solver, UniPC, PNDM), where
+        x_t = sqrt(a) x_0 + sqrt(1 - a) eps and v = sqrt(a) eps - sqrt(1 - a) x_0 with a = alphas_cumprod[t].
+        """
+        if self.scheduler.init_noise_sigma != 1 or not hasattr(self.scheduler, "alphas_cumprod"):
+            raise ValueError(
+                f"{type(self.scheduler).__name__} does not denoise in the variance-preserving form, so the clean "
+                "image cannot be computed from its sample here; use a scheduler that returns `pred_original_sample` "
+                "(DDPM, DDIM, Euler) or a variance-preserving one (DPM-Solver, UniPC)."
+            )
+        alpha_prod = self.scheduler.alphas_cumprod.to(sample.device)[timestep].to(sample.dtype)
+        prediction_type = self.scheduler.config.prediction_type
+        if prediction_type == "epsilon":
+            return (sample - (1 - alpha_prod) ** 0.5 * model_output) / alpha_prod**0.5
+        if prediction_type == "v_prediction":
+            return alpha_prod**0.5 * sample - (1 - alpha_prod) ** 0.5 * model_output
+        return model_output  # "sample": the model predicts x_0 itself
+
     @torch.no_grad()
     def __call__(
         self,
@@ -109,6 +139,8 @@ class UnconditionalImagePipeline(DiffusionPipeline):
         num_inference_steps: int = 1000,
         output_type: str = "pil",
         return_dict: bool = True,
+        callback_on_step_end: Optional[Callable[["UnconditionalImagePipeline", int, int, Dict], Dict]] = None,
+        callback_on_step_end_tensor_inputs: List[str] = ["latents"],
     ) -> Union[ImagePipelineOutput, Tuple]:
         r"""
         Generate images from noise.
@@ -125,6 +157,14 @@ class UnconditionalImagePipeline(DiffusionPipeline):
                 [0, 1]) or `"pt"` (`torch.Tensor` of shape `(batch, channels, height, width)` in [0, 1]).
             return_dict (`bool`, *optional*, defaults to `True`):
                 Return an [`~diffusers.ImagePipelineOutput`] instead of a plain tuple.
+            callback_on_step_end (`Callable`, *optional*):
+                Called after each step as `callback_on_step_end(pipe, step_index, timestep, callback_kwargs)`, with
+                the tensors named in `callback_on_step_end_tensor_inputs`; the entries of the dict it returns replace
+                them.
+            callback_on_step_end_tensor_inputs (`List[str]`, *optional*, defaults to `["latents"]`):
+                The tensors passed to `callback_on_step_end`: `latents` (the sample after the step),
+                `model_output` (the prediction of the step) and `pred_original_sample` (the clean image that
+                prediction implies, in [-1, 1] before clipping; `pipelines.DenoisingFilm` records it).
 
         Examples:
 
@@ -149,7 +189,7 @@ class UnconditionalImagePipeline(DiffusionPipeline):
             element.
         """
         # 0. Check inputs. Raise an error if not correct
-        self.check_inputs(batch_size, num_inference_steps, generator, output_type)
+        self.check_inputs(batch_size, num_inference_steps, generator, output_type, callback_on_step_end_tensor_inputs)
 
         # 1. Sample gaussian noise to begin the loop
         if isinstance(self.unet.config.sample_size, int):
@@ -165,27 +205,39 @@ class UnconditionalImagePipeline(DiffusionPipeline):
         device = self._execution_device
         if device.type == "mps":
             # randn does not work reproducibly on mps
-            image = randn_tensor(image_shape, generator=generator, dtype=self.unet.dtype).to(device)
+            latents = randn_tensor(image_shape, generator=generator, dtype=self.unet.dtype).to(device)
         else:
-            image = randn_tensor(image_shape, generator=generator, device=device, dtype=self.unet.dtype)
+            latents = randn_tensor(image_shape, generator=generator, device=device, dtype=self.unet.dtype)
         # Sigma-based schedulers (Euler, Heun) start from noise of std `init_noise_sigma`; it is 1.0 for DDPM/DDIM.
-        image = image * self.scheduler.init_noise_sigma
+        latents = latents * self.scheduler.init_noise_sigma
 
         # 2. Set the timesteps
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator)
 
         # 3. Denoising loop
-        for t in self.progress_bar(self.scheduler.timesteps):
+        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             # 3.1 predict the model output (noise, sample or velocity, as the scheduler was trained)
-            model_input = self.scheduler.scale_model_input(image, t)
+            model_input = self.scheduler.scale_model_input(latents, t)
             model_output = self.unet(model_input, t).sample
 
             # 3.2 compute the previous sample: x_t -> x_t-1
-            image = self.scheduler.step(model_output, t, image, **extra_step_kwargs).prev_sample
+            step_output = self.scheduler.step(model_output, t, latents, **extra_step_kwargs)
+            if "pred_original_sample" in callback_on_step_end_tensor_inputs:
+                pred_original_sample = getattr(step_output, "pred_original_sample", None)
+                if pred_original_sample is None:  # DPM-Solver and UniPC do not return their estimate
+                    pred_original_sample = self.predict_original_sample(model_output, t, latents)
+            latents = step_output.prev_sample
+
+            if callback_on_step_end is not None:
+                callback_kwargs = {}
+                for k in callback_on_step_end_tensor_inputs:
+                    callback_kwargs[k] = locals()[k]
+                callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                latents = callback_outputs.pop("latents", latents)
 
         # 4. Post-process from [-1, 1] to [0, 1]
-        image = (image / 2 + 0.5).clamp(0, 1)
+        image = (latents / 2 + 0.5).clamp(0, 1)
         if output_type != "pt":
             image = image.cpu().permute(0, 2, 3, 1).float().numpy()
             if output_type == "pil":

@@ -6,7 +6,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler
 from PIL import Image
 
-from pipelines import DenoisingFilm
+from pipelines import DenoisingFilm, UnconditionalImagePipeline
 
 from .test_pipelines import STEPS, make_class_pipeline
 
@@ -39,6 +39,26 @@ def test_the_film_records_every_step_and_changes_nothing(tiny_condition_unet, sc
     assert film.frames[0].shape == (3, 1, 8, 8) and 0 <= film.frames[0].min() <= film.frames[0].max() <= 1
     # the estimates move: the first and the last differ
     assert not torch.equal(film.frames[0], film.frames[-1])
+
+
+@pytest.mark.parametrize("scheduler_class", [DDPMScheduler, DPMSolverMultistepScheduler])
+def test_the_unconditional_pipeline_films_too(tiny_unet2d, scheduler_class):
+    pipe = UnconditionalImagePipeline(tiny_unet2d, scheduler_class(num_train_timesteps=100))
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = dict(batch_size=2, num_inference_steps=STEPS, output_type="pt")
+    plain = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).images
+    film = DenoisingFilm()
+    filmed = pipe(
+        **kwargs, generator=torch.Generator().manual_seed(0), callback_on_step_end=film,
+        callback_on_step_end_tensor_inputs=film.tensor_inputs,
+    ).images  # fmt: skip
+    torch.testing.assert_close(filmed, plain, rtol=0, atol=0)
+    assert len(film.frames) == STEPS and film.frames[0].shape == (2, 1, 8, 8)
+    # the last estimate of DDPM is the image itself (its last step returns x_0)
+    if scheduler_class is DDPMScheduler:
+        torch.testing.assert_close(film.frames[-1], plain)
+    with pytest.raises(ValueError, match="allowed are"):
+        pipe(**kwargs, callback_on_step_end=film, callback_on_step_end_tensor_inputs=["noise"])
 
 
 def test_strip_and_gif_files(tiny_condition_unet, tmp_path):
