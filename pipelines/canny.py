@@ -10,6 +10,15 @@ from PIL import Image
 SIZE_MULTIPLE = 8
 
 
+def check_image_side(value: int, argument: str) -> None:
+    """Raise a `ValueError` naming `argument` unless `value` is a positive multiple of 8, suggesting the nearest."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % SIZE_MULTIPLE:
+        nearest = SIZE_MULTIPLE
+        if isinstance(value, (int, float)) and value > SIZE_MULTIPLE:
+            nearest = int(value) - int(value) % SIZE_MULTIPLE
+        raise ValueError(f"`{argument}` {value!r} must be a positive multiple of 8 (e.g. {nearest}).")
+
+
 def canny_edges(
     image: Union[Image.Image, np.ndarray], low_threshold: int = 100, high_threshold: int = 200
 ) -> Image.Image:

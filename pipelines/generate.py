@@ -17,7 +17,7 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image, PngImagePlugin
 
-from pipelines.canny import SIZE_MULTIPLE, canny_edges
+from pipelines.canny import canny_edges, check_image_side
 from pipelines.loaders import (
     MEMORY_MODES,
     SCHEDULERS,
@@ -87,10 +87,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     args.model = args.model or DEFAULT_MODELS[args.family]
     for name in ("width", "height"):
-        value = getattr(args, name)
-        if value is not None and (value <= 0 or value % SIZE_MULTIPLE):
-            nearest = max(SIZE_MULTIPLE, value - value % SIZE_MULTIPLE)
-            raise ValueError(f"`--{name}` {value} must be a positive multiple of 8 (e.g. {nearest}).")
+        if getattr(args, name) is not None:
+            check_image_side(getattr(args, name), f"--{name}")
     for name in ("steps", "num_images"):
         if getattr(args, name) < 1:
             raise ValueError(f"`--{name}` must be a positive integer, but is {getattr(args, name)}.")

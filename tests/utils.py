@@ -1,6 +1,7 @@
 """Shared test configuration: tiny UNet configs and a real `accelerate launch` runner."""
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -53,3 +54,10 @@ def run_accelerate_launch(args, cwd=REPO_ROOT, timeout=300, env=None):
 
 def assert_launch_succeeded(result):
     assert result.returncode == 0, f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-5000:]}"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -1,0 +1,625 @@
+"""A Gradio web demo for trained diffkit pipelines and the Stable Diffusion, SDXL and ControlNet-canny wrappers.
+
+    python -m pipelines.app --pipeline out
+    python -m pipelines.app --pipeline out my-org/ddpm-mnist --sd stable-diffusion-v1-5/stable-diffusion-v1-5 \\
+        --controlnet lllyasviel/sd-controlnet-canny
+
+Each `--pipeline` (a training `--output_dir`, a `save_pretrained` folder or a Hub repo) gets a tab: pick classes by
+name (or write a prompt for a text model), set guidance, steps, sampler, seed and the number of images, and watch
+the predicted clean images form with "Show the denoising". `--sd`, `--sdxl` and `--controlnet` add text-to-image and
+canny-edge tabs. One request runs the models at a time (a queue serves the others in turn), with the CPU thread
+count of `--num_threads`. The app listens on 127.0.0.1 only, unless `--host` or `--share` says otherwise.
+
+This file needs only torch, diffusers and gradio for diffkit pipelines (the Stable Diffusion tabs import diffkit's
+loaders), so `python -m pipelines.push --space_id` uploads it unchanged to run a Hugging Face Space.
+"""
+
+import argparse
+import contextlib
+import inspect
+import ipaddress
+import logging
+import math
+import os
+import queue
+import re
+import threading
+import time
+from typing import Dict, List, Optional
+
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+    UniPCMultistepScheduler,
+)
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+from PIL import Image
+
+try:
+    import gradio as gr
+except ImportError as error:  # gradio is an optional dependency of diffkit
+    raise ImportError(
+        "The web demo needs Gradio: install it with `pip install -e '.[app]'` in diffkit's folder (or `pip install "
+        "'gradio>=6,<7'`)."
+    ) from error
+
+try:  # installed diffkit classes load a diffkit folder without running the code saved beside the weights
+    import pipelines as installed_diffkit
+except ImportError:  # as on a Hugging Face Space, where this file runs alone
+    installed_diffkit = None
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+# The samplers a diffkit tab offers besides the saved one, built from the saved scheduler's config. DPM-Solver++ and
+# UniPC threshold their clean-image estimate to the data range, without which guided samples fall apart
+# (benchmarks/bench_sampling.py: 27-30% of digits recognised without, 99% with).
+SAMPLERS = {
+    "DDPM": (DDPMScheduler, {}),
+    "DDIM": (DDIMScheduler, {}),
+    "DPM-Solver++ 2M": (DPMSolverMultistepScheduler, {"thresholding": True, "sample_max_value": 1.0}),
+    "UniPC": (UniPCMultistepScheduler, {"thresholding": True, "sample_max_value": 1.0}),
+}
+SAVED_SAMPLER = "as saved"
+MAX_STEPS = 1000
+MAX_GUIDANCE_SCALE = 20.0
+# Requests share one queue slot so that two browser sessions never run models at once (they would split the cores).
+MODEL_QUEUE = "models"
+# The gallery shows a new set of predicted clean images at most this often while "Show the denoising" is on.
+PREVIEW_INTERVAL_S = 0.2
+CSS = ".diffkit-gallery img { image-rendering: pixelated; }"
+
+
+def check_model_argument(model: str, argument: str) -> None:
+    """Raise a `ValueError` naming `argument` unless `model` is an existing folder or a valid Hub repo id."""
+    if os.path.isdir(model):
+        return
+    try:
+        validate_repo_id(model)
+    except HFValidationError:
+        raise ValueError(
+            f"`{argument}` {model!r} is neither a folder nor a Hub repo id: pass the --output_dir of a training run, "
+            "a folder written by `save_pretrained`, or an id such as 'my-org/ddpm-mnist'."
+        ) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.app",
+        description="A web demo (Gradio) for diffkit pipelines and Stable Diffusion, SDXL and ControlNet-canny.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--pipeline",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="OUTPUT_DIR_OR_REPO",
+        help="diffkit pipelines to demo, one tab each: training --output_dir folders, save_pretrained folders or "
+        "Hub repo ids.",
+    )
+    parser.add_argument("--sd", default=None, metavar="MODEL", help="Stable Diffusion model for a text-to-image tab.")
+    parser.add_argument("--sdxl", default=None, metavar="MODEL", help="SDXL model for a text-to-image tab.")
+    parser.add_argument("--vae", default=None, help="fp16-safe VAE for SDXL, e.g. madebyollin/sdxl-vae-fp16-fix.")
+    parser.add_argument(
+        "--controlnet", default=None, metavar="MODEL", help="Canny ControlNet for a photo-to-image tab."
+    )
+    parser.add_argument(
+        "--controlnet_base",
+        default=None,
+        metavar="MODEL",
+        help="Base model of the ControlNet tab (SD 1.5 or SDXL); defaults to --sd, else SD 1.5.",
+    )
+    parser.add_argument(
+        "--trust_remote_code",
+        action="store_true",
+        help="Run the pipeline code saved in a --pipeline folder or repo. Without it, only pipelines whose class "
+        "diffkit has installed load; read the code first.",
+    )
+    parser.add_argument("--device", default=None, help="'cuda', 'cuda:1' or 'cpu'; defaults to CUDA when present.")
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        choices=["fp16", "bf16", "fp32"],
+        help="Weights' dtype: by default fp32 for diffkit pipelines, and fp16 on CUDA for Stable Diffusion.",
+    )
+    parser.add_argument(
+        "--num_threads",
+        type=int,
+        default=torch.get_num_threads(),
+        help="CPU threads a request may use (torch's default: one per core, or OMP_NUM_THREADS).",
+    )
+    parser.add_argument("--max_images", type=int, default=16, help="Most images one request may ask for.")
+    parser.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help="Address to listen on; the default serves this machine only, 0.0.0.0 serves the whole network.",
+    )
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="Port to listen on.")
+    parser.add_argument(
+        "--share", action="store_true", help="Also open a public *.gradio.live link through Gradio's share servers."
+    )
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    if not (args.pipeline or args.sd or args.sdxl or args.controlnet):
+        raise ValueError(
+            "Nothing to demo: pass `--pipeline OUTPUT_DIR` (a training run), or a model with `--sd`, `--sdxl` or "
+            "`--controlnet`."
+        )
+    for model in args.pipeline:
+        check_model_argument(model, "--pipeline")
+    for argument in ("sd", "sdxl", "vae", "controlnet", "controlnet_base"):
+        if getattr(args, argument) is not None:
+            check_model_argument(getattr(args, argument), f"--{argument}")
+    if args.controlnet_base is not None and args.controlnet is None:
+        raise ValueError("`--controlnet_base` is the base model of the ControlNet tab: pass `--controlnet` too.")
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"`--port` {args.port} is not a TCP port: use 1-65535 (or 0 for any free port).")
+    for argument in ("num_threads", "max_images"):
+        if getattr(args, argument) < 1:
+            raise ValueError(f"`--{argument}` must be a positive integer, but is {getattr(args, argument)}.")
+    if args.device is not None:
+        try:
+            torch.device(args.device)
+        except RuntimeError:
+            raise ValueError(f"`--device` {args.device!r} is not a torch device: use 'cpu', 'cuda' or 'cuda:1'.")
+    return args
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_diffkit_pipeline(model: str, trust_remote_code: bool = False, device=None, dtype=None) -> DiffusionPipeline:
+    r"""
+    Load a diffkit pipeline from a folder or Hub repo for the demo, on `device` (CUDA when present) in `dtype`.
+
+    The class named in `model_index.json` is taken from the installed diffkit when it is there, so no code from the
+    folder runs; otherwise the code saved beside the weights is used, which `trust_remote_code=True` must allow.
+    """
+    model_index = DiffusionPipeline.load_config(model)
+    class_name = model_index.get("_class_name")
+    module_name = None
+    if isinstance(class_name, list):
+        module_name, class_name = class_name
+    pipeline_class = getattr(installed_diffkit, str(class_name), None)
+    if isinstance(pipeline_class, type) and issubclass(pipeline_class, DiffusionPipeline):
+        pipe = pipeline_class.from_pretrained(model)
+    elif module_name is None:
+        raise ValueError(
+            f"`--pipeline` {model!r} holds a {class_name}, not a diffkit pipeline; use `--sd` or `--sdxl` for Stable "
+            "Diffusion models."
+        )
+    elif not trust_remote_code:
+        raise ValueError(
+            f"`--pipeline` {model!r} needs the code in its {module_name}.py, and diffkit is not installed here to "
+            "load it instead: read that file, then pass `--trust_remote_code`."
+        )
+    else:
+        pipe = DiffusionPipeline.from_pretrained(model, trust_remote_code=True)
+    if pipeline_kind(pipe) is None:
+        raise ValueError(f"`--pipeline` {model!r} holds a {type(pipe).__name__}, which this demo cannot drive.")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return pipe.to(device=device, dtype=dtype or torch.float32)
+
+
+def pipeline_kind(pipe) -> Optional[str]:
+    """ "class", "text" or "unconditional", from what the pipeline's `__call__` takes."""
+    parameters = inspect.signature(pipe.__call__).parameters
+    for argument, kind in (("class_labels", "class"), ("prompt", "text"), ("batch_size", "unconditional")):
+        if argument in parameters and "callback_on_step_end" in parameters:
+            return kind
+    return None
+
+
+def pipeline_title(model: str) -> str:
+    """The tab title: a folder's name, or a repo id."""
+    return os.path.basename(os.path.normpath(model)) if os.path.isdir(model) else model
+
+
+def api_name_for(title: str, taken: List[str]) -> str:
+    """`generate_<title as an identifier>`, made unique among `taken`."""
+    name = "generate_" + (re.sub(r"\W+", "_", title).strip("_").lower() or "pipeline")
+    unique, index = name, 2
+    while unique in taken:
+        unique, index = f"{name}_{index}", index + 1
+    taken.append(unique)
+    return unique
+
+
+@contextlib.contextmanager
+def readable_errors():
+    """Show a bad input (or a failed decode) as a message in the page rather than a server error."""
+    try:
+        yield
+    except (ValueError, TypeError, FloatingPointError) as error:
+        raise gr.Error(str(error), print_exception=False) from None
+
+
+def whole_number(value, argument: str, minimum: int = 1) -> int:
+    """`value` from a slider or number box as an int; a `ValueError` names `argument` if it is not a whole number."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        if float(value).is_integer() and value >= minimum:
+            return int(value)
+    raise ValueError(f"`{argument}` must be a whole number >= {minimum}, but is {value!r}.")
+
+
+def image_generators(seed, num_images: int) -> List[torch.Generator]:
+    """Image i uses seed + i, so that any image of a request can be made again alone (CPU generators, the same
+    images on any device)."""
+    seed = whole_number(seed, "seed", minimum=0)
+    return [torch.Generator("cpu").manual_seed(seed + i) for i in range(num_images)]
+
+
+def tensor_to_pil(images: torch.Tensor) -> List[Image.Image]:
+    """(batch, channels, height, width) in [-1, 1] to PIL images (grey for one channel)."""
+    pixels = ((images.float().cpu() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+    pixels = pixels.permute(0, 2, 3, 1).numpy()
+    return [Image.fromarray(p[..., 0] if p.shape[-1] == 1 else p) for p in pixels]
+
+
+class GenerationCancelled(Exception):
+    """Raised in the denoising loop when the request that started it has gone away."""
+
+
+def stream_pipeline(pipe, call_kwargs: Dict, captions: List[str], show_denoising: bool, progress, summary: str):
+    r"""
+    Run `pipe(**call_kwargs)` on a worker thread and yield `(gallery, info)` while it denoises: the progress bar moves
+    every step, and with `show_denoising` the gallery shows the predicted clean images (at most every
+    `PREVIEW_INTERVAL_S`). The last item holds the final images. An error of the pipeline is raised here; if the
+    request goes away, the loop is stopped before the next request may start.
+    """
+    events = queue.Queue()
+    cancelled = threading.Event()
+    preview_inputs = ["pred_original_sample"] if show_denoising else []
+
+    def on_step_end(pipe, step_index, timestep, callback_kwargs):
+        if cancelled.is_set():
+            raise GenerationCancelled()
+        preview = callback_kwargs.get("pred_original_sample")
+        events.put(("step", step_index + 1, len(pipe.scheduler.timesteps), preview))
+        return {}
+
+    def run():
+        try:
+            output = pipe(
+                **call_kwargs,
+                callback_on_step_end=on_step_end,
+                callback_on_step_end_tensor_inputs=preview_inputs or ["latents"],
+            )
+            events.put(("done", output.images))
+        except BaseException as error:  # handed to the request's thread, which raises it
+            events.put(("error", error))
+
+    started = time.perf_counter()
+    worker = threading.Thread(target=run, name="diffkit-app-pipeline", daemon=True)
+    worker.start()
+    try:
+        last_preview = 0.0
+        while True:
+            event = events.get()
+            if event[0] == "error":
+                raise event[1]
+            if event[0] == "done":
+                images = event[1]
+                break
+            _, step, num_steps, preview = event
+            progress((step, num_steps), desc="Denoising", unit="steps")
+            if preview is not None and (time.perf_counter() - last_preview >= PREVIEW_INTERVAL_S or step == num_steps):
+                last_preview = time.perf_counter()
+                frames = tensor_to_pil(preview)
+                yield list(zip(frames, captions)), f"Step {step}/{num_steps}: the clean images predicted so far."
+    finally:
+        cancelled.set()
+        worker.join()
+    elapsed = time.perf_counter() - started
+    width, height = images[0].size
+    threads = f", {torch.get_num_threads()} CPU threads" if pipe.device.type == "cpu" else ""
+    count = f"{len(images)} image{'s' if len(images) > 1 else ''}"
+    info = f"{count} of {width}x{height} in {elapsed:.1f} s on {pipe.device}{threads}. {summary}"
+    yield list(zip(images, captions)), info
+
+
+def scheduler_choice(saved_scheduler, sampler: str, samplers: Dict):
+    """The saved scheduler, or the named sampler built from its config."""
+    if sampler == SAVED_SAMPLER:
+        return saved_scheduler
+    if sampler not in samplers:
+        raise ValueError(f"`sampler` {sampler!r} is not one of {[SAVED_SAMPLER, *samplers]}.")
+    scheduler_class, settings = samplers[sampler]
+    return scheduler_class.from_config(saved_scheduler.config, **settings)
+
+
+def diffkit_tab(pipe, title: str, api_name: str, max_images: int):
+    """A tab that runs a diffkit pipeline: the controls its kind takes, a gallery, and the generate event."""
+    kind = pipeline_kind(pipe)
+    saved_scheduler = pipe.scheduler
+    default_steps = inspect.signature(pipe.__call__).parameters["num_inference_steps"].default
+    saved_name = type(saved_scheduler).__name__
+    with gr.Tab(title):
+        gr.Markdown(f"**{title}**: {type(pipe).__name__}, {saved_name} saved with the model.")
+        with gr.Row():
+            with gr.Column():
+                condition_inputs = []
+                if kind == "class":
+                    label_names = list(pipe.config.id2label.values())
+                    condition_inputs.append(
+                        gr.Dropdown(
+                            label_names,
+                            value=label_names[:1],
+                            multiselect=True,
+                            allow_custom_value=True,
+                            label="Classes",
+                            info="One or more labels; each gets the number of images below.",
+                        )
+                    )
+                elif kind == "text":
+                    condition_inputs.append(gr.Textbox(label="Prompt", placeholder="a handwritten seven"))
+                    condition_inputs.append(gr.Textbox(label="Negative prompt", placeholder="(optional)"))
+                num_images = gr.Slider(1, max_images, value=min(4, max_images), step=1, precision=0, label="Images")
+                guidance_scale = gr.Slider(
+                    0,
+                    MAX_GUIDANCE_SCALE,
+                    value=pipe.config.guidance_scale if kind != "unconditional" else 1,
+                    step=0.5,
+                    label="Guidance scale",
+                    info="0: unconditional, 1: conditional only, higher: follow the condition more closely.",
+                    visible=kind != "unconditional",
+                )
+                num_inference_steps = gr.Slider(1, MAX_STEPS, value=default_steps, step=1, precision=0, label="Steps")
+                sampler = gr.Dropdown(
+                    [SAVED_SAMPLER, *SAMPLERS],
+                    value=SAVED_SAMPLER,
+                    label="Sampler",
+                    info=f"'{SAVED_SAMPLER}' is the model's {saved_name}; the others are built from its config.",
+                )
+                seed = gr.Number(0, precision=0, minimum=0, label="Seed", info="Image i uses seed + i.")
+                show_denoising = gr.Checkbox(False, label="Show the denoising")
+                button = gr.Button("Generate", variant="primary")
+            with gr.Column():
+                gallery = gr.Gallery(label="Images", format="png", columns=4, elem_classes=["diffkit-gallery"])
+                info = gr.Markdown()
+
+    def generate(*values, progress=gr.Progress()):
+        condition, (images_wanted, guidance, steps, sampler_name, seed_value, show) = values[:-6], values[-6:]
+        with readable_errors():
+            images_wanted = whole_number(images_wanted, "num_images")
+            steps = whole_number(steps, "num_inference_steps")
+            call_kwargs = dict(num_inference_steps=steps, output_type="pil")
+            if kind == "class":
+                labels = condition[0] if isinstance(condition[0], list) else [condition[0]]
+                # names (or ids typed as digits) to ids, with the pipeline's own message for an unknown one
+                label_ids = pipe.get_label_ids([int(x) if str(x).isdigit() else x for x in labels])
+                call_kwargs.update(class_labels=label_ids, num_images_per_label=images_wanted)
+                captions = [pipe.config.id2label[str(i)] for i in label_ids for _ in range(images_wanted)]
+            elif kind == "text":
+                prompt, negative_prompt = condition
+                call_kwargs.update(prompt=prompt, negative_prompt=negative_prompt or None)
+                call_kwargs.update(num_images_per_prompt=images_wanted)
+                captions = [prompt] * images_wanted
+            else:
+                call_kwargs.update(batch_size=images_wanted)
+                captions = [""] * images_wanted
+            if len(captions) > max_images:
+                raise ValueError(
+                    f"{len(captions)} images were asked for ({len(captions) // images_wanted} classes x "
+                    f"{images_wanted}); this app makes at most {max_images} per request (--max_images)."
+                )
+            if kind != "unconditional":
+                call_kwargs["guidance_scale"] = float(guidance)
+            generators = image_generators(seed_value, len(captions))
+            call_kwargs["generator"] = generators
+            captions = [f"{c} · seed {g.initial_seed()}".lstrip(" ·") for c, g in zip(captions, generators)]
+            pipe.scheduler = scheduler_choice(saved_scheduler, sampler_name, SAMPLERS)
+            summary = f"{type(pipe.scheduler).__name__}, {steps} steps"
+            if kind != "unconditional":
+                summary += f", guidance {float(guidance):g}"
+            yield from stream_pipeline(pipe, call_kwargs, captions, show, progress, summary + ".")
+
+    inputs = [*condition_inputs, num_images, guidance_scale, num_inference_steps, sampler, seed, show_denoising]
+    button.click(
+        generate,
+        inputs=inputs,
+        outputs=[gallery, info],
+        api_name=api_name,
+        concurrency_id=MODEL_QUEUE,
+        concurrency_limit=1,
+    )
+
+
+def stable_diffusion_tab(pipe, title: str, api_name: str, max_images: int, canny: bool = False):
+    """A text-to-image tab for a Stable Diffusion or SDXL pipeline; with `canny`, a ControlNet-canny tab."""
+    from pipelines.canny import canny_edges, check_image_side
+    from pipelines.loaders import SCHEDULERS
+
+    saved_scheduler = pipe.scheduler
+    default_side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    with gr.Tab(title):
+        gr.Markdown(f"**{title}**: {type(pipe).__name__} on {pipe.device} in {pipe.unet.dtype}.")
+        with gr.Row():
+            with gr.Column():
+                if canny:
+                    photo = gr.Image(type="pil", label="Photo", sources=["upload", "clipboard"])
+                    with gr.Row():
+                        low_threshold = gr.Slider(0, 255, value=100, step=1, precision=0, label="Canny low threshold")
+                        high_threshold = gr.Slider(
+                            0, 255, value=200, step=1, precision=0, label="Canny high threshold"
+                        )
+                prompt = gr.Textbox(label="Prompt", placeholder="an astronaut riding a horse")
+                negative_prompt = gr.Textbox(label="Negative prompt", placeholder="(optional)")
+                if not canny:
+                    with gr.Row():
+                        width = gr.Slider(64, 2048, value=default_side, step=8, precision=0, label="Width")
+                        height = gr.Slider(64, 2048, value=default_side, step=8, precision=0, label="Height")
+                num_images = gr.Slider(1, max_images, value=1, step=1, precision=0, label="Images")
+                num_inference_steps = gr.Slider(1, 150, value=30, step=1, precision=0, label="Steps")
+                guidance_scale = gr.Slider(0, MAX_GUIDANCE_SCALE, value=7.5, step=0.5, label="Guidance scale")
+                sampler = gr.Dropdown(
+                    [SAVED_SAMPLER, *SCHEDULERS],
+                    value=SAVED_SAMPLER,
+                    label="Sampler",
+                    info=f"'{SAVED_SAMPLER}' is the model's {type(saved_scheduler).__name__}.",
+                )
+                seed = gr.Number(0, precision=0, minimum=0, label="Seed", info="Image i uses seed + i.")
+                button = gr.Button("Generate", variant="primary")
+            with gr.Column():
+                if canny:
+                    edges = gr.Image(type="pil", format="png", label="Canny edges", interactive=False)
+                gallery = gr.Gallery(label="Images", format="png", columns=2)
+                info = gr.Markdown()
+
+    def settings(prompt_text, negative, images_wanted, steps, guidance, sampler_name, seed_value):
+        images_wanted = whole_number(images_wanted, "num_images")
+        steps = whole_number(steps, "num_inference_steps")
+        if not prompt_text:
+            raise ValueError("`prompt` is empty: describe the image to generate.")
+        pipe.scheduler = scheduler_choice(saved_scheduler, sampler_name, SCHEDULERS)
+        call_kwargs = dict(
+            prompt=prompt_text,
+            negative_prompt=negative or None,
+            num_images_per_prompt=images_wanted,
+            num_inference_steps=steps,
+            guidance_scale=float(guidance),
+            generator=image_generators(seed_value, images_wanted),
+        )
+        captions = [f"seed {g.initial_seed()}" for g in call_kwargs["generator"]]
+        return call_kwargs, captions, f"{type(pipe.scheduler).__name__}, {steps} steps, guidance {float(guidance):g}."
+
+    def edges_of(photo_image, low, high):
+        if photo_image is None:
+            raise ValueError("`image` is missing: upload a photo; its canny edges guide the image.")
+        return canny_edges(photo_image.convert("RGB"), whole_number(low, "low_threshold", 0), int(high))
+
+    if canny:
+
+        def generate(photo_image, low, high, prompt_text, negative, images_wanted, steps, guidance, sampler_name,
+                     seed_value, progress=gr.Progress()):  # fmt: skip
+            with readable_errors():
+                control_image = edges_of(photo_image, low, high)
+                call_kwargs, captions, summary = settings(
+                    prompt_text, negative, images_wanted, steps, guidance, sampler_name, seed_value
+                )
+                call_kwargs.update(image=control_image, width=control_image.width, height=control_image.height)
+                for images, text in stream_pipeline(pipe, call_kwargs, captions, False, progress, summary):
+                    yield control_image, images, text
+
+        def preview_edges(photo_image, low, high):
+            if photo_image is None:
+                return None
+            with readable_errors():
+                return edges_of(photo_image, low, high)
+
+        inputs = [photo, low_threshold, high_threshold, prompt, negative_prompt]
+        outputs = [edges, gallery, info]
+        for control in (photo, low_threshold, high_threshold):
+            control.change(preview_edges, [photo, low_threshold, high_threshold], edges, show_progress="hidden")
+    else:
+
+        def generate(prompt_text, negative, side_width, side_height, images_wanted, steps, guidance, sampler_name,
+                     seed_value, progress=gr.Progress()):  # fmt: skip
+            with readable_errors():
+                call_kwargs, captions, summary = settings(
+                    prompt_text, negative, images_wanted, steps, guidance, sampler_name, seed_value
+                )
+                for argument, side in (("width", side_width), ("height", side_height)):
+                    check_image_side(int(side) if float(side).is_integer() else side, argument)
+                    call_kwargs[argument] = int(side)
+                yield from stream_pipeline(pipe, call_kwargs, captions, False, progress, summary)
+
+        inputs = [prompt, negative_prompt, width, height]
+        outputs = [gallery, info]
+    inputs += [num_images, num_inference_steps, guidance_scale, sampler, seed]
+    button.click(generate, inputs, outputs, api_name=api_name, concurrency_id=MODEL_QUEUE, concurrency_limit=1)
+
+
+def build_demo(
+    diffkit_pipelines: Optional[Dict[str, DiffusionPipeline]] = None,
+    stable_diffusion=None,
+    sdxl=None,
+    controlnet=None,
+    max_images: int = 16,
+) -> "gr.Blocks":
+    r"""
+    The Gradio app: a tab per diffkit pipeline (`{title: pipeline}`), and Stable Diffusion, SDXL and ControlNet-canny
+    tabs for the pipelines given. Each generate button is an API endpoint named `generate_<title>` (`generate_sd`,
+    `generate_sdxl`, `generate_controlnet_canny`), all served one request at a time.
+
+    Example:
+
+    ```py
+    >>> from pipelines import ClassConditionalImagePipeline
+    >>> from pipelines.app import build_demo
+    >>> pipe = ClassConditionalImagePipeline.from_pretrained("out")  # doctest: +SKIP
+    >>> build_demo({"digits": pipe}).queue().launch()  # doctest: +SKIP
+    ```
+    """
+    api_names: List[str] = []
+    with gr.Blocks(title="diffkit", analytics_enabled=False) as demo:
+        gr.Markdown("# diffkit\nGenerate with the pipelines below; one request runs at a time, the others queue.")
+        for title, pipe in (diffkit_pipelines or {}).items():
+            diffkit_tab(pipe, title, api_name_for(title, api_names), max_images)
+        for pipe, title, name in ((stable_diffusion, "Stable Diffusion", "sd"), (sdxl, "SDXL", "sdxl")):
+            if pipe is not None:
+                stable_diffusion_tab(pipe, title, api_name_for(name, api_names), max_images)
+        if controlnet is not None:
+            name = api_name_for("controlnet_canny", api_names)
+            stable_diffusion_tab(controlnet, "ControlNet canny", name, max_images, canny=True)
+    return demo
+
+
+def load_models(args) -> Dict:
+    """The pipelines named by the arguments, as `build_demo` keywords."""
+    diffkit_pipelines = {}
+    for model in args.pipeline:
+        title = pipeline_title(model)
+        while title in diffkit_pipelines:  # two folders with the same name
+            title += "'"
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}.get(args.dtype)
+        diffkit_pipelines[title] = load_diffkit_pipeline(model, args.trust_remote_code, args.device, dtype)
+    models = {"diffkit_pipelines": diffkit_pipelines}
+    if args.sd or args.sdxl or args.controlnet:
+        from pipelines.loaders import SD15_MODEL, load_controlnet_canny, load_sdxl, load_stable_diffusion
+
+        options = dict(device=args.device, dtype=args.dtype)
+        if args.sd:
+            models["stable_diffusion"] = load_stable_diffusion(args.sd, **options)
+        if args.sdxl:
+            models["sdxl"] = load_sdxl(args.sdxl, vae=args.vae, **options)
+        if args.controlnet:
+            base = args.controlnet_base or args.sd or SD15_MODEL
+            # the base model's own model_index.json says which ControlNet pipeline fits it
+            sdxl = "XL" in DiffusionPipeline.load_config(base)["_class_name"]
+            models["controlnet"] = load_controlnet_canny(
+                base, args.controlnet, sdxl=sdxl, vae=args.vae if sdxl else None, **options
+            )
+    return models
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not is_loopback(args.host):
+        logger.warning(f"Listening on {args.host}: anyone who can reach this machine can use the app.")
+    torch.set_num_threads(args.num_threads)
+    models = load_models(args)
+    demo = build_demo(**models, max_images=args.max_images)
+    # The generate events share one queue slot (MODEL_QUEUE); the preview of canny edges does not wait for it.
+    demo.queue(default_concurrency_limit=1)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=CSS, footer_links=["api"])
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    main()

@@ -1,0 +1,263 @@
+"""The web demo in-process: every tab driven through Gradio's Python client against the app served on 127.0.0.1."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DConditionModel, UNet2DModel
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+from skimage.data import astronaut
+
+from pipelines import TextConditionalImagePipeline, UnconditionalImagePipeline
+from pipelines.app import SAVED_SAMPLER, build_demo
+from pipelines.loaders import load_controlnet_canny, load_sdxl, load_stable_diffusion
+
+from .test_pipelines import make_class_pipeline
+from .test_text_pipeline import MAX_TEXT_LENGTH, tiny_text_unet
+from .tiny_stable_diffusion import (
+    save_clip_tokenizer,
+    save_tiny_controlnet,
+    save_tiny_sdxl,
+    save_tiny_stable_diffusion,
+    tiny_text_encoder,
+)
+from .utils import TINY_CONDITION_UNET_CONFIG, TINY_UNET2D_CONFIG, free_port
+
+STEPS = 3
+SD_SIZE = 64  # pixels; the tiny SD latents are 8x8
+MAX_IMAGES = 6
+pytestmark = pytest.mark.filterwarnings("ignore:Running diffusion on the CPU")
+
+
+class ConcurrencyProbe:
+    """Forward hooks on UNets that record how many forward passes run at the same moment."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.running = 0
+        self.most_at_once = 0
+
+    def attach(self, unet):
+        unet.register_forward_pre_hook(self.enter)
+        unet.register_forward_hook(self.leave)
+
+    def enter(self, module, args):
+        with self.lock:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        threading.Event().wait(0.01)  # widen the window in which an overlap would be seen
+
+    def leave(self, module, args, output):
+        with self.lock:
+            self.running -= 1
+
+
+@pytest.fixture(scope="module")
+def pipes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("app-models")
+    torch.manual_seed(0)
+    pipes = {"digits": make_class_pipeline(UNet2DConditionModel(**TINY_CONDITION_UNET_CONFIG).eval())}
+    torch.manual_seed(0)
+    pipes["captions"] = TextConditionalImagePipeline(
+        unet=tiny_text_unet(),
+        scheduler=DDPMScheduler(num_train_timesteps=100),
+        text_encoder=tiny_text_encoder(),
+        tokenizer=save_clip_tokenizer(str(root / "tokenizer")),
+        max_text_length=MAX_TEXT_LENGTH,
+    )
+    torch.manual_seed(0)
+    pipes["noise to digits"] = UnconditionalImagePipeline(
+        UNet2DModel(**TINY_UNET2D_CONFIG).eval(), DDPMScheduler(num_train_timesteps=100)
+    )
+    sd_folder = save_tiny_stable_diffusion(str(root / "sd"))
+    stable_diffusion = {
+        "stable_diffusion": load_stable_diffusion(sd_folder, device="cpu"),
+        "sdxl": load_sdxl(save_tiny_sdxl(str(root / "sdxl")), device="cpu"),
+        "controlnet": load_controlnet_canny(
+            sd_folder, save_tiny_controlnet(str(root / "cn"), sd_folder), device="cpu"
+        ),
+    }
+    for pipe in [*pipes.values(), *stable_diffusion.values()]:
+        pipe.set_progress_bar_config(disable=True)
+    return pipes, stable_diffusion
+
+
+@pytest.fixture(scope="module")
+def app(pipes, tmp_path_factory):
+    diffkit_pipes, stable_diffusion = pipes
+    probe = ConcurrencyProbe()
+    for pipe in [*diffkit_pipes.values(), *stable_diffusion.values()]:
+        probe.attach(pipe.unet)
+    demo = build_demo(diffkit_pipes, **stable_diffusion, max_images=MAX_IMAGES).queue(default_concurrency_limit=1)
+    _, url, _ = demo.launch(
+        server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True, footer_links=["api"]
+    )
+    yield Client(url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads"))), probe
+    demo.close()
+
+
+def gallery_arrays(gallery):
+    return [np.asarray(Image.open(item["image"])) for item in gallery]
+
+
+def class_request(labels, num_images=2, guidance=3.0, steps=STEPS, sampler=SAVED_SAMPLER, seed=0, show=False):
+    return (labels, num_images, guidance, steps, sampler, seed, show)
+
+
+def test_the_api_has_one_endpoint_per_tab(app):
+    client, _ = app
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert {"/generate_digits", "/generate_captions", "/generate_noise_to_digits", "/generate_sd"} <= set(endpoints)
+    assert {"/generate_sdxl", "/generate_controlnet_canny"} <= set(endpoints)
+
+
+def test_class_tab_makes_the_pipelines_images_by_label_name(app, pipes):
+    client, _ = app
+    gallery, info = client.predict(*class_request(["dog", "bird"], seed=5), api_name="/generate_digits")
+    images = gallery_arrays(gallery)
+    assert len(images) == 4 and all(image.shape == (8, 8) for image in images)  # 2 labels x 2, one grey channel
+    assert [item["caption"] for item in gallery] == ["dog · seed 5", "dog · seed 6", "bird · seed 7", "bird · seed 8"]
+    assert info.startswith("4 images of 8x8") and "DDPMScheduler, 3 steps, guidance 3" in info
+    assert f"{torch.get_num_threads()} CPU threads" in info
+    # image i is the pipeline's image for its label with seed + i alone: a user can make any one of them again
+    pipe = pipes[0]["digits"]
+    again = pipe(class_labels=["bird"], num_inference_steps=STEPS, guidance_scale=3.0,
+                 generator=torch.Generator().manual_seed(8), output_type="np").images[0]  # fmt: skip
+    np.testing.assert_array_equal(images[3], (again[..., 0] * 255).round().astype(np.uint8))
+
+
+def test_samplers_and_guidance_change_the_images(app):
+    client, _ = app
+    base = gallery_arrays(client.predict(*class_request(["cat"]), api_name="/generate_digits")[0])
+    for sampler in ("DDIM", "DPM-Solver++ 2M", "UniPC"):
+        gallery, info = client.predict(*class_request(["cat"], sampler=sampler), api_name="/generate_digits")
+        assert not np.array_equal(gallery_arrays(gallery)[0], base[0]), sampler
+        assert sampler.split()[0].replace("-", "").replace("+", "") in info.replace("-", "")
+    other_guidance = client.predict(*class_request(["cat"], guidance=0.0), api_name="/generate_digits")[0]
+    assert not np.array_equal(gallery_arrays(other_guidance)[0], base[0])
+    # the saved scheduler comes back after another sampler was used
+    np.testing.assert_array_equal(
+        gallery_arrays(client.predict(*class_request(["cat"]), api_name="/generate_digits")[0]), base
+    )
+
+
+def test_show_the_denoising_streams_the_predicted_clean_images(app):
+    client, _ = app
+    job = client.submit(*class_request(["dog"], num_images=1, steps=4, show=True), api_name="/generate_digits")
+    final_gallery, final_info = job.result()
+    outputs = job.outputs()
+    previews = [info for _, info in outputs[:-1]]
+    # the first step is always shown, and the last one; steps between them only every PREVIEW_INTERVAL_S
+    assert previews[0] == "Step 1/4: the clean images predicted so far." and previews[-1].startswith("Step 4/4")
+    assert final_info.startswith("1 image of 8x8")
+    first_preview = gallery_arrays(outputs[0][0])[0]
+    assert first_preview.shape == (8, 8) and not np.array_equal(first_preview, gallery_arrays(final_gallery)[0])
+    # streaming changes nothing in the result
+    plain = client.predict(*class_request(["dog"], num_images=1, steps=4), api_name="/generate_digits")[0]
+    np.testing.assert_array_equal(gallery_arrays(plain)[0], gallery_arrays(final_gallery)[0])
+
+
+def test_text_tab(app):
+    client, _ = app
+    gallery, info = client.predict(
+        "a handwritten seven", "", 3, 4.0, STEPS, SAVED_SAMPLER, 0, False, api_name="/generate_captions"
+    )
+    assert [image.shape for image in gallery_arrays(gallery)] == [(8, 8)] * 3
+    assert gallery[0]["caption"] == "a handwritten seven · seed 0" and "guidance 4" in info
+    negative = client.predict(
+        "a handwritten seven", "a three", 3, 4.0, STEPS, SAVED_SAMPLER, 0, False, api_name="/generate_captions"
+    )[0]
+    assert not np.array_equal(gallery_arrays(negative)[0], gallery_arrays(gallery)[0])
+
+
+def test_unconditional_tab(app):
+    client, _ = app
+    gallery, info = client.predict(5, 1.0, STEPS, SAVED_SAMPLER, 0, True, api_name="/generate_noise_to_digits")
+    assert [image.shape for image in gallery_arrays(gallery)] == [(8, 8)] * 5
+    assert [item["caption"] for item in gallery] == [f"seed {i}" for i in range(5)]
+    assert "guidance" not in info
+
+
+def test_stable_diffusion_and_sdxl_tabs(app):
+    client, _ = app
+    gallery, info = client.predict(
+        "a cat", "", SD_SIZE, SD_SIZE + 16, 2, 2, 7.5, "euler_a", 0, api_name="/generate_sd"
+    )
+    assert [image.shape for image in gallery_arrays(gallery)] == [(SD_SIZE + 16, SD_SIZE, 3)] * 2
+    assert "EulerAncestralDiscreteScheduler, 2 steps" in info
+    gallery, _ = client.predict(
+        "a cat", "blurry", SD_SIZE, SD_SIZE, 1, 2, 5.0, SAVED_SAMPLER, 0, api_name="/generate_sdxl"
+    )
+    assert [image.shape for image in gallery_arrays(gallery)] == [(SD_SIZE, SD_SIZE, 3)]
+
+
+def test_controlnet_tab_shows_the_edges_beside_the_result(app, tmp_path):
+    client, _ = app
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(astronaut()).resize((SD_SIZE + 5, SD_SIZE + 3)).save(photo)
+    edges, gallery, _ = client.predict(
+        handle_file(str(photo)), 50, 150, "a robot", "", 1, 2, 7.5, SAVED_SAMPLER, 0,
+        api_name="/generate_controlnet_canny",
+    )  # fmt: skip
+    edge_pixels = np.asarray(Image.open(edges))
+    assert edge_pixels.shape == (SD_SIZE, SD_SIZE, 3)  # cropped to multiples of 8
+    assert set(np.unique(edge_pixels)) <= {0, 255} and edge_pixels.max() == 255
+    assert [image.shape for image in gallery_arrays(gallery)] == [(SD_SIZE, SD_SIZE, 3)]
+    # the thresholds reach canny: a higher low threshold keeps fewer edge pixels
+    fewer = client.predict(
+        handle_file(str(photo)), 140, 150, "a robot", "", 1, 2, 7.5, SAVED_SAMPLER, 0,
+        api_name="/generate_controlnet_canny",
+    )[0]  # fmt: skip
+    assert (np.asarray(Image.open(fewer)) > 0).sum() < (edge_pixels > 0).sum()
+
+
+@pytest.mark.parametrize(
+    "api_name, request_values, message",
+    [
+        ("/generate_digits", class_request(["eleven"]), "unknown label name 'eleven'; known names are ['cat', "),
+        ("/generate_digits", class_request(["cat", "dog", "bird"], num_images=3), "at most 6 per request"),
+        ("/generate_digits", class_request([]), "`class_labels` must name at least one class"),
+        # the sliders and dropdowns check their own ranges and choices, with Gradio's messages
+        ("/generate_digits", class_request(["cat"], steps=0), "Value 0 is less than minimum value 1"),
+        ("/generate_digits", class_request(["cat"], sampler="LMS"), "Value: LMS is not in the list of choices"),
+        ("/generate_sd", ("a cat", "", 100, SD_SIZE, 1, 2, 7.5, SAVED_SAMPLER, 0), "`width` 100 must be a positive "
+         "multiple of 8 (e.g. 96)"),
+        ("/generate_sd", ("", "", SD_SIZE, SD_SIZE, 1, 2, 7.5, SAVED_SAMPLER, 0), "`prompt` is empty"),
+        ("/generate_controlnet_canny", (None, 100, 200, "a robot", "", 1, 2, 7.5, SAVED_SAMPLER, 0),
+         "`image` is missing: upload a photo"),
+    ],
+)  # fmt: skip
+def test_bad_input_gets_a_message_and_the_app_keeps_serving(app, api_name, request_values, message):
+    client, _ = app
+    with pytest.raises(AppError) as error:
+        client.predict(*request_values, api_name=api_name)
+    assert message in str(error.value) and "Traceback" not in str(error.value)
+    gallery, _ = client.predict(*class_request(["cat"], num_images=1), api_name="/generate_digits")
+    assert len(gallery) == 1
+
+
+def test_canny_thresholds_in_the_wrong_order_get_canny_s_message(app, tmp_path):
+    client, _ = app
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(astronaut()).resize((SD_SIZE, SD_SIZE)).save(photo)
+    with pytest.raises(AppError) as error:
+        client.predict(handle_file(str(photo)), 200, 100, "a robot", "", 1, 2, 7.5, SAVED_SAMPLER, 0,
+                       api_name="/generate_controlnet_canny")  # fmt: skip
+    assert "0 <= low_threshold < high_threshold <= 255" in str(error.value)
+
+
+def test_two_sessions_queue_instead_of_running_at_once(app):
+    client, probe = app
+    other_session = Client(client.src, verbose=False, download_files=client.download_files)
+    probe.most_at_once = 0
+    jobs = [
+        client.submit(*class_request(["cat", "dog"], num_images=3, steps=8), api_name="/generate_digits"),
+        other_session.submit(*class_request(["bird"], num_images=3, steps=8), api_name="/generate_digits"),
+        other_session.submit(6, 1.0, 8, SAVED_SAMPLER, 0, False, api_name="/generate_noise_to_digits"),
+        client.submit("a cat", "", SD_SIZE, SD_SIZE, 1, 4, 7.5, SAVED_SAMPLER, 0, api_name="/generate_sd"),
+    ]
+    assert [len(job.result()[0]) for job in jobs] == [6, 3, 6, 1]
+    assert probe.most_at_once == 1
