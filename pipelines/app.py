@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype",
         default=None,
         choices=["fp16", "bf16", "fp32"],
-        help="Weights' dtype: by default fp32 for diffkit pipelines, and fp16 on CUDA for Stable Diffusion.",
+        help="Weights' dtype: by default as saved for diffkit pipelines, and fp16 on CUDA for Stable Diffusion.",
     )
     parser.add_argument(
         "--num_threads",
@@ -213,7 +213,7 @@ def load_diffkit_pipeline(model: str, trust_remote_code: bool = False, device=No
     if pipeline_kind(pipe) is None:
         raise ValueError(f"`--pipeline` {model!r} holds a {type(pipe).__name__}, which this demo cannot drive.")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    return pipe.to(device=device, dtype=dtype or torch.float32)
+    return pipe.to(device=device) if dtype is None else pipe.to(device=device, dtype=dtype)
 
 
 def pipeline_kind(pipe) -> Optional[str]:
@@ -327,7 +327,8 @@ def stream_pipeline(pipe, call_kwargs: Dict, captions: List[str], show_denoising
         worker.join()
     elapsed = time.perf_counter() - started
     width, height = images[0].size
-    threads = f", {torch.get_num_threads()} CPU threads" if pipe.device.type == "cpu" else ""
+    num_threads = torch.get_num_threads()
+    threads = f", {num_threads} CPU thread{'s' if num_threads > 1 else ''}" if pipe.device.type == "cpu" else ""
     count = f"{len(images)} image{'s' if len(images) > 1 else ''}"
     info = f"{count} of {width}x{height} in {elapsed:.1f} s on {pipe.device}{threads}. {summary}"
     yield list(zip(images, captions)), info
