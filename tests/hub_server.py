@@ -1,5 +1,6 @@
 """A small Hugging Face Hub stand-in for the tests: the HTTP endpoints huggingface_hub calls to create a repo, commit
 files, and read them back (`from_pretrained`, `snapshot_download`, `ModelCard.load`), served on 127.0.0.1 only.
+Model repos and Spaces (`repo_type="space"`, kept under the key `spaces/<id>`) answer alike.
 
 Repos live in memory as a list of commits per repo (branch `main` only); file content is sent inline ("regular"
 upload mode), so no LFS or Xet endpoints are needed. Knobs the tests turn: `required_token` (requests without
@@ -29,6 +30,7 @@ class Commit:
 @dataclass
 class Repo:
     private: bool
+    sdk: Optional[str] = None  # a Space's `sdk` ("gradio", ...), as given when it was created
     commits: List[Commit] = field(default_factory=list)
 
     def find_commit(self, revision: str) -> Optional[Commit]:
@@ -115,26 +117,29 @@ def _make_handler(hub: HubServer):
         def do_GET(self):
             path = unquote(urlparse(self.path).path)
             hub.requests.append(f"{self.command} {path}")
-            if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", path):
-                repo_id, revision = m.group(1), m.group(2) or "main"
-                commit = self.readable_commit(repo_id, revision)
+            if m := re.fullmatch(r"/api/(models|spaces)/([^/]+/[^/]+)(?:/revision/([^/]+))?", path):
+                repo_id, revision = m.group(2), m.group(3) or "main"
+                commit = self.readable_commit(_key(m.group(1), repo_id), revision)
                 if commit:
+                    repo = hub.repos[_key(m.group(1), repo_id)]
                     siblings = [{"rfilename": p} for p in sorted(commit.files)]
                     info = {"id": repo_id, "modelId": repo_id, "sha": commit.oid, "siblings": siblings}
-                    self.send(200, {**info, "private": hub.repos[repo_id].private, "tags": [], "downloads": 0})
-            elif m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", path):
-                commit = self.readable_commit(m.group(1), m.group(2))
+                    if repo.sdk:
+                        info["sdk"] = repo.sdk
+                    self.send(200, {**info, "private": repo.private, "tags": [], "downloads": 0})
+            elif m := re.fullmatch(r"/api/(models|spaces)/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", path):
+                commit = self.readable_commit(_key(m.group(1), m.group(2)), m.group(3))
                 if commit:
-                    prefix = (m.group(3) or "").strip("/")
+                    prefix = (m.group(4) or "").strip("/")
                     recursive = parse_qs(urlparse(self.path).query).get("recursive", ["false"])[0] == "true"
                     self.send(200, _tree(commit.files, prefix, recursive))
-            elif m := re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path):
-                commit = self.readable_commit(m.group(1), m.group(2))
+            elif m := re.fullmatch(r"/(spaces/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path):
+                commit = self.readable_commit((m.group(1) or "") + m.group(2), m.group(3))
                 if commit is None:
                     return
-                content = commit.files.get(m.group(3))
+                content = commit.files.get(m.group(4))
                 if content is None:
-                    self.error(404, "EntryNotFound", f"{m.group(3)} does not exist on {m.group(2)}")
+                    self.error(404, "EntryNotFound", f"{m.group(4)} does not exist on {m.group(3)}")
                     return
                 headers = {"X-Repo-Commit": commit.oid, "ETag": f'"{_git_blob_oid(content)}"'}
                 self.send(200, content, headers=headers, content_type="application/octet-stream")
@@ -154,29 +159,31 @@ def _make_handler(hub: HubServer):
             if path == "/api/repos/create":
                 request = json.loads(body)
                 repo_id = f"{request.get('organization') or DEFAULT_NAMESPACE}/{request['name']}"
-                url = {"url": f"{hub.endpoint}/{repo_id}"}
+                key = _key(request.get("type", "model") + "s", repo_id)
+                url = {"url": f"{hub.endpoint}/{key}"}
                 with hub.lock:
-                    if repo_id in hub.repos:
+                    if key in hub.repos:
                         self.send(409, {**url, "error": "You already created this model repo"})
                         return
                     initial = Commit(_new_oid(repo_id, 0), "initial commit", {".gitattributes": b"*.bin filter=lfs\n"})
                     # huggingface_hub 2.x sends `visibility`; older clients send `private`
                     private = request.get("visibility") == "private" or bool(request.get("private"))
-                    hub.repos[repo_id] = Repo(private=private, commits=[initial])
+                    hub.repos[key] = Repo(private=private, sdk=request.get("sdk"), commits=[initial])
                 self.send(200, url)
-            elif m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/preupload/([^/]+)", path):
-                if self.readable_commit(m.group(1), m.group(2)):
+            elif m := re.fullmatch(r"/api/(models|spaces)/([^/]+/[^/]+)/preupload/([^/]+)", path):
+                key = _key(m.group(1), m.group(2))
+                if self.readable_commit(key, m.group(3)):
                     files = json.loads(body)["files"]
                     modes = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]
-                    self.send(200, {"files": modes, "commitOid": hub.repos[m.group(1)].commits[-1].oid})
-            elif m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/paths-info/([^/]+)", path):
-                commit = self.readable_commit(m.group(1), m.group(2))
+                    self.send(200, {"files": modes, "commitOid": hub.repos[key].commits[-1].oid})
+            elif m := re.fullmatch(r"/api/(models|spaces)/([^/]+/[^/]+)/paths-info/([^/]+)", path):
+                commit = self.readable_commit(_key(m.group(1), m.group(2)), m.group(3))
                 if commit:
                     paths = parse_qs(body.decode()).get("paths", []) or json.loads(body or b"{}").get("paths", [])
                     entries = [e for e in _tree(commit.files, "", True) if e["path"] in paths]
                     self.send(200, entries)
-            elif m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/commit/([^/]+)", path):
-                self.commit(m.group(1), m.group(2), body)
+            elif m := re.fullmatch(r"/api/(models|spaces)/([^/]+/[^/]+)/commit/([^/]+)", path):
+                self.commit(_key(m.group(1), m.group(2)), m.group(3), body)
             else:
                 self.error(404, "NotFound", f"no route for POST {path}")
 
@@ -211,6 +218,11 @@ def _make_handler(hub: HubServer):
             self.send(200, {"commitUrl": commit_url, "commitOid": new_commit.oid, "pullRequestUrl": None})
 
     return Handler
+
+
+def _key(kind: str, repo_id: str) -> str:
+    """Where a repo is kept: model repos by id, Spaces as `spaces/<id>` (the path of their web pages)."""
+    return f"spaces/{repo_id}" if kind == "spaces" else repo_id
 
 
 def _new_oid(repo_id: str, index: int) -> str:

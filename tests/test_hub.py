@@ -350,6 +350,8 @@ def test_push_command_rejects_bad_input_before_calling_the_hub(tmp_path, monkeyp
     ClassConditionalImagePipeline(tiny_condition_unet, DDPMScheduler()).save_pretrained(pipeline_dir)
     with pytest.raises(ValueError, match="`repo_id` 'not a repo id' is not a valid Hub repo id"):
         push_main([str(pipeline_dir), "not a repo id"])
+    with pytest.raises(ValueError, match="`--space_id` 'a demo' is not a valid Hub repo id"):
+        push_main([str(pipeline_dir), "someone/model", "--space_id", "a demo"])
 
     # a pipeline saved without its code beside it (as diffusers' own save_pretrained would leave it)
     (pipeline_dir / "pipeline_class_conditional_image.py").unlink()
