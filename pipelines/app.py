@@ -190,7 +190,10 @@ def load_diffkit_pipeline(model: str, trust_remote_code: bool = False, device=No
     The class named in `model_index.json` is taken from the installed diffkit when it is there, so no code from the
     folder runs; otherwise the code saved beside the weights is used, which `trust_remote_code=True` must allow.
     """
-    model_index = DiffusionPipeline.load_config(model)
+    try:
+        model_index = DiffusionPipeline.load_config(model)
+    except OSError as error:  # no model_index.json in the folder, or a repo that cannot be found or reached
+        raise ValueError(f"`--pipeline` {model!r} cannot be loaded as a pipeline: {error}") from None
     class_name = model_index.get("_class_name")
     module_name = None
     if isinstance(class_name, list):
@@ -217,7 +220,7 @@ def load_diffkit_pipeline(model: str, trust_remote_code: bool = False, device=No
 
 
 def pipeline_kind(pipe) -> Optional[str]:
-    """ "class", "text" or "unconditional", from what the pipeline's `__call__` takes."""
+    """The kind of tab a pipeline gets ("class", "text" or "unconditional"), from what its `__call__` takes."""
     parameters = inspect.signature(pipe.__call__).parameters
     for argument, kind in (("class_labels", "class"), ("prompt", "text"), ("batch_size", "unconditional")):
         if argument in parameters and "callback_on_step_end" in parameters:
@@ -245,7 +248,7 @@ def readable_errors():
     """Show a bad input (or a failed decode) as a message in the page rather than a server error."""
     try:
         yield
-    except (ValueError, TypeError, FloatingPointError) as error:
+    except (ValueError, FloatingPointError) as error:
         raise gr.Error(str(error), print_exception=False) from None
 
 

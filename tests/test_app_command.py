@@ -126,6 +126,11 @@ def test_the_default_address_is_this_machine_only():
     assert (args.host, args.port, args.share) == ("127.0.0.1", 7860, False)
 
 
+def test_a_folder_that_is_not_a_pipeline_is_named_in_the_error(tmp_path):
+    with pytest.raises(ValueError, match=f"`--pipeline` '{tmp_path}' cannot be loaded as a pipeline: .*model_index"):
+        load_diffkit_pipeline(str(tmp_path))
+
+
 def test_a_folder_with_code_diffkit_lacks_needs_trust_remote_code(pipeline_folder, monkeypatch):
     monkeypatch.setattr(app, "installed_diffkit", None)  # as on a machine without diffkit
     with pytest.raises(ValueError, match="pass `--trust_remote_code`"):
