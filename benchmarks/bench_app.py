@@ -1,0 +1,108 @@
+"""What the web demo adds to a request: the app's round trip against calling the same pipeline directly, as a table.
+
+    python -m benchmarks.bench_app out [--repeats 3]          # from the repository root; `out` is a training run
+
+Starts `python -m pipelines.app --pipeline OUT` as a user would, times until the page answers, then times requests
+through Gradio's Python client (one image per class at the pipeline's defaults, with and without "Show the
+denoising", and DDPM with 1000 steps) beside the same `pipe(...)` call in this process. Both use every core; the
+benchmark runs them one after the other, never at once.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import torch
+from gradio_client import Client
+
+from pipelines import ClassConditionalImagePipeline
+from pipelines.app import SAVED_SAMPLER, api_name_for, pipeline_title
+
+STARTUP_TIMEOUT_S = 300
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_app", description=__doc__.splitlines()[0])
+    parser.add_argument("output_dir", help="A class-conditional training run (the --output_dir of training/train.py).")
+    parser.add_argument("--repeats", type=int, default=3, help="Timed requests per row (the median is shown).")
+    parser.add_argument("--port", type=int, default=7899, help="Port for the app under test, on 127.0.0.1.")
+    args = parser.parse_args(argv)
+    with open(os.path.join(args.output_dir, "model_index.json")) as f:
+        if "id2label" not in json.load(f):
+            raise ValueError(f"`output_dir` {args.output_dir!r} is not a class-conditional pipeline.")
+    if args.repeats < 1:
+        raise ValueError(f"`--repeats` must be a positive integer, but is {args.repeats}.")
+    return args
+
+
+def median_seconds(run, repeats):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    url = f"http://127.0.0.1:{args.port}/"
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    command = [sys.executable, "-m", "pipelines.app", "--pipeline", args.output_dir, "--port", str(args.port)]
+    started = time.perf_counter()
+    app = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            if app.poll() is not None or time.perf_counter() - started > STARTUP_TIMEOUT_S:
+                raise RuntimeError(f"the app did not start: {' '.join(command)}")
+            try:
+                urllib.request.urlopen(url, timeout=2).close()
+                break
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.2)
+        startup = time.perf_counter() - started
+        client = Client(url, verbose=False)
+        api_name = "/" + api_name_for(pipeline_title(args.output_dir), [])
+
+        pipe = ClassConditionalImagePipeline.from_pretrained(args.output_dir)
+        pipe.set_progress_bar_config(disable=True)
+        labels = list(pipe.config.id2label.values())
+        guidance = pipe.config.guidance_scale
+        rows = []
+        for name, labels_asked, images_per_label, steps, show in [
+            ("one image per class, 20 steps", labels, 1, 20, False),
+            ("the same, showing the denoising", labels, 1, 20, True),
+            ("4 images, 1000 steps", labels[:1], 4, 1000, False),
+        ]:
+
+            def through_app():
+                client.predict(labels_asked, images_per_label, guidance, steps, SAVED_SAMPLER, 0, show,
+                               api_name=api_name)  # fmt: skip
+
+            def direct():
+                generators = [torch.Generator().manual_seed(i) for i in range(len(labels_asked) * images_per_label)]
+                pipe(class_labels=labels_asked, num_images_per_label=images_per_label, num_inference_steps=steps,
+                     guidance_scale=guidance, generator=generators)  # fmt: skip
+
+            repeats = 1 if steps > 100 else args.repeats
+            app_s, direct_s = median_seconds(through_app, repeats), median_seconds(direct, repeats)
+            rows.append((name, app_s, direct_s))
+    finally:
+        app.terminate()
+        app.wait(timeout=30)
+
+    print(f"app ready after {startup:.1f} s ({torch.get_num_threads()} CPU threads)\n")
+    print("| request (DDPM, guidance %g) | app round trip (s) | pipe(...) directly (s) | ratio |" % guidance)
+    print("| --- | --- | --- | --- |")
+    for name, app_s, direct_s in rows:
+        print(f"| {name} | {app_s:.2f} | {direct_s:.2f} | {app_s / direct_s:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
