@@ -124,10 +124,13 @@ class TextConditionalImagePipeline(DiffusionPipeline):
 
     @classmethod
     # Copied from pipelines.pipeline_unconditional_image.UnconditionalImagePipeline._dict_from_json_file
-    def _dict_from_json_file(cls, json_file: Union[str, os.PathLike]):
-        config = super()._dict_from_json_file(json_file)
+    def _dict_from_json_file(cls, json_file: Union[str, os.PathLike], **kwargs):
         # A folder written by `save_config` names its own copy of this file for `trust_remote_code` users. Loaded
         # through this class, the installed code is used instead, and no remote code is needed or run.
+        # diffusers reads `_class_name` through this classmethod both in `download` (for a Hub repo) and in
+        # `from_pretrained` (through the public `load_config`), so no public hook covers both. The keyword arguments
+        # are passed on untouched because releases differ in them (0.35 passes `dduf_entries`, later ones do not).
+        config = super()._dict_from_json_file(json_file, **kwargs)
         class_name = config.get("_class_name")
         if isinstance(class_name, list) and class_name[1] == cls.__name__:
             config["_class_name"] = cls.__name__

@@ -15,18 +15,31 @@ With `--space_id`, a Gradio Space is created (or updated) that runs diffkit's we
 
 import argparse
 import contextlib
+import importlib
 import importlib.metadata
 import json
 import os
 from typing import Dict, List, Optional
 
 import diffusers
-import httpx2  # huggingface_hub's HTTP client: its TransportError is what an unreachable endpoint raises
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, constants
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from model_cards.card import render_model_card
+
+
+def hub_transport_errors() -> tuple:
+    """What an unreachable endpoint raises, by huggingface_hub's HTTP client: `requests` (before 1.0) raises OSError
+    subclasses, `httpx` (1.x) and `httpx2` (2.x) raise their own `TransportError`."""
+    errors = [OSError]
+    for client in ("httpx2", "httpx"):
+        with contextlib.suppress(ImportError):
+            errors.append(importlib.import_module(client).TransportError)
+    return tuple(errors)
+
+
+HUB_TRANSPORT_ERRORS = hub_transport_errors()
 
 MODEL_INDEX_NAME = "model_index.json"
 TRAINING_CONFIG_NAME = "training_config.json"
@@ -70,7 +83,7 @@ def explain_hub_errors(repo_id: str, retry: str):
         )
         message = f"The Hub at {constants.ENDPOINT} refused a request for {repo_id!r}: {error}"
         raise HubPushError(f"{message}. Local files are untouched; {fix}.") from error
-    except (httpx2.TransportError, OSError) as error:  # the endpoint cannot be reached at all
+    except HUB_TRANSPORT_ERRORS as error:  # the endpoint cannot be reached at all
         message = f"The Hub at {constants.ENDPOINT} could not be reached ({error!r})"
         raise HubPushError(f"{message}. Local files are untouched; {retry}.") from error
 

@@ -131,7 +131,8 @@ def _make_handler(hub: HubServer):
                 commit = self.readable_commit(_key(m.group(1), m.group(2)), m.group(3))
                 if commit:
                     prefix = (m.group(4) or "").strip("/")
-                    recursive = parse_qs(urlparse(self.path).query).get("recursive", ["false"])[0] == "true"
+                    # huggingface_hub < 1.0 sends "True", later releases "true"
+                    recursive = parse_qs(urlparse(self.path).query).get("recursive", ["false"])[0].lower() == "true"
                     self.send(200, _tree(commit.files, prefix, recursive))
             elif m := re.fullmatch(r"/(spaces/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path):
                 commit = self.readable_commit((m.group(1) or "") + m.group(2), m.group(3))

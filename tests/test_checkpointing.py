@@ -4,9 +4,13 @@ import signal
 import subprocess
 import time
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
+
+from pipelines import ClassConditionalImagePipeline
 
 from training.checkpointing import (
     TRAINING_STATE_NAME,
@@ -60,6 +64,7 @@ def launch_and_kill(output_dir, should_kill, timeout=240):
 
 
 def resume_and_compare(output_dir, uninterrupted_dir):
+    """Resume from the latest checkpoint; the run must end as the uninterrupted one did, with a complete folder."""
     latest_step = list_checkpoints(str(output_dir))[-1][0]
     result = run_accelerate_launch(
         [*RESUME_RUN, "--output_dir", str(output_dir), "--resume_from_checkpoint", "latest"]
@@ -67,6 +72,16 @@ def resume_and_compare(output_dir, uninterrupted_dir):
     assert_launch_succeeded(result)
     # it continued from the checkpoint rather than starting over (which would also reproduce the weights)
     assert f"checkpoint-{latest_step} at step {latest_step} " in result.stderr
+    assert "Trained 30 steps" in result.stderr
+    # a complete, loadable output folder, with nothing half-written left beside it
+    for name in ("model_index.json", "samples.png", "training_config.json", "README.md"):
+        assert (output_dir / name).is_file(), name
+    assert not [p.name for p in output_dir.iterdir() if p.name.startswith((".staging-", ".checkpoint-"))]
+    pipe = ClassConditionalImagePipeline.from_pretrained(output_dir)
+    assert pipe.config.num_classes == 10
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(output_dir / "samples.png")), np.asarray(Image.open(uninterrupted_dir / "samples.png"))
+    )
     # the saved pipeline holds the EMA weights; the last checkpoint holds the raw weights
     unet_file = os.path.join("unet", "diffusion_pytorch_model.safetensors")
     assert_same_weights(output_dir / unet_file, uninterrupted_dir / unet_file)
@@ -86,6 +101,25 @@ def test_resume_after_sigkill_gives_the_uninterrupted_weights_bit_for_bit(tmp_pa
     assert not (output_dir / "training_config.json").exists()  # killed before the end, so the test is not vacuous
     latest_step = list_checkpoints(str(output_dir))[-1][0]
     assert 10 <= latest_step < 30
+    resume_and_compare(output_dir, uninterrupted_run)
+
+
+def test_resume_after_a_kill_right_after_the_last_checkpoint_trains_nothing_more(tmp_path, uninterrupted_run):
+    # the kill lands while the final sample grid is drawn: the checkpoint of the last step exists, the outputs do not
+    output_dir = tmp_path / "out"
+    returncode = launch_and_kill(output_dir, lambda: (output_dir / "checkpoint-30").is_dir())
+    assert returncode == -signal.SIGKILL
+    assert not (output_dir / "training_config.json").exists()
+    assert list_checkpoints(str(output_dir))[-1][0] == 30
+    resume_and_compare(output_dir, uninterrupted_run)
+
+
+def test_resume_after_a_kill_during_the_final_save(tmp_path, uninterrupted_run):
+    # the kill lands while the pipeline is written to the staging folder (the outputs are half written)
+    output_dir = tmp_path / "out"
+    returncode = launch_and_kill(output_dir, lambda: any(output_dir.glob(".staging-*/unet")))
+    assert returncode == -signal.SIGKILL
+    assert not (output_dir / "training_config.json").exists() and list(output_dir.glob(".staging-*"))
     resume_and_compare(output_dir, uninterrupted_run)
 
 

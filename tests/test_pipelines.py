@@ -15,7 +15,7 @@ from diffusers import (
 from pipelines import ClassConditionalImagePipeline, UnconditionalImagePipeline
 from pipelines.pipeline_class_conditional_image import one_hot_label_states
 
-from .utils import NUM_TEST_CLASSES
+from .utils import NUM_TEST_CLASSES, assert_local_remote_code_needs_opt_in
 
 STEPS = 3
 ID2LABEL = {0: "cat", 1: "dog", 2: "bird"}
@@ -113,8 +113,7 @@ def test_unconditional_save_load_round_trip(tiny_unet2d, tmp_path):
     assert type(loaded) is UnconditionalImagePipeline  # the installed class, not the copy saved beside the weights
 
     # the saved folder also loads as remote code, which must be asked for
-    with pytest.raises(ValueError, match="trust_remote_code=True"):
-        DiffusionPipeline.from_pretrained(tmp_path)
+    assert_local_remote_code_needs_opt_in(tmp_path, UnconditionalImagePipeline)
     remote = DiffusionPipeline.from_pretrained(tmp_path, trust_remote_code=True)
     assert type(remote).__name__ == "UnconditionalImagePipeline" and type(remote) is not UnconditionalImagePipeline
     remote.set_progress_bar_config(disable=True)
@@ -234,6 +233,14 @@ def test_class_save_load_round_trip(tiny_condition_unet, tmp_path):
     assert loaded.config.guidance_scale == 2.5
     assert loaded.config.id2label == {"0": "cat", "1": "dog", "2": "bird"}
     assert (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert type(loaded) is ClassConditionalImagePipeline  # the installed class, not the copy saved beside the weights
+
+    # the saved folder also loads as remote code, which must be asked for
+    assert_local_remote_code_needs_opt_in(tmp_path, ClassConditionalImagePipeline)
+    remote = DiffusionPipeline.from_pretrained(tmp_path, trust_remote_code=True)
+    assert type(remote).__name__ == "ClassConditionalImagePipeline" and type(remote) is not ClassConditionalImagePipeline
+    remote.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(before, remote(generator=torch.Generator().manual_seed(0), **kwargs).images)
 
 
 @pytest.mark.parametrize(

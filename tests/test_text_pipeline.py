@@ -14,6 +14,7 @@ from pipelines.pipeline_text_conditional_image import encode_text
 
 from .test_pipelines import count_unet_calls
 from .tiny_stable_diffusion import TEXT_HIDDEN, save_clip_tokenizer, tiny_text_encoder
+from .utils import assert_local_remote_code_needs_opt_in
 
 STEPS = 3
 MAX_TEXT_LENGTH = 16
@@ -109,8 +110,7 @@ def test_save_load_round_trip_with_and_without_diffkit(pipe, tmp_path):
     loaded.set_progress_bar_config(disable=True)
     assert loaded.config.max_text_length == MAX_TEXT_LENGTH and loaded.config.guidance_scale == 3.0
     np.testing.assert_allclose(run(loaded, prompt="a handwritten seven"), expected, atol=1e-6)
-    with pytest.raises(ValueError, match="trust_remote_code=True"):
-        DiffusionPipeline.from_pretrained(tmp_path)
+    assert_local_remote_code_needs_opt_in(tmp_path, TextConditionalImagePipeline)
     remote = DiffusionPipeline.from_pretrained(tmp_path, trust_remote_code=True)
     remote.set_progress_bar_config(disable=True)
     assert type(remote).__name__ == "TextConditionalImagePipeline"

@@ -5,6 +5,11 @@ import socket
 import subprocess
 import sys
 
+import diffusers
+import pytest
+from diffusers import DiffusionPipeline
+from packaging import version
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_TEST_CLASSES = 3
 
@@ -34,6 +39,22 @@ TINY_CONDITION_UNET_CONFIG = {
     "encoder_hid_dim": NUM_TEST_CLASSES + 1,
     "encoder_hid_dim_type": "text_proj",
 }
+
+
+# diffusers refuses to run a local folder's pipeline code without `trust_remote_code=True` from 0.38 on; 0.35-0.37
+# ask for it only when the code comes from a Hub repo (tests/test_hub.py checks that on every version).
+DIFFUSERS_GUARDS_LOCAL_REMOTE_CODE = version.parse(diffusers.__version__).release >= (0, 38)
+
+
+def assert_local_remote_code_needs_opt_in(folder, installed_class):
+    """`DiffusionPipeline.from_pretrained(folder)` refuses the folder's own code unless it is asked for."""
+    if DIFFUSERS_GUARDS_LOCAL_REMOTE_CODE:
+        with pytest.raises(ValueError, match="trust_remote_code=True"):
+            DiffusionPipeline.from_pretrained(folder)
+    else:
+        # The older releases run it without asking: the class is the folder's copy, not the installed one.
+        loaded_class = type(DiffusionPipeline.from_pretrained(folder))
+        assert loaded_class.__name__ == installed_class.__name__ and loaded_class is not installed_class
 
 
 def accelerate_launch_command(args):

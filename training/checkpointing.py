@@ -129,12 +129,16 @@ def load_checkpoint_extras(accelerator, checkpoint_dir: str, ema_model, noise_ge
         ema_model.load_state_dict(loaded.state_dict())
 
 
+def is_partial_checkpoint(name: str) -> bool:
+    return name.startswith(f".{CHECKPOINT_PREFIX}") and name.endswith(PARTIAL_SUFFIX)
+
+
 def remove_partial_checkpoints(output_dir: str):
     """Delete the `.checkpoint-N.partial` folders that runs killed while writing a checkpoint left behind."""
     if not os.path.isdir(output_dir):
         return
     for name in os.listdir(output_dir):
-        if name.startswith(f".{CHECKPOINT_PREFIX}") and name.endswith(PARTIAL_SUFFIX):
+        if is_partial_checkpoint(name):
             shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
 
 

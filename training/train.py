@@ -43,6 +43,7 @@ from pipelines.pipeline_class_conditional_image import one_hot_label_states
 from pipelines.pipeline_text_conditional_image import DEFAULT_MAX_TEXT_LENGTH, encode_text
 from pipelines.push import HubPushError, check_repo_id, create_hub_repo, push_checkpoint, push_pipeline_folder
 from training.checkpointing import (
+    is_partial_checkpoint,
     list_checkpoints,
     load_checkpoint_extras,
     read_training_state,
@@ -70,6 +71,12 @@ from training.evaluate import (
 from training.feature_extractors import MobileNetV2Features
 from training.losses import min_snr_loss_weights, offset_noise, perturbed_input_noise
 from training.metrics import PRECISION_RECALL_K
+from training.output_lock import (
+    LOCK_NAME,
+    check_output_dir_free,
+    hold_output_dir_for_run,
+    release_output_dir,
+)
 from training.text_conditioning import DEFAULT_TEXT_ENCODER, CaptionEmbeddings, drop_captions, load_text_encoder
 
 logger = get_logger(__name__, log_level="INFO")
@@ -77,6 +84,9 @@ logger = get_logger(__name__, log_level="INFO")
 TRAINING_CONFIG_NAME = "training_config.json"
 SAMPLES_NAME = "samples.png"
 MODEL_CARD_NAME = "README.md"
+# Outputs are written into a hidden --output_dir/.staging-* folder and then moved into place; a run that was killed
+# meanwhile leaves it behind, and the next run in the folder deletes it.
+STAGING_PREFIX = ".staging-"
 # Validation grids go to --output_dir/validation/step-N.png.
 VALIDATION_DIR = "validation"
 # With --save_best_by, the best pipeline so far (and its metrics) goes to --output_dir/best.
@@ -583,6 +593,7 @@ def validate_args(args):
     if args.push_to_hub:
         argument = "--hub_model_id" if args.hub_model_id else "--hub_model_id (by default the name of --output_dir)"
         check_repo_id(hub_repo_id(args), argument)
+    check_output_dir_free(args.output_dir)
     check_output_dir(args)
 
 
@@ -607,8 +618,12 @@ def check_output_dir(args):
     if not os.path.isdir(args.output_dir) or args.overwrite_output_dir:
         return
     # Tracker logs, validation grids and the best pipeline appear before the first checkpoint; on their own they are
-    # not a run.
-    entries = sorted(set(os.listdir(args.output_dir)) - {args.logging_dir, VALIDATION_DIR, BEST_DIR})
+    # not a run, and neither are the lock file and what a killed run left half-written.
+    entries = sorted(
+        name
+        for name in set(os.listdir(args.output_dir)) - {args.logging_dir, VALIDATION_DIR, BEST_DIR, LOCK_NAME}
+        if not (name.startswith(STAGING_PREFIX) or is_partial_checkpoint(name))
+    )
     if not entries:
         return
     config_path = os.path.join(args.output_dir, TRAINING_CONFIG_NAME)
@@ -711,11 +726,20 @@ def replace_outputs(staging_dir: str, output_dir: str):
         target = os.path.join(output_dir, name)
         old = None
         if os.path.isdir(target):
-            old = tempfile.mkdtemp(prefix=f".{name}.old-", dir=output_dir)
+            old = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}old-{name}-", dir=output_dir)
             os.replace(target, os.path.join(old, name))
         os.replace(os.path.join(staging_dir, name), target)
         if old is not None:
             shutil.rmtree(old)
+
+
+def remove_leftovers(output_dir: str):
+    """Delete what runs killed in this folder left half-written: partial checkpoints and staging folders."""
+    remove_partial_checkpoints(output_dir)
+    if os.path.isdir(output_dir):
+        for name in os.listdir(output_dir):
+            if name.startswith(STAGING_PREFIX):
+                shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
 
 
 def build_pipeline(unet, noise_scheduler, args, data, text_encoder=None, tokenizer=None):
@@ -864,7 +888,7 @@ def evaluate_in_training(accelerator, unet, ema_model, noise_scheduler, args, da
 def save_best_pipeline(pipeline, scores: dict, output_dir: str):
     """Write the pipeline and its scores to output_dir/best, replacing the previous best in one rename."""
     os.makedirs(output_dir, exist_ok=True)
-    staging_dir = tempfile.mkdtemp(prefix=".staging-best-", dir=output_dir)
+    staging_dir = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}best-", dir=output_dir)
     try:
         best_dir = os.path.join(staging_dir, BEST_DIR)
         pipeline.save_pretrained(best_dir, safe_serialization=True)
@@ -913,16 +937,21 @@ def main(args):
         # Before any training: a missing token or a refused repo must not surface only when the run is over.
         hub_repo = create_hub_repo(hub_repo_id(args), private=args.hub_private_repo or None, token=args.hub_token)
         logger.info(f"The pipeline will be pushed to {hub_repo} on {huggingface_hub.constants.ENDPOINT}.")
+
+    # 1. Data
+    data = load_training_data(args)
+
+    # Before anything is written to --output_dir (and once the data is known to be usable, so that a run with bad
+    # input leaves no folder behind): one live run per output folder, held by the main process for every rank.
+    output_dir_lock = hold_output_dir_for_run(accelerator, args.output_dir)
     if accelerator.is_main_process:
-        remove_partial_checkpoints(args.output_dir)
+        remove_leftovers(args.output_dir)
+    accelerator.wait_for_everyone()
     resume_dir = None
     if args.resume_from_checkpoint is not None:
         resume_dir = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
         if resume_dir is None:
             logger.info(f"No complete checkpoint in {args.output_dir}: starting a new run.")
-
-    # 1. Data
-    data = load_training_data(args)
     resolution = args.resolution
     if resolution is None:
         width, height = data.dataset[0]["image"].size
@@ -1039,6 +1068,9 @@ def main(args):
 
     # 3. Resume
     global_step, first_epoch, batches_to_skip, recent_losses, previous_train_seconds = 0, 0, 0, [], 0.0
+    # The step of the latest evaluation, on every process (evaluation is collective), and its full scores (kept on
+    # the main process), so that a run resumed at its final step neither evaluates again nor loses them.
+    last_eval_step, final_scores = None, None
     if resume_dir is not None:
         accelerator.load_state(resume_dir)
         load_checkpoint_extras(accelerator, resume_dir, ema_model, noise_generator)
@@ -1049,6 +1081,9 @@ def main(args):
         if evaluation is not None:
             evaluation["history"] = training_state.get("eval_history", [])
             evaluation["best"] = training_state.get("eval_best")
+            if evaluation["history"]:
+                last_eval_step = evaluation["history"][-1]["global_step"]
+            final_scores = training_state.get("eval_scores")
         first_epoch = global_step // num_update_steps_per_epoch
         batches_to_skip = (global_step % num_update_steps_per_epoch) * args.gradient_accumulation_steps
         logger.info(f"Resumed from {resume_dir} at step {global_step} (epoch {first_epoch}, batch {batches_to_skip})")
@@ -1061,13 +1096,15 @@ def main(args):
         )
 
     # 4. Training loop
-    final_scores = None
     start_time = time.time()
     last_step_time = start_time
     progress_bar = tqdm(
         range(max_train_steps), initial=global_step, disable=not accelerator.is_local_main_process, desc="Steps"
     )
     for epoch in range(first_epoch, num_epochs):
+        if global_step >= max_train_steps:
+            # A run resumed from the checkpoint of its final step has nothing left to train, only outputs to write.
+            break
         unet.train()
         train_transform.epoch = epoch
         train_dataloader.set_epoch(epoch)
@@ -1169,6 +1206,7 @@ def main(args):
                     final_scores = evaluate_in_training(
                         accelerator, unet, ema_model, noise_scheduler, args, data, evaluation, global_step
                     )
+                    last_eval_step = global_step
                 if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
                     training_state = {
                         "global_step": global_step,
@@ -1177,7 +1215,9 @@ def main(args):
                         "train_seconds": previous_train_seconds + time.time() - start_time,
                     }
                     if evaluation is not None:
-                        training_state.update(eval_history=evaluation["history"], eval_best=evaluation["best"])
+                        training_state.update(
+                            eval_history=evaluation["history"], eval_best=evaluation["best"], eval_scores=final_scores
+                        )
                     removed = save_checkpoint(
                         accelerator,
                         args.output_dir,
@@ -1205,7 +1245,7 @@ def main(args):
                 break
     progress_bar.close()
     train_seconds = previous_train_seconds + time.time() - start_time
-    if args.eval_steps and global_step % args.eval_steps != 0:
+    if args.eval_steps and last_eval_step != global_step:
         # The final weights are always evaluated, so metrics.json describes the saved pipeline.
         final_scores = evaluate_in_training(
             accelerator, unet, ema_model, noise_scheduler, args, data, evaluation, global_step
@@ -1246,8 +1286,7 @@ def main(args):
                 "final_loss": sum(recent_losses) / max(1, len(recent_losses)),
             },
         }
-        os.makedirs(os.path.dirname(os.path.abspath(args.output_dir)), exist_ok=True)
-        staging_dir = tempfile.mkdtemp(prefix=".staging-", dir=os.path.dirname(os.path.abspath(args.output_dir)))
+        staging_dir = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=args.output_dir)
         try:
             pipeline.save_pretrained(staging_dir, safe_serialization=True)
             grid.save(os.path.join(staging_dir, SAMPLES_NAME))
@@ -1280,6 +1319,7 @@ def main(args):
             logger.info(f"Pushed the pipeline to {hub_repo} at revision {commit.oid}: {commit.commit_url}")
 
     accelerator.end_training()
+    release_output_dir(output_dir_lock)
 
 
 def release_process_group():
