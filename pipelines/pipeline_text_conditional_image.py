@@ -271,7 +271,7 @@ class TextConditionalImagePipeline(DiffusionPipeline):
             extra_step_kwargs["use_clipped_model_output"] = True
         return extra_step_kwargs
 
-    # Copied from pipelines.pipeline_class_conditional_image.ClassConditionalImagePipeline.predict_original_sample
+    # Copied from pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.predict_original_sample
     def predict_original_sample(self, model_output: torch.Tensor, timestep, sample: torch.Tensor) -> torch.Tensor:
         """The clean image x_0 implied by `model_output` at `timestep` for the noisy `sample` x_t.
 
@@ -291,6 +291,30 @@ class TextConditionalImagePipeline(DiffusionPipeline):
         if prediction_type == "v_prediction":
             return alpha_prod**0.5 * sample - (1 - alpha_prod) ** 0.5 * model_output
         return model_output  # "sample": the model predicts x_0 itself
+
+    # Copied from pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.prepare_latents
+    def prepare_latents(self, batch_size: int, dtype: torch.dtype, device: torch.device, generator) -> torch.Tensor:
+        """Gaussian noise of the UNet's sample shape, scaled to the scheduler's initial noise level."""
+        sample_size = self.unet.config.sample_size
+        if isinstance(sample_size, int):
+            sample_size = (sample_size, sample_size)
+        shape = (batch_size, self.unet.config.in_channels, *sample_size)
+        if device.type == "mps":
+            # randn does not work reproducibly on mps
+            latents = randn_tensor(shape, generator=generator, dtype=dtype).to(device)
+        else:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        # Sigma-based schedulers (Euler, Heun) start from noise of std `init_noise_sigma`; it is 1.0 for DDPM/DDIM.
+        return latents * self.scheduler.init_noise_sigma
+
+    # Copied from pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.postprocess_image
+    def postprocess_image(self, sample: torch.Tensor, output_type: str):
+        """Images in [0, 1] from samples in the model's range [-1, 1]: PIL images, a numpy array or a tensor."""
+        image = (sample / 2 + 0.5).clamp(0, 1)
+        if output_type == "pt":
+            return image
+        image = image.cpu().permute(0, 2, 3, 1).float().numpy()
+        return self.numpy_to_pil(image) if output_type == "pil" else image
 
     @property
     def guidance_scale(self):
@@ -419,16 +443,7 @@ class TextConditionalImagePipeline(DiffusionPipeline):
         self._num_timesteps = len(timesteps)
 
         # 3. Sample the initial noise
-        sample_size = self.unet.config.sample_size
-        if isinstance(sample_size, int):
-            sample_size = (sample_size, sample_size)
-        shape = (batch_size, self.unet.config.in_channels, *sample_size)
-        if device.type == "mps":
-            # randn does not work reproducibly on mps
-            latents = randn_tensor(shape, generator=generator, dtype=self.unet.dtype).to(device)
-        else:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
-        latents = latents * self.scheduler.init_noise_sigma
+        latents = self.prepare_latents(batch_size, self.unet.dtype, device, generator)
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator)
 
         # 4. Denoising loop
@@ -462,11 +477,7 @@ class TextConditionalImagePipeline(DiffusionPipeline):
                 latents = callback_outputs.pop("latents", latents)
 
         # 5. Post-process from [-1, 1] to [0, 1]
-        image = (latents / 2 + 0.5).clamp(0, 1)
-        if output_type != "pt":
-            image = image.cpu().permute(0, 2, 3, 1).float().numpy()
-            if output_type == "pil":
-                image = self.numpy_to_pil(image)
+        image = self.postprocess_image(latents, output_type)
 
         self.maybe_free_model_hooks()
 

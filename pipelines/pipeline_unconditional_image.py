@@ -113,7 +113,6 @@ class UnconditionalImagePipeline(DiffusionPipeline):
             extra_step_kwargs["use_clipped_model_output"] = True
         return extra_step_kwargs
 
-    # Copied from pipelines.pipeline_class_conditional_image.ClassConditionalImagePipeline.predict_original_sample
     def predict_original_sample(self, model_output: torch.Tensor, timestep, sample: torch.Tensor) -> torch.Tensor:
         """The clean image x_0 implied by `model_output` at `timestep` for the noisy `sample` x_t.
 
@@ -133,6 +132,28 @@ class UnconditionalImagePipeline(DiffusionPipeline):
         if prediction_type == "v_prediction":
             return alpha_prod**0.5 * sample - (1 - alpha_prod) ** 0.5 * model_output
         return model_output  # "sample": the model predicts x_0 itself
+
+    def prepare_latents(self, batch_size: int, dtype: torch.dtype, device: torch.device, generator) -> torch.Tensor:
+        """Gaussian noise of the UNet's sample shape, scaled to the scheduler's initial noise level."""
+        sample_size = self.unet.config.sample_size
+        if isinstance(sample_size, int):
+            sample_size = (sample_size, sample_size)
+        shape = (batch_size, self.unet.config.in_channels, *sample_size)
+        if device.type == "mps":
+            # randn does not work reproducibly on mps
+            latents = randn_tensor(shape, generator=generator, dtype=dtype).to(device)
+        else:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        # Sigma-based schedulers (Euler, Heun) start from noise of std `init_noise_sigma`; it is 1.0 for DDPM/DDIM.
+        return latents * self.scheduler.init_noise_sigma
+
+    def postprocess_image(self, sample: torch.Tensor, output_type: str):
+        """Images in [0, 1] from samples in the model's range [-1, 1]: PIL images, a numpy array or a tensor."""
+        image = (sample / 2 + 0.5).clamp(0, 1)
+        if output_type == "pt":
+            return image
+        image = image.cpu().permute(0, 2, 3, 1).float().numpy()
+        return self.numpy_to_pil(image) if output_type == "pil" else image
 
     @torch.no_grad()
     def __call__(
@@ -194,25 +215,9 @@ class UnconditionalImagePipeline(DiffusionPipeline):
         # 0. Check inputs. Raise an error if not correct
         self.check_inputs(batch_size, num_inference_steps, generator, output_type, callback_on_step_end_tensor_inputs)
 
-        # 1. Sample gaussian noise to begin the loop
-        if isinstance(self.unet.config.sample_size, int):
-            image_shape = (
-                batch_size,
-                self.unet.config.in_channels,
-                self.unet.config.sample_size,
-                self.unet.config.sample_size,
-            )
-        else:
-            image_shape = (batch_size, self.unet.config.in_channels, *self.unet.config.sample_size)
-
+        # 1. Sample gaussian noise to begin the loop (before the timesteps are set, as DDPMPipeline does)
         device = self._execution_device
-        if device.type == "mps":
-            # randn does not work reproducibly on mps
-            latents = randn_tensor(image_shape, generator=generator, dtype=self.unet.dtype).to(device)
-        else:
-            latents = randn_tensor(image_shape, generator=generator, device=device, dtype=self.unet.dtype)
-        # Sigma-based schedulers (Euler, Heun) start from noise of std `init_noise_sigma`; it is 1.0 for DDPM/DDIM.
-        latents = latents * self.scheduler.init_noise_sigma
+        latents = self.prepare_latents(batch_size, self.unet.dtype, device, generator)
 
         # 2. Set the timesteps
         self.scheduler.set_timesteps(num_inference_steps, device=device)
@@ -240,11 +245,7 @@ class UnconditionalImagePipeline(DiffusionPipeline):
                 latents = callback_outputs.pop("latents", latents)
 
         # 4. Post-process from [-1, 1] to [0, 1]
-        image = (latents / 2 + 0.5).clamp(0, 1)
-        if output_type != "pt":
-            image = image.cpu().permute(0, 2, 3, 1).float().numpy()
-            if output_type == "pil":
-                image = self.numpy_to_pil(image)
+        image = self.postprocess_image(latents, output_type)
 
         self.maybe_free_model_hooks()
 

@@ -11,7 +11,6 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from pipelines import ClassConditionalImagePipeline
-
 from training.checkpointing import (
     TRAINING_STATE_NAME,
     list_checkpoints,

@@ -238,7 +238,8 @@ def test_class_save_load_round_trip(tiny_condition_unet, tmp_path):
     # the saved folder also loads as remote code, which must be asked for
     assert_local_remote_code_needs_opt_in(tmp_path, ClassConditionalImagePipeline)
     remote = DiffusionPipeline.from_pretrained(tmp_path, trust_remote_code=True)
-    assert type(remote).__name__ == "ClassConditionalImagePipeline" and type(remote) is not ClassConditionalImagePipeline
+    assert type(remote).__name__ == "ClassConditionalImagePipeline"
+    assert type(remote) is not ClassConditionalImagePipeline
     remote.set_progress_bar_config(disable=True)
     np.testing.assert_array_equal(before, remote(generator=torch.Generator().manual_seed(0), **kwargs).images)
 
