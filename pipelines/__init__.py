@@ -1,4 +1,9 @@
-"""diffkit pipelines: self-contained `DiffusionPipeline`s, one per file."""
+"""diffkit pipelines and the tools around them.
+
+The `pipeline_*.py` files hold one self-contained `DiffusionPipeline` each (they are uploaded beside the weights as
+remote code). Beside them: `denoising_film.py` (a step callback), `loaders.py`, `canny.py` and `generate.py` (Stable
+Diffusion, SDXL and ControlNet-canny), `push.py` (the Hub) and `app.py` (the web demo).
+"""
 
 from .denoising_film import DenoisingFilm
 from .pipeline_class_conditional_image import ClassConditionalImagePipeline

@@ -175,7 +175,10 @@ class UnconditionalImagePipeline(DiffusionPipeline):
             generator (`torch.Generator` or `List[torch.Generator]`, *optional*):
                 Generator(s) that make generation deterministic; a list gives one generator per image.
             num_inference_steps (`int`, *optional*, defaults to 1000):
-                The number of denoising steps; DDPM needs about 1000, DDIM or DPM-Solver 20-50.
+                The number of denoising steps. The default is `DDPMPipeline`'s, so that the two pipelines give the
+                same images for the same call. The class and text pipelines default to 20, which
+                benchmarks/bench_sampling.py measured for guided models; for unconditional models that figure has
+                not been measured, so 1000 stays the safe choice with DDPM (DDIM or DPM-Solver: 20-50).
             output_type (`str`, *optional*, defaults to `"pil"`):
                 `"pil"` (list of `PIL.Image`), `"np"` (`np.ndarray` of shape `(batch, height, width, channels)` in
                 [0, 1]) or `"pt"` (`torch.Tensor` of shape `(batch, channels, height, width)` in [0, 1]).

@@ -139,6 +139,7 @@ def test_a_folder_with_code_diffkit_lacks_needs_trust_remote_code(pipeline_folde
     assert type(pipe).__module__ != "pipelines.pipeline_class_conditional_image"  # the folder's own copy ran
 
 
+@pytest.mark.slow
 def test_the_command_serves_on_loopback_with_its_thread_count(served_app, pipeline_folder):
     process, url = served_app
     port = int(url.rstrip("/").rsplit(":", 1)[1])
@@ -157,6 +158,7 @@ def test_the_command_serves_on_loopback_with_its_thread_count(served_app, pipeli
     not os.path.exists(CHROMIUM),
     reason=f"no {CHROMIUM}: install Debian's chromium (apt-get install chromium), as .ci/run does, to run it",
 )
+@pytest.mark.slow
 def test_browser_picks_a_class_and_sees_the_images(served_app, pipeline_folder, tmp_path):
     from playwright.sync_api import sync_playwright
 

@@ -20,6 +20,9 @@ from .test_hub import WITHOUT_DIFFKIT, WRITE_TOKEN, assert_ran, hub_environment
 from .test_pipelines import make_class_pipeline
 from .utils import REPO_ROOT, TINY_CONDITION_UNET_CONFIG
 
+# Every test here starts the loopback Hub server and a process.
+pytestmark = pytest.mark.slow
+
 MODEL_ID = "diffkit-tests/space-digits"
 SPACE_ID = "diffkit-tests/space-digits-demo"
 # Runs the Space's app.py as the Space does, with diffkit's packages hidden; arguments after -c reach its sys.argv.

@@ -93,6 +93,7 @@ def resume_and_compare(output_dir, uninterrupted_dir):
     assert resumed["final_loss"] == reference["final_loss"]
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_gives_the_uninterrupted_weights_bit_for_bit(tmp_path, uninterrupted_run):
     output_dir = tmp_path / "out"
     returncode = launch_and_kill(output_dir, lambda: (output_dir / "checkpoint-10").is_dir())
@@ -103,6 +104,7 @@ def test_resume_after_sigkill_gives_the_uninterrupted_weights_bit_for_bit(tmp_pa
     resume_and_compare(output_dir, uninterrupted_run)
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_right_after_the_last_checkpoint_trains_nothing_more(tmp_path, uninterrupted_run):
     # the kill lands while the final sample grid is drawn: the checkpoint of the last step exists, the outputs do not
     output_dir = tmp_path / "out"
@@ -113,6 +115,7 @@ def test_resume_after_a_kill_right_after_the_last_checkpoint_trains_nothing_more
     resume_and_compare(output_dir, uninterrupted_run)
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_during_the_final_save(tmp_path, uninterrupted_run):
     # the kill lands while the pipeline is written to the staging folder (the outputs are half written)
     output_dir = tmp_path / "out"
@@ -122,6 +125,7 @@ def test_resume_after_a_kill_during_the_final_save(tmp_path, uninterrupted_run):
     resume_and_compare(output_dir, uninterrupted_run)
 
 
+@pytest.mark.slow
 def test_kill_while_writing_a_checkpoint_leaves_the_previous_one_usable(tmp_path, uninterrupted_run):
     output_dir = tmp_path / "out"
     partial = output_dir / ".checkpoint-10.partial"
@@ -177,6 +181,7 @@ def test_non_positive_checkpoint_settings_are_rejected(tmp_path, flag, value):
         parse_args(["--output_dir", str(tmp_path), flag, value])
 
 
+@pytest.mark.slow
 def test_rotation_keeps_exactly_the_newest_complete_checkpoints(tmp_path):
     output_dir = tmp_path / "out"
     result = run_accelerate_launch(

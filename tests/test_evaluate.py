@@ -32,6 +32,7 @@ def tiny_run(tmp_path_factory):
     return output_dir
 
 
+@pytest.mark.slow
 def test_evaluate_command_on_a_tiny_model(tiny_run):
     output_dir = tiny_run
     result = subprocess.run(
@@ -73,6 +74,7 @@ def test_evaluate_rejects_bad_input(tmp_path):
             parse_args([str(tmp_path), "--metrics", "IS-InceptionV3"])
 
 
+@pytest.mark.slow
 def test_real_features_are_cached_per_data_and_settings(tmp_path, tiny_run):
     images, labels = real_images(json.loads((tiny_run / "training_config.json").read_text()))
     settings = {"feature_resolution": 32, "classifier_epochs": 1, "cache_dir": tmp_path}
@@ -91,6 +93,7 @@ def test_real_features_are_cached_per_data_and_settings(tmp_path, tiny_run):
     assert len(list((tmp_path / "real_features").iterdir())) == 3
 
 
+@pytest.mark.slow
 def test_generated_images_do_not_depend_on_the_batch_size_or_the_split(tiny_run):
     pipe = ClassConditionalImagePipeline.from_pretrained(tiny_run)
     pipe.set_progress_bar_config(disable=True)
@@ -103,6 +106,7 @@ def test_generated_images_do_not_depend_on_the_batch_size_or_the_split(tiny_run)
     assert not torch.equal(whole[0], whole[1])
 
 
+@pytest.mark.slow
 def test_score_orders_real_above_noise(tiny_run):
     images, labels = real_images(json.loads((tiny_run / "training_config.json").read_text()))
     reference = prepare_real_reference(images, labels, 10, 10, feature_resolution=32, classifier_epochs=1)
@@ -113,6 +117,7 @@ def test_score_orders_real_above_noise(tiny_run):
     assert scores["generated"]["FID-MobileNetV2"] > scores["real_reference"]["FID-MobileNetV2"]
 
 
+@pytest.mark.slow
 def test_inception_metrics_go_through_torch_fidelity_when_it_is_there(monkeypatch, tiny_run):
     # torch-fidelity needs torchvision, which cannot be installed beside this torch, so a stand-in module with its
     # API checks what diffkit hands it (8-bit RGB tensors, one dataset per side) and how the results are named.

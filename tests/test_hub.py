@@ -105,6 +105,7 @@ def pushed_run(hub, tmp_path_factory):
     return output_dir, result
 
 
+@pytest.mark.slow
 def test_push_from_training_uploads_a_self_contained_repo(hub, pushed_run):
     output_dir, result = pushed_run
     files = hub.files(REPO_ID)
@@ -139,6 +140,7 @@ def test_push_from_training_uploads_a_self_contained_repo(hub, pushed_run):
     assert f"at revision {weights_commit(hub).oid}" in result.stderr
 
 
+@pytest.mark.slow
 def test_model_card_on_the_hub(hub, pushed_run, tmp_path):
     card_file = tmp_path / "README.md"
     card_file.write_bytes(hub.files(REPO_ID)["README.md"])
@@ -164,6 +166,7 @@ def test_model_card_on_the_hub(hub, pushed_run, tmp_path):
     assert result.stdout.strip() == "mit"
 
 
+@pytest.mark.slow
 def test_both_ways_of_loading_give_the_same_images(hub, pushed_run, tmp_path):
     env = hub_environment(hub, tmp_path, token=None)  # a public repo: reading needs no token
     load_with_diffkit = f"""
@@ -205,6 +208,7 @@ def test_both_ways_of_loading_give_the_same_images(hub, pushed_run, tmp_path):
     assert refused.returncode != 0 and "trust_remote_code=True" in refused.stderr
 
 
+@pytest.mark.slow
 def test_loading_honours_revision_cache_dir_and_local_files_only(hub, pushed_run, tmp_path):
     env = hub_environment(hub, tmp_path, token=None)
     code = f"""
@@ -231,6 +235,7 @@ def test_loading_honours_revision_cache_dir_and_local_files_only(hub, pushed_run
     assert_ran(run_python(code, env_offline, cache_dir, "offline", weights_commit(hub).oid))
 
 
+@pytest.mark.slow
 def test_push_command_adds_a_commit_to_an_existing_repo(hub, pushed_run, tmp_path):
     output_dir, _ = pushed_run
     commits_before = len(hub.repos[REPO_ID].commits)
@@ -246,6 +251,7 @@ def test_push_command_adds_a_commit_to_an_existing_repo(hub, pushed_run, tmp_pat
     assert f'revision="{commits[-2].oid}"' in commits[-1].files["README.md"].decode()
 
 
+@pytest.mark.slow
 def test_pipeline_push_to_hub_from_python_is_self_contained_and_private(hub, tmp_path):
     repo_id = "diffkit-tests/private-tiny"
     code = f"""
@@ -275,6 +281,7 @@ def test_pipeline_push_to_hub_from_python_is_self_contained_and_private(hub, tmp
     assert without_token.returncode != 0 and "RepositoryNotFoundError" in without_token.stderr
 
 
+@pytest.mark.slow
 def test_failed_push_after_training_keeps_the_outputs_and_says_how_to_push_again(hub, tmp_path):
     output_dir = tmp_path / "out"
     unet_config = write_unet_config(tmp_path, TINY_CONDITION_UNET_CONFIG, "unet.json")
@@ -294,6 +301,7 @@ def test_failed_push_after_training_keeps_the_outputs_and_says_how_to_push_again
     assert (output_dir / "samples.png").is_file()
 
 
+@pytest.mark.slow
 def test_push_command_to_an_unreachable_hub_keeps_the_folder(pushed_run, tmp_path):
     output_dir, _ = pushed_run
     before = sorted(str(p.relative_to(output_dir)) for p in output_dir.rglob("*"))
@@ -307,6 +315,7 @@ def test_push_command_to_an_unreachable_hub_keeps_the_folder(pushed_run, tmp_pat
     assert sorted(str(p.relative_to(output_dir)) for p in output_dir.rglob("*")) == before
 
 
+@pytest.mark.slow
 def test_push_to_hub_without_a_token_stops_before_training(hub, tmp_path):
     requests_before = len(hub.requests)
     result = run_accelerate_launch(
@@ -370,6 +379,7 @@ print("loaded as", type(pipe).__module__, type(pipe).__name__)
 """
 
 
+@pytest.mark.slow
 def test_text_pipeline_pushed_from_training_loads_both_ways(hub, tiny_clip_folder, tmp_path):
     output_dir = tmp_path / "out"
     args = [*text_run_args(tmp_path, tiny_clip_folder), "--output_dir", str(output_dir),

@@ -11,6 +11,9 @@ from training.evaluate import generate, prepare_real_reference, real_images, sco
 
 from .utils import REPO_ROOT
 
+# Every test here launches two training processes.
+pytestmark = pytest.mark.slow
+
 LAUNCH_STYLES = {
     # as a user with two GPUs would type it; on this machine the script joins the processes over gloo
     "multi_gpu_flags": ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"],

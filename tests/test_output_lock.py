@@ -48,6 +48,7 @@ def start_holder(output_dir):
     return holder
 
 
+@pytest.mark.slow
 def test_a_held_folder_is_refused_with_the_holder_named_and_a_killed_holder_blocks_nothing(tmp_path):
     output_dir = tmp_path / "out"
     holder = start_holder(output_dir)
@@ -83,6 +84,7 @@ def test_the_main_process_holds_the_folder_for_the_run(tmp_path):
     release_output_dir(hold_output_dir_for_run(accelerator, str(tmp_path / "out")))
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_live_runs_folder_stops_at_once(tmp_path):
     output_dir = tmp_path / "out"
     unet_config = write_unet_config(tmp_path, TINY_CONDITION_UNET_CONFIG, "unet.json")
@@ -112,6 +114,7 @@ def test_a_second_run_on_a_live_runs_folder_stops_at_once(tmp_path):
         first.wait()
 
 
+@pytest.mark.slow
 def test_two_process_run_holds_the_folder_once_and_every_rank_stops_when_it_is_taken(tmp_path):
     output_dir = tmp_path / "out"
     holder = start_holder(output_dir)

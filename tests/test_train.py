@@ -27,6 +27,7 @@ def write_unet_config(tmp_path, config, name):
     return str(path)
 
 
+@pytest.mark.slow
 def test_train_class_conditional_with_accelerate_launch(tmp_path):
     output_dir = tmp_path / "out"
     unet_config = write_unet_config(tmp_path, TINY_CONDITION_UNET_CONFIG, "unet.json")
@@ -71,6 +72,7 @@ def test_train_class_conditional_with_accelerate_launch(tmp_path):
     assert [im.size for im in images] == [(RESOLUTION, RESOLUTION)] * 2
 
 
+@pytest.mark.slow
 def test_train_unconditional_with_accelerate_launch(tmp_path):
     output_dir = tmp_path / "out"
     unet_config = write_unet_config(tmp_path, TINY_UNET2D_CONFIG, "unet.json")
@@ -102,6 +104,7 @@ def write_digit_folder(root, classes=("three", "seven"), per_class=6, mode="RGB"
     return root
 
 
+@pytest.mark.slow
 def test_train_on_local_colour_image_folder(tmp_path):
     data_dir = write_digit_folder(tmp_path / "digits")
     output_dir = tmp_path / "out"
@@ -253,6 +256,7 @@ def test_outputs_replace_an_earlier_run_whole(tmp_path):
     assert list(staging_dir.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_bf16_mixed_precision_keeps_fp32_weights(tmp_path):
     output_dir = tmp_path / "out"
     unet_config = write_unet_config(tmp_path, TINY_CONDITION_UNET_CONFIG, "unet.json")
@@ -271,6 +275,7 @@ def test_bf16_mixed_precision_keeps_fp32_weights(tmp_path):
     assert {tensor.dtype for tensor in weights.values()} == {torch.float32}
 
 
+@pytest.mark.slow
 def test_tensorboard_logs_and_validation_grids(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -21,6 +21,7 @@ EVAL_FLAGS = [
 UNET_FILE = "unet/diffusion_pytorch_model.safetensors"
 
 
+@pytest.mark.slow
 def test_evaluation_during_training_logs_keeps_the_best_and_leaves_training_unchanged(tmp_path):
     unet_config = write_unet_config(tmp_path, TINY_CONDITION_UNET_CONFIG, "unet.json")
     common = [*QUICK_RUN, "--model_config_name_or_path", unet_config]

@@ -26,6 +26,7 @@ def text_run_args(tmp_path, tiny_clip_folder, *extra):
             "--model_config_name_or_path", unet_config, "--max_text_length", "12", *extra]  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precompute", [False, True])
 def test_text_conditional_training_end_to_end(tmp_path, tiny_clip_folder, precompute):
     output_dir = tmp_path / "out"
@@ -59,6 +60,7 @@ def test_text_conditional_training_end_to_end(tmp_path, tiny_clip_folder, precom
     assert images.shape == (1, RESOLUTION, RESOLUTION, 1)
 
 
+@pytest.mark.slow
 def test_captions_from_a_folder_with_metadata_jsonl(tmp_path, tiny_clip_folder):
     folder = tmp_path / "images"
     folder.mkdir()

