@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_app out [--repeats 3]          # from the repository root; `out` is a training run
 
-Starts `python -m pipelines.app --pipeline OUT` as a user would, times until the page answers, then times requests
+Starts `diffkit-app --pipeline OUT` as a user would, times until the page answers, then times requests
 through Gradio's Python client (one image per class at the pipeline's defaults, with and without "Show the
 denoising", and DDPM with 1000 steps) beside the same `pipe(...)` call in this process. Both use every core; the
 benchmark runs them one after the other, never at once.
@@ -21,8 +21,8 @@ import urllib.request
 import torch
 from gradio_client import Client
 
-from pipelines import ClassConditionalImagePipeline
-from pipelines.app import SAVED_SAMPLER, api_name_for, pipeline_title
+from diffkit import ClassConditionalImagePipeline
+from diffkit.pipelines.app import SAVED_SAMPLER, api_name_for, pipeline_title
 
 STARTUP_TIMEOUT_S = 300
 
@@ -54,7 +54,7 @@ def main(argv=None):
     args = parse_args(argv)
     url = f"http://127.0.0.1:{args.port}/"
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
-    command = [sys.executable, "-m", "pipelines.app", "--pipeline", args.output_dir, "--port", str(args.port)]
+    command = [sys.executable, "-m", "diffkit.pipelines.app", "--pipeline", args.output_dir, "--port", str(args.port)]
     started = time.perf_counter()
     app = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -25,8 +25,8 @@ from diffusers import (
 )
 from skimage.data import astronaut
 
-from pipelines.canny import canny_edges
-from pipelines.loaders import (
+from diffkit.pipelines.canny import canny_edges
+from diffkit.pipelines.loaders import (
     SD15_CANNY_CONTROLNET,
     SD15_MODEL,
     SDXL_MODEL,

@@ -31,9 +31,9 @@ from diffusers import (
 )
 from tqdm.auto import tqdm
 
-from pipelines import ClassConditionalImagePipeline
-from training.evaluate import generate, prepare_real_reference, real_images, score
-from training.feature_extractors import MobileNetV2Features
+from diffkit import ClassConditionalImagePipeline
+from diffkit.training.evaluate import generate, prepare_real_reference, real_images, score
+from diffkit.training.feature_extractors import MobileNetV2Features
 
 STEP_COUNTS = [5, 10, 20, 50]
 EXTRA_DDPM_STEP_COUNTS = [100, 1000]

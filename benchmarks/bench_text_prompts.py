@@ -18,9 +18,9 @@ import time
 import torch
 from diffusers.utils import make_image_grid
 
-from pipelines import TextConditionalImagePipeline
-from training.dataset_loading import MNIST_CAPTION_TEMPLATES, MNIST_LABEL_NAMES
-from training.evaluate import real_images, train_classifier
+from diffkit import TextConditionalImagePipeline
+from diffkit.training.dataset_loading import MNIST_CAPTION_TEMPLATES, MNIST_LABEL_NAMES
+from diffkit.training.evaluate import real_images, train_classifier
 
 UNSEEN_TEMPLATE = "a drawing of the number {name}"
 CLASSIFIER_EPOCHS = 8

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from training.dataset_loading import (
+from diffkit.training.dataset_loading import (
     INDEX_COLUMN,
     TrainTransform,
     crop_square,
@@ -27,7 +27,7 @@ from training.dataset_loading import (
     load_mnist_5k,
     resize_shorter_side,
 )
-from training.train import build_unet
+from diffkit.training.train import build_unet
 
 BATCH_SIZE = 64
 NUM_PHOTO_CROPS = 2000
@@ -87,7 +87,7 @@ def data_rate(data_loader, steps):
 def train_rate(data_loader, unet, num_classes, steps):
     from diffusers import DDPMScheduler
 
-    from pipelines.pipeline_class_conditional_image import one_hot_label_states
+    from diffkit.pipelines.pipeline_class_conditional_image import one_hot_label_states
 
     scheduler = DDPMScheduler()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)

@@ -1,5 +1,6 @@
 """Render the model card (`README.md`) of a trained pipeline from the template in `model_cards/`."""
 
+import importlib.metadata
 import importlib.resources
 import json
 from typing import Optional
@@ -11,6 +12,31 @@ PIPELINE_TEMPLATE = "diffkit_pipeline.md"
 SAMPLE_LABELS_IN_USAGE = 2
 # The embedded dataset's images are a subset of MNIST; the card's metadata links the Hub dataset it comes from.
 EMBEDDED_DATASET_HUB_IDS = {"mnist-5k": "ylecun/mnist"}
+# The [project.urls] labels, in order of preference, under which pyproject.toml may name the source repository.
+REPOSITORY_URL_LABELS = ("repository", "source", "homepage")
+
+
+def repository_url() -> Optional[str]:
+    """The source repository that the installed diffkit's metadata names ([project.urls]), if any."""
+    try:
+        entries = importlib.metadata.metadata("diffkit").get_all("Project-URL") or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    urls = {}
+    for entry in entries:
+        label, _, url = entry.partition(",")
+        urls[label.strip().lower()] = url.strip()
+    return next((urls[label] for label in REPOSITORY_URL_LABELS if urls.get(label)), None)
+
+
+def install_instructions(url: Optional[str]) -> str:
+    """How diffkit can really be installed: the name `diffkit` is not published on PyPI, so never `pip install
+    diffkit`; from its repository when the metadata names one, else from a source tree or a wheel."""
+    if url:
+        return f'`pip install "diffkit @ git+{url}"`'
+    return (
+        "from its source tree: `pip install .` in a diffkit checkout, or the wheel that `python -m build` makes there"
+    )
 
 
 def render_model_card(
@@ -74,7 +100,7 @@ def render_model_card(
         samples_caption = f"{args['num_inference_steps']} steps, seed {args['seed']}."
     return ModelCard.from_template(
         card_data,
-        template_str=importlib.resources.files("model_cards").joinpath(PIPELINE_TEMPLATE).read_text(encoding="utf-8"),
+        template_str=importlib.resources.files(__package__).joinpath(PIPELINE_TEMPLATE).read_text(encoding="utf-8"),
         title=f"{pipeline_class} trained on {data['source']}",
         conditioning_text=kind,
         pipeline_class=pipeline_class,
@@ -97,6 +123,8 @@ def render_model_card(
         train_seconds=run["train_seconds"],
         final_loss=f"{run['final_loss']:.4f}",
         training_config_json=json.dumps(training_config, indent=2),
+        diffkit_name=f"[diffkit]({url})" if (url := repository_url()) else "diffkit",
+        install_instructions=install_instructions(url),
         evaluation=evaluation_section(metrics) if metrics else "",
     )
 

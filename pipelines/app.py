@@ -1,7 +1,7 @@
 """A Gradio web demo for trained diffkit pipelines and the Stable Diffusion, SDXL and ControlNet-canny wrappers.
 
-    python -m pipelines.app --pipeline out
-    python -m pipelines.app --pipeline out my-org/ddpm-mnist --sd stable-diffusion-v1-5/stable-diffusion-v1-5 \\
+    diffkit-app --pipeline out
+    diffkit-app --pipeline out my-org/ddpm-mnist --sd stable-diffusion-v1-5/stable-diffusion-v1-5 \\
         --controlnet lllyasviel/sd-controlnet-canny
 
 Each `--pipeline` (a training `--output_dir`, a `save_pretrained` folder or a Hub repo) gets a tab: pick classes by
@@ -11,7 +11,7 @@ canny-edge tabs. One request runs the models at a time (a queue serves the other
 count of `--num_threads`. The app listens on 127.0.0.1 only, unless `--host` or `--share` says otherwise.
 
 This file needs only torch, diffusers and gradio for diffkit pipelines (the Stable Diffusion tabs import diffkit's
-loaders), so `python -m pipelines.push --space_id` uploads it unchanged to run a Hugging Face Space.
+loaders), so `python -m diffkit.pipelines.push --space_id` uploads it unchanged to run a Hugging Face Space.
 """
 
 import argparse
@@ -48,7 +48,7 @@ except ImportError as error:  # gradio is an optional dependency of diffkit
     ) from error
 
 try:  # installed diffkit classes load a diffkit folder without running the code saved beside the weights
-    import pipelines as installed_diffkit
+    import diffkit.pipelines as installed_diffkit
 except ImportError:  # as on a Hugging Face Space, where this file runs alone
     installed_diffkit = None
 
@@ -90,7 +90,7 @@ def check_model_argument(model: str, argument: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.app",
+        prog="diffkit-app",
         description="A web demo (Gradio) for diffkit pipelines and Stable Diffusion, SDXL and ControlNet-canny.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -446,8 +446,8 @@ def diffkit_tab(pipe, title: str, api_name: str, max_images: int):
 
 def stable_diffusion_tab(pipe, title: str, api_name: str, max_images: int, canny: bool = False):
     """A text-to-image tab for a Stable Diffusion or SDXL pipeline; with `canny`, a ControlNet-canny tab."""
-    from pipelines.canny import canny_edges, check_image_side
-    from pipelines.loaders import SCHEDULERS
+    from diffkit.pipelines.canny import canny_edges, check_image_side
+    from diffkit.pipelines.loaders import SCHEDULERS
 
     saved_scheduler = pipe.scheduler
     default_side = pipe.unet.config.sample_size * pipe.vae_scale_factor
@@ -564,8 +564,8 @@ def build_demo(
     Example:
 
     ```py
-    >>> from pipelines import ClassConditionalImagePipeline
-    >>> from pipelines.app import build_demo
+    >>> from diffkit import ClassConditionalImagePipeline
+    >>> from diffkit.pipelines.app import build_demo
     >>> pipe = ClassConditionalImagePipeline.from_pretrained("out")  # doctest: +SKIP
     >>> build_demo({"digits": pipe}).queue().launch()  # doctest: +SKIP
     ```
@@ -595,7 +595,7 @@ def load_models(args) -> Dict:
         diffkit_pipelines[title] = load_diffkit_pipeline(model, args.trust_remote_code, args.device, dtype)
     models = {"diffkit_pipelines": diffkit_pipelines}
     if args.sd or args.sdxl or args.controlnet:
-        from pipelines.loaders import SD15_MODEL, load_controlnet_canny, load_sdxl, load_stable_diffusion
+        from diffkit.pipelines.loaders import SD15_MODEL, load_controlnet_canny, load_sdxl, load_stable_diffusion
 
         options = dict(device=args.device, dtype=args.dtype)
         if args.sd:
@@ -613,6 +613,7 @@ def load_models(args) -> Dict:
 
 
 def main(argv=None):
+    logging.basicConfig(level=logging.INFO)
     args = parse_args(argv)
     if not is_loopback(args.host):
         logger.warning(f"Listening on {args.host}: anyone who can reach this machine can use the app.")
@@ -625,5 +626,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
     main()

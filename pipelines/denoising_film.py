@@ -25,7 +25,7 @@ class DenoisingFilm:
     ```py
     >>> import torch
     >>> from diffusers import DPMSolverMultistepScheduler, UNet2DConditionModel
-    >>> from pipelines import ClassConditionalImagePipeline, DenoisingFilm
+    >>> from diffkit import ClassConditionalImagePipeline, DenoisingFilm
 
     >>> unet = UNet2DConditionModel(
     ...     sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), norm_num_groups=4,

@@ -1,8 +1,8 @@
 """Text (and edges) to images from the command line with Stable Diffusion, SDXL or a canny ControlNet.
 
-    python -m pipelines.generate sd --prompt "an astronaut riding a horse" --out images
-    python -m pipelines.generate sdxl --prompt "a lion" --vae madebyollin/sdxl-vae-fp16-fix --out images
-    python -m pipelines.generate controlnet-canny --image photo.png --prompt "a robot" --out images
+    python -m diffkit.pipelines.generate sd --prompt "an astronaut riding a horse" --out images
+    python -m diffkit.pipelines.generate sdxl --prompt "a lion" --vae madebyollin/sdxl-vae-fp16-fix --out images
+    python -m diffkit.pipelines.generate controlnet-canny --image photo.png --prompt "a robot" --out images
 
 Every image is saved as a PNG whose text metadata holds the generation parameters. All arguments are checked
 before any model is loaded.
@@ -17,8 +17,8 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image, PngImagePlugin
 
-from pipelines.canny import canny_edges, check_image_side
-from pipelines.loaders import (
+from diffkit.pipelines.canny import canny_edges, check_image_side
+from diffkit.pipelines.loaders import (
     MEMORY_MODES,
     SCHEDULERS,
     SD15_CANNY_CONTROLNET,
@@ -37,7 +37,7 @@ PNG_METADATA_KEY = "parameters"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.generate",
+        prog="diffkit-generate",
         description="Generate images with Stable Diffusion, SDXL or a canny ControlNet through diffusers.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

@@ -282,7 +282,7 @@ def load_stable_diffusion(
 
     ```py
     >>> import torch
-    >>> from pipelines.loaders import load_stable_diffusion
+    >>> from diffkit.pipelines.loaders import load_stable_diffusion
     >>> pipe = load_stable_diffusion(scheduler="dpm++2m_karras")  # doctest: +SKIP
     >>> image = pipe("an astronaut riding a horse", num_inference_steps=25).images[0]  # doctest: +SKIP
     ```
@@ -333,7 +333,7 @@ def load_sdxl(
     Example:
 
     ```py
-    >>> from pipelines.loaders import load_sdxl
+    >>> from diffkit.pipelines.loaders import load_sdxl
     >>> pipe = load_sdxl(vae="madebyollin/sdxl-vae-fp16-fix", scheduler="euler_a")  # doctest: +SKIP
     >>> image = pipe("a photo of an astronaut", num_inference_steps=30).images[0]  # doctest: +SKIP
     ```
@@ -357,7 +357,7 @@ def load_sdxl_refiner(
     Run the base for the first part of the schedule and the refiner for the rest:
 
     ```py
-    >>> from pipelines.loaders import load_sdxl, load_sdxl_refiner
+    >>> from diffkit.pipelines.loaders import load_sdxl, load_sdxl_refiner
     >>> base = load_sdxl()  # doctest: +SKIP
     >>> refiner = load_sdxl_refiner(base)  # doctest: +SKIP
     >>> switch = 0.8  # the base denoises the first 80% of the schedule
@@ -409,8 +409,8 @@ def load_controlnet_canny(
 
     ```py
     >>> from skimage.data import astronaut
-    >>> from pipelines.canny import canny_edges
-    >>> from pipelines.loaders import load_controlnet_canny
+    >>> from diffkit.pipelines.canny import canny_edges
+    >>> from diffkit.pipelines.loaders import load_controlnet_canny
     >>> pipe = load_controlnet_canny()  # doctest: +SKIP
     >>> edges = canny_edges(astronaut())
     >>> image = pipe("a robot in space", image=edges, num_inference_steps=25).images[0]  # doctest: +SKIP

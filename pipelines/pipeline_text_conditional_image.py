@@ -102,7 +102,7 @@ class TextConditionalImagePipeline(DiffusionPipeline):
         self.register_modules(unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer)
         self.register_to_config(max_text_length=max_text_length, guidance_scale=guidance_scale)
 
-    # Copied from pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.save_config
+    # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.save_config
     def save_config(self, save_directory: Union[str, os.PathLike], **kwargs):
         r"""
         Write `model_index.json`, plus this file beside it, so the folder loads without diffkit installed.
@@ -123,7 +123,7 @@ class TextConditionalImagePipeline(DiffusionPipeline):
             f.write(json.dumps(model_index, indent=2, sort_keys=True) + "\n")
 
     @classmethod
-    # Copied from pipelines.pipeline_unconditional_image.UnconditionalImagePipeline._dict_from_json_file
+    # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline._dict_from_json_file
     def _dict_from_json_file(cls, json_file: Union[str, os.PathLike], **kwargs):
         # A folder written by `save_config` names its own copy of this file for `trust_remote_code` users. Loaded
         # through this class, the installed code is used instead, and no remote code is needed or run.
@@ -257,7 +257,7 @@ class TextConditionalImagePipeline(DiffusionPipeline):
             )
         return batch_size
 
-    # Copied from pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.prepare_extra_step_kwargs
+    # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.prepare_extra_step_kwargs
     def prepare_extra_step_kwargs(self, generator):
         step_parameters = inspect.signature(self.scheduler.step).parameters
         extra_step_kwargs = {}
@@ -271,7 +271,7 @@ class TextConditionalImagePipeline(DiffusionPipeline):
             extra_step_kwargs["use_clipped_model_output"] = True
         return extra_step_kwargs
 
-    # Copied from pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.predict_original_sample
+    # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.predict_original_sample
     def predict_original_sample(self, model_output: torch.Tensor, timestep, sample: torch.Tensor) -> torch.Tensor:
         """The clean image x_0 implied by `model_output` at `timestep` for the noisy `sample` x_t.
 
@@ -292,7 +292,7 @@ class TextConditionalImagePipeline(DiffusionPipeline):
             return alpha_prod**0.5 * sample - (1 - alpha_prod) ** 0.5 * model_output
         return model_output  # "sample": the model predicts x_0 itself
 
-    # Copied from pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.prepare_latents
+    # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.prepare_latents
     def prepare_latents(self, batch_size: int, dtype: torch.dtype, device: torch.device, generator) -> torch.Tensor:
         """Gaussian noise of the UNet's sample shape, scaled to the scheduler's initial noise level."""
         sample_size = self.unet.config.sample_size
@@ -307,7 +307,7 @@ class TextConditionalImagePipeline(DiffusionPipeline):
         # Sigma-based schedulers (Euler, Heun) start from noise of std `init_noise_sigma`; it is 1.0 for DDPM/DDIM.
         return latents * self.scheduler.init_noise_sigma
 
-    # Copied from pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.postprocess_image
+    # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.postprocess_image
     def postprocess_image(self, sample: torch.Tensor, output_type: str):
         """Images in [0, 1] from samples in the model's range [-1, 1]: PIL images, a numpy array or a tensor."""
         image = (sample / 2 + 0.5).clamp(0, 1)
@@ -379,7 +379,7 @@ class TextConditionalImagePipeline(DiffusionPipeline):
 
         ```py
         >>> import torch
-        >>> from pipelines import TextConditionalImagePipeline
+        >>> from diffkit import TextConditionalImagePipeline
 
         >>> # out/ is the --output_dir of a `--conditioning text` training run (not run by doctest: it needs training)
         >>> pipe = TextConditionalImagePipeline.from_pretrained("out/")  # doctest: +SKIP

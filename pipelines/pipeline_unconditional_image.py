@@ -198,7 +198,7 @@ class UnconditionalImagePipeline(DiffusionPipeline):
         ```py
         >>> import torch
         >>> from diffusers import DDPMScheduler, UNet2DModel
-        >>> from pipelines import UnconditionalImagePipeline
+        >>> from diffkit import UnconditionalImagePipeline
 
         >>> unet = UNet2DModel(
         ...     sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), norm_num_groups=4,

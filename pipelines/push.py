@@ -1,6 +1,6 @@
 """Push a saved diffkit pipeline folder to the Hugging Face Hub so that anyone can load it in one line.
 
-    python -m pipelines.push OUTPUT_DIR REPO_ID [--private] [--token TOKEN] [--commit_message TEXT] [--space_id SPACE]
+    diffkit-push OUTPUT_DIR REPO_ID [--private] [--token TOKEN] [--commit_message TEXT] [--space_id SPACE]
 
 The folder (the `--output_dir` of a finished `training/train.py` run, or one written by `pipe.save_pretrained`) is
 uploaded with its pipeline `.py` file, so that `DiffusionPipeline.from_pretrained(REPO_ID, trust_remote_code=True)`
@@ -26,7 +26,7 @@ from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, constants
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from model_cards.card import render_model_card
+from diffkit.model_cards.card import render_model_card
 
 
 def hub_transport_errors() -> tuple:
@@ -145,7 +145,7 @@ def push_pipeline_folder(
     Example:
 
     ```py
-    >>> from pipelines.push import push_pipeline_folder
+    >>> from diffkit.pipelines.push import push_pipeline_folder
     >>> commit = push_pipeline_folder("out", "my-org/ddpm-mnist")  # doctest: +SKIP
     >>> print(commit.oid)  # doctest: +SKIP
     ```
@@ -159,7 +159,7 @@ def push_pipeline_folder(
         with open(training_config_file, encoding="utf-8") as f:
             training_config = json.load(f)
 
-    with explain_hub_errors(repo_id, f"push again with `python -m pipelines.push {folder} {repo_id}`"):
+    with explain_hub_errors(repo_id, f"push again with `python -m diffkit.pipelines.push {folder} {repo_id}`"):
         api = HfApi(token=token)
         repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
         ignore_patterns = LOCAL_ONLY_PATTERNS + ([MODEL_CARD_NAME] if training_config else [])
@@ -239,13 +239,13 @@ def push_demo_space(
     Example:
 
     ```py
-    >>> from pipelines.push import push_demo_space
+    >>> from diffkit.pipelines.push import push_demo_space
     >>> push_demo_space("my-org/ddpm-mnist-demo", "my-org/ddpm-mnist")  # doctest: +SKIP
     ```
     """
     check_repo_id(space_id, "space_id")
     files = demo_space_files(model_repo_id, installed_gradio_version())
-    with explain_hub_errors(space_id, "create the Space again with `python -m pipelines.push ... --space_id`"):
+    with explain_hub_errors(space_id, "create the Space again with `python -m diffkit.pipelines.push ... --space_id`"):
         api = HfApi(token=token)
         space_id = api.create_repo(
             space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True
@@ -258,7 +258,7 @@ def push_demo_space(
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.push",
+        prog="diffkit-push",
         description="Push a saved diffkit pipeline folder (with its code and model card) to the Hugging Face Hub.",
     )
     parser.add_argument("folder", help="The --output_dir of a finished training run, or a `save_pretrained` folder.")

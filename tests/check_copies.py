@@ -3,8 +3,8 @@
 Each pipeline file has to load on its own as Hub remote code, so it cannot import another pipeline file: shared
 methods are repeated and marked. A mark sits on the line above the copied `def` or `class` (below its decorators):
 
-    # Copied from pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.prepare_latents
-    # Copied from pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.check_inputs with a->b, c->d
+    # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.prepare_latents
+    # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.check_inputs with a->b
 
 `MODULE` is a dotted path from the repository root, `QUALNAME` a function, class or `Class.method`; the optional
 `with A->B, C->D` replacements are applied to the source before comparing. Run from the repository root:
@@ -103,6 +103,8 @@ def find_copies(relative_file: str, root: str = REPO_ROOT) -> List[Copy]:
 def source_text(reference: str, where: str, root: str = REPO_ROOT) -> str:
     """The dedented text of the definition that `reference` (MODULE.QUALNAME) names."""
     parts = reference.split(".")
+    if parts[0] == "diffkit":  # the installed name of the repository's top-level folders
+        parts = parts[1:]
     for split in range(len(parts) - 1, 0, -1):
         module_file = os.path.join(root, *parts[:split]) + ".py"
         if os.path.isfile(module_file):

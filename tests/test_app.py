@@ -11,9 +11,9 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 from skimage.data import astronaut
 
-from pipelines import TextConditionalImagePipeline, UnconditionalImagePipeline
-from pipelines.app import SAVED_SAMPLER, build_demo
-from pipelines.loaders import load_controlnet_canny, load_sdxl, load_stable_diffusion
+from diffkit import TextConditionalImagePipeline, UnconditionalImagePipeline
+from diffkit.pipelines.app import SAVED_SAMPLER, build_demo
+from diffkit.pipelines.loaders import load_controlnet_canny, load_sdxl, load_stable_diffusion
 
 from .test_pipelines import make_class_pipeline
 from .test_text_pipeline import MAX_TEXT_LENGTH, tiny_text_unet

@@ -1,4 +1,4 @@
-"""`python -m pipelines.app` as a user starts it: its arguments, what it listens on, and a real browser on its page."""
+"""`diffkit-app` as a user starts it: its arguments, what it listens on, and a real browser on its page."""
 
 import json
 import os
@@ -16,8 +16,15 @@ from diffusers import UNet2DConditionModel
 from gradio_client import Client
 from PIL import Image
 
-from pipelines import app
-from pipelines.app import SAVED_SAMPLER, api_name_for, build_parser, load_diffkit_pipeline, parse_args, pipeline_title
+from diffkit.pipelines import app
+from diffkit.pipelines.app import (
+    SAVED_SAMPLER,
+    api_name_for,
+    build_parser,
+    load_diffkit_pipeline,
+    parse_args,
+    pipeline_title,
+)
 
 from .test_pipelines import make_class_pipeline
 from .utils import REPO_ROOT, TINY_CONDITION_UNET_CONFIG, free_port
@@ -35,7 +42,7 @@ def start_app(argv, log_path, env=None, cwd=REPO_ROOT, command=None):
     """Start the app in its own process; return it with its URL once the page answers."""
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}
-    command = command or [sys.executable, "-m", "pipelines.app"]
+    command = command or [sys.executable, "-m", "diffkit.pipelines.app"]
     with open(log_path, "w") as log:
         process = subprocess.Popen([*command, *argv, "--port", str(port)], cwd=cwd, env=env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}/"

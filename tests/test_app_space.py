@@ -1,4 +1,4 @@
-"""`python -m pipelines.push --space_id`: a Gradio Space whose app is `pipelines/app.py` unchanged, run here as the
+"""`diffkit-push --space_id`: a Gradio Space whose app is `pipelines/app.py` unchanged, run here as the
 Space would run it (without diffkit installed), against the test Hub on 127.0.0.1."""
 
 import subprocess
@@ -11,8 +11,8 @@ from diffusers import UNet2DConditionModel
 from gradio_client import Client
 from PIL import Image
 
-from pipelines.app import SAVED_SAMPLER, api_name_for
-from pipelines.push import APP_SOURCE_FILE
+from diffkit.pipelines.app import SAVED_SAMPLER, api_name_for
+from diffkit.pipelines.push import APP_SOURCE_FILE
 
 from .hub_server import HubServer
 from .test_app_command import start_app, stop_app
@@ -38,7 +38,8 @@ def pushed_space(tmp_path_factory):
     with HubServer(required_token=WRITE_TOKEN) as hub:
         env = hub_environment(hub, tmp_path)
         result = subprocess.run(
-            [sys.executable, "-m", "pipelines.push", str(tmp_path / "digits"), MODEL_ID, "--space_id", SPACE_ID],
+            [sys.executable, "-m", "diffkit.pipelines.push", str(tmp_path / "digits"), MODEL_ID,
+             "--space_id", SPACE_ID],
             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         assert_ran(result)

@@ -10,14 +10,14 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from pipelines import ClassConditionalImagePipeline
-from training.checkpointing import (
+from diffkit import ClassConditionalImagePipeline
+from diffkit.training.checkpointing import (
     TRAINING_STATE_NAME,
     list_checkpoints,
     remove_partial_checkpoints,
     resolve_checkpoint,
 )
-from training.train import parse_args
+from diffkit.training.train import parse_args
 
 from .utils import REPO_ROOT, accelerate_launch_command, assert_launch_succeeded, run_accelerate_launch
 
@@ -164,7 +164,7 @@ def test_resuming_with_other_flags_is_refused(tmp_path):
     checkpoint = tmp_path / "checkpoint-5"
     checkpoint.mkdir()
     made_with = parse_args(["--output_dir", str(tmp_path / "elsewhere"), "--learning_rate", "1e-3"])
-    from training.train import run_config
+    from diffkit.training.train import run_config
 
     (checkpoint / TRAINING_STATE_NAME).write_text(json.dumps({"args": run_config(made_with)}))
     with pytest.raises(ValueError, match=r"was made by a different run \(--learning_rate 0.001 -> 0.002\)"):

@@ -15,7 +15,7 @@ class Source:
 COPY = '''
 class Copy:
     @classmethod
-    # Copied from pipelines.source.Source.shared with batch_size->num_images
+    # Copied from diffkit.pipelines.source.Source.shared with batch_size->num_images
     def shared(self, num_images):
         """Doubles."""
         return num_images * 2
@@ -46,7 +46,7 @@ def test_a_drifted_copy_fails_with_the_diff_and_fix_rewrites_it(tmp_path):
     write_tree(tmp_path, COPY.replace("return num_images * 2", "return num_images * 3"))
     problems = check_copies(root=str(tmp_path))
     assert len(problems) == 1
-    assert "pipelines/copy.py:4: the copy of pipelines.source.Source.shared differs from it" in problems[0]
+    assert "pipelines/copy.py:4: the copy of diffkit.pipelines.source.Source.shared differs from it" in problems[0]
     assert "-        return num_images * 2\n+        return num_images * 3" in problems[0]
 
     assert check_copies(fix=True, root=str(tmp_path)) == problems
@@ -58,7 +58,8 @@ def test_a_mark_that_names_nothing_or_stands_nowhere_is_an_error(tmp_path):
     write_tree(tmp_path, COPY.replace("Source.shared", "Source.missing"))
     with pytest.raises(ValueError, match="defines no 'Source.missing'"):
         check_copies(root=str(tmp_path))
-    (tmp_path / "pipelines" / "copy.py").write_text("# Copied from pipelines.source.Source.shared: because\nx = 1\n")
+    bad_mark = "# Copied from diffkit.pipelines.source.Source.shared: because\nx = 1\n"
+    (tmp_path / "pipelines" / "copy.py").write_text(bad_mark)
     with pytest.raises(ValueError, match="a mark must read '# Copied from MODULE.QUALNAME'"):
         check_copies(root=str(tmp_path))
 

@@ -6,7 +6,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler
 from PIL import Image
 
-from pipelines import DenoisingFilm, UnconditionalImagePipeline
+from diffkit import DenoisingFilm, UnconditionalImagePipeline
 
 from .test_pipelines import STEPS, make_class_pipeline
 

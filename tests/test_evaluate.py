@@ -1,4 +1,4 @@
-"""`python -m training.evaluate` end to end on a tiny trained model, and its bad input."""
+"""`python -m diffkit.training.evaluate` end to end on a tiny trained model, and its bad input."""
 
 import json
 import subprocess
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines import ClassConditionalImagePipeline
-from training.evaluate import (
+from diffkit import ClassConditionalImagePipeline
+from diffkit.training.evaluate import (
     generate,
     inception_unavailable_reason,
     parse_args,
@@ -36,8 +36,8 @@ def tiny_run(tmp_path_factory):
 def test_evaluate_command_on_a_tiny_model(tiny_run):
     output_dir = tiny_run
     result = subprocess.run(
-        [sys.executable, "-m", "training.evaluate", str(output_dir), "--num_samples", "20", "--num_inference_steps",
-         "2", "--feature_resolution", "32", "--classifier_epochs", "1"],
+        [sys.executable, "-m", "diffkit.training.evaluate", str(output_dir), "--num_samples", "20",
+         "--num_inference_steps", "2", "--feature_resolution", "32", "--classifier_epochs", "1"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,6 +1,6 @@
 """Pushing to and loading from the Hub, end to end against the test Hub server on 127.0.0.1.
 
-huggingface_hub reads HF_ENDPOINT when it is first imported, so every client (training, `python -m pipelines.push`,
+huggingface_hub reads HF_ENDPOINT when it is first imported, so every client (training, `diffkit-push`,
 loading) runs in a subprocess whose environment points at the server; HF_HOME is a fresh folder each time, so no
 cached file or stored token of this machine takes part.
 """
@@ -16,9 +16,9 @@ import pytest
 from diffusers import DDPMScheduler
 from huggingface_hub import HfApi, ModelCard
 
-from pipelines import ClassConditionalImagePipeline
-from pipelines.push import main as push_main
-from training.train import parse_args
+from diffkit import ClassConditionalImagePipeline
+from diffkit.pipelines.push import main as push_main
+from diffkit.training.train import parse_args
 
 from .hub_server import HubServer
 from .test_train import QUICK_RUN, write_unet_config
@@ -32,11 +32,12 @@ WITHOUT_DIFFKIT = """
 import importlib.abc, sys
 class HideDiffkit(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("pipelines", "training", "model_cards"):
+        # diffkit, and the names of its source folders (importable from the repository root, the tests' directory)
+        if name.split(".")[0] in ("diffkit", "pipelines", "training", "model_cards"):
             raise ModuleNotFoundError(f"No module named {name!r} (hidden by the test)")
 sys.meta_path.insert(0, HideDiffkit())
 try:
-    import pipelines
+    import diffkit
 except ModuleNotFoundError:
     pass
 else:
@@ -171,7 +172,7 @@ def test_both_ways_of_loading_give_the_same_images(hub, pushed_run, tmp_path):
     env = hub_environment(hub, tmp_path, token=None)  # a public repo: reading needs no token
     load_with_diffkit = f"""
         import sys
-        from pipelines import ClassConditionalImagePipeline
+        from diffkit import ClassConditionalImagePipeline
         pipe = ClassConditionalImagePipeline.from_pretrained({REPO_ID!r})
         """
     with_diffkit = run_python(
@@ -213,7 +214,7 @@ def test_loading_honours_revision_cache_dir_and_local_files_only(hub, pushed_run
     env = hub_environment(hub, tmp_path, token=None)
     code = f"""
         import sys
-        from pipelines import ClassConditionalImagePipeline
+        from diffkit import ClassConditionalImagePipeline
         kwargs = dict(cache_dir=sys.argv[1], local_files_only=sys.argv[2] == "offline")
         pipe = ClassConditionalImagePipeline.from_pretrained({REPO_ID!r}, revision=sys.argv[3], **kwargs)
         print("num_classes", pipe.config.num_classes)
@@ -240,7 +241,7 @@ def test_push_command_adds_a_commit_to_an_existing_repo(hub, pushed_run, tmp_pat
     output_dir, _ = pushed_run
     commits_before = len(hub.repos[REPO_ID].commits)
     result = subprocess.run(
-        [sys.executable, "-m", "pipelines.push", str(output_dir), REPO_ID, "--commit_message", "Push again"],
+        [sys.executable, "-m", "diffkit.pipelines.push", str(output_dir), REPO_ID, "--commit_message", "Push again"],
         cwd=REPO_ROOT, env=hub_environment(hub, tmp_path), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert_ran(result)
@@ -257,7 +258,7 @@ def test_pipeline_push_to_hub_from_python_is_self_contained_and_private(hub, tmp
     code = f"""
         import torch
         from diffusers import DDPMScheduler, UNet2DConditionModel
-        from pipelines import ClassConditionalImagePipeline
+        from diffkit import ClassConditionalImagePipeline
         from tests.utils import TINY_CONDITION_UNET_CONFIG
         torch.manual_seed(0)
         pipe = ClassConditionalImagePipeline(UNet2DConditionModel(**TINY_CONDITION_UNET_CONFIG), DDPMScheduler())
@@ -295,7 +296,8 @@ def test_failed_push_after_training_keeps_the_outputs_and_says_how_to_push_again
     finally:
         hub.fail_commits = False
     assert result.returncode == 1
-    assert "500" in result.stderr and f"python -m pipelines.push {output_dir} diffkit-tests/fails" in result.stderr
+    assert "500" in result.stderr
+    assert f"python -m diffkit.pipelines.push {output_dir} diffkit-tests/fails" in result.stderr
     assert f"Training finished and its outputs are saved in {output_dir}" in result.stderr
     assert (output_dir / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert (output_dir / "samples.png").is_file()
@@ -307,7 +309,7 @@ def test_push_command_to_an_unreachable_hub_keeps_the_folder(pushed_run, tmp_pat
     before = sorted(str(p.relative_to(output_dir)) for p in output_dir.rglob("*"))
     env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path), "HF_TOKEN": WRITE_TOKEN}
     result = subprocess.run(
-        [sys.executable, "-m", "pipelines.push", str(output_dir), "someone/model"],
+        [sys.executable, "-m", "diffkit.pipelines.push", str(output_dir), "someone/model"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 1
@@ -395,7 +397,7 @@ def test_text_pipeline_pushed_from_training_loads_both_ways(hub, tiny_clip_folde
 
     env = hub_environment(hub, tmp_path, token=None)
     with_diffkit = run_python(
-        [f"import sys\nfrom pipelines import TextConditionalImagePipeline\n"
+        [f"import sys\nfrom diffkit import TextConditionalImagePipeline\n"
          f"pipe = TextConditionalImagePipeline.from_pretrained({TEXT_REPO_ID!r})", GENERATE_FROM_PROMPTS],
         env, tmp_path / "diffkit.npy",
     )  # fmt: skip

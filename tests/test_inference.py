@@ -13,11 +13,11 @@ from diffusers.models.attention_processor import AttnProcessor2_0, FusedAttnProc
 from PIL import Image
 from skimage.data import astronaut, coffee
 
-from pipelines.canny import canny_edges
-from pipelines.generate import PNG_METADATA_KEY, build_parser, warn_if_truncated
-from pipelines.generate import main as generate_main
-from pipelines.generate import parse_args as parse_generate_args
-from pipelines.loaders import (
+from diffkit.pipelines.canny import canny_edges
+from diffkit.pipelines.generate import PNG_METADATA_KEY, build_parser, warn_if_truncated
+from diffkit.pipelines.generate import main as generate_main
+from diffkit.pipelines.generate import parse_args as parse_generate_args
+from diffkit.pipelines.loaders import (
     SCHEDULERS,
     load_controlnet_canny,
     load_sdxl,

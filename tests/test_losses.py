@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from training.losses import min_snr_loss_weights, offset_noise, perturbed_input_noise
+from diffkit.training.losses import min_snr_loss_weights, offset_noise, perturbed_input_noise
 
 from .test_train import run_in_process, write_unet_config
 from .utils import TINY_CONDITION_UNET_CONFIG
@@ -65,7 +65,7 @@ def test_training_runs_with_every_loss_option(tmp_path):
     ],
 )
 def test_bad_loss_options_are_rejected(tmp_path, flag, value, message):
-    from training.train import parse_args
+    from diffkit.training.train import parse_args
 
     with pytest.raises(ValueError, match=message):
         parse_args(["--output_dir", str(tmp_path), flag, value])

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from training.dataset_loading import mnist_5k_path
-from training.feature_extractors import MOBILENET_V2_FEATURE_DIM, MobileNetV2Features
-from training.metrics import (
+from diffkit.training.dataset_loading import mnist_5k_path
+from diffkit.training.feature_extractors import MOBILENET_V2_FEATURE_DIM, MobileNetV2Features
+from diffkit.training.metrics import (
     FeatureStatistics,
     feature_statistics,
     frechet_distance,

@@ -6,8 +6,8 @@ import sys
 import pytest
 import torch
 
-from pipelines import ClassConditionalImagePipeline
-from training.evaluate import generate, prepare_real_reference, real_images, score
+from diffkit import ClassConditionalImagePipeline
+from diffkit.training.evaluate import generate, prepare_real_reference, real_images, score
 
 from .utils import REPO_ROOT
 

@@ -12,7 +12,7 @@ import time
 import pytest
 from accelerate import Accelerator
 
-from training.output_lock import (
+from diffkit.training.output_lock import (
     LOCK_NAME,
     OutputDirInUseError,
     acquire_output_dir,
@@ -37,7 +37,7 @@ def start_holder(output_dir):
     code = textwrap.dedent(
         f"""
         import sys, time
-        from training.output_lock import acquire_output_dir
+        from diffkit.training.output_lock import acquire_output_dir
         acquire_output_dir({str(output_dir)!r})
         print("held", flush=True)
         time.sleep(600)

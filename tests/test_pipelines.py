@@ -12,8 +12,8 @@ from diffusers import (
     EulerAncestralDiscreteScheduler,
 )
 
-from pipelines import ClassConditionalImagePipeline, UnconditionalImagePipeline
-from pipelines.pipeline_class_conditional_image import one_hot_label_states
+from diffkit import ClassConditionalImagePipeline, UnconditionalImagePipeline
+from diffkit.pipelines.pipeline_class_conditional_image import one_hot_label_states
 
 from .utils import NUM_TEST_CLASSES, assert_local_remote_code_needs_opt_in
 

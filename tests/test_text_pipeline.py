@@ -9,8 +9,8 @@ import torch
 from diffusers import DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler, UNet2DConditionModel
 from transformers import BertConfig, BertModel, BertTokenizer
 
-from pipelines import DenoisingFilm, TextConditionalImagePipeline
-from pipelines.pipeline_text_conditional_image import encode_text
+from diffkit import DenoisingFilm, TextConditionalImagePipeline
+from diffkit.pipelines.pipeline_text_conditional_image import encode_text
 
 from .test_pipelines import count_unet_calls
 from .tiny_stable_diffusion import TEXT_HIDDEN, save_clip_tokenizer, tiny_text_encoder

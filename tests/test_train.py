@@ -6,9 +6,9 @@ import torch
 from huggingface_hub import ModelCard
 from PIL import Image
 
-from pipelines import ClassConditionalImagePipeline, UnconditionalImagePipeline
-from training.dataset_loading import MNIST_LABEL_NAMES, load_mnist_5k
-from training.train import TRAINING_CONFIG_NAME, build_parser, main, parse_args, run_config
+from diffkit import ClassConditionalImagePipeline, UnconditionalImagePipeline
+from diffkit.training.dataset_loading import MNIST_LABEL_NAMES, load_mnist_5k
+from diffkit.training.train import TRAINING_CONFIG_NAME, build_parser, main, parse_args, run_config
 
 from .utils import TINY_CONDITION_UNET_CONFIG, TINY_UNET2D_CONFIG, assert_launch_succeeded, run_accelerate_launch
 
@@ -240,7 +240,7 @@ def test_every_flag_has_help():
 
 
 def test_outputs_replace_an_earlier_run_whole(tmp_path):
-    from training.train import replace_outputs
+    from diffkit.training.train import replace_outputs
 
     output_dir, staging_dir = tmp_path / "out", tmp_path / "staging"
     (output_dir / "unet").mkdir(parents=True)

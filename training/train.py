@@ -39,12 +39,12 @@ from diffusers.training_utils import EMAModel
 from diffusers.utils import make_image_grid
 from tqdm.auto import tqdm
 
-from model_cards.card import render_model_card
-from pipelines import ClassConditionalImagePipeline, TextConditionalImagePipeline, UnconditionalImagePipeline
-from pipelines.pipeline_class_conditional_image import one_hot_label_states
-from pipelines.pipeline_text_conditional_image import DEFAULT_MAX_TEXT_LENGTH, encode_text
-from pipelines.push import HubPushError, check_repo_id, create_hub_repo, push_checkpoint, push_pipeline_folder
-from training.checkpointing import (
+from diffkit import ClassConditionalImagePipeline, TextConditionalImagePipeline, UnconditionalImagePipeline
+from diffkit.model_cards.card import render_model_card
+from diffkit.pipelines.pipeline_class_conditional_image import one_hot_label_states
+from diffkit.pipelines.pipeline_text_conditional_image import DEFAULT_MAX_TEXT_LENGTH, encode_text
+from diffkit.pipelines.push import HubPushError, check_repo_id, create_hub_repo, push_checkpoint, push_pipeline_folder
+from diffkit.training.checkpointing import (
     is_partial_checkpoint,
     list_checkpoints,
     load_checkpoint_extras,
@@ -53,14 +53,14 @@ from training.checkpointing import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from training.dataset_loading import (
+from diffkit.training.dataset_loading import (
     EMBEDDED_DATASETS,
     INDEX_COLUMN,
     TrainTransform,
     decode_once,
     load_training_data,
 )
-from training.evaluate import (
+from diffkit.training.evaluate import (
     METRICS_NAME,
     check_metrics,
     generate,
@@ -70,16 +70,21 @@ from training.evaluate import (
     score,
     write_metrics,
 )
-from training.feature_extractors import MobileNetV2Features
-from training.losses import min_snr_loss_weights, offset_noise, perturbed_input_noise
-from training.metrics import PRECISION_RECALL_K
-from training.output_lock import (
+from diffkit.training.feature_extractors import MobileNetV2Features
+from diffkit.training.losses import min_snr_loss_weights, offset_noise, perturbed_input_noise
+from diffkit.training.metrics import PRECISION_RECALL_K
+from diffkit.training.output_lock import (
     LOCK_NAME,
     check_output_dir_free,
     hold_output_dir_for_run,
     release_output_dir,
 )
-from training.text_conditioning import DEFAULT_TEXT_ENCODER, CaptionEmbeddings, drop_captions, load_text_encoder
+from diffkit.training.text_conditioning import (
+    DEFAULT_TEXT_ENCODER,
+    CaptionEmbeddings,
+    drop_captions,
+    load_text_encoder,
+)
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -142,6 +147,7 @@ DEFAULT_UNCONDITIONAL_UNET_CONFIG = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        prog="diffkit-train",
         description=(
             "Train a DDPM with accelerate: a UNet2DModel (--conditioning none), or a UNet2DConditionModel that reads "
             "class labels (class, the default) or a frozen text encoder's captions (text). Without data flags it "
@@ -409,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     evaluation = parser.add_argument_group(
-        "evaluation during training (offline metrics; see `python -m training.evaluate --help`)"
+        "evaluation during training (offline metrics; see `python -m diffkit.training.evaluate --help`)"
     )
     evaluation.add_argument(
         "--eval_steps",
@@ -488,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="At the end of the run, push the pipeline, its code, samples.png and the model card to the Hub. The "
         "repo is created (or checked) before training starts; if the final push fails, everything stays in "
-        "--output_dir and `python -m pipelines.push` pushes it later.",
+        "--output_dir and `python -m diffkit.pipelines.push` pushes it later.",
     )
     hub.add_argument(
         "--hub_model_id",
@@ -1341,8 +1347,14 @@ def release_process_group():
             torch.distributed.destroy_process_group()
 
 
-if __name__ == "__main__":
+def cli():
+    """The `diffkit-train` command, i.e. `python -m diffkit.training.train` (`accelerate launch -m
+    diffkit.training.train` or `accelerate launch training/train.py` for several processes)."""
     try:
         main(parse_args())
     finally:
         release_process_group()
+
+
+if __name__ == "__main__":
+    cli()
