@@ -181,7 +181,8 @@ def test_both_ways_of_loading_give_the_same_images(hub, pushed_run, tmp_path):
         tmp_path / "diffkit.npy",
     )
     assert_ran(with_diffkit)
-    assert "loaded as pipelines.pipeline_class_conditional_image ClassConditionalImagePipeline" in with_diffkit.stdout
+    installed_class = "diffkit.pipelines.pipeline_class_conditional_image ClassConditionalImagePipeline"
+    assert f"loaded as {installed_class}" in with_diffkit.stdout
 
     load_with_remote_code = f"""
         import sys
