@@ -11,6 +11,7 @@ import importlib.metadata
 
 from .pipelines import (
     ClassConditionalImagePipeline,
+    ClassConditionalInpaintPipeline,
     DenoisingFilm,
     TextConditionalImagePipeline,
     UnconditionalImagePipeline,
@@ -34,6 +35,7 @@ _LAZY_ATTRIBUTES = {
 
 __all__ = [
     "ClassConditionalImagePipeline",
+    "ClassConditionalInpaintPipeline",
     "DenoisingFilm",
     "TextConditionalImagePipeline",
     "UnconditionalImagePipeline",

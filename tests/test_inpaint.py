@@ -1,0 +1,186 @@
+"""ClassConditionalInpaintPipeline: class-guided inpainting on a trained class pipeline's UNet and scheduler."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
+from PIL import Image
+
+from diffkit import ClassConditionalInpaintPipeline
+
+from .test_pipelines import count_unet_calls, make_class_pipeline
+from .utils import assert_local_remote_code_needs_opt_in
+
+STEPS = 4
+SIZE = 8
+# The schedulers a user swaps in (DPM-Solver++ and UniPC with the thresholding pixel-space sampling needs).
+SCHEDULERS = {
+    "ddpm": lambda config: DDPMScheduler.from_config(config, clip_sample=True),
+    "ddim": lambda config: DDIMScheduler.from_config(config),
+    "dpm++": lambda config: DPMSolverMultistepScheduler.from_config(config, thresholding=True, sample_max_value=1.0),
+    "unipc": lambda config: UniPCMultistepScheduler.from_config(config, thresholding=True, sample_max_value=1.0),
+    "euler": lambda config: EulerDiscreteScheduler.from_config(config),
+}
+
+
+@pytest.fixture
+def base(tiny_condition_unet):
+    return make_class_pipeline(tiny_condition_unet, DDPMScheduler(num_train_timesteps=100, clip_sample=True))
+
+
+@pytest.fixture
+def inpaint(base):
+    pipe = ClassConditionalInpaintPipeline.from_pipe(base)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def digit_and_bottom_half_mask():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8)
+    mask = np.zeros((SIZE, SIZE), dtype=np.uint8)
+    mask[SIZE // 2 :] = 255
+    return image, mask
+
+
+def run(pipe, seed=0, **kwargs):
+    kwargs = {"class_labels": ["dog", 2], "num_inference_steps": STEPS, "output_type": "np", **kwargs}
+    return pipe(generator=torch.Generator().manual_seed(seed), **kwargs).images
+
+
+def test_from_pipe_shares_the_very_same_modules_and_settings(base, inpaint):
+    assert inpaint.unet is base.unet and inpaint.scheduler is base.scheduler
+    for key in ("num_classes", "null_class_id", "id2label", "guidance_scale"):
+        assert inpaint.config[key] == base.config[key]
+
+
+@pytest.mark.parametrize("scheduler", sorted(SCHEDULERS))
+def test_known_pixels_come_back_exactly_with_every_scheduler(inpaint, scheduler):
+    inpaint.scheduler = SCHEDULERS[scheduler](inpaint.scheduler.config)
+    image, mask = digit_and_bottom_half_mask()
+    completed = run(inpaint, image=image, mask_image=mask)
+    assert completed.shape == (2, SIZE, SIZE, 1) and np.isfinite(completed).all()
+    as_uint8 = (completed[..., 0] * 255).round().astype(np.uint8)
+    keep = mask == 0
+    for output in as_uint8:
+        np.testing.assert_array_equal(output[keep], image[keep])
+    # the filled half is generated, not copied
+    assert not np.array_equal(as_uint8[0][~keep], image[~keep])
+
+
+def test_a_mask_of_zeros_returns_the_input_and_warns(inpaint, caplog):
+    image, _ = digit_and_bottom_half_mask()
+    with caplog.at_level(logging.WARNING):
+        completed = run(inpaint, image=image, mask_image=np.zeros_like(image))
+    assert "nothing is filled" in caplog.text
+    np.testing.assert_array_equal((completed[..., 0] * 255).round().astype(np.uint8), np.stack([image, image]))
+
+
+def test_a_mask_of_ones_is_the_base_pipelines_generation(base, inpaint, caplog):
+    image, _ = digit_and_bottom_half_mask()
+    with caplog.at_level(logging.WARNING):
+        completed = run(inpaint, image=image, mask_image=np.full_like(image, 255))
+    assert "plain class-conditional generation" in caplog.text
+    # the same noise, the same steps: nothing of the image is kept, and no random number is drawn on top
+    np.testing.assert_array_equal(completed, run(base))
+
+
+def test_guidance_identities(inpaint):
+    image, mask = digit_and_bottom_half_mask()
+    calls = count_unet_calls(inpaint.unet)
+    # scale 0: the unconditional branch alone, whatever the label
+    by_label = [
+        run(inpaint, image=image, mask_image=mask, class_labels=[label], guidance_scale=0.0) for label in (0, 2)
+    ]
+    np.testing.assert_array_equal(*by_label)
+    assert calls == [1] * (2 * STEPS)
+    calls.clear()
+    # scale 1: the conditional branch alone; above 1: both branches in one batched pass
+    run(inpaint, image=image, mask_image=mask, guidance_scale=1.0)
+    assert calls == [2] * STEPS
+    calls.clear()
+    run(inpaint, image=image, mask_image=mask, guidance_scale=3.0)
+    assert calls == [4] * STEPS
+
+
+def test_images_as_pil_numpy_and_torch_give_the_same_completion(inpaint):
+    image, mask = digit_and_bottom_half_mask()
+    expected = run(inpaint, image=image, mask_image=mask)
+    np.testing.assert_array_equal(
+        run(inpaint, image=Image.fromarray(image), mask_image=Image.fromarray(mask)), expected
+    )
+    as_tensor = torch.from_numpy(image / 255.0).float()[None]
+    np.testing.assert_array_equal(
+        run(inpaint, image=as_tensor, mask_image=torch.from_numpy(mask / 255.0)[None]), expected
+    )
+    # a soft mask is binarised at 0.5
+    soft = np.where(mask > 0, 0.6, 0.4)
+    np.testing.assert_array_equal(run(inpaint, image=image, mask_image=soft), expected)
+
+
+def test_one_image_per_label(inpaint):
+    image, mask = digit_and_bottom_half_mask()
+    other = 255 - image
+    completed = run(inpaint, image=[image, other], mask_image=mask)
+    keep = mask == 0
+    np.testing.assert_array_equal((completed[1, ..., 0] * 255).round().astype(np.uint8)[keep], other[keep])
+
+
+def test_an_rgb_photo_for_a_grey_model_becomes_grey_with_a_note(inpaint, caplog):
+    image, mask = digit_and_bottom_half_mask()
+    rgb = np.stack([image] * 3, axis=-1)
+    with caplog.at_level(logging.INFO):
+        completed = run(inpaint, image=rgb, mask_image=mask)
+    assert "the model takes 1 channel, so it becomes grey" in caplog.text
+    np.testing.assert_array_equal(completed, run(inpaint, image=image, mask_image=mask))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"mask_image": np.zeros((4, 4), np.uint8)}, "`mask_image` is 4x4 but `image` is 8x8"),
+        (
+            {"image": np.zeros((8, 8, 4), np.uint8)},
+            r"`image` has shape \(8, 8, 4\): pass \(H, W\) grey or \(H, W, 3\)",
+        ),
+        ({"image": np.zeros((8, 8, 2), np.uint8)}, r"a 2-channel array cannot be read"),
+        ({"image": np.full((8, 8), 2.0)}, r"float images must be in \[0, 1\]"),
+        ({"image": None}, "`image` is required"),
+        ({"image": "digit.png"}, "`image` is a str; pass a PIL image"),
+        ({"mask_image": [np.zeros((8, 8), np.uint8)] * 3}, "`mask_image` is a list of 3, but `class_labels` has 2"),
+        ({"class_labels": ["unicorn"]}, "unknown label name 'unicorn'"),
+        ({"num_inference_steps": 0}, "`num_inference_steps` must be a positive integer"),
+    ],
+)
+def test_bad_input_is_rejected_before_any_denoising(inpaint, change, message):
+    image, mask = digit_and_bottom_half_mask()
+    calls = count_unet_calls(inpaint.unet)
+    with pytest.raises(ValueError, match=message):
+        run(inpaint, **{"image": image, "mask_image": mask, **change})
+    assert calls == []
+
+
+def test_saved_inpainting_pipeline_loads_with_and_without_diffkit(inpaint, tmp_path):
+    image, mask = digit_and_bottom_half_mask()
+    expected = run(inpaint, image=image, mask_image=mask)
+    inpaint.save_pretrained(tmp_path)
+    assert (tmp_path / "pipeline_class_conditional_inpaint.py").is_file()
+    loaded = ClassConditionalInpaintPipeline.from_pretrained(tmp_path)
+    assert type(loaded) is ClassConditionalInpaintPipeline
+    loaded.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(run(loaded, image=image, mask_image=mask), expected)
+    assert_local_remote_code_needs_opt_in(tmp_path, ClassConditionalInpaintPipeline)
+    remote = DiffusionPipeline.from_pretrained(tmp_path, trust_remote_code=True)
+    assert type(remote).__name__ == "ClassConditionalInpaintPipeline"
+    assert type(remote) is not ClassConditionalInpaintPipeline
+    remote.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(run(remote, image=image, mask_image=mask), expected)
