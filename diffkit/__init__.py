@@ -11,6 +11,7 @@ import importlib.metadata
 
 from .pipelines import (
     ClassConditionalImagePipeline,
+    ClassConditionalImg2ImgPipeline,
     ClassConditionalInpaintPipeline,
     DenoisingFilm,
     TextConditionalImagePipeline,
@@ -35,6 +36,7 @@ _LAZY_ATTRIBUTES = {
 
 __all__ = [
     "ClassConditionalImagePipeline",
+    "ClassConditionalImg2ImgPipeline",
     "ClassConditionalInpaintPipeline",
     "DenoisingFilm",
     "TextConditionalImagePipeline",

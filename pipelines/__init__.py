@@ -7,12 +7,14 @@ Diffusion, SDXL and ControlNet-canny), `push.py` (the Hub) and `app.py` (the web
 
 from .denoising_film import DenoisingFilm
 from .pipeline_class_conditional_image import ClassConditionalImagePipeline
+from .pipeline_class_conditional_img2img import ClassConditionalImg2ImgPipeline
 from .pipeline_class_conditional_inpaint import ClassConditionalInpaintPipeline
 from .pipeline_text_conditional_image import TextConditionalImagePipeline
 from .pipeline_unconditional_image import UnconditionalImagePipeline
 
 __all__ = [
     "ClassConditionalImagePipeline",
+    "ClassConditionalImg2ImgPipeline",
     "ClassConditionalInpaintPipeline",
     "DenoisingFilm",
     "TextConditionalImagePipeline",
