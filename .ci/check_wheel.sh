@@ -27,7 +27,7 @@ grep -q '^  diffkit/model_cards/diffkit_pipeline.md$' show.txt
 grep -q '^  diffkit/training/accelerate_configs/multi_cpu.yaml$' show.txt
 
 # the commands, as installed (the web demo needs the `app` extra, and says so)
-for command in diffkit-train diffkit-evaluate diffkit-generate diffkit-push; do
+for command in diffkit-train diffkit-evaluate diffkit-generate diffkit-edit diffkit-push; do
   "$work/venv/bin/$command" --help >/dev/null
 done
 if "$work/venv/bin/diffkit-app" --help >app.txt 2>&1; then echo "diffkit-app ran without gradio"; exit 1; fi

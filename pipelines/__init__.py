@@ -2,7 +2,8 @@
 
 The `pipeline_*.py` files hold one self-contained `DiffusionPipeline` each (they are uploaded beside the weights as
 remote code). Beside them: `denoising_film.py` (a step callback), `loaders.py`, `canny.py` and `generate.py` (Stable
-Diffusion, SDXL and ControlNet-canny), `push.py` (the Hub) and `app.py` (the web demo).
+Diffusion, SDXL and ControlNet-canny), `edit.py` (inpaint, img2img and denoise from the shell), `push.py` (the Hub)
+and `app.py` (the web demo).
 """
 
 from .denoising_film import DenoisingFilm

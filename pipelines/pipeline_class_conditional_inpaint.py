@@ -64,6 +64,7 @@ class ClassConditionalInpaintPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "unet"
     _callback_tensor_inputs = ["latents", "model_output", "pred_original_sample"]
 
+    # Copied from diffkit.pipelines.pipeline_class_conditional_image.ClassConditionalImagePipeline.__init__
     def __init__(
         self,
         unet: UNet2DConditionModel,

@@ -26,6 +26,7 @@ COMMANDS = {
     "diffkit-train": "diffkit.training.train",
     "diffkit-evaluate": "diffkit.training.evaluate",
     "diffkit-generate": "diffkit.pipelines.generate",
+    "diffkit-edit": "diffkit.pipelines.edit",
     "diffkit-push": "diffkit.pipelines.push",
     "diffkit-app": "diffkit.pipelines.app",
 }

@@ -1,0 +1,92 @@
+"""`diffkit-edit inpaint|img2img|denoise`: the command end to end on a tiny saved class pipeline, and its errors."""
+
+import json
+
+import numpy as np
+import pytest
+from diffusers import DDPMScheduler
+from PIL import Image
+
+from diffkit import UnconditionalImagePipeline
+from diffkit.pipelines.edit import PNG_METADATA_KEY, build_parser, main
+
+from .test_inpaint import SIZE, digit_and_bottom_half_mask
+from .test_pipelines import make_class_pipeline
+
+
+@pytest.fixture
+def files(tmp_path, tiny_condition_unet):
+    pipe = make_class_pipeline(tiny_condition_unet, DDPMScheduler(num_train_timesteps=100, clip_sample=True))
+    pipe.save_pretrained(tmp_path / "model")
+    image, mask = digit_and_bottom_half_mask()
+    Image.fromarray(image).save(tmp_path / "digit.png")
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    return tmp_path
+
+
+def edit(files, *argv):
+    return main([*argv[:1], "--pipeline", str(files / "model"), "--image", str(files / "digit.png"),
+                 "--steps", "2", "--out", str(files / "edits"), *argv[1:]])  # fmt: skip
+
+
+def test_inpaint_end_to_end_keeps_the_known_pixels_and_records_the_parameters(files, capsys):
+    edit(files, "inpaint", "--mask", str(files / "mask.png"), "--class", "dog", "2", "--num_images", "2")
+    written = sorted(p.name for p in (files / "edits").iterdir())
+    assert written == [f"inpaint-{label}-seed0-{i}.png" for label in ("2", "dog") for i in (0, 1)]
+    assert capsys.readouterr().out.count(".png") == 4
+    image, mask = digit_and_bottom_half_mask()
+    with Image.open(files / "edits" / "inpaint-dog-seed0-1.png") as png:
+        parameters = json.loads(png.text[PNG_METADATA_KEY])
+        pixels = np.asarray(png)
+    assert pixels.shape == (SIZE, SIZE)
+    np.testing.assert_array_equal(pixels[mask == 0], image[mask == 0])
+    assert parameters["task"] == "inpaint" and parameters["class_label"] == "dog" and parameters["image_index"] == 1
+    assert parameters["steps"] == 2 and parameters["seed"] == 0
+
+
+def test_img2img_and_denoise_end_to_end(files):
+    edit(files, "img2img", "--class", "bird", "--strength", "1.0")
+    edit(files, "denoise", "--class", "0", "--noise_level", "0.4")
+    assert sorted(p.name for p in (files / "edits").iterdir()) == ["denoise-0-seed0-0.png", "img2img-bird-seed0-0.png"]
+    # the same seed gives the same image again
+    first = np.asarray(Image.open(files / "edits" / "img2img-bird-seed0-0.png"))
+    edit(files, "img2img", "--class", "bird", "--strength", "1.0")
+    np.testing.assert_array_equal(np.asarray(Image.open(files / "edits" / "img2img-bird-seed0-0.png")), first)
+
+
+def test_help_explains_every_option():
+    parser = build_parser()
+    for action in parser._actions:
+        assert action.help, f"{action.option_strings or action.dest} has no help"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["inpaint", "--class", "dog"], "`--mask` is required for inpaint"),
+        (["img2img", "--class", "dog", "--mask", "MASK"], "`--mask` only applies to inpaint, not to img2img"),
+        (["inpaint", "--class", "dog", "--mask", "missing.png"], "`--mask` 'missing.png' is not a file"),
+        (["inpaint", "--class", "dog", "--mask", "BROKEN"], "cannot be read as an image"),
+        (["img2img", "--class", "dog", "--strength", "1.5"], r"`--strength` must be in \[0, 1\], but is 1.5"),
+        (["denoise", "--class", "dog", "--strength", "0.5"], "`--strength` only applies to img2img"),
+        (["denoise", "--class", "dog"], "`--noise_level` must be given for denoise"),
+        (["denoise", "--class", "dog", "--noise_level", "-1"], "as a number >= 0"),
+        (["img2img", "--class", "dog", "--noise_level", "0.2"], "`--noise_level` only applies to denoise"),
+        (["img2img", "--class", "dog", "--steps", "0"], "`--steps` must be a positive integer, but is 0"),
+        (["img2img", "--class", "unicorn"], "unknown label name 'unicorn'"),
+    ],
+)
+def test_bad_input_is_a_clear_error(files, argv, message):
+    argv = [
+        str(files / "mask.png") if a == "MASK" else str(files / "broken.png") if a == "BROKEN" else a for a in argv
+    ]
+    with pytest.raises(ValueError, match=message):
+        edit(files, *argv)
+    assert not (files / "edits").exists()
+
+
+def test_a_pipeline_that_is_not_class_conditional_is_refused(files, tiny_unet2d):
+    UnconditionalImagePipeline(unet=tiny_unet2d, scheduler=DDPMScheduler()).save_pretrained(files / "model")
+    with pytest.raises(ValueError, match="holds a UnconditionalImagePipeline; diffkit-edit works on class-cond"):
+        edit(files, "img2img", "--class", "dog")
