@@ -16,6 +16,7 @@ from .pipelines import (
     DenoisingFilm,
     TextConditionalImagePipeline,
     UnconditionalImagePipeline,
+    UnconditionalInpaintPipeline,
 )
 
 __version__ = importlib.metadata.version("diffkit")
@@ -41,6 +42,7 @@ __all__ = [
     "DenoisingFilm",
     "TextConditionalImagePipeline",
     "UnconditionalImagePipeline",
+    "UnconditionalInpaintPipeline",
     *_LAZY_ATTRIBUTES,
 ]
 

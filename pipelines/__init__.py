@@ -12,6 +12,7 @@ from .pipeline_class_conditional_img2img import ClassConditionalImg2ImgPipeline
 from .pipeline_class_conditional_inpaint import ClassConditionalInpaintPipeline
 from .pipeline_text_conditional_image import TextConditionalImagePipeline
 from .pipeline_unconditional_image import UnconditionalImagePipeline
+from .pipeline_unconditional_inpaint import UnconditionalInpaintPipeline
 
 __all__ = [
     "ClassConditionalImagePipeline",
@@ -20,4 +21,5 @@ __all__ = [
     "DenoisingFilm",
     "TextConditionalImagePipeline",
     "UnconditionalImagePipeline",
+    "UnconditionalInpaintPipeline",
 ]

@@ -15,7 +15,7 @@ from diffusers import (
 )
 from PIL import Image
 
-from diffkit import ClassConditionalInpaintPipeline
+from diffkit import ClassConditionalInpaintPipeline, UnconditionalImagePipeline, UnconditionalInpaintPipeline
 
 from .test_pipelines import count_unet_calls, make_class_pipeline
 from .utils import assert_local_remote_code_needs_opt_in
@@ -184,3 +184,76 @@ def test_saved_inpainting_pipeline_loads_with_and_without_diffkit(inpaint, tmp_p
     assert type(remote) is not ClassConditionalInpaintPipeline
     remote.set_progress_bar_config(disable=True)
     np.testing.assert_array_equal(run(remote, image=image, mask_image=mask), expected)
+
+
+@pytest.fixture
+def unconditional(tiny_unet2d):
+    base = UnconditionalImagePipeline(
+        unet=tiny_unet2d, scheduler=DDPMScheduler(num_train_timesteps=100, clip_sample=True)
+    )
+    base.set_progress_bar_config(disable=True)
+    inpaint = UnconditionalInpaintPipeline.from_pipe(base)
+    inpaint.set_progress_bar_config(disable=True)
+    return base, inpaint
+
+
+@pytest.mark.parametrize("scheduler", sorted(SCHEDULERS))
+def test_unconditional_inpainting_keeps_the_known_pixels(unconditional, scheduler):
+    base, inpaint = unconditional
+    assert inpaint.unet is base.unet and inpaint.scheduler is base.scheduler
+    inpaint.scheduler = SCHEDULERS[scheduler](inpaint.scheduler.config)
+    image, mask = digit_and_bottom_half_mask()
+    other = 255 - image
+    completed = inpaint(
+        image=[image, other], mask_image=mask, num_images_per_image=2, num_inference_steps=STEPS, output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).images  # fmt: skip
+    assert completed.shape == (4, SIZE, SIZE, 1)
+    as_uint8 = (completed[..., 0] * 255).round().astype(np.uint8)
+    keep = mask == 0
+    for output, source in zip(as_uint8, [image, image, other, other]):
+        np.testing.assert_array_equal(output[keep], source[keep])
+
+
+def test_unconditional_mask_of_ones_is_generation_and_zeros_the_input(unconditional):
+    base, inpaint = unconditional
+    image, _ = digit_and_bottom_half_mask()
+    kwargs = dict(num_inference_steps=STEPS, output_type="np")
+    full = inpaint(
+        image=image, mask_image=np.full_like(image, 255), generator=torch.Generator().manual_seed(0), **kwargs
+    )
+    generated = base(batch_size=1, generator=torch.Generator().manual_seed(0), **kwargs)
+    np.testing.assert_array_equal(full.images, generated.images)
+    empty = inpaint(image=image, mask_image=np.zeros_like(image), **kwargs).images
+    np.testing.assert_array_equal((empty[0, ..., 0] * 255).round().astype(np.uint8), image)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"mask_image": [np.zeros((8, 8), np.uint8)] * 3}, "`mask_image` is a list of 3, but `image` holds 2"),
+        ({"num_images_per_image": 0}, "`num_images_per_image` must be a positive integer"),
+        ({"image": None}, "`image` is required"),
+        ({"output_type": "jpg"}, "`output_type` must be one of"),
+    ],
+)
+def test_unconditional_bad_input(unconditional, change, message):
+    _, inpaint = unconditional
+    image, mask = digit_and_bottom_half_mask()
+    with pytest.raises(ValueError, match=message):
+        inpaint(**{"image": [image, image], "mask_image": mask, **change})
+
+
+def test_saved_unconditional_inpainting_pipeline_loads_as_remote_code(unconditional, tmp_path):
+    _, inpaint = unconditional
+    image, mask = digit_and_bottom_half_mask()
+    kwargs = dict(image=image, mask_image=mask, num_inference_steps=STEPS, output_type="np")
+    expected = inpaint(generator=torch.Generator().manual_seed(0), **kwargs).images
+    inpaint.save_pretrained(tmp_path)
+    remote = DiffusionPipeline.from_pretrained(tmp_path, trust_remote_code=True)
+    assert type(remote).__name__ == "UnconditionalInpaintPipeline" and type(remote) is not UnconditionalInpaintPipeline
+    remote.set_progress_bar_config(disable=True)
+    # the weights come back from safetensors identical; the sampled images agree to float32 rounding
+    np.testing.assert_allclose(
+        remote(generator=torch.Generator().manual_seed(0), **kwargs).images, expected, atol=1e-6
+    )
