@@ -16,6 +16,7 @@ from .pipelines import (
     DenoisingFilm,
     TextConditionalImagePipeline,
     UnconditionalImagePipeline,
+    UnconditionalImg2ImgPipeline,
     UnconditionalInpaintPipeline,
 )
 
@@ -42,6 +43,7 @@ __all__ = [
     "DenoisingFilm",
     "TextConditionalImagePipeline",
     "UnconditionalImagePipeline",
+    "UnconditionalImg2ImgPipeline",
     "UnconditionalInpaintPipeline",
     *_LAZY_ATTRIBUTES,
 ]

@@ -12,6 +12,7 @@ from .pipeline_class_conditional_img2img import ClassConditionalImg2ImgPipeline
 from .pipeline_class_conditional_inpaint import ClassConditionalInpaintPipeline
 from .pipeline_text_conditional_image import TextConditionalImagePipeline
 from .pipeline_unconditional_image import UnconditionalImagePipeline
+from .pipeline_unconditional_img2img import UnconditionalImg2ImgPipeline
 from .pipeline_unconditional_inpaint import UnconditionalInpaintPipeline
 
 __all__ = [
@@ -21,5 +22,6 @@ __all__ = [
     "DenoisingFilm",
     "TextConditionalImagePipeline",
     "UnconditionalImagePipeline",
+    "UnconditionalImg2ImgPipeline",
     "UnconditionalInpaintPipeline",
 ]

@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
+import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, EulerDiscreteScheduler
 
-from diffkit import ClassConditionalImg2ImgPipeline
+from diffkit import ClassConditionalImg2ImgPipeline, UnconditionalImagePipeline, UnconditionalImg2ImgPipeline
 
 from .test_inpaint import SCHEDULERS, SIZE, digit_and_bottom_half_mask, run
 from .test_pipelines import count_unet_calls, make_class_pipeline
@@ -117,3 +118,66 @@ def test_saved_img2img_pipeline_loads_with_and_without_diffkit(img2img, tmp_path
     )
     remote.set_progress_bar_config(disable=True)
     np.testing.assert_array_equal(run(remote, image=digit(), strength=0.5), expected)
+
+
+@pytest.fixture
+def unconditional(tiny_unet2d):
+    base = UnconditionalImagePipeline(
+        unet=tiny_unet2d, scheduler=DDPMScheduler(num_train_timesteps=100, clip_sample=True)
+    )
+    pipe = UnconditionalImg2ImgPipeline.from_pipe(base)
+    pipe.set_progress_bar_config(disable=True)
+    return base, pipe
+
+
+def run_unconditional(pipe, seed=0, **kwargs):
+    kwargs = {"image": [digit(), 255 - digit()], "num_inference_steps": STEPS, "output_type": "np", **kwargs}
+    return pipe(generator=torch.Generator().manual_seed(seed), **kwargs).images
+
+
+@pytest.mark.parametrize("scheduler", sorted(SCHEDULERS))
+def test_unconditional_img2img_strength_and_every_scheduler(unconditional, scheduler):
+    base, pipe = unconditional
+    assert pipe.unet is base.unet and pipe.scheduler is base.scheduler
+    pipe.scheduler = SCHEDULERS[scheduler](pipe.scheduler.config)
+    calls = count_unet_calls(pipe.unet)
+    images = run_unconditional(pipe, strength=0.5, num_images_per_image=2)
+    assert images.shape == (4, SIZE, SIZE, 1) and np.isfinite(images).all()
+    assert len(calls) == 2 * pipe.scheduler.order and set(calls) == {4}
+
+
+def test_unconditional_strength_0_noise_level_0_and_denoising(unconditional):
+    _, pipe = unconditional
+    for kwargs in ({"strength": 0.0}, {"noise_level": 0.0}):
+        images = run_unconditional(pipe, **kwargs)
+        np.testing.assert_array_equal((images[0, ..., 0] * 255).round().astype(np.uint8), digit())
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    np.testing.assert_array_equal(
+        run_unconditional(pipe, noise_level=0.4), run_unconditional(pipe, noise_level=0.4, seed=3)
+    )
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"strength": 2.0}, r"`strength` must be a number in \[0, 1\]"),
+        ({"strength": 0.2, "noise_level": 0.1}, "were both given"),
+        ({"noise_level": 1e6}, "beyond the schedule's maximum"),
+        ({"num_images_per_image": 0}, "`num_images_per_image` must be a positive integer"),
+        ({"generator": [torch.Generator()] * 3}, "`generator` is a list of 3 generators, but 2 images"),
+    ],
+)
+def test_unconditional_img2img_bad_input(unconditional, change, message):
+    _, pipe = unconditional
+    with pytest.raises(ValueError, match=message):
+        pipe(**{"image": [digit(), digit()], "num_inference_steps": STEPS, **change})
+
+
+def test_saved_unconditional_img2img_loads_as_remote_code(unconditional, tmp_path):
+    _, pipe = unconditional
+    expected = run_unconditional(pipe, strength=0.5)
+    pipe.save_pretrained(tmp_path)
+    remote = DiffusionPipeline.from_pretrained(tmp_path, trust_remote_code=True)
+    assert type(remote).__name__ == "UnconditionalImg2ImgPipeline" and type(remote) is not UnconditionalImg2ImgPipeline
+    remote.set_progress_bar_config(disable=True)
+    np.testing.assert_allclose(run_unconditional(remote, strength=0.5), expected, atol=1e-6)
