@@ -1,6 +1,7 @@
 """Offline evaluation during training: `--eval_steps`, `--eval_num_samples`, `--save_best_by`."""
 
 import json
+import shutil
 
 import pytest
 from huggingface_hub import ModelCard
@@ -59,6 +60,25 @@ def test_evaluation_during_training_logs_keeps_the_best_and_leaves_training_unch
             steps[tag] = [e.step for e in events.Scalars(tag)]
     assert steps["eval/FD-classifier"] == [2, 3] and steps["eval/class-accuracy"] == [2, 3]
     assert "eval/FID-MobileNetV2" in steps
+
+
+@pytest.mark.slow
+def test_a_run_resumed_from_its_final_checkpoint_keeps_its_last_evaluation(tmp_path):
+    unet_config = write_unet_config(tmp_path, TINY_CONDITION_UNET_CONFIG, "unet.json")
+    # steps 2 and 4 evaluated, checkpoints at 2 and 4: the last checkpoint is the final step, just evaluated
+    run = [*QUICK_RUN, "--max_train_steps", "4", "--model_config_name_or_path", unet_config, *EVAL_FLAGS,
+           "--checkpointing_steps", "2"]  # fmt: skip
+    finished, resumed = tmp_path / "finished", tmp_path / "resumed"
+    assert_launch_succeeded(run_accelerate_launch([*run, "--output_dir", str(finished)]))
+    # the state a run killed right after writing checkpoint-4 leaves behind
+    shutil.copytree(finished / "checkpoint-4", resumed / "checkpoint-4")
+    result = run_accelerate_launch([*run, "--output_dir", str(resumed), "--resume_from_checkpoint", "latest"])
+    assert_launch_succeeded(result)
+    assert "Trained 4 steps" in result.stderr and "Evaluation at step" not in result.stderr
+    expected = json.loads((finished / "metrics.json").read_text())
+    assert json.loads((resumed / "metrics.json").read_text()) == expected
+    assert [h["global_step"] for h in expected["history"]] == [2, 4]
+    assert_same_weights(resumed / UNET_FILE, finished / UNET_FILE)
 
 
 @pytest.mark.parametrize(
