@@ -354,6 +354,10 @@ class ClassConditionalImg2ImgPipeline(DiffusionPipeline):
                 f"`image` is a list of {len(image)}, but `class_labels` has {num_labels} entries: pass one image for "
                 "all, or one per label."
             )
+        self.check_strength(strength, noise_level, num_inference_steps)
+
+    def check_strength(self, strength, noise_level, num_inference_steps):
+        """`strength` (img2img) or `noise_level` (denoising), not both; each in its range."""
         if strength is not None and noise_level is not None:
             raise ValueError(
                 f"`strength` ({strength!r}) and `noise_level` ({noise_level!r}) were both given: pass `strength` to "

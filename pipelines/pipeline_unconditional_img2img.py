@@ -256,6 +256,26 @@ class UnconditionalImg2ImgPipeline(DiffusionPipeline):
         for name, value in counts.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer, but is {value!r}.")
+        self.check_strength(strength, noise_level, num_inference_steps)
+        batch_size = (len(image) if isinstance(image, (list, tuple)) else 1) * num_images_per_image
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(
+                f"`generator` is a list of {len(generator)} generators, but {batch_size} images are requested: pass "
+                "one generator per image or a single generator."
+            )
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, but is {output_type!r}.")
+        unknown_inputs = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+        if unknown_inputs:
+            raise ValueError(
+                f"`callback_on_step_end_tensor_inputs` contains {unknown_inputs}; allowed are "
+                f"{self._callback_tensor_inputs}."
+            )
+        return batch_size
+
+    # Copied from diffkit.pipelines.pipeline_class_conditional_img2img.ClassConditionalImg2ImgPipeline.check_strength
+    def check_strength(self, strength, noise_level, num_inference_steps):
+        """`strength` (img2img) or `noise_level` (denoising), not both; each in its range."""
         if strength is not None and noise_level is not None:
             raise ValueError(
                 f"`strength` ({strength!r}) and `noise_level` ({noise_level!r}) were both given: pass `strength` to "
@@ -280,21 +300,6 @@ class UnconditionalImg2ImgPipeline(DiffusionPipeline):
                 f"`noise_level` must be a number >= 0 (the noise's standard deviation, images in [-1, 1]), but is "
                 f"{noise_level!r}."
             )
-        batch_size = (len(image) if isinstance(image, (list, tuple)) else 1) * num_images_per_image
-        if isinstance(generator, list) and len(generator) != batch_size:
-            raise ValueError(
-                f"`generator` is a list of {len(generator)} generators, but {batch_size} images are requested: pass "
-                "one generator per image or a single generator."
-            )
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, but is {output_type!r}.")
-        unknown_inputs = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
-        if unknown_inputs:
-            raise ValueError(
-                f"`callback_on_step_end_tensor_inputs` contains {unknown_inputs}; allowed are "
-                f"{self._callback_tensor_inputs}."
-            )
-        return batch_size
 
     @property
     def num_timesteps(self):
