@@ -67,7 +67,7 @@ def test_tokenizer_is_clips_real_vocabulary(models):
 
 
 def test_stable_diffusion_dtypes_and_the_fp16_variant(models, caplog):
-    with caplog.at_level(logging.INFO, logger="pipelines.loaders"):
+    with caplog.at_level(logging.INFO, logger="diffkit.pipelines.loaders"):
         fp32 = load_stable_diffusion(models["sd"])
         fp16 = load_stable_diffusion(models["sd"], dtype="fp16")
         bf16 = load_stable_diffusion(models["sd"], dtype=torch.bfloat16)
@@ -131,7 +131,7 @@ def test_compile_unet_compiles_the_repeated_blocks(models):
 
 
 def test_memory_modes_on_cpu(models, caplog):
-    with caplog.at_level(logging.INFO, logger="pipelines.loaders"):
+    with caplog.at_level(logging.INFO, logger="diffkit.pipelines.loaders"):
         pipe = load_stable_diffusion(models["sd"], memory="auto")
     assert "memory 'none'" in caplog.text and pipe.unet.device.type == "cpu"
     for memory in ("model_offload", "sequential_offload"):
