@@ -9,19 +9,18 @@ chunk `parameters` holds the edit's settings as JSON. Files and flags are checke
 """
 
 import argparse
-import json
 import os
 
 import torch
 from diffusers import DiffusionPipeline
-from PIL import Image, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
+from diffkit.pipelines.generate import save_png
 from diffkit.pipelines.pipeline_class_conditional_image import ClassConditionalImagePipeline
 from diffkit.pipelines.pipeline_class_conditional_img2img import ClassConditionalImg2ImgPipeline
 from diffkit.pipelines.pipeline_class_conditional_inpaint import ClassConditionalInpaintPipeline
 
 TASKS = ("inpaint", "img2img", "denoise")
-PNG_METADATA_KEY = "parameters"
 DEFAULT_STRENGTH = 0.6
 
 
@@ -130,14 +129,6 @@ def load_class_pipeline(name_or_path: str) -> ClassConditionalImagePipeline:
 def label_argument(label: str):
     """A label given on the command line: a name, or an id when it is a number."""
     return int(label) if label.isdigit() else label
-
-
-def save_png(image: Image.Image, path: str, parameters: dict):
-    metadata = PngImagePlugin.PngInfo()
-    metadata.add_text(PNG_METADATA_KEY, json.dumps(parameters))
-    partial = path + ".partial"
-    image.save(partial, format="PNG", pnginfo=metadata)
-    os.replace(partial, path)  # a reader never sees half a PNG
 
 
 def main(argv=None):

@@ -127,6 +127,15 @@ def warn_if_truncated(tokenizer, prompt: str, argument: str):
         )
 
 
+def save_png(image: Image.Image, path: str, parameters: dict):
+    """Save `image` as a PNG whose text chunk `parameters` holds `parameters` as JSON, atomically."""
+    metadata = PngImagePlugin.PngInfo()
+    metadata.add_text(PNG_METADATA_KEY, json.dumps(parameters))
+    partial = path + ".partial"
+    image.save(partial, format="PNG", pnginfo=metadata)
+    os.replace(partial, path)  # a reader never sees half a PNG
+
+
 def main(argv=None):
     args = parse_args(argv)
     options = dict(
@@ -173,12 +182,8 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     parameters = {k: v for k, v in vars(args).items() if k != "out"}
     for index, image in enumerate(images):
-        metadata = PngImagePlugin.PngInfo()
-        metadata.add_text(PNG_METADATA_KEY, json.dumps({**parameters, "image_index": index}))
         path = os.path.join(args.out, f"{args.family}-seed{args.seed}-{index}.png")
-        partial = path + ".partial"
-        image.save(partial, format="PNG", pnginfo=metadata)
-        os.replace(partial, path)  # a reader never sees half a PNG
+        save_png(image, path, {**parameters, "image_index": index})
         print(path)
 
 

@@ -8,7 +8,8 @@ from diffusers import DDPMScheduler
 from PIL import Image
 
 from diffkit import UnconditionalImagePipeline
-from diffkit.pipelines.edit import PNG_METADATA_KEY, build_parser, main
+from diffkit.pipelines.edit import build_parser, main
+from diffkit.pipelines.generate import PNG_METADATA_KEY
 
 from .test_inpaint import SIZE, digit_and_bottom_half_mask
 from .test_pipelines import make_class_pipeline
