@@ -15,13 +15,23 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DConditionModel
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DiffusionPipeline,
+    ImagePipelineOutput,
+    SchedulerMixin,
+    UNet2DConditionModel,
+)
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 
 logger = logging.get_logger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt")
+# Resampling steps again through timesteps already taken: only schedulers whose step depends on the timestep alone
+# (no history of past steps, unlike DPM-Solver, UniPC or Euler) allow it.
+RESAMPLING_SCHEDULERS = (DDPMScheduler, DDIMScheduler)
 
 
 # Copied from diffkit.pipelines.pipeline_class_conditional_image.one_hot_label_states
@@ -372,6 +382,54 @@ class ClassConditionalInpaintPipeline(DiffusionPipeline):
                     f"{name} for all, or one per label."
                 )
 
+    def check_resampling(self, jump_length, jump_n_sample, num_inference_steps):
+        """RePaint-style resampling needs a schedule with room to jump back, and a scheduler that can step again."""
+        for name, value in (("jump_length", jump_length), ("jump_n_sample", jump_n_sample)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, but is {value!r}.")
+        if jump_n_sample == 1:
+            return
+        if jump_length >= num_inference_steps:
+            raise ValueError(
+                f"`jump_length` {jump_length} leaves no step to jump back from with `num_inference_steps` "
+                f"{num_inference_steps}: resampling jumps back after every `jump_length` steps past the first "
+                f"{jump_length}; pass a `jump_length` below {num_inference_steps} (e.g. {num_inference_steps // 2})."
+            )
+        if not isinstance(self.scheduler, RESAMPLING_SCHEDULERS):
+            raise ValueError(
+                f"`jump_n_sample` {jump_n_sample} resamples, which steps again through timesteps already taken; "
+                f"{type(self.scheduler).__name__} keeps a history of its past steps, so it cannot. Use "
+                "`DDPMScheduler` (the saved default) or `DDIMScheduler` for resampling, or `jump_n_sample=1`."
+            )
+
+    @staticmethod
+    def jump_schedule(num_steps: int, jump_length: int, jump_n_sample: int) -> List[int]:
+        """The order in which the steps run: RePaint's schedule in step indices.
+
+        After every `jump_length` steps (past the first `jump_length`, the end included), the sample is noised back
+        `jump_length` steps and those steps run again, `jump_n_sample - 1` times: `num_steps + (jump_n_sample - 1)
+        * (num_steps - jump_length)` steps when `jump_length` divides `num_steps`.
+        """
+        schedule = []
+        for index in range(num_steps):
+            schedule.append(index)
+            steps_done = index + 1
+            if jump_n_sample > 1 and steps_done > jump_length and steps_done % jump_length == 0:
+                for _ in range(jump_n_sample - 1):
+                    schedule.extend(range(steps_done - jump_length, steps_done))
+        return schedule
+
+    def jump_back(self, sample: torch.Tensor, timesteps: torch.Tensor, from_index: int, to_index: int, generator):
+        """The sample at the noise level of `timesteps[to_index]`, from one at that of `timesteps[from_index]` (the
+        clean image when `from_index` is past the last step), drawn from the forward process as RePaint does."""
+        alphas_cumprod = self.scheduler.alphas_cumprod.to(sample.device)
+        alpha_from = (
+            alphas_cumprod[timesteps[from_index]] if from_index < len(timesteps) else alphas_cumprod.new_ones(())
+        )
+        ratio = (alphas_cumprod[timesteps[to_index]] / alpha_from).to(sample.dtype)
+        noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
+        return ratio**0.5 * sample + (1 - ratio) ** 0.5 * noise
+
     @property
     def guidance_scale(self):
         return self._guidance_scale
@@ -389,6 +447,8 @@ class ClassConditionalInpaintPipeline(DiffusionPipeline):
         num_images_per_label: int = 1,
         num_inference_steps: int = 20,
         guidance_scale: Optional[float] = None,
+        jump_length: int = 10,
+        jump_n_sample: int = 1,
         generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -417,6 +477,13 @@ class ClassConditionalInpaintPipeline(DiffusionPipeline):
                 The number of denoising steps.
             guidance_scale (`float`, *optional*, defaults to `pipe.config.guidance_scale`):
                 Classifier-free guidance scale, as in [`ClassConditionalImagePipeline`].
+            jump_length (`int`, *optional*, defaults to 10):
+                With resampling, the steps jumped back each time (RePaint's `jump_length`).
+            jump_n_sample (`int`, *optional*, defaults to 1):
+                RePaint-style resampling for a better fit at the mask's edge: every `jump_length` steps, the sample is
+                noised back `jump_length` steps and those run again, `jump_n_sample - 1` times. 1 (the default) turns
+                it off; it needs `DDPMScheduler` or `DDIMScheduler` and costs `(jump_n_sample - 1) *
+                (num_inference_steps - jump_length)` more UNet evaluations.
             generator (`torch.Generator` or `List[torch.Generator]`, *optional*):
                 Generator(s) that make the completion deterministic; a list gives one generator per image.
             output_type (`str`, *optional*, defaults to `"pil"`):
@@ -459,6 +526,7 @@ class ClassConditionalInpaintPipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs,
         )
         self.check_image_inputs(image, mask_image, len(label_ids))
+        self.check_resampling(jump_length, jump_n_sample, num_inference_steps)
         images = image if isinstance(image, (list, tuple)) else [image]
         masks = mask_image if isinstance(mask_image, (list, tuple)) else [mask_image]
         if len(images) == 1 and len(masks) > 1:
@@ -497,10 +565,11 @@ class ClassConditionalInpaintPipeline(DiffusionPipeline):
             model_class_ids = torch.cat([null_ids, class_ids])
         encoder_hidden_states = one_hot_label_states(model_class_ids, self.config.num_classes, self.unet.dtype)
 
-        # 3. Prepare the timesteps
+        # 3. Prepare the timesteps, and the order to run them in (each once, unless resampling repeats some)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
+        step_order = self.jump_schedule(len(timesteps), jump_length, jump_n_sample)
 
         # 4. Sample the initial noise; the same noise noises the known part at every step, so that a mask of ones
         # draws nothing more from `generator` and gives exactly the base pipeline's images
@@ -509,19 +578,24 @@ class ClassConditionalInpaintPipeline(DiffusionPipeline):
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator)
 
         # 5. Denoising loop
-        for i, t in enumerate(self.progress_bar(timesteps)):
-            # 5.1 expand the latents when both guidance branches run in one pass
+        for n, i in enumerate(self.progress_bar(step_order)):
+            t = timesteps[i]
+            # 5.1 resampling: jumped back, so noise the sample from the level after the last step up to this one's
+            if n > 0 and i <= step_order[n - 1]:
+                latents = self.jump_back(latents, timesteps, step_order[n - 1] + 1, i, generator)
+
+            # 5.2 expand the latents when both guidance branches run in one pass
             branches = len(model_class_ids) // batch_size
             latent_model_input = torch.cat([latents] * branches) if branches > 1 else latents
             latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
 
-            # 5.2 predict the model output and apply classifier-free guidance
+            # 5.3 predict the model output and apply classifier-free guidance
             model_output = self.unet(latent_model_input, t, encoder_hidden_states=encoder_hidden_states).sample
             if branches > 1:
                 model_output_uncond, model_output_cond = model_output.chunk(2)
                 model_output = model_output_uncond + guidance_scale * (model_output_cond - model_output_uncond)
 
-            # 5.3 compute the previous sample: x_t -> x_t-1
+            # 5.4 compute the previous sample: x_t -> x_t-1
             step_output = self.scheduler.step(model_output, t, latents, **extra_step_kwargs)
             if "pred_original_sample" in callback_on_step_end_tensor_inputs:
                 pred_original_sample = getattr(step_output, "pred_original_sample", None)
@@ -529,7 +603,7 @@ class ClassConditionalInpaintPipeline(DiffusionPipeline):
                     pred_original_sample = self.predict_original_sample(model_output, t, latents)
             latents = step_output.prev_sample
 
-            # 5.4 put back the known part, noised to the level the next step expects (the clean image after the last)
+            # 5.5 put back the known part, noised to the level the next step expects (the clean image after the last)
             if i < len(timesteps) - 1:
                 known = self.scheduler.add_noise(original, noise, timesteps[i + 1 : i + 2])
             else:
@@ -540,7 +614,7 @@ class ClassConditionalInpaintPipeline(DiffusionPipeline):
                 callback_kwargs = {}
                 for k in callback_on_step_end_tensor_inputs:
                     callback_kwargs[k] = locals()[k]
-                callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                callback_outputs = callback_on_step_end(self, n, t, callback_kwargs)
                 latents = callback_outputs.pop("latents", latents)
 
         # 6. Post-process from [-1, 1] to [0, 1]; the known part is the input itself

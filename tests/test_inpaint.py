@@ -159,6 +159,9 @@ def test_an_rgb_photo_for_a_grey_model_becomes_grey_with_a_note(inpaint, caplog)
         ({"mask_image": [np.zeros((8, 8), np.uint8)] * 3}, "`mask_image` is a list of 3, but `class_labels` has 2"),
         ({"class_labels": ["unicorn"]}, "unknown label name 'unicorn'"),
         ({"num_inference_steps": 0}, "`num_inference_steps` must be a positive integer"),
+        ({"jump_n_sample": 0}, "`jump_n_sample` must be a positive integer, but is 0"),
+        ({"jump_length": 2.5}, "`jump_length` must be a positive integer, but is 2.5"),
+        ({"jump_n_sample": 2, "jump_length": STEPS}, f"`jump_length` {STEPS} leaves no step to jump back from"),
     ],
 )
 def test_bad_input_is_rejected_before_any_denoising(inpaint, change, message):
@@ -184,6 +187,61 @@ def test_saved_inpainting_pipeline_loads_with_and_without_diffkit(inpaint, tmp_p
     assert type(remote) is not ClassConditionalInpaintPipeline
     remote.set_progress_bar_config(disable=True)
     np.testing.assert_array_equal(run(remote, image=image, mask_image=mask), expected)
+
+
+def test_jump_schedule_follows_repaint():
+    # 6 steps, jumps of 2, 3 passes: after steps 4 and 6 (not after the first block), two more runs of the last two
+    order = ClassConditionalInpaintPipeline.jump_schedule(6, 2, 3)
+    assert order == [0, 1, 2, 3, 2, 3, 2, 3, 4, 5, 4, 5, 4, 5]
+    assert len(order) == 6 + (3 - 1) * (6 - 2)
+    assert ClassConditionalInpaintPipeline.jump_schedule(6, 2, 1) == list(range(6))
+    # RePaint's documented setting: 250 steps, jumps of 10, 10 passes
+    assert len(ClassConditionalInpaintPipeline.jump_schedule(250, 10, 10)) == 250 + 9 * 240
+
+
+def test_jump_back_draws_from_the_forward_process(inpaint):
+    inpaint.scheduler.set_timesteps(STEPS)
+    timesteps = inpaint.scheduler.timesteps
+    clean = torch.full((1, 1, 256, 256), 0.5)
+    generator = torch.Generator().manual_seed(0)
+    # from the clean image (past the last step) to the first step's level: x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps
+    noised = inpaint.jump_back(clean, timesteps, STEPS, 0, generator)
+    alpha = inpaint.scheduler.alphas_cumprod[timesteps[0]]
+    assert abs(noised.mean() - alpha**0.5 * 0.5) < 0.01
+    assert abs(noised.std() - (1 - alpha) ** 0.5) < 0.01
+    # between two noise levels the ratio of the cumulative alphas scales the signal
+    partly = inpaint.jump_back(clean, timesteps, 2, 1, generator)
+    ratio = inpaint.scheduler.alphas_cumprod[timesteps[1]] / inpaint.scheduler.alphas_cumprod[timesteps[2]]
+    assert abs(partly.mean() - ratio**0.5 * 0.5) < 0.01
+    assert abs(partly.std() - (1 - ratio) ** 0.5) < 0.01
+
+
+@pytest.mark.parametrize("scheduler", ["ddpm", "ddim"])
+def test_resampling_keeps_the_known_pixels_and_runs_the_repeated_steps(inpaint, scheduler):
+    inpaint.scheduler = SCHEDULERS[scheduler](inpaint.scheduler.config)
+    image, mask = digit_and_bottom_half_mask()
+    calls = count_unet_calls(inpaint.unet)
+    plain = run(inpaint, image=image, mask_image=mask, guidance_scale=1.0)
+    np.testing.assert_array_equal(
+        plain, run(inpaint, image=image, mask_image=mask, guidance_scale=1.0, jump_n_sample=1)
+    )
+    calls.clear()
+    resampled = run(inpaint, image=image, mask_image=mask, guidance_scale=1.0, jump_length=2, jump_n_sample=3)
+    assert len(calls) == STEPS + 2 * (STEPS - 2)
+    keep = mask == 0
+    for output in (resampled[..., 0] * 255).round().astype(np.uint8):
+        np.testing.assert_array_equal(output[keep], image[keep])
+    assert not np.array_equal(resampled, plain)
+
+
+@pytest.mark.parametrize("scheduler", ["dpm++", "unipc", "euler"])
+def test_resampling_with_a_multistep_scheduler_is_refused(inpaint, scheduler):
+    inpaint.scheduler = SCHEDULERS[scheduler](inpaint.scheduler.config)
+    image, mask = digit_and_bottom_half_mask()
+    calls = count_unet_calls(inpaint.unet)
+    with pytest.raises(ValueError, match="keeps a history of its past steps.*`DDPMScheduler`"):
+        run(inpaint, image=image, mask_image=mask, jump_length=2, jump_n_sample=2)
+    assert calls == []
 
 
 @pytest.fixture
@@ -228,6 +286,20 @@ def test_unconditional_mask_of_ones_is_generation_and_zeros_the_input(unconditio
     np.testing.assert_array_equal((empty[0, ..., 0] * 255).round().astype(np.uint8), image)
 
 
+def test_unconditional_resampling_keeps_the_known_pixels(unconditional):
+    _, inpaint = unconditional
+    image, mask = digit_and_bottom_half_mask()
+    calls = count_unet_calls(inpaint.unet)
+    kwargs = dict(image=image, mask_image=mask, num_inference_steps=STEPS, output_type="np")
+    plain = inpaint(generator=torch.Generator().manual_seed(0), **kwargs).images
+    calls.clear()
+    resampled = inpaint(generator=torch.Generator().manual_seed(0), jump_length=2, jump_n_sample=2, **kwargs).images
+    assert len(calls) == STEPS + (STEPS - 2)
+    keep = mask == 0
+    np.testing.assert_array_equal((resampled[0, ..., 0] * 255).round().astype(np.uint8)[keep], image[keep])
+    assert not np.array_equal(resampled, plain)
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -235,6 +307,7 @@ def test_unconditional_mask_of_ones_is_generation_and_zeros_the_input(unconditio
         ({"num_images_per_image": 0}, "`num_images_per_image` must be a positive integer"),
         ({"image": None}, "`image` is required"),
         ({"output_type": "jpg"}, "`output_type` must be one of"),
+        ({"jump_n_sample": 2, "jump_length": 25}, "`jump_length` 25 leaves no step to jump back from"),
     ],
 )
 def test_unconditional_bad_input(unconditional, change, message):
