@@ -11,6 +11,8 @@ from .pipeline_class_conditional_image import ClassConditionalImagePipeline
 from .pipeline_class_conditional_img2img import ClassConditionalImg2ImgPipeline
 from .pipeline_class_conditional_inpaint import ClassConditionalInpaintPipeline
 from .pipeline_text_conditional_image import TextConditionalImagePipeline
+from .pipeline_text_conditional_img2img import TextConditionalImg2ImgPipeline
+from .pipeline_text_conditional_inpaint import TextConditionalInpaintPipeline
 from .pipeline_unconditional_image import UnconditionalImagePipeline
 from .pipeline_unconditional_img2img import UnconditionalImg2ImgPipeline
 from .pipeline_unconditional_inpaint import UnconditionalInpaintPipeline
@@ -21,6 +23,8 @@ __all__ = [
     "ClassConditionalInpaintPipeline",
     "DenoisingFilm",
     "TextConditionalImagePipeline",
+    "TextConditionalImg2ImgPipeline",
+    "TextConditionalInpaintPipeline",
     "UnconditionalImagePipeline",
     "UnconditionalImg2ImgPipeline",
     "UnconditionalInpaintPipeline",

@@ -1,0 +1,654 @@
+# Copyright 2026 The diffkit authors. Licensed under the Apache License, Version 2.0.
+#
+# This file depends only on torch, diffusers and transformers (which the text encoder needs anyway) so that it can
+# be uploaded next to the weights and loaded with `DiffusionPipeline.from_pretrained(repo_id,
+# trust_remote_code=True)` by people who do not have diffkit installed.
+"""Text-conditional img2img editing and denoising in pixel space with classifier-free guidance."""
+
+import inspect
+import json
+import math
+import os
+import shutil
+from typing import Callable, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DConditionModel
+from diffusers.utils import logging
+from diffusers.utils.torch_utils import randn_tensor
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+logger = logging.get_logger(__name__)
+
+OUTPUT_TYPES = ("pil", "np", "pt")
+# CLIP's context length; sentence encoders allow more, but captions of small datasets are short.
+DEFAULT_MAX_TEXT_LENGTH = 77
+
+
+# Copied from diffkit.pipelines.pipeline_text_conditional_image.encode_text
+def encode_text(
+    text_encoder: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: List[str],
+    max_length: int,
+    device: Optional[torch.device] = None,
+    warn_on_truncation: bool = True,
+) -> torch.Tensor:
+    r"""
+    The text encoder's last hidden states for `texts`, padded to `max_length` tokens: `(len(texts), max_length, dim)`.
+
+    Training and the pipeline both call this, so a caption means the same to the UNet in both. The encoder sees the
+    attention mask (BERT-style encoders must not attend to padding); the UNet reads every position, padding
+    included, as Stable Diffusion's UNet does. Longer texts are cut to `max_length` tokens, with a warning that
+    quotes what was cut.
+    """
+    device = device or text_encoder.device
+    tokens = tokenizer(texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
+    if warn_on_truncation:
+        untruncated = tokenizer(texts, padding="longest", return_tensors="pt")
+        lengths = untruncated["attention_mask"].sum(dim=1).tolist()
+        # Between the last token kept and the end-of-text token that closes every sequence.
+        removed = [
+            tokenizer.decode(ids[max_length - 1 : length - 1])
+            for ids, length in zip(untruncated.input_ids, lengths)
+            if length > max_length
+        ]
+        if removed:
+            logger.warning(f"The text encoder reads at most {max_length} tokens; this part was cut: {removed}")
+    attention_mask = tokens.get("attention_mask")
+    hidden_states = text_encoder(
+        tokens.input_ids.to(device),
+        attention_mask=None if attention_mask is None else attention_mask.to(device),
+    )[0]
+    return hidden_states
+
+
+class TextConditionalImg2ImgPipeline(DiffusionPipeline):
+    r"""
+    Pipeline for text-guided img2img editing (SDEdit) and denoising, on the components of a
+    [`TextConditionalImagePipeline`].
+
+    Made from a trained pipeline without copying weights: `TextConditionalImg2ImgPipeline.from_pipe(pipe)` shares its
+    `unet`, `scheduler`, `text_encoder` and `tokenizer` and takes its registered `max_text_length` and
+    `guidance_scale`. It saves, pushes and loads like the base pipeline, with this file beside the weights.
+
+    Args:
+        unet ([`~diffusers.UNet2DConditionModel`]):
+            The denoising model of a `--conditioning text` diffkit run.
+        scheduler ([`~diffusers.SchedulerMixin`]):
+            Any diffusers scheduler made from the training scheduler's config.
+        text_encoder ([`~transformers.PreTrainedModel`]):
+            The frozen text encoder used in training.
+        tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
+            Its tokenizer.
+        max_text_length (`int`, *optional*, defaults to 77):
+            Tokens per prompt (longer prompts are cut with a warning).
+        guidance_scale (`float`, *optional*, defaults to 4.0):
+            The guidance scale used when `__call__` is not given one.
+    """
+
+    model_cpu_offload_seq = "text_encoder->unet"
+    _callback_tensor_inputs = ["latents", "model_output", "pred_original_sample", "prompt_embeds"]
+
+    # Copied from diffkit.pipelines.pipeline_text_conditional_image.TextConditionalImagePipeline.__init__
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        scheduler: SchedulerMixin,
+        text_encoder: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        max_text_length: int = DEFAULT_MAX_TEXT_LENGTH,
+        guidance_scale: float = 4.0,
+    ):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer)
+        self.register_to_config(max_text_length=max_text_length, guidance_scale=guidance_scale)
+
+    # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.save_config
+    def save_config(self, save_directory: Union[str, os.PathLike], **kwargs):
+        r"""
+        Write `model_index.json`, plus this file beside it, so the folder loads without diffkit installed.
+
+        `save_pretrained` (and therefore `push_to_hub`) calls this before anything is uploaded. `_class_name` becomes
+        `[file stem, class name]`, the form with which `DiffusionPipeline.from_pretrained(folder_or_repo,
+        trust_remote_code=True)` imports the class from the copied file.
+        """
+        super().save_config(save_directory, **kwargs)
+        source_file = inspect.getfile(type(self))
+        module_name = os.path.splitext(os.path.basename(source_file))[0]
+        shutil.copyfile(source_file, os.path.join(save_directory, f"{module_name}.py"))
+        config_file = os.path.join(save_directory, self.config_name)
+        with open(config_file, encoding="utf-8") as f:
+            model_index = json.load(f)
+        model_index["_class_name"] = [module_name, type(self).__name__]
+        with open(config_file, "w", encoding="utf-8") as f:
+            f.write(json.dumps(model_index, indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline._dict_from_json_file
+    def _dict_from_json_file(cls, json_file: Union[str, os.PathLike], **kwargs):
+        # A folder written by `save_config` names its own copy of this file for `trust_remote_code` users. Loaded
+        # through this class, the installed code is used instead, and no remote code is needed or run.
+        # diffusers reads `_class_name` through this classmethod both in `download` (for a Hub repo) and in
+        # `from_pretrained` (through the public `load_config`), so no public hook covers both. The keyword arguments
+        # are passed on untouched because releases differ in them (0.35 passes `dduf_entries`, later ones do not).
+        config = super()._dict_from_json_file(json_file, **kwargs)
+        class_name = config.get("_class_name")
+        if isinstance(class_name, list) and class_name[1] == cls.__name__:
+            config["_class_name"] = cls.__name__
+        return config
+
+    # Copied from diffkit.pipelines.pipeline_text_conditional_image.TextConditionalImagePipeline.encode_prompt
+    def encode_prompt(
+        self,
+        prompt: Optional[List[str]],
+        device: torch.device,
+        num_images_per_prompt: int,
+        do_classifier_free_guidance: bool,
+        negative_prompt: Optional[List[str]] = None,
+        prompt_embeds: Optional[torch.Tensor] = None,
+        negative_prompt_embeds: Optional[torch.Tensor] = None,
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        r"""
+        Encode the prompts (and, for guidance, the negative prompts or the empty prompt), each repeated
+        `num_images_per_prompt` times. Returns `(prompt_embeds, negative_prompt_embeds)`; the second is None
+        without guidance.
+        """
+        max_length = self.config.max_text_length
+        if prompt_embeds is None:
+            prompt_embeds = encode_text(self.text_encoder, self.tokenizer, prompt, max_length, device)
+        prompt_embeds = prompt_embeds.to(device=device, dtype=self.unet.dtype)
+        if do_classifier_free_guidance and negative_prompt_embeds is None:
+            # The empty prompt is the condition that training's caption dropout taught as "no caption".
+            negative_prompt = negative_prompt or [""] * len(prompt_embeds)
+            negative_prompt_embeds = encode_text(
+                self.text_encoder, self.tokenizer, negative_prompt, max_length, device
+            )
+        if negative_prompt_embeds is not None:
+            negative_prompt_embeds = negative_prompt_embeds.to(device=device, dtype=self.unet.dtype)
+            negative_prompt_embeds = negative_prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
+        return prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0), negative_prompt_embeds
+
+    # Copied from diffkit.pipelines.pipeline_text_conditional_image.TextConditionalImagePipeline.check_inputs
+    def check_inputs(
+        self,
+        prompt,
+        negative_prompt,
+        prompt_embeds,
+        negative_prompt_embeds,
+        num_images_per_prompt,
+        num_inference_steps,
+        guidance_scale,
+        generator,
+        output_type,
+        callback_on_step_end_tensor_inputs,
+    ):
+        if prompt is not None and prompt_embeds is not None:
+            raise ValueError(
+                "Both `prompt` and `prompt_embeds` were given; pass only one (`prompt_embeds` are the encoded prompt)."
+            )
+        if prompt is None and prompt_embeds is None:
+            raise ValueError("Pass `prompt` (a string or a list of strings) or `prompt_embeds`.")
+        if prompt is not None and not (
+            isinstance(prompt, str)
+            or (isinstance(prompt, list) and len(prompt) > 0 and all(isinstance(p, str) for p in prompt))
+        ):
+            raise ValueError(f"`prompt` must be a string or a non-empty list of strings, but is {prompt!r}.")
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("Both `negative_prompt` and `negative_prompt_embeds` were given; pass only one.")
+        if negative_prompt is not None and not (
+            isinstance(negative_prompt, str)
+            or (isinstance(negative_prompt, list) and all(isinstance(p, str) for p in negative_prompt))
+        ):
+            raise ValueError(f"`negative_prompt` must be a string or a list of strings, but is {negative_prompt!r}.")
+        batch_size = (1 if isinstance(prompt, str) else len(prompt)) if prompt is not None else len(prompt_embeds)
+        if isinstance(negative_prompt, list) and len(negative_prompt) != batch_size:
+            raise ValueError(
+                f"`negative_prompt` has {len(negative_prompt)} entries but `prompt` has {batch_size}: pass one "
+                "negative prompt per prompt, or a single string for all."
+            )
+        if prompt_embeds is not None and prompt_embeds.ndim != 3:
+            raise ValueError(
+                f"`prompt_embeds` must have shape (batch, tokens, dim), but has shape {tuple(prompt_embeds.shape)}."
+            )
+        if negative_prompt_embeds is not None:
+            expected = prompt_embeds.shape if prompt_embeds is not None else None
+            if expected is None:
+                raise ValueError("`negative_prompt_embeds` need `prompt_embeds` (not `prompt`) beside them.")
+            if negative_prompt_embeds.shape != expected:
+                raise ValueError(
+                    f"`negative_prompt_embeds` has shape {tuple(negative_prompt_embeds.shape)}, but `prompt_embeds` "
+                    f"has {tuple(expected)}; they must match."
+                )
+        if (
+            not isinstance(num_images_per_prompt, int)
+            or isinstance(num_images_per_prompt, bool)
+            or num_images_per_prompt < 1
+        ):
+            raise ValueError(f"`num_images_per_prompt` must be a positive integer, but is {num_images_per_prompt!r}.")
+        if (
+            not isinstance(num_inference_steps, int)
+            or isinstance(num_inference_steps, bool)
+            or num_inference_steps < 1
+        ):
+            raise ValueError(
+                f"`num_inference_steps` must be a positive integer, but is {num_inference_steps!r}; "
+                "use e.g. 20 (the saved DDPM scheduler's default) or 25 for DPM-Solver."
+            )
+        if (
+            not isinstance(guidance_scale, (int, float))
+            or isinstance(guidance_scale, bool)
+            or not math.isfinite(guidance_scale)
+            or guidance_scale < 0
+        ):
+            raise ValueError(
+                f"`guidance_scale` must be a finite number >= 0, but is {guidance_scale!r}: 0 gives unconditional "
+                "samples, 1 purely conditional ones, and larger values follow the prompt more closely."
+            )
+        if isinstance(generator, list) and len(generator) != batch_size * num_images_per_prompt:
+            raise ValueError(
+                f"`generator` is a list of {len(generator)} generators, but {batch_size * num_images_per_prompt} "
+                f"images are requested ({batch_size} prompts x {num_images_per_prompt} images per prompt): pass one "
+                "generator per image or a single generator."
+            )
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, but is {output_type!r}.")
+        unknown_inputs = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+        if unknown_inputs:
+            raise ValueError(
+                f"`callback_on_step_end_tensor_inputs` contains {unknown_inputs}; allowed are "
+                f"{self._callback_tensor_inputs}."
+            )
+        return batch_size
+
+    # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.prepare_extra_step_kwargs
+    def prepare_extra_step_kwargs(self, generator):
+        step_parameters = inspect.signature(self.scheduler.step).parameters
+        extra_step_kwargs = {}
+        # Not all schedulers take a generator (DDIM does, PNDM does not): pass it only to those that do.
+        if "generator" in step_parameters:
+            extra_step_kwargs["generator"] = generator
+        # DDIM clips or thresholds its predicted clean image, but by default still steps with the unclipped noise
+        # prediction; under strong guidance that mismatch ruins the samples (4% of guided digits recognised
+        # against 99% with the clipped one). Step with the noise that matches the clipped image.
+        if "use_clipped_model_output" in step_parameters:
+            extra_step_kwargs["use_clipped_model_output"] = True
+        return extra_step_kwargs
+
+    # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.predict_original_sample
+    def predict_original_sample(self, model_output: torch.Tensor, timestep, sample: torch.Tensor) -> torch.Tensor:
+        """The clean image x_0 implied by `model_output` at `timestep` for the noisy `sample` x_t.
+
+        For the variance-preserving schedulers (DDPM, DDIM, DPM-Solver, UniPC, PNDM), where
+        x_t = sqrt(a) x_0 + sqrt(1 - a) eps and v = sqrt(a) eps - sqrt(1 - a) x_0 with a = alphas_cumprod[t].
+        """
+        if self.scheduler.init_noise_sigma != 1 or not hasattr(self.scheduler, "alphas_cumprod"):
+            raise ValueError(
+                f"{type(self.scheduler).__name__} does not denoise in the variance-preserving form, so the clean "
+                "image cannot be computed from its sample here; use a scheduler that returns `pred_original_sample` "
+                "(DDPM, DDIM, Euler) or a variance-preserving one (DPM-Solver, UniPC)."
+            )
+        alpha_prod = self.scheduler.alphas_cumprod.to(sample.device)[timestep].to(sample.dtype)
+        prediction_type = self.scheduler.config.prediction_type
+        if prediction_type == "epsilon":
+            return (sample - (1 - alpha_prod) ** 0.5 * model_output) / alpha_prod**0.5
+        if prediction_type == "v_prediction":
+            return alpha_prod**0.5 * sample - (1 - alpha_prod) ** 0.5 * model_output
+        return model_output  # "sample": the model predicts x_0 itself
+
+    # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.prepare_latents
+    def prepare_latents(self, batch_size: int, dtype: torch.dtype, device: torch.device, generator) -> torch.Tensor:
+        """Gaussian noise of the UNet's sample shape, scaled to the scheduler's initial noise level."""
+        sample_size = self.unet.config.sample_size
+        if isinstance(sample_size, int):
+            sample_size = (sample_size, sample_size)
+        shape = (batch_size, self.unet.config.in_channels, *sample_size)
+        if device.type == "mps":
+            # randn does not work reproducibly on mps
+            latents = randn_tensor(shape, generator=generator, dtype=dtype).to(device)
+        else:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        # Sigma-based schedulers (Euler, Heun) start from noise of std `init_noise_sigma`; it is 1.0 for DDPM/DDIM.
+        return latents * self.scheduler.init_noise_sigma
+
+    # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.postprocess_image
+    def postprocess_image(self, sample: torch.Tensor, output_type: str):
+        """Images in [0, 1] from samples in the model's range [-1, 1]: PIL images, a numpy array or a tensor."""
+        image = (sample / 2 + 0.5).clamp(0, 1)
+        if output_type == "pt":
+            return image
+        image = image.cpu().permute(0, 2, 3, 1).float().numpy()
+        return self.numpy_to_pil(image) if output_type == "pil" else image
+
+    # Copied from diffkit.pipelines.pipeline_class_conditional_inpaint.ClassConditionalInpaintPipeline.prepare_image
+    def prepare_image(self, image, argument: str = "image") -> torch.Tensor:
+        r"""
+        An image as the model's input, shape `(1, channels, sample_size, sample_size)` in [-1, 1].
+
+        `image` is a `PIL.Image`, a numpy array (`(H, W)` or `(H, W, C)`, uint8 in [0, 255] or float in [0, 1]) or a
+        torch tensor (`(C, H, W)` or `(1, C, H, W)`, float in [0, 1], as `output_type="pt"` returns). An RGB image
+        for a 1-channel model is converted to grey (ITU-R 601 luma, as PIL does), with a note in the log; other
+        channel counts the model cannot take are an error. The image is resized (bicubic) to the model's size when
+        it differs.
+        """
+        pil_image = self.to_pil(image, argument)
+        channels = self.unet.config.in_channels
+        if channels not in (1, 3):
+            raise ValueError(f"`{argument}` cannot feed a UNet with {channels} input channels (1 or 3 are supported).")
+        mode = "L" if channels == 1 else "RGB"
+        if pil_image.mode != mode:
+            if mode == "L":
+                logger.info(f"`{argument}` is {pil_image.mode}; the model takes 1 channel, so it becomes grey.")
+            pil_image = pil_image.convert(mode)
+        size = self.sample_size()
+        if pil_image.size != (size[1], size[0]):
+            pil_image = pil_image.resize((size[1], size[0]), PIL.Image.BICUBIC)
+        array = np.asarray(pil_image, dtype=np.float32) / 255.0
+        if array.ndim == 2:
+            array = array[:, :, None]
+        tensor = torch.from_numpy(array).permute(2, 0, 1)[None]
+        return tensor * 2 - 1
+
+    @staticmethod
+    # Copied from diffkit.pipelines.pipeline_class_conditional_inpaint.ClassConditionalInpaintPipeline.to_pil
+    def to_pil(image, argument: str) -> PIL.Image.Image:
+        """`image` (PIL, numpy or torch, see `prepare_image`) as a PIL image; `ValueError` for what cannot be one."""
+        if isinstance(image, PIL.Image.Image):
+            return image
+        if isinstance(image, torch.Tensor):
+            if image.ndim == 4 and image.shape[0] == 1:
+                image = image[0]
+            if image.ndim != 3:
+                raise ValueError(
+                    f"`{argument}` is a tensor of shape {tuple(image.shape)}; pass (C, H, W) or (1, C, H, W)."
+                )
+            image = image.detach().float().cpu().permute(1, 2, 0).numpy()
+        if not isinstance(image, np.ndarray):
+            raise ValueError(
+                f"`{argument}` is a {type(image).__name__}; pass a PIL image, a numpy array or a torch tensor."
+            )
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[:, :, 0]
+        if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+            raise ValueError(
+                f"`{argument}` has shape {image.shape}: pass (H, W) grey or (H, W, 3) RGB (a "
+                f"{image.shape[-1]}-channel array cannot be read as either; drop the alpha channel of RGBA images)."
+            )
+        if image.dtype != np.uint8:
+            if image.size and (image.min() < 0 or image.max() > 1):
+                raise ValueError(
+                    f"`{argument}` holds values in [{image.min():.3g}, {image.max():.3g}]; float images must be in "
+                    "[0, 1] (uint8 images in [0, 255])."
+                )
+            image = (image * 255).round().astype(np.uint8)
+        return PIL.Image.fromarray(image)
+
+    # Copied from diffkit.pipelines.pipeline_class_conditional_inpaint.ClassConditionalInpaintPipeline.sample_size
+    def sample_size(self) -> Tuple[int, int]:
+        sample_size = self.unet.config.sample_size
+        return (sample_size, sample_size) if isinstance(sample_size, int) else tuple(sample_size)
+
+    def check_image_inputs(self, image, num_prompts: int, strength, noise_level, num_inference_steps):
+        """The images (one for every prompt, or one per prompt) and how far to noise them: `strength` or
+        `noise_level`."""
+        if image is None:
+            raise ValueError("`image` is required: pass the image to edit or to denoise.")
+        if isinstance(image, (list, tuple)) and len(image) not in (1, num_prompts):
+            raise ValueError(
+                f"`image` is a list of {len(image)}, but `prompt` has {num_prompts} entries: pass one image for "
+                "all, or one per prompt."
+            )
+        self.check_strength(strength, noise_level, num_inference_steps)
+
+    # Copied from diffkit.pipelines.pipeline_class_conditional_img2img.ClassConditionalImg2ImgPipeline.check_strength
+    def check_strength(self, strength, noise_level, num_inference_steps):
+        """`strength` (img2img) or `noise_level` (denoising), not both; each in its range."""
+        if strength is not None and noise_level is not None:
+            raise ValueError(
+                f"`strength` ({strength!r}) and `noise_level` ({noise_level!r}) were both given: pass `strength` to "
+                "edit an image, or `noise_level` (the standard deviation of the noise it carries) to denoise it."
+            )
+        if strength is not None:
+            if not isinstance(strength, (int, float)) or isinstance(strength, bool) or not 0 <= strength <= 1:
+                raise ValueError(
+                    f"`strength` must be a number in [0, 1], but is {strength!r}: 0 keeps the image, 1 redraws it "
+                    "from noise."
+                )
+            if 0 < strength and int(num_inference_steps * strength) == 0:
+                raise ValueError(
+                    f"`strength` {strength} of {num_inference_steps} steps gives no denoising step: raise `strength` "
+                    f"to at least {1 / num_inference_steps:.3g} or `num_inference_steps` to at least "
+                    f"{math.ceil(1 / strength)}."
+                )
+        if noise_level is not None and (
+            not isinstance(noise_level, (int, float)) or isinstance(noise_level, bool) or not noise_level >= 0
+        ):
+            raise ValueError(
+                f"`noise_level` must be a number >= 0 (the noise's standard deviation, images in [-1, 1]), but is "
+                f"{noise_level!r}."
+            )
+
+    # Copied from diffkit.pipelines.pipeline_class_conditional_img2img.ClassConditionalImg2ImgPipeline.noise_to_signal
+    def noise_to_signal(self, timestep) -> float:
+        """`b / a` where the scheduler noises a clean image `x` to `a * x + b * noise` at `timestep`."""
+        one, zero = torch.ones(1), torch.zeros(1)
+        timestep = timestep.reshape(1)
+        signal = self.scheduler.add_noise(one, zero, timestep).item()
+        noise = self.scheduler.add_noise(zero, one, timestep).item()
+        return noise / signal
+
+    # Copied from diffkit.pipelines.pipeline_class_conditional_img2img.ClassConditionalImg2ImgPipeline.start_index
+    def start_index(self, strength: Optional[float], noise_level: Optional[float]) -> int:
+        """The step of `self.scheduler.timesteps` where denoising starts.
+
+        With `strength`, as diffusers' img2img pipelines: the last `int(num_inference_steps * strength)` steps run.
+        With `noise_level`, the step whose noise-to-signal ratio is nearest to it (on a log scale), since an image
+        `x + noise_level * noise` is the scheduler's noisy sample at that step, scaled by its signal coefficient.
+        """
+        timesteps = self.scheduler.timesteps
+        if noise_level is None:
+            num_steps = len(timesteps) // self.scheduler.order
+            return (num_steps - int(num_steps * strength)) * self.scheduler.order
+        ratios = np.array([self.noise_to_signal(t) for t in timesteps])
+        if noise_level > ratios.max() * (1 + 1e-4):  # the tolerance absorbs float32 rounding of the ratio
+            raise ValueError(
+                f"`noise_level` {noise_level} is beyond the schedule's maximum ({ratios.max():.3g} at its first "
+                "step): "
+                "this model cannot remove that much noise; it would have to generate the image anew."
+            )
+        return int(np.argmin(np.abs(np.log(ratios) - math.log(noise_level))))
+
+    @property
+    def guidance_scale(self):
+        return self._guidance_scale
+
+    @property
+    def num_timesteps(self):
+        return self._num_timesteps
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: Optional[Union[str, List[str]]] = None,
+        image: Optional[Union[PIL.Image.Image, np.ndarray, torch.Tensor, List]] = None,
+        strength: Optional[float] = None,
+        noise_level: Optional[float] = None,
+        negative_prompt: Optional[Union[str, List[str]]] = None,
+        num_images_per_prompt: int = 1,
+        num_inference_steps: int = 20,
+        guidance_scale: Optional[float] = None,
+        generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
+        prompt_embeds: Optional[torch.Tensor] = None,
+        negative_prompt_embeds: Optional[torch.Tensor] = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Optional[Callable[["TextConditionalImg2ImgPipeline", int, int, Dict], Dict]] = None,
+        callback_on_step_end_tensor_inputs: List[str] = ["latents"],
+    ) -> Union[ImagePipelineOutput, Tuple]:
+        r"""
+        Edit `image` towards a prompt (img2img), or remove the Gaussian noise it carries (denoising).
+
+        - `strength` (img2img, SDEdit): the image is noised to the step that `strength` selects and denoised from
+          there with classifier-free guidance: small values keep the layout, 1 redraws it from noise.
+        - `noise_level` (denoising): the image already carries noise of that standard deviation (in the [-1, 1]
+          range); denoising starts at the step of that noise level and adds no noise of its own.
+
+        Args:
+            prompt (`str` or `List[str]`, *optional*):
+                The prompt(s) to edit towards. Pass `prompt_embeds` instead to reuse encoded prompts.
+            image (`PIL.Image`, `np.ndarray`, `torch.Tensor` or a list of them):
+                PIL, numpy (uint8, or float in [0, 1]) or torch (float in [0, 1]); resized to the model's size. One
+                image for every prompt, or one per prompt.
+            strength (`float`, *optional*, defaults to 0.6 unless `noise_level` is given):
+                How much of the schedule to run, in [0, 1]; 0 returns the image unchanged.
+            noise_level (`float`, *optional*):
+                The standard deviation of the noise in `image` (images in [-1, 1]; on uint8 images, sigma / 127.5);
+                0 returns the image unchanged.
+            negative_prompt (`str` or `List[str]`, *optional*):
+                Replaces the empty prompt in the unconditional branch of guidance.
+            num_images_per_prompt (`int`, *optional*, defaults to 1):
+                Images made for each prompt.
+            num_inference_steps (`int`, *optional*, defaults to 20):
+                Steps of the whole schedule; `strength` or `noise_level` selects the last part of it.
+            guidance_scale (`float`, *optional*, defaults to `pipe.config.guidance_scale`):
+                Classifier-free guidance scale, as in [`TextConditionalImagePipeline`].
+            generator (`torch.Generator` or `List[torch.Generator]`, *optional*):
+                Generator(s) that make the result deterministic; a list gives one generator per image.
+            prompt_embeds (`torch.Tensor`, *optional*):
+                Encoded prompts `(batch, tokens, dim)`; exclusive with `prompt`.
+            negative_prompt_embeds (`torch.Tensor`, *optional*):
+                Encoded negative prompts of the same shape as `prompt_embeds`; exclusive with `negative_prompt`.
+            output_type (`str`, *optional*, defaults to `"pil"`):
+                `"pil"`, `"np"` (`(batch, height, width, channels)` in [0, 1]) or `"pt"`.
+            return_dict (`bool`, *optional*, defaults to `True`):
+                Return an [`~diffusers.ImagePipelineOutput`] instead of a plain tuple.
+            callback_on_step_end (`Callable`, *optional*):
+                Called after each step as `callback_on_step_end(pipe, step_index, timestep, callback_kwargs)`.
+            callback_on_step_end_tensor_inputs (`List[str]`, *optional*, defaults to `["latents"]`):
+                The tensors passed to `callback_on_step_end`: `latents`, `model_output`, `pred_original_sample`,
+                `prompt_embeds`.
+
+        Examples:
+
+        ```py
+        >>> from diffkit import TextConditionalImagePipeline, TextConditionalImg2ImgPipeline
+
+        >>> pipe = TextConditionalImagePipeline.from_pretrained("out-text/")  # doctest: +SKIP
+        >>> img2img = TextConditionalImg2ImgPipeline.from_pipe(pipe)  # doctest: +SKIP
+        >>> eight = img2img("a handwritten eight", image=three, strength=0.6).images[0]  # doctest: +SKIP
+
+        ```
+
+        Returns:
+            [`~diffusers.ImagePipelineOutput`] or `tuple`: the edited or denoised images.
+        """
+        if guidance_scale is None:
+            guidance_scale = self.config.guidance_scale
+
+        # 0. Check inputs. Raise an error if not correct
+        num_prompts = self.check_inputs(
+            prompt,
+            negative_prompt,
+            prompt_embeds,
+            negative_prompt_embeds,
+            num_images_per_prompt,
+            num_inference_steps,
+            guidance_scale,
+            generator,
+            output_type,
+            callback_on_step_end_tensor_inputs,
+        )
+        self.check_image_inputs(image, num_prompts, strength, noise_level, num_inference_steps)
+        if strength is None and noise_level is None:
+            strength = 0.6
+        images = image if isinstance(image, (list, tuple)) else [image]
+        original = torch.cat([self.prepare_image(x) for x in images])
+        self._guidance_scale = guidance_scale
+        device = self._execution_device
+        batch_size = num_prompts * num_images_per_prompt
+        per_image = torch.arange(num_prompts).repeat_interleave(num_images_per_prompt)
+        original = original[per_image % len(original)].to(device=device, dtype=self.unet.dtype)
+        if isinstance(prompt, str):
+            prompt = [prompt]
+        if isinstance(negative_prompt, str):
+            negative_prompt = [negative_prompt] * num_prompts
+
+        # 1. Encode the prompts; the unconditional branch uses the negative prompts, or the empty prompt
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+            prompt,
+            device,
+            num_images_per_prompt,
+            do_classifier_free_guidance=guidance_scale != 1,
+            negative_prompt=negative_prompt,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+        )
+        if guidance_scale == 1:
+            encoder_hidden_states = prompt_embeds
+        elif guidance_scale == 0:
+            encoder_hidden_states = negative_prompt_embeds
+        else:
+            encoder_hidden_states = torch.cat([negative_prompt_embeds, prompt_embeds])
+
+        # 2. Prepare the timesteps: the part of the schedule that `strength` or `noise_level` selects
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        if strength == 0 or noise_level == 0:
+            timesteps = self.scheduler.timesteps[:0]
+        else:
+            start = self.start_index(strength, noise_level)
+            timesteps = self.scheduler.timesteps[start:]
+            if hasattr(self.scheduler, "set_begin_index"):
+                self.scheduler.set_begin_index(start)
+        self._num_timesteps = len(timesteps)
+
+        # 3. The starting sample: the image noised to the first step (img2img), or the noisy image itself, scaled
+        # to the scheduler's form of a sample at that step (denoising)
+        if len(timesteps) == 0:
+            latents = original
+        elif noise_level is None:
+            noise = self.prepare_latents(batch_size, self.unet.dtype, device, generator)
+            noise = noise / self.scheduler.init_noise_sigma
+            latents = self.scheduler.add_noise(original, noise, timesteps[:1])
+        else:
+            signal = self.scheduler.add_noise(torch.ones(1), torch.zeros(1), timesteps[:1].cpu()).item()
+            latents = original * signal
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator)
+
+        # 4. Denoising loop
+        for i, t in enumerate(self.progress_bar(timesteps)):
+            # 4.1 expand the latents when both guidance branches run in one pass
+            branches = len(encoder_hidden_states) // batch_size
+            latent_model_input = torch.cat([latents] * branches) if branches > 1 else latents
+            latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
+
+            # 4.2 predict the model output and apply classifier-free guidance
+            model_output = self.unet(latent_model_input, t, encoder_hidden_states=encoder_hidden_states).sample
+            if branches > 1:
+                model_output_uncond, model_output_cond = model_output.chunk(2)
+                model_output = model_output_uncond + guidance_scale * (model_output_cond - model_output_uncond)
+
+            # 4.3 compute the previous sample: x_t -> x_t-1
+            step_output = self.scheduler.step(model_output, t, latents, **extra_step_kwargs)
+            if "pred_original_sample" in callback_on_step_end_tensor_inputs:
+                pred_original_sample = getattr(step_output, "pred_original_sample", None)
+                if pred_original_sample is None:  # DPM-Solver and UniPC do not return their estimate
+                    pred_original_sample = self.predict_original_sample(model_output, t, latents)
+            latents = step_output.prev_sample
+
+            if callback_on_step_end is not None:
+                callback_kwargs = {}
+                for k in callback_on_step_end_tensor_inputs:
+                    callback_kwargs[k] = locals()[k]
+                callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                latents = callback_outputs.pop("latents", latents)
+
+        # 5. Post-process from [-1, 1] to [0, 1]
+        image = self.postprocess_image(latents, output_type)
+
+        self.maybe_free_model_hooks()
+
+        if not return_dict:
+            return (image,)
+        return ImagePipelineOutput(images=image)
