@@ -1,9 +1,12 @@
-"""Edit an image you already have with a trained class-conditional diffkit pipeline: inpaint, img2img, denoise.
+"""Edit an image you already have with a trained diffkit pipeline: inpaint, img2img, denoise.
 
     diffkit-edit inpaint --pipeline out --image digit.png --mask mask.png --class eight --out edits
     diffkit-edit img2img --pipeline out --image three.png --class eight --strength 0.6 --out edits
     diffkit-edit denoise --pipeline out --image noisy.png --class three --noise_level 0.4 --out edits
+    diffkit-edit img2img --pipeline out-text --image three.png --prompt "a handwritten eight" --out edits
+    diffkit-edit inpaint --pipeline out-uncond --image digit.png --mask mask.png --out edits
 
+Class-conditional models take `--class`, text-conditional ones `--prompt`, unconditional ones neither.
 (`python -m diffkit.pipelines.edit ...` is the same command.) Every image is saved atomically as a PNG whose text
 chunk `parameters` holds the edit's settings as JSON. Files and flags are checked before the model is loaded.
 """
@@ -19,23 +22,46 @@ from diffkit.pipelines.generate import save_png
 from diffkit.pipelines.pipeline_class_conditional_image import ClassConditionalImagePipeline
 from diffkit.pipelines.pipeline_class_conditional_img2img import ClassConditionalImg2ImgPipeline
 from diffkit.pipelines.pipeline_class_conditional_inpaint import ClassConditionalInpaintPipeline
+from diffkit.pipelines.pipeline_text_conditional_image import TextConditionalImagePipeline
+from diffkit.pipelines.pipeline_text_conditional_img2img import TextConditionalImg2ImgPipeline
+from diffkit.pipelines.pipeline_text_conditional_inpaint import TextConditionalInpaintPipeline
+from diffkit.pipelines.pipeline_unconditional_image import UnconditionalImagePipeline
+from diffkit.pipelines.pipeline_unconditional_img2img import UnconditionalImg2ImgPipeline
+from diffkit.pipelines.pipeline_unconditional_inpaint import UnconditionalInpaintPipeline
 
 TASKS = ("inpaint", "img2img", "denoise")
 DEFAULT_STRENGTH = 0.6
+# The base pipeline that each kind of training run saves, and the pipelines of the editing tasks made from it.
+BASE_PIPELINES = {
+    "class": ClassConditionalImagePipeline,
+    "text": TextConditionalImagePipeline,
+    "unconditional": UnconditionalImagePipeline,
+}
+INPAINT_PIPELINES = {
+    "class": ClassConditionalInpaintPipeline,
+    "text": TextConditionalInpaintPipeline,
+    "unconditional": UnconditionalInpaintPipeline,
+}
+IMG2IMG_PIPELINES = {
+    "class": ClassConditionalImg2ImgPipeline,
+    "text": TextConditionalImg2ImgPipeline,
+    "unconditional": UnconditionalImg2ImgPipeline,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="diffkit-edit",
-        description="Inpaint, edit (img2img) or denoise an image with a trained class-conditional diffkit pipeline.",
+        description="Inpaint, edit (img2img) or denoise an image with a trained diffkit pipeline (class-, "
+        "text-conditional or unconditional).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("task", choices=TASKS, help="inpaint: fill the mask; img2img: redraw towards a class "
-                        "(SDEdit); denoise: remove Gaussian noise of a known standard deviation.")  # fmt: skip
+    parser.add_argument("task", choices=TASKS, help="inpaint: fill the mask; img2img: redraw towards a class or "
+                        "prompt (SDEdit); denoise: remove Gaussian noise of a known standard deviation.")  # fmt: skip
     parser.add_argument(
         "--pipeline",
         required=True,
-        help="A class-conditional diffkit pipeline: a training --output_dir or a Hub repo.",
+        help="A diffkit pipeline: a training --output_dir or a Hub repo (loaded with the installed diffkit code).",
     )
     parser.add_argument(
         "--image", required=True, help="The image to edit (PNG, JPEG, ...); resized to the model's size."
@@ -45,9 +71,24 @@ def build_parser() -> argparse.ArgumentParser:
         "image's size."
     )  # fmt: skip
     parser.add_argument(
-        "--class", dest="class_labels", nargs="+", required=True,
-        help="The class(es) to edit towards, by name (e.g. seven) or id; one output set per class.",
+        "--class", dest="class_labels", nargs="+", default=None,
+        help="Class-conditional models (required there): the class(es) to edit towards, by name (e.g. seven) or "
+        "id; one output set per class.",
     )  # fmt: skip
+    parser.add_argument(
+        "--prompt", nargs="+", default=None,
+        help="Text-conditional models (required there): the prompt(s) to edit towards; one output set per prompt.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--negative_prompt", default=None, help="Text-conditional models: what the images should not show."
+    )
+    parser.add_argument(
+        "--jump_n_sample", type=int, default=1,
+        help="inpaint only: RePaint-style resampling passes at every jump (1 = off); needs a DDPM or DDIM scheduler.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--jump_length", type=int, default=10, help="inpaint only: steps jumped back at each resampling."
+    )
     parser.add_argument(
         "--strength", type=float, default=None,
         help=f"img2img only: how much of the schedule to run, in [0, 1] (default {DEFAULT_STRENGTH}); 0 keeps the "
@@ -62,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--guidance_scale", type=float, default=None, help="Classifier-free guidance scale; default: the pipeline's."
     )
-    parser.add_argument("--num_images", type=int, default=1, help="Images per class.")
+    parser.add_argument("--num_images", type=int, default=1, help="Images per class or prompt.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the CPU generator, so a seed repeats anywhere.")
     parser.add_argument(
         "--device", default=None, help="Where to run: cpu or cuda; by default CUDA when a GPU is present."
@@ -104,7 +145,17 @@ def parse_args(argv=None):
             )
     elif args.noise_level is not None:
         raise ValueError(f"`--noise_level` only applies to denoise, not to {args.task}: drop it.")
-    for name in ("steps", "num_images"):
+    if args.task != "inpaint" and (args.jump_n_sample != 1 or args.jump_length != 10):
+        raise ValueError(
+            f"`--jump_n_sample` and `--jump_length` only apply to inpaint, not to {args.task}: drop them."
+        )
+    if args.class_labels is not None and args.prompt is not None:
+        raise ValueError("`--class` and `--prompt` were both given: a model is class- or text-conditional, not both.")
+    if args.negative_prompt is not None and args.prompt is None:
+        raise ValueError("`--negative_prompt` needs `--prompt` (a text-conditional model) beside it.")
+    if args.prompt is not None and not all(prompt.strip() for prompt in args.prompt):
+        raise ValueError(f"`--prompt` must not be empty, but is {args.prompt!r}: describe what to edit towards.")
+    for name in ("steps", "num_images", "jump_n_sample", "jump_length"):
         if getattr(args, name) < 1:
             raise ValueError(f"`--{name}` must be a positive integer, but is {getattr(args, name)}.")
     if args.guidance_scale is not None and not args.guidance_scale >= 0:
@@ -114,16 +165,36 @@ def parse_args(argv=None):
     return args
 
 
-def load_class_pipeline(name_or_path: str) -> ClassConditionalImagePipeline:
-    """The class-conditional pipeline in a folder or Hub repo, with diffkit's installed class (no remote code)."""
-    class_name = DiffusionPipeline.load_config(name_or_path).get("_class_name")
+def pipeline_kind(name_or_path: str) -> str:
+    """ "class", "text" or "unconditional": the kind of diffkit pipeline in a folder or Hub repo, from its
+    `model_index.json` alone (before any weights load)."""
+    try:
+        class_name = DiffusionPipeline.load_config(name_or_path).get("_class_name")
+    except OSError as error:  # no model_index.json in the folder, or a repo that cannot be found or reached
+        raise ValueError(f"`--pipeline` {name_or_path!r} cannot be loaded as a pipeline: {error}") from None
     class_name = class_name[1] if isinstance(class_name, list) else class_name
-    if class_name != ClassConditionalImagePipeline.__name__:
-        raise ValueError(
-            f"`--pipeline` {name_or_path!r} holds a {class_name}; diffkit-edit works on class-conditional pipelines "
-            "(ClassConditionalImagePipeline, the output of `--conditioning class` training) so far."
-        )
-    return ClassConditionalImagePipeline.from_pretrained(name_or_path)
+    for kind, pipeline_class in BASE_PIPELINES.items():
+        if class_name in (pipeline_class.__name__, INPAINT_PIPELINES[kind].__name__, IMG2IMG_PIPELINES[kind].__name__):
+            return kind
+    raise ValueError(
+        f"`--pipeline` {name_or_path!r} holds a {class_name}; diffkit-edit works on diffkit pipelines "
+        f"({', '.join(c.__name__ for c in BASE_PIPELINES.values())}); for Stable Diffusion use diffkit-generate."
+    )
+
+
+def check_conditioning(args, kind: str):
+    """The condition flags that the model takes: `--class` for class models, `--prompt` for text models."""
+    if kind == "class" and args.class_labels is None:
+        raise ValueError(f"`--pipeline` {args.pipeline!r} is class-conditional: pass `--class` (e.g. --class seven).")
+    if kind == "text" and args.prompt is None:
+        raise ValueError(f"`--pipeline` {args.pipeline!r} is text-conditional: pass `--prompt` (e.g. --prompt "
+                         "'a handwritten eight').")  # fmt: skip
+    if kind != "class" and args.class_labels is not None:
+        raise ValueError(f"`--class` needs a class-conditional model, but `--pipeline` {args.pipeline!r} is {kind}.")
+    if kind != "text" and args.prompt is not None:
+        raise ValueError(f"`--prompt` needs a text-conditional model, but `--pipeline` {args.pipeline!r} is {kind}.")
+    if kind == "unconditional" and args.guidance_scale is not None:
+        raise ValueError("`--guidance_scale` needs a conditional model; an unconditional one has no guidance.")
 
 
 def label_argument(label: str):
@@ -133,37 +204,57 @@ def label_argument(label: str):
 
 def main(argv=None):
     args = parse_args(argv)
-    pipe = load_class_pipeline(args.pipeline)
+    kind = pipeline_kind(args.pipeline)
+    check_conditioning(args, kind)
+    # The installed class, not the code saved beside the weights: no remote code runs.
+    pipe = BASE_PIPELINES[kind].from_pretrained(args.pipeline)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe.to(device)
-    labels = [label_argument(label) for label in args.class_labels]
-    kwargs = dict(
-        class_labels=labels,
-        num_images_per_label=args.num_images,
-        num_inference_steps=args.steps,
-        guidance_scale=args.guidance_scale,
-        # The generator lives on the CPU so that a seed gives the same images on any device.
-        generator=torch.Generator("cpu").manual_seed(args.seed),
-    )
+    # The generator lives on the CPU so that a seed gives the same images on any device.
+    kwargs = dict(num_inference_steps=args.steps, generator=torch.Generator("cpu").manual_seed(args.seed))
+    if kind == "class":
+        conditions = args.class_labels
+        kwargs.update(
+            class_labels=[label_argument(label) for label in args.class_labels],
+            num_images_per_label=args.num_images,
+            guidance_scale=args.guidance_scale,
+        )
+    elif kind == "text":
+        conditions = [f"prompt{index}" for index in range(len(args.prompt))]
+        kwargs.update(
+            prompt=args.prompt,
+            negative_prompt=args.negative_prompt,
+            num_images_per_prompt=args.num_images,
+            guidance_scale=args.guidance_scale,
+        )
+    else:
+        conditions = ["image"]
+        kwargs.update(num_images_per_image=args.num_images)
     with Image.open(args.image) as opened:
         image = opened.copy()
     if args.task == "inpaint":
         with Image.open(args.mask) as opened:
             mask = opened.copy()
-        images = ClassConditionalInpaintPipeline.from_pipe(pipe)(image=image, mask_image=mask, **kwargs).images
-    elif args.task == "img2img":
-        images = ClassConditionalImg2ImgPipeline.from_pipe(pipe)(image=image, strength=args.strength, **kwargs).images
-    else:
-        images = ClassConditionalImg2ImgPipeline.from_pipe(pipe)(
-            image=image, noise_level=args.noise_level, **kwargs
+        inpaint = INPAINT_PIPELINES[kind].from_pipe(pipe)
+        images = inpaint(
+            image=image, mask_image=mask, jump_length=args.jump_length, jump_n_sample=args.jump_n_sample, **kwargs
         ).images
+    elif args.task == "img2img":
+        images = IMG2IMG_PIPELINES[kind].from_pipe(pipe)(image=image, strength=args.strength, **kwargs).images
+    else:
+        images = IMG2IMG_PIPELINES[kind].from_pipe(pipe)(image=image, noise_level=args.noise_level, **kwargs).images
 
     os.makedirs(args.out, exist_ok=True)
     parameters = {k: v for k, v in vars(args).items() if k not in ("out", "device")}
     for index, edited in enumerate(images):
-        label = args.class_labels[index // args.num_images]
-        path = os.path.join(args.out, f"{args.task}-{label}-seed{args.seed}-{index % args.num_images}.png")
-        save_png(edited, path, {**parameters, "class_label": label, "image_index": index})
+        condition = conditions[index // args.num_images]
+        path = os.path.join(args.out, f"{args.task}-{condition}-seed{args.seed}-{index % args.num_images}.png")
+        # the condition of this image: its class, or its one prompt in place of the list
+        if kind == "class":
+            parameters["class_label"] = condition
+        elif kind == "text":
+            parameters["prompt"] = args.prompt[index // args.num_images]
+        save_png(edited, path, {**parameters, "image_index": index})
         print(path)
 
 

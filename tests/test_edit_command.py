@@ -1,18 +1,22 @@
-"""`diffkit-edit inpaint|img2img|denoise`: the command end to end on a tiny saved class pipeline, and its errors."""
+"""`diffkit-edit inpaint|img2img|denoise`: the command end to end on tiny saved class, text and unconditional
+pipelines, and its errors."""
 
 import json
 
 import numpy as np
 import pytest
+import torch
 from diffusers import DDPMScheduler
 from PIL import Image
 
-from diffkit import UnconditionalImagePipeline
+from diffkit import TextConditionalImagePipeline, UnconditionalImagePipeline
 from diffkit.pipelines.edit import build_parser, main
 from diffkit.pipelines.generate import PNG_METADATA_KEY
 
 from .test_inpaint import SIZE, digit_and_bottom_half_mask
 from .test_pipelines import make_class_pipeline
+from .test_text_pipeline import MAX_TEXT_LENGTH, clip_tokenizer, tiny_text_unet  # noqa: F401 (a fixture)
+from .tiny_stable_diffusion import tiny_text_encoder
 
 
 @pytest.fixture
@@ -87,7 +91,62 @@ def test_bad_input_is_a_clear_error(files, argv, message):
     assert not (files / "edits").exists()
 
 
-def test_a_pipeline_that_is_not_class_conditional_is_refused(files, tiny_unet2d):
-    UnconditionalImagePipeline(unet=tiny_unet2d, scheduler=DDPMScheduler()).save_pretrained(files / "model")
-    with pytest.raises(ValueError, match="holds a UnconditionalImagePipeline; diffkit-edit works on class-cond"):
+def test_a_pipeline_that_is_not_diffkits_is_refused(files):
+    (files / "model" / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    with pytest.raises(ValueError, match="holds a StableDiffusionPipeline; diffkit-edit works on diffkit pipelines"):
         edit(files, "img2img", "--class", "dog")
+    with pytest.raises(ValueError, match="cannot be loaded as a pipeline"):
+        main(["img2img", "--pipeline", str(files / "nowhere"), "--image", str(files / "digit.png"), "--out", "x"])
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["img2img"], "is class-conditional: pass `--class`"),
+        (["img2img", "--prompt", "a dog"], "is class-conditional: pass `--class`"),
+        (["img2img", "--class", "dog", "--prompt", "a dog"], "`--class` and `--prompt` were both given"),
+        (["img2img", "--class", "dog", "--jump_n_sample", "2"], "only apply to inpaint, not to img2img"),
+        (["inpaint", "--class", "dog", "--mask", "MASK", "--jump_n_sample", "0"], "`--jump_n_sample` must be a pos"),
+    ],
+)
+def test_condition_flags_must_fit_the_model(files, argv, message):
+    argv = [str(files / "mask.png") if a == "MASK" else a for a in argv]
+    with pytest.raises(ValueError, match=message):
+        edit(files, *argv)
+
+
+def test_unconditional_model_end_to_end(files, tiny_unet2d):
+    UnconditionalImagePipeline(
+        unet=tiny_unet2d, scheduler=DDPMScheduler(num_train_timesteps=100, clip_sample=True)
+    ).save_pretrained(files / "model")
+    with pytest.raises(ValueError, match="`--class` needs a class-conditional model, but .* is unconditional"):
+        edit(files, "img2img", "--class", "dog")
+    edit(files, "inpaint", "--mask", str(files / "mask.png"), "--jump_length", "1", "--jump_n_sample", "2")
+    edit(files, "img2img", "--strength", "1.0", "--num_images", "2")
+    edit(files, "denoise", "--noise_level", "0.4")
+    written = sorted(p.name for p in (files / "edits").iterdir())
+    assert written == [
+        "denoise-image-seed0-0.png", "img2img-image-seed0-0.png", "img2img-image-seed0-1.png",
+        "inpaint-image-seed0-0.png",
+    ]  # fmt: skip
+    image, mask = digit_and_bottom_half_mask()
+    with Image.open(files / "edits" / "inpaint-image-seed0-0.png") as png:
+        assert json.loads(png.text[PNG_METADATA_KEY])["jump_n_sample"] == 2
+        np.testing.assert_array_equal(np.asarray(png)[mask == 0], image[mask == 0])
+
+
+def test_text_model_end_to_end(files, clip_tokenizer):  # noqa: F811
+    torch.manual_seed(0)
+    TextConditionalImagePipeline(
+        unet=tiny_text_unet(), scheduler=DDPMScheduler(num_train_timesteps=100), text_encoder=tiny_text_encoder(),
+        tokenizer=clip_tokenizer, max_text_length=MAX_TEXT_LENGTH,
+    ).save_pretrained(files / "model")  # fmt: skip
+    with pytest.raises(ValueError, match="is text-conditional: pass `--prompt`"):
+        edit(files, "img2img")
+    edit(files, "img2img", "--prompt", "a handwritten seven", "the digit 3", "--negative_prompt", "a blurry digit")
+    edit(files, "inpaint", "--mask", str(files / "mask.png"), "--prompt", "a handwritten seven")
+    written = sorted(p.name for p in (files / "edits").iterdir())
+    assert written == ["img2img-prompt0-seed0-0.png", "img2img-prompt1-seed0-0.png", "inpaint-prompt0-seed0-0.png"]
+    with Image.open(files / "edits" / "img2img-prompt1-seed0-0.png") as png:
+        parameters = json.loads(png.text[PNG_METADATA_KEY])
+    assert parameters["prompt"] == "the digit 3" and parameters["negative_prompt"] == "a blurry digit"
