@@ -6,7 +6,8 @@
 
 Each `--pipeline` (a training `--output_dir`, a `save_pretrained` folder or a Hub repo) gets a tab: pick classes by
 name (or write a prompt for a text model), set guidance, steps, sampler, seed and the number of images, and watch
-the predicted clean images form with "Show the denoising". `--sd`, `--sdxl` and `--controlnet` add text-to-image and
+the predicted clean images form with "Show the denoising". Its "Edit an image" section inpaints what you paint over an
+uploaded image, redraws it towards the chosen condition (img2img) or denoises it, streamed the same way. `--sd`, `--sdxl` and `--controlnet` add text-to-image and
 canny-edge tabs. One request runs the models at a time (a queue serves the others in turn), with the CPU thread
 count of `--num_threads`. The app listens on 127.0.0.1 only, unless `--host` or `--share` says otherwise.
 
@@ -16,6 +17,7 @@ loaders), so `python -m diffkit.pipelines.push --space_id` uploads it unchanged 
 
 import argparse
 import contextlib
+import importlib
 import inspect
 import ipaddress
 import logging
@@ -37,7 +39,7 @@ from diffusers import (
 )
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
-from PIL import Image
+from PIL import Image, ImageChops
 
 try:
     import gradio as gr
@@ -73,6 +75,27 @@ MODEL_QUEUE = "models"
 # The gallery shows a new set of predicted clean images at most this often while "Show the denoising" is on.
 PREVIEW_INTERVAL_S = 0.2
 CSS = ".diffkit-gallery img { image-rendering: pixelated; }"
+EDIT_TASKS = ("inpaint", "img2img", "denoise")
+DEFAULT_STRENGTH = 0.6
+DEFAULT_NOISE_LEVEL = 0.2
+# The largest noise level the slider offers (images in [-1, 1]); the pipeline refuses one beyond its schedule.
+MAX_NOISE_LEVEL = 4.0
+# The editing pipelines of each kind of diffkit pipeline: (module, class) for inpainting and for img2img/denoising.
+# The modules are diffkit's own files, which a Space holds beside this app (see `diffkit.pipelines.push`).
+EDITING_PIPELINES = {
+    "class": {
+        "inpaint": ("pipeline_class_conditional_inpaint", "ClassConditionalInpaintPipeline"),
+        "img2img": ("pipeline_class_conditional_img2img", "ClassConditionalImg2ImgPipeline"),
+    },
+    "text": {
+        "inpaint": ("pipeline_text_conditional_inpaint", "TextConditionalInpaintPipeline"),
+        "img2img": ("pipeline_text_conditional_img2img", "TextConditionalImg2ImgPipeline"),
+    },
+    "unconditional": {
+        "inpaint": ("pipeline_unconditional_inpaint", "UnconditionalInpaintPipeline"),
+        "img2img": ("pipeline_unconditional_img2img", "UnconditionalImg2ImgPipeline"),
+    },
+}
 
 
 def check_model_argument(model: str, argument: str) -> None:
@@ -228,6 +251,44 @@ def pipeline_kind(pipe) -> Optional[str]:
     return None
 
 
+def editing_pipeline(pipe, task: str) -> DiffusionPipeline:
+    """The inpainting (`task="inpaint"`) or img2img/denoising pipeline made from `pipe` with `from_pipe`, sharing its
+    modules: diffkit's installed class, or on a Space the pipeline file uploaded beside this app."""
+    module_name, class_name = EDITING_PIPELINES[pipeline_kind(pipe)]["inpaint" if task == "inpaint" else "img2img"]
+    if installed_diffkit is not None:
+        pipeline_class = getattr(installed_diffkit, class_name)
+    else:
+        try:
+            pipeline_class = getattr(importlib.import_module(module_name), class_name)
+        except ImportError:
+            raise ValueError(
+                f"Editing needs {class_name}: install diffkit, or put diffkit's {module_name}.py beside this app."
+            ) from None
+    return pipeline_class.from_pipe(pipe)
+
+
+def editor_image_and_mask(editor_value, task: str):
+    """The uploaded image of the image editor, and for inpainting the mask: 255 wherever a layer was painted."""
+    if not editor_value or editor_value.get("background") is None:
+        raise ValueError("`image` is missing: upload the image to edit in the image editor.")
+    image = editor_value["background"].convert("RGB")
+    if task != "inpaint":
+        return image, None
+    mask = Image.new("L", image.size, 0)
+    for layer in editor_value.get("layers") or []:
+        alpha = layer.convert("RGBA").getchannel("A")
+        if alpha.size != image.size:
+            raise ValueError(
+                f"The painted mask is {alpha.size[0]}x{alpha.size[1]} but the image is {image.size[0]}x"
+                f"{image.size[1]}: upload the image again and paint on it without resizing the canvas."
+            )
+        mask = ImageChops.lighter(mask, alpha)
+    mask = mask.point(lambda value: 255 if value > 0 else 0)
+    if mask.getbbox() is None:
+        raise ValueError("Nothing is painted: paint over the part of the image to fill (the brush), then press Edit.")
+    return image, mask
+
+
 def pipeline_title(model: str) -> str:
     """The tab title: a folder's name, or a repo id."""
     return os.path.basename(os.path.normpath(model)) if os.path.isdir(model) else model
@@ -293,7 +354,9 @@ def stream_pipeline(pipe, call_kwargs: Dict, captions: List[str], show_denoising
         if cancelled.is_set():
             raise GenerationCancelled()
         preview = callback_kwargs.get("pred_original_sample")
-        events.put(("step", step_index + 1, len(pipe.scheduler.timesteps), preview))
+        # the steps this call runs (img2img runs the last part of the schedule), where the pipeline says
+        num_steps = getattr(pipe, "num_timesteps", None) or len(pipe.scheduler.timesteps)
+        events.put(("step", step_index + 1, max(num_steps, step_index + 1), preview))
         return {}
 
     def run():
@@ -393,45 +456,98 @@ def diffkit_tab(pipe, title: str, api_name: str, max_images: int):
                 seed = gr.Number(0, precision=0, minimum=0, label="Seed", info="Image i uses seed + i.")
                 show_denoising = gr.Checkbox(False, label="Show the denoising")
                 button = gr.Button("Generate", variant="primary")
+                with gr.Accordion("Edit an image: inpaint, img2img, denoise", open=False):
+                    edit_task = gr.Radio(
+                        list(EDIT_TASKS),
+                        value="inpaint",
+                        label="Task",
+                        info="inpaint: fill what you paint; img2img: redraw towards the condition above; denoise: "
+                        "remove Gaussian noise of the given level.",
+                    )
+                    editor = gr.ImageEditor(
+                        type="pil",
+                        format="png",
+                        label="Image (inpaint: paint over what to fill)",
+                        sources=["upload", "clipboard"],
+                        brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"),
+                        layers=False,
+                        transforms=(),
+                    )
+                    strength = gr.Slider(
+                        0, 1, value=DEFAULT_STRENGTH, step=0.05, label="Strength (img2img)",
+                        info="0 keeps the image, 1 redraws it from noise.",
+                    )  # fmt: skip
+                    noise_level = gr.Slider(
+                        0, MAX_NOISE_LEVEL, value=DEFAULT_NOISE_LEVEL, step=0.01, label="Noise level (denoise)",
+                        info="The noise's standard deviation, images in [-1, 1] (sigma / 127.5 for 8-bit pixels).",
+                    )  # fmt: skip
+                    edit_button = gr.Button("Edit", variant="primary")
             with gr.Column():
                 gallery = gr.Gallery(label="Images", format="png", columns=4, elem_classes=["diffkit-gallery"])
                 info = gr.Markdown()
 
+    def request_settings(condition, images_wanted, guidance, steps, sampler_name, seed_value, count_argument):
+        """The pipeline arguments the generate and edit requests share, the images' captions and a summary."""
+        images_wanted = whole_number(images_wanted, "num_images")
+        steps = whole_number(steps, "num_inference_steps")
+        call_kwargs = dict(num_inference_steps=steps, output_type="pil")
+        if kind == "class":
+            labels = condition[0] if isinstance(condition[0], list) else [condition[0]]
+            # names (or ids typed as digits) to ids, with the pipeline's own message for an unknown one
+            label_ids = pipe.get_label_ids([int(x) if str(x).isdigit() else x for x in labels])
+            call_kwargs.update(class_labels=label_ids, num_images_per_label=images_wanted)
+            captions = [pipe.config.id2label[str(i)] for i in label_ids for _ in range(images_wanted)]
+        elif kind == "text":
+            prompt, negative_prompt = condition
+            call_kwargs.update(prompt=prompt, negative_prompt=negative_prompt or None)
+            call_kwargs.update(num_images_per_prompt=images_wanted)
+            captions = [prompt] * images_wanted
+        else:
+            call_kwargs[count_argument] = images_wanted
+            captions = [""] * images_wanted
+        if len(captions) > max_images:
+            raise ValueError(
+                f"{len(captions)} images were asked for ({len(captions) // images_wanted} classes x "
+                f"{images_wanted}); this app makes at most {max_images} per request (--max_images)."
+            )
+        if kind != "unconditional":
+            call_kwargs["guidance_scale"] = float(guidance)
+        generators = image_generators(seed_value, len(captions))
+        call_kwargs["generator"] = generators
+        captions = [f"{c} · seed {g.initial_seed()}".lstrip(" ·") for c, g in zip(captions, generators)]
+        pipe.scheduler = scheduler_choice(saved_scheduler, sampler_name, SAMPLERS)
+        summary = f"{type(pipe.scheduler).__name__}, {steps} steps"
+        if kind != "unconditional":
+            summary += f", guidance {float(guidance):g}"
+        return call_kwargs, captions, summary
+
     def generate(*values, progress=gr.Progress()):
-        condition, (images_wanted, guidance, steps, sampler_name, seed_value, show) = values[:-6], values[-6:]
+        condition, settings = values[:-6], values[-6:]
         with readable_errors():
-            images_wanted = whole_number(images_wanted, "num_images")
-            steps = whole_number(steps, "num_inference_steps")
-            call_kwargs = dict(num_inference_steps=steps, output_type="pil")
-            if kind == "class":
-                labels = condition[0] if isinstance(condition[0], list) else [condition[0]]
-                # names (or ids typed as digits) to ids, with the pipeline's own message for an unknown one
-                label_ids = pipe.get_label_ids([int(x) if str(x).isdigit() else x for x in labels])
-                call_kwargs.update(class_labels=label_ids, num_images_per_label=images_wanted)
-                captions = [pipe.config.id2label[str(i)] for i in label_ids for _ in range(images_wanted)]
-            elif kind == "text":
-                prompt, negative_prompt = condition
-                call_kwargs.update(prompt=prompt, negative_prompt=negative_prompt or None)
-                call_kwargs.update(num_images_per_prompt=images_wanted)
-                captions = [prompt] * images_wanted
+            call_kwargs, captions, summary = request_settings(condition, *settings[:5], "batch_size")
+            yield from stream_pipeline(pipe, call_kwargs, captions, settings[5], progress, summary + ".")
+
+    def edit(*values, progress=gr.Progress()):
+        condition, settings = values[:-10], values[-10:-4]
+        editor_value, task, strength_value, noise_level_value = values[-4:]
+        with readable_errors():
+            if task not in EDIT_TASKS:
+                raise ValueError(f"`task` must be one of {list(EDIT_TASKS)}, but is {task!r}.")
+            image, mask = editor_image_and_mask(editor_value, task)
+            call_kwargs, captions, summary = request_settings(condition, *settings[:5], "num_images_per_image")
+            # made after the sampler is chosen, so that the task pipeline shares the chosen scheduler
+            task_pipe = editing_pipeline(pipe, task)
+            call_kwargs["image"] = image
+            if task == "inpaint":
+                call_kwargs["mask_image"] = mask
+            elif task == "img2img":
+                call_kwargs["strength"] = float(strength_value)
+                summary += f", strength {float(strength_value):g}"
             else:
-                call_kwargs.update(batch_size=images_wanted)
-                captions = [""] * images_wanted
-            if len(captions) > max_images:
-                raise ValueError(
-                    f"{len(captions)} images were asked for ({len(captions) // images_wanted} classes x "
-                    f"{images_wanted}); this app makes at most {max_images} per request (--max_images)."
-                )
-            if kind != "unconditional":
-                call_kwargs["guidance_scale"] = float(guidance)
-            generators = image_generators(seed_value, len(captions))
-            call_kwargs["generator"] = generators
-            captions = [f"{c} · seed {g.initial_seed()}".lstrip(" ·") for c, g in zip(captions, generators)]
-            pipe.scheduler = scheduler_choice(saved_scheduler, sampler_name, SAMPLERS)
-            summary = f"{type(pipe.scheduler).__name__}, {steps} steps"
-            if kind != "unconditional":
-                summary += f", guidance {float(guidance):g}"
-            yield from stream_pipeline(pipe, call_kwargs, captions, show, progress, summary + ".")
+                call_kwargs["noise_level"] = float(noise_level_value)
+                summary += f", noise level {float(noise_level_value):g}"
+            summary = f"{task}: {summary}."
+            yield from stream_pipeline(task_pipe, call_kwargs, captions, settings[5], progress, summary)
 
     inputs = [*condition_inputs, num_images, guidance_scale, num_inference_steps, sampler, seed, show_denoising]
     button.click(
@@ -439,6 +555,14 @@ def diffkit_tab(pipe, title: str, api_name: str, max_images: int):
         inputs=inputs,
         outputs=[gallery, info],
         api_name=api_name,
+        concurrency_id=MODEL_QUEUE,
+        concurrency_limit=1,
+    )
+    edit_button.click(
+        edit,
+        inputs=[*inputs, editor, edit_task, strength, noise_level],
+        outputs=[gallery, info],
+        api_name=api_name.replace("generate_", "edit_", 1),
         concurrency_id=MODEL_QUEUE,
         concurrency_limit=1,
     )
@@ -559,7 +683,8 @@ def build_demo(
     r"""
     The Gradio app: a tab per diffkit pipeline (`{title: pipeline}`), and Stable Diffusion, SDXL and ControlNet-canny
     tabs for the pipelines given. Each generate button is an API endpoint named `generate_<title>` (`generate_sd`,
-    `generate_sdxl`, `generate_controlnet_canny`), all served one request at a time.
+    `generate_sdxl`, `generate_controlnet_canny`), and each diffkit tab's edit button one named `edit_<title>`, all
+    served one request at a time.
 
     Example:
 

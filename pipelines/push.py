@@ -15,6 +15,7 @@ With `--space_id`, a Gradio Space is created (or updated) that runs diffkit's we
 
 import argparse
 import contextlib
+import glob
 import importlib
 import importlib.metadata
 import json
@@ -52,6 +53,8 @@ CHECKPOINTS_PATH_IN_REPO = "checkpoints"
 # The web demo, uploaded unchanged to a Space under this module name; the Space's app.py imports it.
 APP_SOURCE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "app.py")
 SPACE_APP_MODULE = "diffkit_app"
+# The editing pipelines (self-contained files), uploaded beside the app so that its edit mode runs on a Space.
+EDITING_PIPELINE_PATTERNS = ("pipeline_*_inpaint.py", "pipeline_*_img2img.py")
 
 
 class HubPushError(RuntimeError):
@@ -218,9 +221,15 @@ def demo_space_files(model_repo_id: str, gradio_version: str) -> Dict[str, bytes
         f"A web demo of [{model_repo_id}]({constants.ENDPOINT}/{model_repo_id}), made with diffkit: pick what to "
         "draw, the guidance scale, the steps, the sampler and the seed, and watch the images form.\n"
     )
+    editing_pipelines = {}
+    for pattern in EDITING_PIPELINE_PATTERNS:
+        for path in sorted(glob.glob(os.path.join(os.path.dirname(APP_SOURCE_FILE), pattern))):
+            with open(path, "rb") as f:
+                editing_pipelines[os.path.basename(path)] = f.read()
     return {
         "app.py": launcher.encode(),
         f"{SPACE_APP_MODULE}.py": app_source,
+        **editing_pipelines,
         "requirements.txt": requirements.encode(),
         MODEL_CARD_NAME: card.encode(),
     }

@@ -11,7 +11,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 from skimage.data import astronaut
 
-from diffkit import TextConditionalImagePipeline, UnconditionalImagePipeline
+from diffkit import ClassConditionalInpaintPipeline, TextConditionalImagePipeline, UnconditionalImagePipeline
 from diffkit.pipelines.app import SAVED_SAMPLER, build_demo
 from diffkit.pipelines.loaders import load_controlnet_canny, load_sdxl, load_stable_diffusion
 
@@ -112,6 +112,7 @@ def test_the_api_has_one_endpoint_per_tab(app):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert {"/generate_digits", "/generate_captions", "/generate_noise_to_digits", "/generate_sd"} <= set(endpoints)
     assert {"/generate_sdxl", "/generate_controlnet_canny"} <= set(endpoints)
+    assert {"/edit_digits", "/edit_captions", "/edit_noise_to_digits"} <= set(endpoints)
 
 
 def test_class_tab_makes_the_pipelines_images_by_label_name(app, pipes):
@@ -214,6 +215,73 @@ def test_controlnet_tab_shows_the_edges_beside_the_result(app, tmp_path):
     assert (np.asarray(Image.open(fewer)) > 0).sum() < (edge_pixels > 0).sum()
 
 
+@pytest.fixture(scope="module")
+def edit_files(tmp_path_factory):
+    """An 8x8 grey digit, and an editor layer painted (opaque white) over its bottom half."""
+    folder = tmp_path_factory.mktemp("edit")
+    digit = np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8)
+    Image.fromarray(digit).save(folder / "digit.png")
+    layer = np.zeros((8, 8, 4), dtype=np.uint8)
+    layer[4:] = 255
+    Image.fromarray(layer, "RGBA").save(folder / "painted.png")
+    Image.fromarray(np.zeros((8, 8, 4), dtype=np.uint8), "RGBA").save(folder / "unpainted.png")
+    return folder, digit
+
+
+def editor_value(folder, layer="painted.png"):
+    background = handle_file(str(folder / "digit.png"))
+    return {"background": background, "layers": [handle_file(str(folder / layer))], "composite": background}
+
+
+def edit_request(condition, folder, task="inpaint", num_images=2, guidance=3.0, steps=STEPS, seed=0, show=False,
+                 strength=0.6, noise_level=0.2, layer="painted.png"):  # fmt: skip
+    return (*condition, num_images, guidance, steps, SAVED_SAMPLER, seed, show, editor_value(folder, layer), task,
+            strength, noise_level)  # fmt: skip
+
+
+def test_class_tab_inpaints_what_was_painted_as_the_pipeline_does(app, pipes, edit_files):
+    client, _ = app
+    folder, digit = edit_files
+    gallery, info = client.predict(*edit_request([["dog"]], folder, seed=3), api_name="/edit_digits")
+    images = gallery_arrays(gallery)
+    assert [item["caption"] for item in gallery] == ["dog · seed 3", "dog · seed 4"]
+    assert info.startswith("2 images of 8x8") and "inpaint: DDPMScheduler, 3 steps, guidance 3" in info
+    for image in images:
+        np.testing.assert_array_equal(image[:4], digit[:4])  # the unpainted half is kept exactly
+    mask = np.zeros((8, 8), dtype=np.uint8)
+    mask[4:] = 255
+    again = ClassConditionalInpaintPipeline.from_pipe(pipes[0]["digits"])(
+        image=digit, mask_image=mask, class_labels=["dog"], num_images_per_label=2, num_inference_steps=STEPS,
+        guidance_scale=3.0, generator=[torch.Generator().manual_seed(s) for s in (3, 4)], output_type="np",
+    ).images  # fmt: skip
+    np.testing.assert_array_equal(images, (again[..., 0] * 255).round().astype(np.uint8))
+
+
+def test_edit_modes_of_the_text_and_unconditional_tabs_stream_the_denoising(app, edit_files):
+    client, _ = app
+    folder, digit = edit_files
+    job = client.submit(
+        *edit_request(["a handwritten seven", ""], folder, task="img2img", num_images=1, strength=0.67, show=True),
+        api_name="/edit_captions",
+    )
+    gallery, info = job.result()
+    previews = [text for _, text in job.outputs()[:-1]]
+    # 0.67 of 3 steps: the last 2 run, and the progress counts those
+    assert previews[0] == "Step 1/2: the clean images predicted so far." and "img2img:" in info
+    assert "strength 0.67" in info and gallery_arrays(gallery)[0].shape == (8, 8)
+    unchanged = client.predict(
+        *edit_request(["a handwritten seven", ""], folder, task="img2img", num_images=1, strength=0.0),
+        api_name="/edit_captions",
+    )[0]
+    np.testing.assert_array_equal(gallery_arrays(unchanged)[0], digit)
+    gallery, info = client.predict(
+        *edit_request([], folder, task="denoise", num_images=2, noise_level=0.3), api_name="/edit_noise_to_digits"
+    )
+    assert len(gallery) == 2 and "denoise: DDPMScheduler" in info and "noise level 0.3" in info
+    gallery, _ = client.predict(*edit_request([], folder, num_images=1), api_name="/edit_noise_to_digits")
+    np.testing.assert_array_equal(gallery_arrays(gallery)[0][:4], digit[:4])
+
+
 @pytest.mark.parametrize(
     "api_name, request_values, message",
     [
@@ -228,10 +296,18 @@ def test_controlnet_tab_shows_the_edges_beside_the_result(app, tmp_path):
         ("/generate_sd", ("", "", SD_SIZE, SD_SIZE, 1, 2, 7.5, SAVED_SAMPLER, 0), "`prompt` is empty"),
         ("/generate_controlnet_canny", (None, 100, 200, "a robot", "", 1, 2, 7.5, SAVED_SAMPLER, 0),
          "`image` is missing: upload a photo"),
+        ("/edit_digits", ([["cat"]], 1, 3.0, STEPS, SAVED_SAMPLER, 0, False, None, "inpaint", 0.6, 0.2),
+         "`image` is missing: upload the image to edit"),
+        ("/edit_digits", "EDIT unpainted", "Nothing is painted: paint over the part of the image to fill"),
+        ("/edit_digits", "EDIT strength 0.1", "`strength` 0.1 of 3 steps gives no denoising step"),
     ],
 )  # fmt: skip
-def test_bad_input_gets_a_message_and_the_app_keeps_serving(app, api_name, request_values, message):
+def test_bad_input_gets_a_message_and_the_app_keeps_serving(app, edit_files, api_name, request_values, message):
     client, _ = app
+    if request_values == "EDIT unpainted":
+        request_values = edit_request([["cat"]], edit_files[0], layer="unpainted.png")
+    elif request_values == "EDIT strength 0.1":
+        request_values = edit_request([["cat"]], edit_files[0], task="img2img", strength=0.1)
     with pytest.raises(AppError) as error:
         client.predict(*request_values, api_name=api_name)
     assert message in str(error.value) and "Traceback" not in str(error.value)

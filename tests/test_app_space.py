@@ -1,6 +1,7 @@
 """`diffkit-push --space_id`: a Gradio Space whose app is `pipelines/app.py` unchanged, run here as the
 Space would run it (without diffkit installed), against the test Hub on 127.0.0.1."""
 
+import os
 import subprocess
 import sys
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
-from gradio_client import Client
+from gradio_client import Client, handle_file
 from PIL import Image
 
 from diffkit.pipelines.app import SAVED_SAMPLER, api_name_for
@@ -58,6 +59,10 @@ def test_the_space_holds_the_app_unchanged_and_a_launcher(pushed_space):
     card = files["README.md"].decode()
     assert card.startswith("---\ntitle: space-digits\nsdk: gradio\nsdk_version: ") and f"- {MODEL_ID}\n" in card
     assert "diffusers==" in files["requirements.txt"].decode()
+    for kind in ("class_conditional", "text_conditional", "unconditional"):
+        for task in ("inpaint", "img2img"):
+            with open(os.path.join(REPO_ROOT, "pipelines", f"pipeline_{kind}_{task}.py"), "rb") as f:
+                assert files[f"pipeline_{kind}_{task}.py"] == f.read()  # for the app's edit mode
     assert f"The web demo runs on the Space {SPACE_ID}" in stdout
 
 
@@ -71,12 +76,23 @@ def test_the_space_app_runs_without_diffkit_and_makes_the_pipelines_images(pushe
     # on a Space it listens on 0.0.0.0; here the later --host keeps it on this machine
     process, url = start_app(["--host", "127.0.0.1"], tmp_path / "space.log", env=env, cwd=space_folder,
                              command=command)  # fmt: skip
+    digit = np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8)
+    Image.fromarray(digit).save(tmp_path / "digit.png")
+    painted = np.zeros((8, 8, 4), dtype=np.uint8)
+    painted[4:] = 255
+    Image.fromarray(painted, "RGBA").save(tmp_path / "painted.png")
+    editor = {"background": handle_file(str(tmp_path / "digit.png")), "layers": [handle_file(str(tmp_path /
+              "painted.png"))], "composite": handle_file(str(tmp_path / "digit.png"))}  # fmt: skip
     try:
-        gallery, info = Client(url, verbose=False).predict(
-            ["bird"], 2, 3.0, 3, SAVED_SAMPLER, 4, False, api_name="/" + api_name_for(MODEL_ID, [])
-        )
+        client = Client(url, verbose=False)
+        api_name = api_name_for(MODEL_ID, [])
+        gallery, info = client.predict(["bird"], 2, 3.0, 3, SAVED_SAMPLER, 4, False, api_name="/" + api_name)
+        # the edit mode, with the inpainting pipeline file the Space holds beside the app
+        edited, _ = client.predict(["bird"], 1, 3.0, 3, SAVED_SAMPLER, 4, False, editor, "inpaint", 0.6, 0.2,
+                                   api_name="/" + api_name.replace("generate_", "edit_"))  # fmt: skip
     finally:
         stop_app(process)
+    np.testing.assert_array_equal(np.asarray(Image.open(edited[0]["image"]))[:4], digit[:4])
     expected = pipe(class_labels=["bird", "bird"], num_inference_steps=3, output_type="np",
                     generator=[torch.Generator().manual_seed(s) for s in (4, 5)]).images  # fmt: skip
     served = np.stack([np.asarray(Image.open(item["image"])) for item in gallery])
