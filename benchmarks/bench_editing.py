@@ -14,8 +14,15 @@ and MobileNetV2 features (FID-MobileNetV2, beside the real-vs-real floor at the 
 - img2img strength sweep towards the digit (label + 5) % 10: SSIM to the source against the share reaching it.
 - Denoising at sigma 0.1 / 0.2 / 0.4 / 0.8 (images in [-1, 1], stored as 8-bit images, so clipped): PSNR and SSIM
   beside scikit-image's `denoise_tv_chambolle` and `denoise_nl_means`, each tuned on other digits.
-- With `--unconditional`: `UnconditionalInpaintPipeline` (20 steps) against `RePaintPipeline` (250 steps, jump length
-  10, 10 resamplings, its documented settings) on `--repaint_images` digits, bottom half masked.
+- Resampling (bottom half): 20 steps, 20 steps with RePaint-style resampling (jump length 5, 3 passes: 50 UNet
+  evaluations) and 50 plain steps (the same evaluations), to see whether resampling pays.
+- With `--unconditional`: `UnconditionalInpaintPipeline` (20 steps, with and without resampling) against
+  `RePaintPipeline` (250 steps, jump length 10, 10 resamplings, its documented settings) on `--repaint_images` digits
+  (the same number of each class), bottom half masked.
+- Plain generation (20 steps) for the time per image beside the editing rows.
+
+Figures: RESULTS_DIR/editing.png (before/after: masked inputs, completions for the true and another label, an img2img
+strength sweep and its curve) and RESULTS_DIR/editing_matrix.png (the source x asked digit matrix).
 
 A "UNet evaluation" is one UNet call per image (classifier-free guidance runs both halves as one batch), as in
 bench_sampling.py. Writes RESULTS_DIR/editing.json and editing.md and prints the tables.
@@ -49,6 +56,10 @@ TV_WEIGHTS = (0.02, 0.05, 0.1, 0.2, 0.4)
 NL_MEANS_H = (0.02, 0.05, 0.1, 0.2, 0.4)
 TUNING_IMAGES = 50
 BATCH_SIZE = 100
+# RePaint-style resampling measured on the class model and beside RePaint: (jump_length, jump_n_sample)
+RESAMPLING = (5, 3)
+FIGURE_DIGITS = 8
+FIGURE_SWEEP_DIGITS = 3
 
 
 def parse_args(argv=None):
@@ -160,6 +171,54 @@ def inpainting_rows(args, pipe, reference, extractor, sources, labels):
     return rows
 
 
+def resampling_rows(args, pipe, reference, extractor, sources, labels):
+    """Bottom half asked for the true label: plain steps, resampling, and plain steps at resampling's cost."""
+    inpaint = ClassConditionalInpaintPipeline.from_pipe(pipe)
+    inpaint.set_progress_bar_config(disable=True)
+    source_arrays = list(to_uint8(sources))
+    mask = make_mask("bottom half", sources.shape[-1], None)
+    jump_length, jump_n_sample = RESAMPLING
+    resampled_cost = len(inpaint.jump_schedule(args.steps, jump_length, jump_n_sample))
+    runs = {
+        f"{args.steps} steps": dict(num_inference_steps=args.steps),
+        f"{args.steps} steps, resampling (jump {jump_length} x {jump_n_sample})": dict(
+            num_inference_steps=args.steps, jump_length=jump_length, jump_n_sample=jump_n_sample
+        ),
+        f"{resampled_cost} steps": dict(num_inference_steps=resampled_cost),
+    }
+    rows = []
+    for name, kwargs in runs.items():
+        calls, handle = count_calls(inpaint.unet)
+        start = time.time()
+        completed = run_batches(inpaint, source_arrays, labels, args.seed, mask_image=mask, **kwargs)
+        seconds = time.time() - start
+        handle.remove()
+        scores = score(
+            reference, completed, labels, extractor=extractor, metrics=["FID-MobileNetV2", "class-accuracy"]
+        )
+        rows.append(
+            {
+                "run": name,
+                "class_accuracy": scores["class-accuracy"],
+                "fid_mobilenet": scores["generated"]["FID-MobileNetV2"],
+                "unet_evaluations_per_image": sum(calls) / len(source_arrays) / 2,
+                "seconds_per_image": seconds / len(sources),
+            }
+        )
+    return rows
+
+
+def generation_seconds_per_image(args, pipe, num_images: int) -> float:
+    """Plain class-conditional generation at the same steps and batch size, for the time per image beside edits."""
+    labels = [i % pipe.config.num_classes for i in range(num_images)]
+    start = time.time()
+    for first in range(0, num_images, BATCH_SIZE):
+        batch = labels[first : first + BATCH_SIZE]
+        generators = [torch.Generator().manual_seed(args.seed + first + i) for i in range(len(batch))]
+        pipe(class_labels=batch, num_inference_steps=args.steps, generator=generators, output_type="pt")
+    return (time.time() - start) / num_images
+
+
 def other_label_matrix(args, pipe, reference, images, all_labels):
     """Share of bottom-half completions classified as the asked digit, per source digit x asked digit."""
     inpaint = ClassConditionalInpaintPipeline.from_pipe(pipe)
@@ -230,7 +289,9 @@ def denoising_rows(args, pipe, sources, labels, tuning):
         results = {"noisy": [n / 255 for n in noisy]}
         for name, (denoise, values) in methods.items():
             value = best_parameter(denoise, values, tuning[:, 0].numpy(), tuning_noisy)
+            start = time.time()
             results[f"{name} ({value})"] = [denoise(n / 255, value) for n in noisy]
+            results[f"{name} ({value}) seconds"] = (time.time() - start) / len(noisy)
         for guidance, name in ((0.0, "diffkit, label unknown (guidance 0)"), (None, "diffkit, true label")):
             start = time.time()
             out = run_batches(
@@ -263,13 +324,21 @@ def denoising_rows(args, pipe, sources, labels, tuning):
     return rows
 
 
-def repaint_rows(args, unconditional_dir, reference, extractor, sources, labels):
+def repaint_rows(args, unconditional_dir, extractor, sources, labels, images, all_labels):
     from diffusers import RePaintPipeline, RePaintScheduler
 
     base = UnconditionalImagePipeline.from_pretrained(unconditional_dir)
     base.set_progress_bar_config(disable=True)
-    sources, labels = sources[: args.repaint_images], labels[: args.repaint_images]
+    # the same number of each digit (the sources are ordered digit by digit)
+    per_class = len(sources) // 10
+    index = torch.tensor([digit * per_class + i for digit in range(10) for i in range(args.repaint_images // 10)])
+    sources, labels = sources[index], labels[index]
     arrays = list(to_uint8(sources))
+    jump_length, jump_n_sample = RESAMPLING
+    # FID compares equal counts: a real reference of this many images
+    reference = prepare_real_reference(
+        images, all_labels, 10, len(arrays), args.seed, args.feature_resolution, extractor=extractor
+    )
     mask = make_mask("bottom half", sources.shape[-1], None)
     ours = UnconditionalInpaintPipeline.from_pipe(base)
     ours.set_progress_bar_config(disable=True)
@@ -278,6 +347,18 @@ def repaint_rows(args, unconditional_dir, reference, extractor, sources, labels)
     runs = {
         f"UnconditionalInpaintPipeline, {args.steps} steps": lambda: run_batches(
             ours, arrays, None, args.seed, mask_image=mask, num_inference_steps=args.steps
+        ),
+        f"UnconditionalInpaintPipeline, {args.steps} steps, resampling (jump {jump_length} x {jump_n_sample})": (
+            lambda: run_batches(
+                ours,
+                arrays,
+                None,
+                args.seed,
+                mask_image=mask,
+                num_inference_steps=args.steps,
+                jump_length=jump_length,
+                jump_n_sample=jump_n_sample,
+            )
         ),
         "RePaintPipeline, 250 steps, jump 10 x 10": lambda: repaint_batch(repaint, arrays, mask, args.seed),
     }
@@ -294,6 +375,8 @@ def repaint_rows(args, unconditional_dir, reference, extractor, sources, labels)
         rows.append(
             {
                 "pipeline": name,
+                "images": len(arrays),
+                "fid_mobilenet_real": scores["real_reference"]["FID-MobileNetV2"],
                 "class_accuracy": scores["class-accuracy"],
                 "fid_mobilenet": scores["generated"]["FID-MobileNetV2"],
                 "unet_evaluations_per_image": sum(calls) / len(arrays),
@@ -320,9 +403,105 @@ def repaint_batch(repaint, arrays, mask, seed):
     return torch.from_numpy(out).permute(0, 3, 1, 2).float()
 
 
+def mosaic(rows, gap: int = 2) -> np.ndarray:
+    """Rows of equally sized uint8 images as one image, with white gaps."""
+    height, width = rows[0][0].shape
+    grid = np.full((len(rows) * (height + gap) - gap, len(rows[0]) * (width + gap) - gap), 255, dtype=np.uint8)
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            grid[r * (height + gap) : r * (height + gap) + height, c * (width + gap) : c * (width + gap) + width] = (
+                image
+            )
+    return grid
+
+
+def figures(args, pipe, sources, labels, results):
+    """editing.png (before/after and the strength curve) and editing_matrix.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    inpaint = ClassConditionalInpaintPipeline.from_pipe(pipe)
+    img2img = ClassConditionalImg2ImgPipeline.from_pipe(pipe)
+    for task in (inpaint, img2img):
+        task.set_progress_bar_config(disable=True)
+    num_classes = pipe.config.num_classes
+    per_class = len(sources) // num_classes
+    picks = [digit * per_class for digit in range(FIGURE_DIGITS)]
+    arrays = [to_uint8(sources[i : i + 1])[0] for i in picks]
+    true_labels = torch.tensor([int(labels[i]) for i in picks])
+    other_labels = (true_labels + 5) % num_classes
+    mask = make_mask("bottom half", arrays[0].shape[0], None)
+    masked = [np.where(mask > 0, 128, a).astype(np.uint8) for a in arrays]
+    kwargs = dict(mask_image=mask, num_inference_steps=args.steps)
+    as_true = to_uint8(run_batches(inpaint, arrays, true_labels, args.seed, **kwargs))
+    as_other = to_uint8(run_batches(inpaint, arrays, other_labels, args.seed, **kwargs))
+    sweep = []
+    for j in range(FIGURE_SWEEP_DIGITS):
+        row = [arrays[j]]
+        for strength in STRENGTHS:
+            edited = run_batches(img2img, [arrays[j]], other_labels[j : j + 1], args.seed, strength=strength,
+                                 num_inference_steps=args.steps)  # fmt: skip
+            row.append(to_uint8(edited)[0])
+        sweep.append(row)
+
+    figure = plt.figure(figsize=(13, 3.8))
+    grid = figure.add_gridspec(1, 3, width_ratios=[8, 6, 4.2], wspace=0.35)
+    ax = figure.add_subplot(grid[0])
+    ax.imshow(mosaic([arrays, masked, list(as_true), list(as_other)]), cmap="gray", vmin=0, vmax=255)
+    step = arrays[0].shape[0] + 2
+    ax.set_yticks([step * i + step / 2 - 1 for i in range(4)])
+    ax.set_yticklabels(["real digit", "bottom half\nmasked", "inpainted,\ntrue label", "inpainted,\nlabel + 5"])
+    ax.set_xticks([step * i + step / 2 - 1 for i in range(len(picks))])
+    ax.set_xticklabels([f"{int(t)}→{int(o)}" for t, o in zip(true_labels, other_labels)], fontsize=8)
+    ax.set_title(f"Class-guided inpainting ({args.steps} steps)")
+    ax = figure.add_subplot(grid[1])
+    ax.imshow(mosaic(sweep), cmap="gray", vmin=0, vmax=255)
+    ax.set_xticks([step * i + step / 2 - 1 for i in range(len(STRENGTHS) + 1)])
+    ax.set_xticklabels(["source", *[f"{s:g}" for s in STRENGTHS]], fontsize=8)
+    ax.set_yticks([step * i + step / 2 - 1 for i in range(FIGURE_SWEEP_DIGITS)])
+    ax.set_yticklabels([f"{int(t)}→{int(o)}" for t, o in zip(true_labels, other_labels)][:FIGURE_SWEEP_DIGITS])
+    ax.set_title("img2img towards label + 5, by strength")
+    ax = figure.add_subplot(grid[2])
+    rows = results["img2img"]
+    ax.plot([r["strength"] for r in rows], [r["ssim_to_source"] for r in rows], "o-", label="SSIM to the source")
+    ax.plot([r["strength"] for r in rows], [r["reaches_target"] for r in rows], "s-", label="reaches label + 5")
+    ax.set_xlabel("strength")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center left")
+    ax.set_title(f"img2img, {len(sources)} digits")
+    path = os.path.join(args.results_dir, "editing.png")
+    figure.savefig(path + ".partial.png", dpi=110, bbox_inches="tight")
+    os.replace(path + ".partial.png", path)
+    plt.close(figure)
+
+    matrix = np.array(results["other_label_matrix"])
+    figure, ax = plt.subplots(figsize=(5.2, 4.6))
+    image = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=1)
+    for (i, j), value in np.ndenumerate(matrix):
+        ax.text(j, i, f"{value:.0%}", ha="center", va="center", fontsize=6.5, color="white" if value < 0.6 else "k")
+    ax.set_xticks(range(num_classes))
+    ax.set_yticks(range(num_classes))
+    ax.set_xlabel("asked digit")
+    ax.set_ylabel("source digit (top half kept)")
+    ax.set_title("Bottom half inpainted: share classified as the asked digit", fontsize=9)
+    figure.colorbar(image, ax=ax, fraction=0.046)
+    path = os.path.join(args.results_dir, "editing_matrix.png")
+    figure.savefig(path + ".partial.png", dpi=110, bbox_inches="tight")
+    os.replace(path + ".partial.png", path)
+    plt.close(figure)
+
+
 def markdown(results) -> str:
+    settings = results["settings"]
     lines = [
         "# Editing benchmark",
+        "",
+        f"{len(results['source_labels'])} source digits ({settings['num_per_class']} per class), "
+        f"{settings['steps']} steps, seed {settings['seed']}. Plain class-conditional generation at the same steps: "
+        f"{results['generation_seconds_per_image']:.3f} s/image.",
         "",
         "## Inpainting, asked for the true label",
         "",
@@ -334,6 +513,18 @@ def markdown(results) -> str:
             f"| {r['mask']} | {r['class_accuracy']:.1%} | {r['known_pixels_exact']:.1%} | "
             f"{r['fid_mobilenet']:.1f} ({r['fid_mobilenet_real']:.1f}) | {r['unet_evaluations_per_image']:.0f} | "
             f"{r['seconds_per_image']:.3f} |"
+        )
+    lines += [
+        "",
+        "## Resampling (bottom half, true label)",
+        "",
+        "| run | class accuracy | FID-MobileNetV2 | UNet evaluations | s/image |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results["resampling"]:
+        lines.append(
+            f"| {r['run']} | {r['class_accuracy']:.1%} | {r['fid_mobilenet']:.1f} | "
+            f"{r['unet_evaluations_per_image']:.0f} | {r['seconds_per_image']:.3f} |"
         )
     matrix = results["other_label_matrix"]
     lines += [
@@ -361,15 +552,20 @@ def markdown(results) -> str:
         "",
         "## Denoising (8-bit noisy inputs)",
         "",
-        "| sigma | method | PSNR | SSIM |",
-        "| ---: | --- | ---: | ---: |",
+        "| sigma | method | PSNR | SSIM | s/image |",
+        "| ---: | --- | ---: | ---: | ---: |",
     ]
     for r in results["denoising"]:
-        lines.append(f"| {r['sigma']} | {r['method']} | {r['psnr']:.2f} | {r['ssim']:.3f} |")
+        seconds = "" if r["seconds_per_image"] is None else f"{r['seconds_per_image']:.4f}"
+        lines.append(f"| {r['sigma']} | {r['method']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {seconds} |")
     if results.get("repaint"):
         lines += [
             "",
             "## Unconditional inpainting against RePaint (bottom half)",
+            "",
+            f"{results['repaint'][0]['images']} digits, the same for every row; FID-MobileNetV2 of real against real "
+            f"digits at this count: {results['repaint'][0]['fid_mobilenet_real']:.1f} (FID over few images is biased "
+            "upwards: compare the rows with each other and with that floor).",
             "",
             "| pipeline | class accuracy (true label) | FID-MobileNetV2 | UNet evaluations | s/image |",
             "| --- | ---: | ---: | ---: | ---: |",
@@ -395,15 +591,19 @@ def main(argv=None):
         images, labels, pipe.config.num_classes, len(sources), args.seed, args.feature_resolution, extractor=extractor
     )
     results = {"settings": vars(args)}
+    results["source_labels"] = source_labels.tolist()
+    results["generation_seconds_per_image"] = generation_seconds_per_image(args, pipe, len(sources))
     results["inpainting"] = inpainting_rows(args, pipe, reference, extractor, sources, source_labels)
+    results["resampling"] = resampling_rows(args, pipe, reference, extractor, sources, source_labels)
     results["other_label_matrix"] = other_label_matrix(args, pipe, reference, images, labels)
     results["img2img"] = strength_rows(args, pipe, reference, sources, source_labels)
     results["denoising"] = denoising_rows(args, pipe, sources, source_labels, tuning)
     if args.unconditional:
-        results["repaint"] = repaint_rows(args, args.unconditional, reference, extractor, sources, source_labels)
+        results["repaint"] = repaint_rows(args, args.unconditional, extractor, sources, source_labels, images, labels)
     os.makedirs(args.results_dir, exist_ok=True)
     with open(os.path.join(args.results_dir, "editing.json"), "w") as f:
         json.dump(results, f, indent=2)
+    figures(args, pipe, sources, source_labels, results)
     table = markdown(results)
     with open(os.path.join(args.results_dir, "editing.md"), "w") as f:
         f.write(table)
