@@ -283,6 +283,49 @@ def test_pipeline_push_to_hub_from_python_is_self_contained_and_private(hub, tmp
     assert without_token.returncode != 0 and "RepositoryNotFoundError" in without_token.stderr
 
 
+# Inpaints the bottom half of a fixed 8x8 image for two labels; the images go to the .npy file given as argv[1].
+INPAINT = """
+import numpy as np, torch
+image = (np.arange(64, dtype=np.uint8) * 4).reshape(8, 8)
+mask = np.zeros((8, 8), dtype=np.uint8)
+mask[4:] = 255
+inpaint.set_progress_bar_config(disable=True)
+images = inpaint(image=image, mask_image=mask, class_labels=[1, 2], num_inference_steps=3,
+                 generator=torch.Generator().manual_seed(0), output_type="np").images
+np.save(sys.argv[1], images)
+print("loaded as", type(inpaint).__module__, type(inpaint).__name__)
+"""
+
+
+@pytest.mark.slow
+def test_pushed_inpainting_pipeline_loads_without_diffkit_and_gives_identical_images(hub, tmp_path):
+    repo_id = "diffkit-tests/inpaint-tiny"
+    push = """
+        import sys, torch
+        from diffusers import DDPMScheduler, UNet2DConditionModel
+        from diffkit import ClassConditionalImagePipeline, ClassConditionalInpaintPipeline
+        from tests.utils import TINY_CONDITION_UNET_CONFIG
+        torch.manual_seed(0)
+        pipe = ClassConditionalImagePipeline(UNet2DConditionModel(**TINY_CONDITION_UNET_CONFIG), DDPMScheduler())
+        inpaint = ClassConditionalInpaintPipeline.from_pipe(pipe)
+        """
+    push_and_inpaint = [push, INPAINT, f"inpaint.push_to_hub({repo_id!r})"]
+    assert_ran(run_python(push_and_inpaint, hub_environment(hub, tmp_path), tmp_path / "pushed.npy"))
+    assert "pipeline_class_conditional_inpaint.py" in hub.files(repo_id)
+    load = [
+        WITHOUT_DIFFKIT,
+        f"""
+        from diffusers import DiffusionPipeline
+        inpaint = DiffusionPipeline.from_pretrained({repo_id!r}, trust_remote_code=True)
+        """,
+        INPAINT,
+    ]
+    result = run_python(load, hub_environment(hub, tmp_path / "loader"), tmp_path / "loaded.npy")
+    assert_ran(result)
+    assert "ClassConditionalInpaintPipeline" in result.stdout and "diffkit" not in result.stdout
+    np.testing.assert_array_equal(np.load(tmp_path / "loaded.npy"), np.load(tmp_path / "pushed.npy"))
+
+
 @pytest.mark.slow
 def test_failed_push_after_training_keeps_the_outputs_and_says_how_to_push_again(hub, tmp_path):
     output_dir = tmp_path / "out"
