@@ -58,6 +58,9 @@ TUNING_IMAGES = 50
 BATCH_SIZE = 100
 # RePaint-style resampling measured on the class model and beside RePaint: (jump_length, jump_n_sample)
 RESAMPLING = (5, 3)
+# The unconditional model's resampling setting within a tenth of RePaint's 2410 UNet evaluations: (steps,
+# jump_length, jump_n_sample), chosen among 7 settings on 100 other digits (docs/editing.md lists them).
+UNCONDITIONAL_RESAMPLING = (50, 10, 5)
 FIGURE_DIGITS = 8
 FIGURE_SWEEP_DIGITS = 3
 
@@ -70,10 +73,19 @@ def parse_args(argv=None):
     parser.add_argument("--matrix_per_class", type=int, default=5, help="Sources per digit for the other-label rows.")
     parser.add_argument("--repaint_images", type=int, default=50, help="Digits for the RePaint side-by-side.")
     parser.add_argument("--steps", type=int, default=20, help="Steps of diffkit's pipelines.")
+    parser.add_argument(
+        "--repaint_only",
+        action="store_true",
+        help="Run only the RePaint side-by-side (needs --unconditional) and update the RESULTS_DIR/editing.json of an "
+        "earlier full run with it.",
+    )
     parser.add_argument("--feature_resolution", type=int, default=224, help="MobileNetV2 input size.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the sources, masks, noise and samplers.")
     parser.add_argument("--results_dir", default=os.path.join("benchmarks", "results"), help="Where to write.")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.repaint_only and not args.unconditional:
+        parser.error("--repaint_only runs the RePaint side-by-side, which needs --unconditional OUT_UNCOND.")
+    return args
 
 
 def balanced_sources(images, labels, per_class: int, seed: int, skip: int = 0):
@@ -590,6 +602,13 @@ def main(argv=None):
     reference = prepare_real_reference(
         images, labels, pipe.config.num_classes, len(sources), args.seed, args.feature_resolution, extractor=extractor
     )
+    if args.repaint_only:
+        with open(os.path.join(args.results_dir, "editing.json")) as f:
+            results = json.load(f)
+        results["repaint"] = repaint_rows(args, args.unconditional, extractor, sources, source_labels, images, labels)
+        results["repaint_settings"] = vars(args)
+        write_results(args, results)
+        return
     results = {"settings": vars(args)}
     results["source_labels"] = source_labels.tolist()
     results["generation_seconds_per_image"] = generation_seconds_per_image(args, pipe, len(sources))
@@ -601,9 +620,13 @@ def main(argv=None):
     if args.unconditional:
         results["repaint"] = repaint_rows(args, args.unconditional, extractor, sources, source_labels, images, labels)
     os.makedirs(args.results_dir, exist_ok=True)
+    figures(args, pipe, sources, source_labels, results)
+    write_results(args, results)
+
+
+def write_results(args, results):
     with open(os.path.join(args.results_dir, "editing.json"), "w") as f:
         json.dump(results, f, indent=2)
-    figures(args, pipe, sources, source_labels, results)
     table = markdown(results)
     with open(os.path.join(args.results_dir, "editing.md"), "w") as f:
         f.write(table)
