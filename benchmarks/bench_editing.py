@@ -372,6 +372,18 @@ def repaint_rows(args, unconditional_dir, extractor, sources, labels, images, al
                 jump_n_sample=jump_n_sample,
             )
         ),
+        "UnconditionalInpaintPipeline, {} steps, resampling (jump {} x {})".format(*UNCONDITIONAL_RESAMPLING): (
+            lambda: run_batches(
+                ours,
+                arrays,
+                None,
+                args.seed,
+                mask_image=mask,
+                num_inference_steps=UNCONDITIONAL_RESAMPLING[0],
+                jump_length=UNCONDITIONAL_RESAMPLING[1],
+                jump_n_sample=UNCONDITIONAL_RESAMPLING[2],
+            )
+        ),
         "RePaintPipeline, 250 steps, jump 10 x 10": lambda: repaint_batch(repaint, arrays, mask, args.seed),
     }
     rows = []
