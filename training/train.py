@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--conditioning",
         type=str,
         default="class",
-        choices=["none", "class", "text"],
+        choices=list(CONDITIONINGS),
         help="'none' trains an unconditional UNet2DModel; 'class' a UNet2DConditionModel that reads the label as "
         "encoder_hidden_states; 'text' one that reads the hidden states of a frozen --text_encoder for each "
         "caption. Class and text models support classifier-free guidance.",
