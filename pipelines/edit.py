@@ -31,6 +31,7 @@ from diffkit.pipelines.pipeline_unconditional_inpaint import UnconditionalInpain
 
 TASKS = ("inpaint", "img2img", "denoise")
 DEFAULT_STRENGTH = 0.6
+DEFAULT_JUMP_LENGTH = 10
 # The base pipeline that each kind of training run saves, and the pipelines of the editing tasks made from it.
 BASE_PIPELINES = {
     "class": ClassConditionalImagePipeline,
@@ -87,7 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="inpaint only: RePaint-style resampling passes at every jump (1 = off); needs a DDPM or DDIM scheduler.",
     )  # fmt: skip
     parser.add_argument(
-        "--jump_length", type=int, default=10, help="inpaint only: steps jumped back at each resampling."
+        "--jump_length",
+        type=int,
+        default=DEFAULT_JUMP_LENGTH,
+        help="inpaint only: steps jumped back at each resampling.",
     )
     parser.add_argument(
         "--strength", type=float, default=None,
@@ -145,7 +149,7 @@ def parse_args(argv=None):
             )
     elif args.noise_level is not None:
         raise ValueError(f"`--noise_level` only applies to denoise, not to {args.task}: drop it.")
-    if args.task != "inpaint" and (args.jump_n_sample != 1 or args.jump_length != 10):
+    if args.task != "inpaint" and (args.jump_n_sample != 1 or args.jump_length != DEFAULT_JUMP_LENGTH):
         raise ValueError(
             f"`--jump_n_sample` and `--jump_length` only apply to inpaint, not to {args.task}: drop them."
         )
@@ -165,17 +169,19 @@ def parse_args(argv=None):
     return args
 
 
-def pipeline_kind(name_or_path: str) -> str:
-    """ "class", "text" or "unconditional": the kind of diffkit pipeline in a folder or Hub repo, from its
-    `model_index.json` alone (before any weights load)."""
+def saved_pipeline(name_or_path: str):
+    """`(kind, pipeline class)` of the diffkit pipeline in a folder or Hub repo: the kind ("class", "text" or
+    "unconditional") and the installed class its `model_index.json` names (a base pipeline, or an inpainting or
+    img2img one made from it), read before any weights load."""
     try:
         class_name = DiffusionPipeline.load_config(name_or_path).get("_class_name")
     except OSError as error:  # no model_index.json in the folder, or a repo that cannot be found or reached
         raise ValueError(f"`--pipeline` {name_or_path!r} cannot be loaded as a pipeline: {error}") from None
     class_name = class_name[1] if isinstance(class_name, list) else class_name
-    for kind, pipeline_class in BASE_PIPELINES.items():
-        if class_name in (pipeline_class.__name__, INPAINT_PIPELINES[kind].__name__, IMG2IMG_PIPELINES[kind].__name__):
-            return kind
+    for kind in BASE_PIPELINES:
+        for pipeline_class in (BASE_PIPELINES[kind], INPAINT_PIPELINES[kind], IMG2IMG_PIPELINES[kind]):
+            if class_name == pipeline_class.__name__:
+                return kind, pipeline_class
     raise ValueError(
         f"`--pipeline` {name_or_path!r} holds a {class_name}; diffkit-edit works on diffkit pipelines "
         f"({', '.join(c.__name__ for c in BASE_PIPELINES.values())}); for Stable Diffusion use diffkit-generate."
@@ -204,10 +210,11 @@ def label_argument(label: str):
 
 def main(argv=None):
     args = parse_args(argv)
-    kind = pipeline_kind(args.pipeline)
+    kind, pipeline_class = saved_pipeline(args.pipeline)
     check_conditioning(args, kind)
-    # The installed class, not the code saved beside the weights: no remote code runs.
-    pipe = BASE_PIPELINES[kind].from_pretrained(args.pipeline)
+    # The installed class that the folder names, not the code saved beside the weights: no remote code runs. The
+    # task's pipeline is then made from it with `from_pipe`.
+    pipe = pipeline_class.from_pretrained(args.pipeline)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe.to(device)
     # The generator lives on the CPU so that a seed gives the same images on any device.

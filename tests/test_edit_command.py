@@ -9,7 +9,7 @@ import torch
 from diffusers import DDPMScheduler
 from PIL import Image
 
-from diffkit import TextConditionalImagePipeline, UnconditionalImagePipeline
+from diffkit import ClassConditionalInpaintPipeline, TextConditionalImagePipeline, UnconditionalImagePipeline
 from diffkit.pipelines.edit import build_parser, main
 from diffkit.pipelines.generate import PNG_METADATA_KEY
 
@@ -150,3 +150,15 @@ def test_text_model_end_to_end(files, clip_tokenizer):  # noqa: F811
     with Image.open(files / "edits" / "img2img-prompt1-seed0-0.png") as png:
         parameters = json.loads(png.text[PNG_METADATA_KEY])
     assert parameters["prompt"] == "the digit 3" and parameters["negative_prompt"] == "a blurry digit"
+
+
+def test_a_saved_inpainting_pipeline_folder_works_for_every_task(files, tiny_condition_unet):
+    # the folder names ClassConditionalInpaintPipeline: it loads with that installed class, then from_pipe
+    pipe = make_class_pipeline(tiny_condition_unet, DDPMScheduler(num_train_timesteps=100, clip_sample=True))
+    ClassConditionalInpaintPipeline.from_pipe(pipe).save_pretrained(files / "model")
+    edit(files, "img2img", "--class", "dog", "--strength", "1.0")
+    edit(files, "inpaint", "--mask", str(files / "mask.png"), "--class", "dog")
+    assert sorted(p.name for p in (files / "edits").iterdir()) == [
+        "img2img-dog-seed0-0.png",
+        "inpaint-dog-seed0-0.png",
+    ]
