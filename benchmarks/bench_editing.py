@@ -139,6 +139,26 @@ def run_batches(pipe, sources, labels, seed, **kwargs):
     return torch.cat(outputs)
 
 
+def measure(unet, run, reference, extractor, labels, branches_per_image: int = 1):
+    """Run `run()` (images as (N, 1, H, W) in [0, 1]), counting the UNet's evaluations and the time, and score the
+    images: returns them and a row of class accuracy, FID-MobileNetV2 (and its real-vs-real floor), UNet evaluations
+    and seconds per image. `branches_per_image` is 2 where guidance runs both branches as one batch."""
+    calls, handle = count_calls(unet)
+    start = time.time()
+    completed = run()
+    seconds = time.time() - start
+    handle.remove()
+    scores = score(reference, completed, labels, extractor=extractor, metrics=["FID-MobileNetV2", "class-accuracy"])
+    row = {
+        "class_accuracy": scores["class-accuracy"],
+        "fid_mobilenet": scores["generated"]["FID-MobileNetV2"],
+        "fid_mobilenet_real": scores["real_reference"]["FID-MobileNetV2"],
+        "unet_evaluations_per_image": sum(calls) / len(completed) / branches_per_image,
+        "seconds_per_image": seconds / len(completed),
+    }
+    return completed, row
+
+
 def classify(reference, images):
     with torch.no_grad():
         return reference.classifier(images).argmax(1)
@@ -153,33 +173,20 @@ def inpainting_rows(args, pipe, reference, extractor, sources, labels):
     rows = []
     for kind in MASKS:
         masks = [make_mask(kind, size, rng) for _ in source_arrays]
-        calls, handle = count_calls(inpaint.unet)
-        start = time.time()
-        completed = run_batches(
-            inpaint, source_arrays, labels, args.seed, mask_image=masks, num_inference_steps=args.steps
-        )
-        seconds = time.time() - start
-        handle.remove()
+        completed, row = measure(
+            inpaint.unet,
+            lambda: run_batches(
+                inpaint, source_arrays, labels, args.seed, mask_image=masks, num_inference_steps=args.steps
+            ),
+            reference, extractor, labels, branches_per_image=2,
+        )  # fmt: skip
         exact = np.mean(
             [
                 np.array_equal(out[m == 0], src[m == 0])
                 for out, src, m in zip(to_uint8(completed), source_arrays, masks)
             ]
         )
-        scores = score(
-            reference, completed, labels, extractor=extractor, metrics=["FID-MobileNetV2", "class-accuracy"]
-        )
-        rows.append(
-            {
-                "mask": kind,
-                "class_accuracy": scores["class-accuracy"],
-                "known_pixels_exact": float(exact),
-                "fid_mobilenet": scores["generated"]["FID-MobileNetV2"],
-                "fid_mobilenet_real": scores["real_reference"]["FID-MobileNetV2"],
-                "unet_evaluations_per_image": sum(calls) / len(source_arrays) / 2,
-                "seconds_per_image": seconds / len(sources),
-            }
-        )
+        rows.append({"mask": kind, "known_pixels_exact": float(exact), **row})
     return rows
 
 
@@ -200,23 +207,12 @@ def resampling_rows(args, pipe, reference, extractor, sources, labels):
     }
     rows = []
     for name, kwargs in runs.items():
-        calls, handle = count_calls(inpaint.unet)
-        start = time.time()
-        completed = run_batches(inpaint, source_arrays, labels, args.seed, mask_image=mask, **kwargs)
-        seconds = time.time() - start
-        handle.remove()
-        scores = score(
-            reference, completed, labels, extractor=extractor, metrics=["FID-MobileNetV2", "class-accuracy"]
-        )
-        rows.append(
-            {
-                "run": name,
-                "class_accuracy": scores["class-accuracy"],
-                "fid_mobilenet": scores["generated"]["FID-MobileNetV2"],
-                "unet_evaluations_per_image": sum(calls) / len(source_arrays) / 2,
-                "seconds_per_image": seconds / len(sources),
-            }
-        )
+        _, row = measure(
+            inpaint.unet,
+            lambda: run_batches(inpaint, source_arrays, labels, args.seed, mask_image=mask, **kwargs),
+            reference, extractor, labels, branches_per_image=2,
+        )  # fmt: skip
+        rows.append({"run": name, **row})
     return rows
 
 
@@ -388,25 +384,8 @@ def repaint_rows(args, unconditional_dir, extractor, sources, labels, images, al
     }
     rows = []
     for name, run in runs.items():
-        calls, handle = count_calls(base.unet)
-        start = time.time()
-        completed = run()
-        seconds = time.time() - start
-        handle.remove()
-        scores = score(
-            reference, completed, labels, extractor=extractor, metrics=["FID-MobileNetV2", "class-accuracy"]
-        )
-        rows.append(
-            {
-                "pipeline": name,
-                "images": len(arrays),
-                "fid_mobilenet_real": scores["real_reference"]["FID-MobileNetV2"],
-                "class_accuracy": scores["class-accuracy"],
-                "fid_mobilenet": scores["generated"]["FID-MobileNetV2"],
-                "unet_evaluations_per_image": sum(calls) / len(arrays),
-                "seconds_per_image": seconds / len(arrays),
-            }
-        )
+        _, row = measure(base.unet, run, reference, extractor, labels)
+        rows.append({"pipeline": name, "images": len(arrays), **row})
     return rows
 
 
