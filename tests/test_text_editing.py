@@ -10,22 +10,13 @@ from diffusers import DiffusionPipeline
 
 from diffkit import TextConditionalImagePipeline, TextConditionalImg2ImgPipeline, TextConditionalInpaintPipeline
 
-from .test_inpaint import SCHEDULERS
+from .test_inpaint import SCHEDULERS, SIZE, digit_and_bottom_half_mask
 from .test_pipelines import count_unet_calls
 from .test_text_pipeline import MAX_TEXT_LENGTH, STEPS, clip_tokenizer, tiny_text_unet  # noqa: F401 (a fixture)
 from .tiny_stable_diffusion import tiny_text_encoder
 from .utils import assert_local_remote_code_needs_opt_in
 
-SIZE = 8
 PROMPTS = ["a handwritten seven", "the digit 3"]
-
-
-def digit_and_bottom_half_mask():
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8)
-    mask = np.zeros((SIZE, SIZE), dtype=np.uint8)
-    mask[SIZE // 2 :] = 255
-    return image, mask
 
 
 def run(pipe, seed=0, **kwargs):
