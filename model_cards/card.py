@@ -10,10 +10,19 @@ from huggingface_hub import ModelCard, ModelCardData
 # `model_cards/` is installed as package data (see pyproject.toml), so the templates are found in any install.
 PIPELINE_TEMPLATE = "diffkit_pipeline.md"
 SAMPLE_LABELS_IN_USAGE = 2
-# The embedded dataset's images are a subset of MNIST; the card's metadata links the Hub dataset it comes from.
-EMBEDDED_DATASET_HUB_IDS = {"mnist-5k": "ylecun/mnist"}
+# The embedded datasets' images are (a subset of) Hub datasets; the card's metadata links the one they come from.
+EMBEDDED_DATASET_HUB_IDS = {"mnist-5k": "ylecun/mnist", "fashion-mnist": "zalando-datasets/fashion_mnist"}
 # The [project.urls] labels, in order of preference, under which pyproject.toml may name the source repository.
 REPOSITORY_URL_LABELS = ("repository", "source", "homepage")
+# What each --conditioning mode is called in the card and its tags, and the Hub pipeline tag where it is not
+# unconditional-image-generation.
+CONDITIONING_KINDS = {
+    "class": "class-conditional",
+    "text": "text-to-image",
+    "none": "unconditional",
+    "low_resolution": "super-resolution",
+}
+PIPELINE_TAGS = {"text": "text-to-image", "low_resolution": "image-to-image"}
 
 
 def repository_url() -> Optional[str]:
@@ -61,21 +70,34 @@ def render_model_card(
     """
     args, data, run = training_config["args"], training_config["data"], training_config["run"]
     conditioning = args["conditioning"]
-    class_conditional = conditioning == "class"
+    super_resolution = conditioning == "low_resolution"
+    class_conditional = conditioning == "class" or (super_resolution and args.get("use_class_labels"))
     names = list((data["id2label"] or {}).values()) if class_conditional else []
-    kind = {"class": "class-conditional", "text": "text-to-image", "none": "unconditional"}[conditioning]
+    kind = CONDITIONING_KINDS[conditioning]
     tags = ["diffkit", "diffusers", "ddpm", kind]
     dataset_id = args.get("dataset_name")
     if dataset_id is None and args.get("train_data_dir") is None:
         dataset_id = EMBEDDED_DATASET_HUB_IDS.get(args.get("dataset"))
     card_data = ModelCardData(
         library_name="diffusers",
-        pipeline_tag="text-to-image" if conditioning == "text" else "unconditional-image-generation",
+        pipeline_tag=PIPELINE_TAGS.get(conditioning, "unconditional-image-generation"),
         license=training_config.get("license"),
         tags=tags,
         datasets=[dataset_id] if dataset_id else None,
     )
-    if class_conditional:
+    if super_resolution:
+        low_resolution = data["low_resolution"]
+        label_argument = f"class_labels={names[0]!r}, " if class_conditional else ""
+        usage_call = (
+            f'from PIL import Image\n\nimage = Image.open("small.png")  # a {low_resolution}x{low_resolution} image\n'
+            f"upscaled = pipe(image=image, {label_argument}generator=torch.Generator().manual_seed(0)).images[0]"
+        )
+        samples_caption = (
+            f"Each row: a {low_resolution}x{low_resolution} input (enlarged without smoothing), "
+            f"{args['num_samples_per_class']} upscalings to {data['resolution']}x{data['resolution']} at noise level "
+            f"{data['noise_level']} with {args['num_inference_steps']} steps, and the original; seed {args['seed']}."
+        )
+    elif class_conditional:
         usage_call = (
             f"images = pipe(class_labels={names[:SAMPLE_LABELS_IN_USAGE]!r}, "
             "generator=torch.Generator().manual_seed(0)).images"

@@ -10,6 +10,7 @@ from .denoising_film import DenoisingFilm
 from .pipeline_class_conditional_image import ClassConditionalImagePipeline
 from .pipeline_class_conditional_img2img import ClassConditionalImg2ImgPipeline
 from .pipeline_class_conditional_inpaint import ClassConditionalInpaintPipeline
+from .pipeline_super_resolution import SuperResolutionPipeline
 from .pipeline_text_conditional_image import TextConditionalImagePipeline
 from .pipeline_text_conditional_img2img import TextConditionalImg2ImgPipeline
 from .pipeline_text_conditional_inpaint import TextConditionalInpaintPipeline
@@ -22,6 +23,7 @@ __all__ = [
     "ClassConditionalImg2ImgPipeline",
     "ClassConditionalInpaintPipeline",
     "DenoisingFilm",
+    "SuperResolutionPipeline",
     "TextConditionalImagePipeline",
     "TextConditionalImg2ImgPipeline",
     "TextConditionalInpaintPipeline",

