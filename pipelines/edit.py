@@ -1,12 +1,14 @@
-"""Edit an image you already have with a trained diffkit pipeline: inpaint, img2img, denoise.
+"""Edit an image you already have with a trained diffkit pipeline: inpaint, img2img, denoise, upscale.
 
     diffkit-edit inpaint --pipeline out --image digit.png --mask mask.png --class eight --out edits
     diffkit-edit img2img --pipeline out --image three.png --class eight --strength 0.6 --out edits
     diffkit-edit denoise --pipeline out --image noisy.png --class three --noise_level 0.4 --out edits
     diffkit-edit img2img --pipeline out-text --image three.png --prompt "a handwritten eight" --out edits
     diffkit-edit inpaint --pipeline out-uncond --image digit.png --mask mask.png --out edits
+    diffkit-edit upscale --pipeline out-sr --image digit-14px.png --out edits
 
-Class-conditional models take `--class`, text-conditional ones `--prompt`, unconditional ones neither.
+Class-conditional models take `--class`, text-conditional ones `--prompt`, unconditional ones neither. `upscale` takes
+a super-resolution stage (trained with `--conditioning low_resolution`), the other tasks a generation model.
 (`python -m diffkit.pipelines.edit ...` is the same command.) Every image is saved atomically as a PNG whose text
 chunk `parameters` holds the edit's settings as JSON. Files and flags are checked before the model is loaded.
 """
@@ -22,6 +24,7 @@ from diffkit.pipelines.generate import save_png
 from diffkit.pipelines.pipeline_class_conditional_image import ClassConditionalImagePipeline
 from diffkit.pipelines.pipeline_class_conditional_img2img import ClassConditionalImg2ImgPipeline
 from diffkit.pipelines.pipeline_class_conditional_inpaint import ClassConditionalInpaintPipeline
+from diffkit.pipelines.pipeline_super_resolution import SuperResolutionPipeline
 from diffkit.pipelines.pipeline_text_conditional_image import TextConditionalImagePipeline
 from diffkit.pipelines.pipeline_text_conditional_img2img import TextConditionalImg2ImgPipeline
 from diffkit.pipelines.pipeline_text_conditional_inpaint import TextConditionalInpaintPipeline
@@ -29,7 +32,7 @@ from diffkit.pipelines.pipeline_unconditional_image import UnconditionalImagePip
 from diffkit.pipelines.pipeline_unconditional_img2img import UnconditionalImg2ImgPipeline
 from diffkit.pipelines.pipeline_unconditional_inpaint import UnconditionalInpaintPipeline
 
-TASKS = ("inpaint", "img2img", "denoise")
+TASKS = ("inpaint", "img2img", "denoise", "upscale")
 DEFAULT_STRENGTH = 0.6
 DEFAULT_JUMP_LENGTH = 10
 # The base pipeline that each kind of training run saves, and the pipelines of the editing tasks made from it.
@@ -54,11 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="diffkit-edit",
         description="Inpaint, edit (img2img) or denoise an image with a trained diffkit pipeline (class-, "
-        "text-conditional or unconditional).",
+        "text-conditional or unconditional), or upscale it with a super-resolution stage.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("task", choices=TASKS, help="inpaint: fill the mask; img2img: redraw towards a class or "
-                        "prompt (SDEdit); denoise: remove Gaussian noise of a known standard deviation.")  # fmt: skip
+                        "prompt (SDEdit); denoise: remove Gaussian noise of a known standard deviation; upscale: "
+                        "super-resolution with a stage trained by --conditioning low_resolution.")  # fmt: skip
     parser.add_argument(
         "--pipeline",
         required=True,
@@ -100,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument(
         "--noise_level", type=float, default=None,
-        help="denoise only (required there): the noise's standard deviation, images in [-1, 1] (sigma/127.5 for "
-        "8-bit pixel values).",
+        help="denoise (required there): the noise's standard deviation, images in [-1, 1] (sigma/127.5 for 8-bit "
+        "pixel values). upscale: the noise conditioning augmentation level (default: the stage's).",
     )  # fmt: skip
     parser.add_argument("--steps", type=int, default=20, help="Denoising steps of the whole schedule.")
     parser.add_argument(
@@ -147,8 +151,10 @@ def parse_args(argv=None):
                 f"`--noise_level` must be given for denoise, as a number >= 0 (the noise's standard deviation with "
                 f"images in [-1, 1]), but is {args.noise_level}."
             )
-    elif args.noise_level is not None:
-        raise ValueError(f"`--noise_level` only applies to denoise, not to {args.task}: drop it.")
+    elif args.noise_level is not None and args.task != "upscale":
+        raise ValueError(f"`--noise_level` only applies to denoise and upscale, not to {args.task}: drop it.")
+    elif args.noise_level is not None and args.noise_level < 0:
+        raise ValueError(f"`--noise_level` must be >= 0, but is {args.noise_level}.")
     if args.task != "inpaint" and (args.jump_n_sample != 1 or args.jump_length != DEFAULT_JUMP_LENGTH):
         raise ValueError(
             f"`--jump_n_sample` and `--jump_length` only apply to inpaint, not to {args.task}: drop them."
@@ -170,22 +176,53 @@ def parse_args(argv=None):
 
 
 def saved_pipeline(name_or_path: str):
-    """`(kind, pipeline class)` of the diffkit pipeline in a folder or Hub repo: the kind ("class", "text" or
-    "unconditional") and the installed class its `model_index.json` names (a base pipeline, or an inpainting or
-    img2img one made from it), read before any weights load."""
+    """`(kind, pipeline class, config)` of the diffkit pipeline in a folder or Hub repo: the kind ("class", "text"
+    or "unconditional"), the installed class its `model_index.json` names (a base pipeline, an inpainting or img2img
+    one made from it, or a super-resolution stage) and that config, read before any weights load."""
     try:
-        class_name = DiffusionPipeline.load_config(name_or_path).get("_class_name")
+        config = DiffusionPipeline.load_config(name_or_path)
     except OSError as error:  # no model_index.json in the folder, or a repo that cannot be found or reached
         raise ValueError(f"`--pipeline` {name_or_path!r} cannot be loaded as a pipeline: {error}") from None
+    class_name = config.get("_class_name")
     class_name = class_name[1] if isinstance(class_name, list) else class_name
+    if class_name == SuperResolutionPipeline.__name__:
+        kind = "class" if config.get("num_classes") else "unconditional"
+        return kind, SuperResolutionPipeline, config
     for kind in BASE_PIPELINES:
         for pipeline_class in (BASE_PIPELINES[kind], INPAINT_PIPELINES[kind], IMG2IMG_PIPELINES[kind]):
             if class_name == pipeline_class.__name__:
-                return kind, pipeline_class
+                return kind, pipeline_class, config
     raise ValueError(
         f"`--pipeline` {name_or_path!r} holds a {class_name}; diffkit-edit works on diffkit pipelines "
-        f"({', '.join(c.__name__ for c in BASE_PIPELINES.values())}); for Stable Diffusion use diffkit-generate."
+        f"({', '.join(c.__name__ for c in BASE_PIPELINES.values())}, {SuperResolutionPipeline.__name__}); for "
+        "Stable Diffusion use diffkit-generate."
     )
+
+
+def check_task(args, pipeline_class, config: dict):
+    """`upscale` takes a super-resolution stage, and a stage takes nothing else; its noise level fits its training."""
+    if args.task == "upscale" and pipeline_class is not SuperResolutionPipeline:
+        raise ValueError(
+            f"`upscale` needs a super-resolution stage (trained with --conditioning low_resolution), but `--pipeline` "
+            f"{args.pipeline!r} holds a {pipeline_class.__name__}."
+        )
+    if args.task != "upscale" and pipeline_class is SuperResolutionPipeline:
+        raise ValueError(
+            f"`--pipeline` {args.pipeline!r} is a super-resolution stage: it can only `upscale`, not {args.task}."
+        )
+    if args.task == "upscale":
+        with Image.open(args.image) as image:
+            width, height = image.size
+        if width != height:
+            raise ValueError(
+                f"`--image` {args.image!r} is {width}x{height}, but the stage upscales square "
+                f"{config['low_resolution']}x{config['low_resolution']} images: crop it to a square first."
+            )
+    if args.task == "upscale" and args.noise_level is not None and args.noise_level > config["max_noise_level"]:
+        raise ValueError(
+            f"`--noise_level` {args.noise_level} is above the stage's --max_noise_level {config['max_noise_level']} "
+            f"(the levels it was trained on); its default is {config['noise_level']}."
+        )
 
 
 def check_conditioning(args, kind: str):
@@ -210,7 +247,8 @@ def label_argument(label: str):
 
 def main(argv=None):
     args = parse_args(argv)
-    kind, pipeline_class = saved_pipeline(args.pipeline)
+    kind, pipeline_class, config = saved_pipeline(args.pipeline)
+    check_task(args, pipeline_class, config)
     check_conditioning(args, kind)
     # The installed class that the folder names, not the code saved beside the weights: no remote code runs. The
     # task's pipeline is then made from it with `from_pipe`.
@@ -236,10 +274,21 @@ def main(argv=None):
         )
     else:
         conditions = ["image"]
-        kwargs.update(num_images_per_image=args.num_images)
+        if args.task != "upscale":
+            kwargs.update(num_images_per_image=args.num_images)
     with Image.open(args.image) as opened:
         image = opened.copy()
-    if args.task == "inpaint":
+    if args.task == "upscale":
+        # One input, upscaled once per class (a class-conditional stage) and `--num_images` times each.
+        if kind == "class":
+            del kwargs["num_images_per_label"]
+        images = pipe(
+            image=[image] * len(conditions),
+            noise_level=args.noise_level,
+            num_images_per_image=args.num_images,
+            **kwargs,
+        ).images
+    elif args.task == "inpaint":
         with Image.open(args.mask) as opened:
             mask = opened.copy()
         inpaint = INPAINT_PIPELINES[kind].from_pipe(pipe)

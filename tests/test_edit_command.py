@@ -162,3 +162,84 @@ def test_a_saved_inpainting_pipeline_folder_works_for_every_task(files, tiny_con
         "img2img-dog-seed0-0.png",
         "inpaint-dog-seed0-0.png",
     ]
+
+
+@pytest.fixture
+def super_resolution_files(files):
+    from .test_super_resolution import make_stage
+
+    make_stage().save_pretrained(files / "sr")
+    make_stage(class_conditional=True, id2label={0: "cat", 1: "dog", 2: "bird"}).save_pretrained(files / "sr-class")
+    Image.fromarray(np.arange(16, dtype=np.uint8).reshape(4, 4) * 16).save(files / "small.png")
+    Image.fromarray(np.zeros((4, 6), dtype=np.uint8)).save(files / "wide.png")
+    return files
+
+
+def upscale(files, model, *argv):
+    return main(["upscale", "--pipeline", str(files / model), "--steps", "2", "--out", str(files / "edits"), *argv])
+
+
+def test_upscale_end_to_end_with_either_stage(super_resolution_files):
+    files = super_resolution_files
+    upscale(files, "sr", "--image", str(files / "small.png"), "--num_images", "2", "--noise_level", "0.2")
+    upscale(files, "sr-class", "--image", str(files / "small.png"), "--class", "dog", "0")
+    written = sorted(p.name for p in (files / "edits").iterdir())
+    assert written == ["upscale-0-seed0-0.png", "upscale-dog-seed0-0.png"] + [
+        f"upscale-image-seed0-{i}.png" for i in (0, 1)
+    ]
+    with Image.open(files / "edits" / "upscale-image-seed0-1.png") as png:
+        assert png.size == (8, 8)
+        parameters = json.loads(png.text[PNG_METADATA_KEY])
+    assert parameters["task"] == "upscale" and parameters["noise_level"] == 0.2
+    # the command's images are the pipeline's own for the CPU generator of --seed
+    from diffkit import SuperResolutionPipeline
+
+    pipe = SuperResolutionPipeline.from_pretrained(files / "sr-class")
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe(
+        image=[Image.open(files / "small.png")] * 2, class_labels=["dog", 0], num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+    ).images  # fmt: skip
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(files / "edits" / "upscale-dog-seed0-0.png")), np.asarray(expected[0])
+    )
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(files / "edits" / "upscale-0-seed0-0.png")), np.asarray(expected[1])
+    )
+
+
+@pytest.mark.parametrize(
+    "model, argv, message",
+    [
+        ("model", ["--class", "dog"], "`upscale` needs a super-resolution stage .* ClassConditionalImagePipeline"),
+        ("sr", ["--noise_level", "0.9"], "`--noise_level` 0.9 is above the stage's --max_noise_level 0.5"),
+        ("sr", ["--noise_level", "-0.1"], "`--noise_level` must be >= 0"),
+        ("sr", ["--class", "dog"], "`--class` needs a class-conditional model"),
+        ("sr-class", [], "is class-conditional: pass `--class`"),
+        ("sr", ["--image", "WIDE"], "is 6x4, but the stage upscales square 4x4 images"),
+    ],
+)  # fmt: skip
+def test_bad_upscale_input_is_a_clear_error(super_resolution_files, model, argv, message):
+    files = super_resolution_files
+    argv = [str(files / "wide.png") if a == "WIDE" else a for a in argv]
+    if "--image" not in argv:
+        argv = ["--image", str(files / "small.png"), *argv]
+    with pytest.raises(ValueError, match=message):
+        upscale(files, model, *argv)
+    assert not (files / "edits").exists()
+
+
+def test_a_super_resolution_stage_only_upscales(super_resolution_files):
+    files = super_resolution_files
+    with pytest.raises(ValueError, match="is a super-resolution stage: it can only `upscale`, not img2img"):
+        main(
+            [
+                "img2img",
+                "--pipeline",
+                str(files / "sr"),
+                "--image",
+                str(files / "small.png"),
+                "--out",
+                str(files / "e"),
+            ]
+        )
