@@ -244,8 +244,11 @@ def load_diffkit_pipeline(model: str, trust_remote_code: bool = False, device=No
 
 
 def pipeline_kind(pipe) -> Optional[str]:
-    """The kind of tab a pipeline gets ("class", "text" or "unconditional"), from what its `__call__` takes."""
+    """The kind of tab a pipeline gets ("class", "text", "unconditional", or "super_resolution" for a stage that
+    upscales a given image), from what its `__call__` takes."""
     parameters = inspect.signature(pipe.__call__).parameters
+    if "low_resolution" in pipe.config and "image" in parameters and "callback_on_step_end" in parameters:
+        return "super_resolution"
     for argument, kind in (("class_labels", "class"), ("prompt", "text"), ("batch_size", "unconditional")):
         if argument in parameters and "callback_on_step_end" in parameters:
             return kind
@@ -295,9 +298,9 @@ def pipeline_title(model: str) -> str:
     return os.path.basename(os.path.normpath(model)) if os.path.isdir(model) else model
 
 
-def api_name_for(title: str, taken: List[str]) -> str:
-    """`generate_<title as an identifier>`, made unique among `taken`."""
-    name = "generate_" + (re.sub(r"\W+", "_", title).strip("_").lower() or "pipeline")
+def api_name_for(title: str, taken: List[str], prefix: str = "generate_") -> str:
+    """`generate_<title as an identifier>` (or another prefix), made unique among `taken`."""
+    name = prefix + (re.sub(r"\W+", "_", title).strip("_").lower() or "pipeline")
     unique, index = name, 2
     while unique in taken:
         unique, index = f"{name}_{index}", index + 1
@@ -569,6 +572,98 @@ def diffkit_tab(pipe, title: str, api_name: str, max_images: int):
     )
 
 
+def super_resolution_tab(pipe, title: str, api_name: str, max_images: int):
+    """A tab that upscales an uploaded image with a super-resolution stage (`SuperResolutionPipeline`): its class
+    for a class-conditional stage, the noise level, and the settings a generation tab has."""
+    class_conditional = pipe.config.num_classes > 0
+    saved_scheduler = pipe.scheduler
+    saved_name = type(saved_scheduler).__name__
+    default_steps = inspect.signature(pipe.__call__).parameters["num_inference_steps"].default
+    low, high = pipe.config.low_resolution, pipe.unet.config.sample_size
+    label_names = list(pipe.config.id2label.values())
+    with gr.Tab(title):
+        gr.Markdown(f"**{title}**: {type(pipe).__name__}, {low}x{low} to {high}x{high}, {saved_name} saved with it.")
+        with gr.Row():
+            with gr.Column():
+                image = gr.Image(
+                    type="pil", format="png", sources=["upload", "clipboard"],
+                    label=f"Image to upscale ({low}x{low}; another square size is resized first)",
+                )  # fmt: skip
+                class_label = gr.Dropdown(
+                    label_names, value=label_names[0] if label_names else None, allow_custom_value=True,
+                    label="Class", info="What the image shows.", visible=class_conditional,
+                )  # fmt: skip
+                num_images = gr.Slider(1, max_images, value=min(4, max_images), step=1, precision=0, label="Images")
+                noise_level = gr.Slider(
+                    0, pipe.config.max_noise_level, value=pipe.config.noise_level, step=0.01, label="Noise level",
+                    info="Noise added to the input first: higher trusts its pixels less (e.g. a generated image).",
+                )  # fmt: skip
+                guidance_scale = gr.Slider(
+                    0, MAX_GUIDANCE_SCALE, value=pipe.config.guidance_scale, step=0.5, label="Guidance scale",
+                    info="On the class: 1 is the conditional prediction alone.", visible=class_conditional,
+                )  # fmt: skip
+                num_inference_steps = gr.Slider(1, MAX_STEPS, value=default_steps, step=1, precision=0, label="Steps")
+                sampler = gr.Dropdown(
+                    [SAVED_SAMPLER, *SAMPLERS],
+                    value=SAVED_SAMPLER,
+                    label="Sampler",
+                    info=f"'{SAVED_SAMPLER}' is the model's {saved_name}; the others are built from its config.",
+                )
+                seed = gr.Number(0, precision=0, minimum=0, label="Seed", info="Image i uses seed + i.")
+                show_denoising = gr.Checkbox(False, label="Show the denoising")
+                button = gr.Button("Upscale", variant="primary")
+            with gr.Column():
+                gallery = gr.Gallery(label="Images", format="png", columns=4, elem_classes=["diffkit-gallery"])
+                info = gr.Markdown()
+
+    def upscale(
+        image_value,
+        label,
+        images_wanted,
+        noise,
+        guidance,
+        steps,
+        sampler_name,
+        seed_value,
+        show,
+        progress=gr.Progress(),
+    ):
+        with readable_errors():
+            if image_value is None:
+                raise ValueError("No image was given: upload the image to upscale.")
+            images_wanted = whole_number(images_wanted, "num_images")
+            if images_wanted > max_images:
+                raise ValueError(f"{images_wanted} images were asked for; this app makes at most {max_images}.")
+            steps = whole_number(steps, "num_inference_steps")
+            call_kwargs = dict(
+                image=image_value, num_images_per_image=images_wanted, num_inference_steps=steps,
+                noise_level=float(noise), output_type="pil",
+            )  # fmt: skip
+            caption = ""
+            if class_conditional:
+                label_id = pipe.get_label_ids([int(label) if str(label).isdigit() else label])[0]
+                call_kwargs.update(class_labels=[label_id], guidance_scale=float(guidance))
+                caption = pipe.config.id2label[str(label_id)]
+            generators = image_generators(seed_value, images_wanted)
+            call_kwargs["generator"] = generators
+            captions = [f"{caption} · seed {g.initial_seed()}".lstrip(" ·") for g in generators]
+            pipe.scheduler = scheduler_choice(saved_scheduler, sampler_name, SAMPLERS)
+            summary = f"upscale: {type(pipe.scheduler).__name__}, {steps} steps, noise level {float(noise):g}"
+            if class_conditional:
+                summary += f", guidance {float(guidance):g}"
+            yield from stream_pipeline(pipe, call_kwargs, captions, show, progress, summary + ".")
+
+    button.click(
+        upscale,
+        inputs=[image, class_label, num_images, noise_level, guidance_scale, num_inference_steps, sampler, seed,
+                show_denoising],
+        outputs=[gallery, info],
+        api_name=api_name,
+        concurrency_id=MODEL_QUEUE,
+        concurrency_limit=1,
+    )  # fmt: skip
+
+
 def stable_diffusion_tab(pipe, title: str, api_name: str, max_images: int, canny: bool = False):
     """A text-to-image tab for a Stable Diffusion or SDXL pipeline; with `canny`, a ControlNet-canny tab."""
     from diffkit.pipelines.canny import canny_edges, check_image_side
@@ -684,8 +779,8 @@ def build_demo(
     r"""
     The Gradio app: a tab per diffkit pipeline (`{title: pipeline}`), and Stable Diffusion, SDXL and ControlNet-canny
     tabs for the pipelines given. Each generate button is an API endpoint named `generate_<title>` (`generate_sd`,
-    `generate_sdxl`, `generate_controlnet_canny`), and each diffkit tab's edit button one named `edit_<title>`, all
-    served one request at a time.
+    `generate_sdxl`, `generate_controlnet_canny`), each diffkit tab's edit button one named `edit_<title>`, and a
+    super-resolution stage's upscale button one named `upscale_<title>`, all served one request at a time.
 
     Example:
 
@@ -700,7 +795,10 @@ def build_demo(
     with gr.Blocks(title="diffkit", analytics_enabled=False) as demo:
         gr.Markdown("# diffkit\nGenerate with the pipelines below; one request runs at a time, the others queue.")
         for title, pipe in (diffkit_pipelines or {}).items():
-            diffkit_tab(pipe, title, api_name_for(title, api_names), max_images)
+            if pipeline_kind(pipe) == "super_resolution":
+                super_resolution_tab(pipe, title, api_name_for(title, api_names, "upscale_"), max_images)
+            else:
+                diffkit_tab(pipe, title, api_name_for(title, api_names), max_images)
         for pipe, title, name in ((stable_diffusion, "Stable Diffusion", "sd"), (sdxl, "SDXL", "sdxl")):
             if pipe is not None:
                 stable_diffusion_tab(pipe, title, api_name_for(name, api_names), max_images)

@@ -100,7 +100,7 @@ class SuperResolutionPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "unet"
-    _callback_tensor_inputs = ["latents", "model_output"]
+    _callback_tensor_inputs = ["latents", "model_output", "pred_original_sample"]
 
     def __init__(
         self,
@@ -378,6 +378,27 @@ class SuperResolutionPipeline(DiffusionPipeline):
             extra_step_kwargs["use_clipped_model_output"] = True
         return extra_step_kwargs
 
+    # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.predict_original_sample
+    def predict_original_sample(self, model_output: torch.Tensor, timestep, sample: torch.Tensor) -> torch.Tensor:
+        """The clean image x_0 implied by `model_output` at `timestep` for the noisy `sample` x_t.
+
+        For the variance-preserving schedulers (DDPM, DDIM, DPM-Solver, UniPC, PNDM), where
+        x_t = sqrt(a) x_0 + sqrt(1 - a) eps and v = sqrt(a) eps - sqrt(1 - a) x_0 with a = alphas_cumprod[t].
+        """
+        if self.scheduler.init_noise_sigma != 1 or not hasattr(self.scheduler, "alphas_cumprod"):
+            raise ValueError(
+                f"{type(self.scheduler).__name__} does not denoise in the variance-preserving form, so the clean "
+                "image cannot be computed from its sample here; use a scheduler that returns `pred_original_sample` "
+                "(DDPM, DDIM, Euler) or a variance-preserving one (DPM-Solver, UniPC)."
+            )
+        alpha_prod = self.scheduler.alphas_cumprod.to(sample.device)[timestep].to(sample.dtype)
+        prediction_type = self.scheduler.config.prediction_type
+        if prediction_type == "epsilon":
+            return (sample - (1 - alpha_prod) ** 0.5 * model_output) / alpha_prod**0.5
+        if prediction_type == "v_prediction":
+            return alpha_prod**0.5 * sample - (1 - alpha_prod) ** 0.5 * model_output
+        return model_output  # "sample": the model predicts x_0 itself
+
     # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.postprocess_image
     def postprocess_image(self, sample: torch.Tensor, output_type: str):
         """Images in [0, 1] from samples in the model's range [-1, 1]: PIL images, a numpy array or a tensor."""
@@ -439,7 +460,8 @@ class SuperResolutionPipeline(DiffusionPipeline):
             callback_on_step_end (`Callable`, *optional*):
                 Called after each step as `callback_on_step_end(pipe, step_index, timestep, callback_kwargs)`.
             callback_on_step_end_tensor_inputs (`List[str]`, *optional*, defaults to `["latents"]`):
-                The tensors passed to `callback_on_step_end`: `latents` and `model_output`.
+                The tensors passed to `callback_on_step_end`: `latents`, `model_output` and `pred_original_sample`
+                (the clean image the step's prediction implies, in [-1, 1]; the web demo previews it).
 
         Examples:
 
@@ -542,7 +564,12 @@ class SuperResolutionPipeline(DiffusionPipeline):
                 model_output = model_output_uncond + guidance_scale * (model_output_cond - model_output_uncond)
 
             # 5.4 compute the previous sample: x_t -> x_t-1
-            latents = self.scheduler.step(model_output, t, latents, **extra_step_kwargs).prev_sample
+            step_output = self.scheduler.step(model_output, t, latents, **extra_step_kwargs)
+            if "pred_original_sample" in callback_on_step_end_tensor_inputs:
+                pred_original_sample = getattr(step_output, "pred_original_sample", None)
+                if pred_original_sample is None:  # DPM-Solver and UniPC do not return their estimate
+                    pred_original_sample = self.predict_original_sample(model_output, t, latents)
+            latents = step_output.prev_sample
 
             if callback_on_step_end is not None:
                 callback_kwargs = {}

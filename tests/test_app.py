@@ -16,6 +16,7 @@ from diffkit.pipelines.app import SAVED_SAMPLER, build_demo
 from diffkit.pipelines.loaders import load_controlnet_canny, load_sdxl, load_stable_diffusion
 
 from .test_pipelines import make_class_pipeline
+from .test_super_resolution import make_stage
 from .test_text_pipeline import MAX_TEXT_LENGTH, tiny_text_unet
 from .tiny_stable_diffusion import (
     save_clip_tokenizer,
@@ -72,6 +73,7 @@ def pipes(tmp_path_factory):
     pipes["noise to digits"] = UnconditionalImagePipeline(
         UNet2DModel(**TINY_UNET2D_CONFIG).eval(), DDPMScheduler(num_train_timesteps=100)
     )
+    pipes["upscaler"] = make_stage(class_conditional=True, id2label={0: "cat", 1: "dog", 2: "bird"})
     sd_folder = save_tiny_stable_diffusion(str(root / "sd"))
     stable_diffusion = {
         "stable_diffusion": load_stable_diffusion(sd_folder, device="cpu"),
@@ -112,7 +114,8 @@ def test_the_api_has_one_endpoint_per_tab(app):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert {"/generate_digits", "/generate_captions", "/generate_noise_to_digits", "/generate_sd"} <= set(endpoints)
     assert {"/generate_sdxl", "/generate_controlnet_canny"} <= set(endpoints)
-    assert {"/edit_digits", "/edit_captions", "/edit_noise_to_digits"} <= set(endpoints)
+    assert {"/edit_digits", "/edit_captions", "/edit_noise_to_digits", "/upscale_upscaler"} <= set(endpoints)
+    assert "/generate_upscaler" not in endpoints and "/edit_upscaler" not in endpoints
 
 
 def test_class_tab_makes_the_pipelines_images_by_label_name(app, pipes):
@@ -313,6 +316,51 @@ def test_bad_input_gets_a_message_and_the_app_keeps_serving(app, edit_files, api
     assert message in str(error.value) and "Traceback" not in str(error.value)
     gallery, _ = client.predict(*class_request(["cat"], num_images=1), api_name="/generate_digits")
     assert len(gallery) == 1
+
+
+def upscale_request(image, label="dog", num_images=2, noise_level=0.2, guidance=1.0, steps=STEPS, seed=0, show=False):
+    return (image, label, num_images, noise_level, guidance, steps, SAVED_SAMPLER, seed, show)
+
+
+def test_upscale_tab_gives_the_pipelines_images_and_streams_the_denoising(app, pipes, tmp_path):
+    client, _ = app
+    small = np.random.default_rng(1).integers(0, 256, (4, 4), dtype=np.uint8)
+    Image.fromarray(small).save(tmp_path / "small.png")
+    gallery, info = client.predict(*upscale_request(handle_file(str(tmp_path / "small.png")), seed=3),
+                                   api_name="/upscale_upscaler")  # fmt: skip
+    images = gallery_arrays(gallery)
+    assert [item["caption"] for item in gallery] == ["dog · seed 3", "dog · seed 4"]
+    assert info.startswith("2 images of 8x8") and "upscale: DDPMScheduler, 3 steps, noise level 0.2" in info
+    again = pipes[0]["upscaler"](
+        image=small, class_labels="dog", num_images_per_image=2, num_inference_steps=STEPS, noise_level=0.2,
+        guidance_scale=1.0, generator=[torch.Generator().manual_seed(s) for s in (3, 4)], output_type="np",
+    ).images  # fmt: skip
+    np.testing.assert_array_equal(images, (again[..., 0] * 255).round().astype(np.uint8))
+    job = client.submit(*upscale_request(handle_file(str(tmp_path / "small.png")), num_images=1, show=True),
+                        api_name="/upscale_upscaler")  # fmt: skip
+    job.result()
+    assert job.outputs()[0][1] == "Step 1/3: the clean images predicted so far."
+
+
+@pytest.mark.parametrize(
+    "request_values, message",
+    [
+        (upscale_request(None), "No image was given: upload the image to upscale"),
+        ("SMALL eleven", "unknown label name 'eleven'"),
+        ("WIDE", "is 6x4, but this stage upscales square 4x4 images"),
+    ],
+)
+def test_bad_upscale_input_gets_a_message(app, tmp_path, request_values, message):
+    client, _ = app
+    Image.fromarray(np.zeros((4, 4), dtype=np.uint8)).save(tmp_path / "small.png")
+    Image.fromarray(np.zeros((4, 6), dtype=np.uint8)).save(tmp_path / "wide.png")
+    if request_values == "SMALL eleven":
+        request_values = upscale_request(handle_file(str(tmp_path / "small.png")), label="eleven")
+    elif request_values == "WIDE":
+        request_values = upscale_request(handle_file(str(tmp_path / "wide.png")))
+    with pytest.raises(AppError) as error:
+        client.predict(*request_values, api_name="/upscale_upscaler")
+    assert message in str(error.value) and "Traceback" not in str(error.value)
 
 
 def test_canny_thresholds_in_the_wrong_order_get_canny_s_message(app, tmp_path):
