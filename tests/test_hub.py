@@ -326,6 +326,47 @@ def test_pushed_inpainting_pipeline_loads_without_diffkit_and_gives_identical_im
     np.testing.assert_array_equal(np.load(tmp_path / "loaded.npy"), np.load(tmp_path / "pushed.npy"))
 
 
+# Upscales a fixed 4x4 image for two labels; the images go to the .npy file given as argv[1].
+UPSCALE = """
+import numpy as np, torch
+image = (np.arange(16, dtype=np.uint8) * 16).reshape(4, 4)
+stage.set_progress_bar_config(disable=True)
+images = stage(image=[image, image], class_labels=[1, 2], num_inference_steps=3,
+               generator=torch.Generator().manual_seed(0), output_type="np").images
+np.save(sys.argv[1], images)
+print("loaded as", type(stage).__module__, type(stage).__name__)
+"""
+
+
+@pytest.mark.slow
+def test_pushed_super_resolution_stage_loads_without_diffkit_and_gives_identical_images(hub, tmp_path):
+    repo_id = "diffkit-tests/upscale-tiny"
+    push = """
+        import sys
+        from tests.test_super_resolution import make_stage
+        stage = make_stage(class_conditional=True, noise_level=0.2)
+        """
+    assert_ran(run_python([push, UPSCALE, f"stage.push_to_hub({repo_id!r})"], hub_environment(hub, tmp_path),
+                          tmp_path / "pushed.npy"))  # fmt: skip
+    assert "pipeline_super_resolution.py" in hub.files(repo_id)
+    load = [
+        WITHOUT_DIFFKIT,
+        f"""
+        from diffusers import DiffusionPipeline
+        stage = DiffusionPipeline.from_pretrained({repo_id!r}, trust_remote_code=True)
+        assert stage.config.noise_level == 0.2
+        """,
+        UPSCALE,
+    ]
+    result = run_python(load, hub_environment(hub, tmp_path / "loader"), tmp_path / "loaded.npy")
+    assert_ran(result)
+    assert "SuperResolutionPipeline" in result.stdout and "diffkit" not in result.stdout
+    pushed, loaded = np.load(tmp_path / "pushed.npy"), np.load(tmp_path / "loaded.npy")
+    # the pusher's stage was built in code, the loader's read from files: the same weights, float rounding apart
+    np.testing.assert_allclose(loaded, pushed, atol=1e-5)
+    assert loaded.shape == (2, 8, 8, 1)
+
+
 @pytest.mark.slow
 def test_failed_push_after_training_keeps_the_outputs_and_says_how_to_push_again(hub, tmp_path):
     output_dir = tmp_path / "out"
