@@ -207,6 +207,26 @@ class SuperResolutionPipeline(DiffusionPipeline):
     def is_class_conditional(self) -> bool:
         return self.config.num_classes > 0
 
+    def check_base(self, base: DiffusionPipeline):
+        r"""
+        Check that `base`'s images fit this stage's input, for a cascade: `stage(image=base(...).images)`.
+
+        `base` is any pipeline with a UNet (a diffkit generation pipeline, or another stage); its output size must be
+        this stage's `low_resolution` and its channels this stage's, else `ValueError` says which differs.
+        """
+        base_size, base_channels = base.unet.config.sample_size, base.unet.config.out_channels
+        low = self.config.low_resolution
+        if base_size != low and tuple(np.atleast_1d(base_size)) != (low, low):
+            raise ValueError(
+                f"The stages do not chain: the base makes {base_size} px images, but this stage upscales {low} px "
+                f"ones; train the base at --resolution {low} or a stage with --low_resolution {base_size}."
+            )
+        if base_channels != self.unet.config.out_channels:
+            raise ValueError(
+                f"The stages do not chain: the base makes {base_channels}-channel images, but this stage upscales "
+                f"{self.unet.config.out_channels}-channel ones."
+            )
+
     def output_size(self) -> Tuple[int, int]:
         sample_size = self.unet.config.sample_size
         return (sample_size, sample_size) if isinstance(sample_size, int) else tuple(sample_size)

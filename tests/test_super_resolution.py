@@ -35,6 +35,7 @@ from .test_train import write_unet_config
 from .utils import (
     NUM_TEST_CLASSES,
     TINY_CLASS_SUPER_RESOLUTION_UNET_CONFIG,
+    TINY_CONDITION_UNET_CONFIG,
     TINY_LOW_RESOLUTION,
     TINY_SUPER_RESOLUTION_UNET_CONFIG,
     assert_launch_succeeded,
@@ -386,3 +387,26 @@ def test_super_resolution_data_problems_are_refused_before_training(tmp_path, fl
             )
         )
     assert not output_dir.exists()
+
+
+def test_a_cascade_base_then_stage_and_sizes_that_do_not_chain():
+    from .test_pipelines import make_class_pipeline
+
+    torch.manual_seed(0)
+    base_config = {**TINY_CONDITION_UNET_CONFIG, "sample_size": 4}
+    base = make_class_pipeline(UNet2DConditionModel(**base_config))
+    base.set_progress_bar_config(disable=True)
+    stage = make_stage()
+    stage.check_base(base)
+    small = base(
+        class_labels=["dog", "bird"], num_inference_steps=2, generator=torch.Generator().manual_seed(0)
+    ).images
+    assert [image.size for image in small] == [(4, 4)] * 2
+    big = stage(image=small, num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images
+    assert [image.size for image in big] == [(8, 8)] * 2
+    with pytest.raises(ValueError, match="do not chain: the base makes 8 px images, but this stage upscales 4 px"):
+        stage.check_base(make_stage())
+    torch.manual_seed(0)
+    rgb_base = make_class_pipeline(UNet2DConditionModel(**{**base_config, "in_channels": 3, "out_channels": 3}))
+    with pytest.raises(ValueError, match="the base makes 3-channel images, but this stage upscales 1-channel"):
+        stage.check_base(rgb_base)
