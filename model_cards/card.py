@@ -164,6 +164,11 @@ def evaluation_section(metrics: dict) -> str:
         "| metric | samples | real vs real |",
         "| --- | ---: | ---: |",
     ]
+    if metrics.get("held_out_images"):
+        lines[0] += (
+            f" The samples are upscalings of {metrics['held_out_images']} training images held out of training, "
+            f"area-downsampled to {metrics['low_resolution']} px; PSNR compares each with its original."
+        )
     for name, value in metrics["generated"].items():
         if name.endswith("-std"):
             continue

