@@ -225,6 +225,20 @@ def test_output_dir_holding_a_different_run_is_refused(tmp_path):
     parse_args(["--output_dir", str(output_dir), "--learning_rate", "2e-3", "--overwrite_output_dir"])
 
 
+def test_a_run_made_before_a_flag_existed_is_still_the_same_run(tmp_path):
+    """Flags added since a run was made (the super-resolution ones here) count as their defaults for it, so an
+    older output folder or checkpoint is not refused as a different run; a flag set away from its default is."""
+    output_dir = tmp_path / "out"
+    output_dir.mkdir()
+    older = run_config(parse_args(["--output_dir", str(output_dir)]))
+    for flag in ("low_resolution", "max_noise_level", "noise_level", "use_class_labels"):
+        del older[flag]
+    (output_dir / TRAINING_CONFIG_NAME).write_text(json.dumps({"args": older}))
+    parse_args(["--output_dir", str(output_dir)])
+    with pytest.raises(ValueError, match=r"holds a different run \(--max_noise_level 0.5 -> 0.3\)"):
+        parse_args(["--output_dir", str(output_dir), "--conditioning", "class", "--max_noise_level", "0.3"])
+
+
 def test_output_dir_holding_foreign_files_is_refused(tmp_path):
     (tmp_path / "thesis.tex").write_text("years of work")
     with pytest.raises(ValueError, match="is not empty .*thesis.tex.* not a diffkit run"):

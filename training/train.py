@@ -701,6 +701,10 @@ def check_output_dir(args):
 
 def check_same_run(stored_args: dict, args, problem: str, fix: str):
     current = json.loads(json.dumps(run_config(args)))
+    # A run made before a flag existed ran with what is now its default: a flag added since (say --max_noise_level)
+    # does not make an older checkpoint or output folder a different run.
+    defaults = json.loads(json.dumps(run_config(build_parser().parse_args([]))))
+    stored_args = {**{k: v for k, v in defaults.items() if k not in stored_args}, **stored_args}
     differences = sorted(
         k for k in set(stored_args) | set(current) if k not in NON_RUN_FLAGS and stored_args.get(k) != current.get(k)
     )
