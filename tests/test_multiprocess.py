@@ -106,3 +106,48 @@ def test_two_process_evaluation_gathers_each_sample_once(tmp_path):
     assert shifted["class-accuracy-per-class"] != metrics["class-accuracy-per-class"] or shifted["generated"][
         "FD-classifier"
     ] != pytest.approx(metrics["generated"]["FD-classifier"], rel=1e-4)
+
+
+def test_two_process_super_resolution_evaluation_upscales_each_held_out_image_once(tmp_path):
+    """7 held-out images on 2 processes: each upscales its 4 (the 8th wraps round and is dropped after the gather)."""
+    from types import SimpleNamespace
+
+    from diffkit import SuperResolutionPipeline
+    from diffkit.training.conditioning import LowResolutionConditioning
+    from diffkit.training.dataset_loading import hold_out, load_training_data
+    from diffkit.training.evaluate import real_images_from_data
+
+    output_dir = tmp_path / "run"
+    result = launch_two_processes(
+        output_dir, "multi_gpu_flags", "--conditioning", "low_resolution", "--low_resolution", "8",
+        "--eval_steps", "6", "--eval_num_samples", "7", "--eval_batch_size", "3", "--eval_feature_resolution", "32",
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert metrics["held_out_images"] == 7
+
+    # One process upscaling the same held-out images (same seeds) with the saved weights gets the same PSNR: the
+    # gathered set held every image once, in the order of the originals it is compared with.
+    args = SimpleNamespace(cache_dir=None, **json.loads((output_dir / "training_config.json").read_text())["args"])
+    args.eval_batch_size = 7  # not a run flag, so not in training_config.json; the batch size changes no image
+    _, held_out = hold_out(load_training_data(args), 7, args.seed)
+    originals, _ = real_images_from_data(held_out, 16)
+    pipe = SuperResolutionPipeline.from_pretrained(output_dir)
+    pipe.set_progress_bar_config(disable=True)
+    images = LowResolutionConditioning(args, []).upscale_for_evaluation(pipe, originals, None, torch.arange(7))
+    psnr = (10 * torch.log10(1 / ((images - originals) ** 2).mean(dim=(1, 2, 3)))).mean().item()
+    assert psnr == pytest.approx(metrics["generated"]["PSNR"], rel=1e-4)
+    shifted = torch.cat([images[1:], images[:1]])
+    shifted_psnr = (10 * torch.log10(1 / ((shifted - originals) ** 2).mean(dim=(1, 2, 3)))).mean().item()
+    assert shifted_psnr != pytest.approx(metrics["generated"]["PSNR"], rel=1e-4)
+
+
+def test_an_odd_number_of_batches_trains_on_two_processes_and_too_few_is_a_clear_error(tmp_path):
+    # 56 images of batch 8: 7 batches, of which each process gets 3 (the last, incomplete round is dropped)
+    result = launch_two_processes(tmp_path / "odd", "multi_gpu_flags", "--max_train_samples", "56")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    assert json.loads((tmp_path / "odd" / "training_config.json").read_text())["run"]["global_step"] == 6
+    result = launch_two_processes(tmp_path / "few", "multi_gpu_flags", "--max_train_samples", "8")
+    assert result.returncode != 0
+    assert "give 1 batch(es) of --train_batch_size 8, fewer than the 2 processes" in result.stdout + result.stderr

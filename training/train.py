@@ -1048,8 +1048,20 @@ def main(args):
         eps=args.adam_epsilon,
     )
 
-    # accelerate.prepare shards the batches between the processes: count each process's share.
-    batches_per_process = math.ceil(len(train_dataloader) / accelerator.num_processes)
+    # accelerate.prepare shards the batches between the processes, one batch of every round of num_processes
+    # batches to each: count each process's share. A last, incomplete round is dropped when the dataloader drops its
+    # last incomplete batch, and padded otherwise.
+    num_batches = len(train_dataloader)
+    if train_dataloader.drop_last:
+        batches_per_process = num_batches // accelerator.num_processes
+    else:
+        batches_per_process = math.ceil(num_batches / accelerator.num_processes)
+    if batches_per_process == 0:
+        raise ValueError(
+            f"The {len(train_dataset)} training images give {num_batches} batch(es) of --train_batch_size "
+            f"{args.train_batch_size}, fewer than the {accelerator.num_processes} processes: lower --train_batch_size "
+            "or train on more images."
+        )
     num_update_steps_per_epoch = math.ceil(batches_per_process / args.gradient_accumulation_steps)
     max_train_steps = args.max_train_steps or args.num_epochs * num_update_steps_per_epoch
     num_epochs = math.ceil(max_train_steps / num_update_steps_per_epoch)
