@@ -414,6 +414,20 @@ def scheduler_choice(saved_scheduler, sampler: str, samplers: Dict):
     return scheduler_class.from_config(saved_scheduler.config, **settings)
 
 
+def sampling_controls(saved_name: str, default_steps: int):
+    """The steps slider, sampler dropdown, seed box and "Show the denoising" checkbox of a diffkit tab."""
+    num_inference_steps = gr.Slider(1, MAX_STEPS, value=default_steps, step=1, precision=0, label="Steps")
+    sampler = gr.Dropdown(
+        [SAVED_SAMPLER, *SAMPLERS],
+        value=SAVED_SAMPLER,
+        label="Sampler",
+        info=f"'{SAVED_SAMPLER}' is the model's {saved_name}; the others are built from its config.",
+    )
+    seed = gr.Number(0, precision=0, minimum=0, label="Seed", info="Image i uses seed + i.")
+    show_denoising = gr.Checkbox(False, label="Show the denoising")
+    return num_inference_steps, sampler, seed, show_denoising
+
+
 def diffkit_tab(pipe, title: str, api_name: str, max_images: int):
     """A tab that runs a diffkit pipeline: the controls its kind takes, a gallery, and the generate event."""
     kind = pipeline_kind(pipe)
@@ -450,15 +464,7 @@ def diffkit_tab(pipe, title: str, api_name: str, max_images: int):
                     info="0: unconditional, 1: conditional only, higher: follow the condition more closely.",
                     visible=kind != "unconditional",
                 )
-                num_inference_steps = gr.Slider(1, MAX_STEPS, value=default_steps, step=1, precision=0, label="Steps")
-                sampler = gr.Dropdown(
-                    [SAVED_SAMPLER, *SAMPLERS],
-                    value=SAVED_SAMPLER,
-                    label="Sampler",
-                    info=f"'{SAVED_SAMPLER}' is the model's {saved_name}; the others are built from its config.",
-                )
-                seed = gr.Number(0, precision=0, minimum=0, label="Seed", info="Image i uses seed + i.")
-                show_denoising = gr.Checkbox(False, label="Show the denoising")
+                num_inference_steps, sampler, seed, show_denoising = sampling_controls(saved_name, default_steps)
                 button = gr.Button("Generate", variant="primary")
                 with gr.Accordion("Edit an image: inpaint, img2img, denoise", open=False):
                     edit_task = gr.Radio(
@@ -602,15 +608,7 @@ def super_resolution_tab(pipe, title: str, api_name: str, max_images: int):
                     0, MAX_GUIDANCE_SCALE, value=pipe.config.guidance_scale, step=0.5, label="Guidance scale",
                     info="On the class: 1 is the conditional prediction alone.", visible=class_conditional,
                 )  # fmt: skip
-                num_inference_steps = gr.Slider(1, MAX_STEPS, value=default_steps, step=1, precision=0, label="Steps")
-                sampler = gr.Dropdown(
-                    [SAVED_SAMPLER, *SAMPLERS],
-                    value=SAVED_SAMPLER,
-                    label="Sampler",
-                    info=f"'{SAVED_SAMPLER}' is the model's {saved_name}; the others are built from its config.",
-                )
-                seed = gr.Number(0, precision=0, minimum=0, label="Seed", info="Image i uses seed + i.")
-                show_denoising = gr.Checkbox(False, label="Show the denoising")
+                num_inference_steps, sampler, seed, show_denoising = sampling_controls(saved_name, default_steps)
                 button = gr.Button("Upscale", variant="primary")
             with gr.Column():
                 gallery = gr.Gallery(label="Images", format="png", columns=4, elem_classes=["diffkit-gallery"])
