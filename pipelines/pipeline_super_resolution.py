@@ -315,13 +315,11 @@ class SuperResolutionPipeline(DiffusionPipeline):
         output_type,
         callback_on_step_end_tensor_inputs,
     ) -> Tuple[List, Optional[List[int]]]:
-        images = list(image) if isinstance(image, (list, tuple)) else [image]
+        # A list, or a batch tensor / array, holds several images; anything else is one.
+        is_batch = isinstance(image, (torch.Tensor, np.ndarray)) and image.ndim == 4
+        images = list(image) if isinstance(image, (list, tuple)) or is_batch else [image]
         if len(images) == 0:
             raise ValueError("`image` is an empty list; pass at least one low-resolution image.")
-        if isinstance(image, torch.Tensor) and image.ndim == 4 and image.shape[0] > 1:
-            images = list(image)
-        if isinstance(image, np.ndarray) and image.ndim == 4:
-            images = list(image)
         if (
             not isinstance(num_images_per_image, int)
             or isinstance(num_images_per_image, bool)
