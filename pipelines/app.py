@@ -17,6 +17,7 @@ loaders), so `python -m diffkit.pipelines.push --space_id` uploads it unchanged 
 """
 
 import argparse
+import concurrent.futures
 import contextlib
 import importlib
 import inspect
@@ -343,24 +344,42 @@ class GenerationCancelled(Exception):
     """Raised in the denoising loop when the request that started it has gone away."""
 
 
+# Every torch call of the app (loading the models, denoising, turning previews into images) runs on this one
+# long-lived thread. Each thread that runs torch's CPU kernels gets its own OpenMP (libgomp) thread team; once the
+# teams of two threads hold more threads than there are cores, libgomp stops spinning between parallel regions and
+# every region waits for its sleeping threads to wake. A pipeline run on a new thread per request, or on another
+# thread than the one that loaded it, took up to 2.3x as long as calling it directly (benchmarks/bench_app.py).
+COMPUTE_THREAD = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffkit-compute")
+
+
+def on_compute_thread(function, *args, **kwargs):
+    """`function(*args, **kwargs)`, run on the app's compute thread (see `COMPUTE_THREAD`); waits for its result."""
+    return COMPUTE_THREAD.submit(function, *args, **kwargs).result()
+
+
 def stream_pipeline(pipe, call_kwargs: Dict, captions: List[str], show_denoising: bool, progress, summary: str):
     r"""
-    Run `pipe(**call_kwargs)` on a worker thread and yield `(gallery, info)` while it denoises: the progress bar moves
-    every step, and with `show_denoising` the gallery shows the predicted clean images (at most every
+    Run `pipe(**call_kwargs)` on the app's compute thread and yield `(gallery, info)` while it denoises: the progress
+    bar moves every step, and with `show_denoising` the gallery shows the predicted clean images (at most every
     `PREVIEW_INTERVAL_S`). The last item holds the final images. An error of the pipeline is raised here; if the
     request goes away, the loop is stopped before the next request may start.
     """
     events = queue.Queue()
     cancelled = threading.Event()
+    last_preview = [0.0]  # when the compute thread last sent a preview
     preview_inputs = ["pred_original_sample"] if show_denoising else []
 
     def on_step_end(pipe, step_index, timestep, callback_kwargs):
         if cancelled.is_set():
             raise GenerationCancelled()
-        preview = callback_kwargs.get("pred_original_sample")
         # the steps this call runs (img2img runs the last part of the schedule), where the pipeline says
-        num_steps = getattr(pipe, "num_timesteps", None) or len(pipe.scheduler.timesteps)
-        events.put(("step", step_index + 1, max(num_steps, step_index + 1), preview))
+        num_steps = max(getattr(pipe, "num_timesteps", None) or len(pipe.scheduler.timesteps), step_index + 1)
+        frames = None
+        preview_due = time.perf_counter() - last_preview[0] >= PREVIEW_INTERVAL_S or step_index + 1 == num_steps
+        if show_denoising and preview_due:
+            last_preview[0] = time.perf_counter()
+            frames = tensor_to_pil(callback_kwargs["pred_original_sample"])  # here, on the compute thread
+        events.put(("step", step_index + 1, num_steps, frames))
         return {}
 
     def run():
@@ -375,10 +394,8 @@ def stream_pipeline(pipe, call_kwargs: Dict, captions: List[str], show_denoising
             events.put(("error", error))
 
     started = time.perf_counter()
-    worker = threading.Thread(target=run, name="diffkit-app-pipeline", daemon=True)
-    worker.start()
+    run_done = COMPUTE_THREAD.submit(run)
     try:
-        last_preview = 0.0
         while True:
             event = events.get()
             if event[0] == "error":
@@ -386,15 +403,13 @@ def stream_pipeline(pipe, call_kwargs: Dict, captions: List[str], show_denoising
             if event[0] == "done":
                 images = event[1]
                 break
-            _, step, num_steps, preview = event
+            _, step, num_steps, frames = event
             progress((step, num_steps), desc="Denoising", unit="steps")
-            if preview is not None and (time.perf_counter() - last_preview >= PREVIEW_INTERVAL_S or step == num_steps):
-                last_preview = time.perf_counter()
-                frames = tensor_to_pil(preview)
+            if frames is not None:
                 yield list(zip(frames, captions)), f"Step {step}/{num_steps}: the clean images predicted so far."
     finally:
         cancelled.set()
-        worker.join()
+        run_done.result()  # `run` reports its own errors through `events`
     elapsed = time.perf_counter() - started
     width, height = images[0].size
     num_threads = torch.get_num_threads()
@@ -839,8 +854,9 @@ def main(argv=None):
     args = parse_args(argv)
     if not is_loopback(args.host):
         logger.warning(f"Listening on {args.host}: anyone who can reach this machine can use the app.")
-    torch.set_num_threads(args.num_threads)
-    models = load_models(args)
+    # torch's thread count and the weights belong to the thread that will run the models
+    on_compute_thread(torch.set_num_threads, args.num_threads)
+    models = on_compute_thread(load_models, args)
     demo = build_demo(**models, max_images=args.max_images)
     # The generate events share one queue slot (MODEL_QUEUE); the preview of canny edges does not wait for it.
     demo.queue(default_concurrency_limit=1)

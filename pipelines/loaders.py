@@ -1,9 +1,10 @@
 """Load Stable Diffusion, SDXL and ControlNet-canny as configured diffusers pipelines.
 
 Each loader returns the real diffusers pipeline (`StableDiffusionPipeline`, `StableDiffusionXLPipeline`,
-`StableDiffusionControlNetPipeline`, `StableDiffusionXLControlNetPipeline`), with the device, dtype, scheduler,
-memory and speed settings applied and logged; nothing is wrapped or hidden, and everything can be changed
-afterwards with the usual diffusers calls.
+`StableDiffusionControlNetPipeline`, `StableDiffusionXLControlNetPipeline`, and for the user's own images the
+img2img, inpainting and x4-upscaling pipelines), with the device, dtype, scheduler, memory and speed settings applied
+and logged; nothing is wrapped or hidden, and everything can be changed afterwards with the usual diffusers calls.
+`task_pipeline` turns a loaded pipeline into another task's without loading weights again.
 
 Defaults: on CUDA, fp16 (the repo's `fp16` weight variant when it has one, else a cast) with everything on the
 GPU when it fits; on CPU, fp32 with a warning that it is slow. An explicit `device=` or `dtype=` always wins.
@@ -14,6 +15,7 @@ import os
 import warnings
 from typing import Optional, Union
 
+import numpy as np
 import torch
 from diffusers import (
     AutoencoderKL,
@@ -26,15 +28,23 @@ from diffusers import (
     HeunDiscreteScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
+    StableDiffusionControlNetImg2ImgPipeline,
     StableDiffusionControlNetPipeline,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
+    StableDiffusionUpscalePipeline,
+    StableDiffusionXLControlNetImg2ImgPipeline,
     StableDiffusionXLControlNetPipeline,
     StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLInpaintPipeline,
     StableDiffusionXLPipeline,
+    UNet2DConditionModel,
     UniPCMultistepScheduler,
 )
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
+from PIL import Image
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +53,22 @@ SDXL_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 SDXL_REFINER_MODEL = "stabilityai/stable-diffusion-xl-refiner-1.0"
 SD15_CANNY_CONTROLNET = "lllyasviel/sd-controlnet-canny"
 SDXL_CANNY_CONTROLNET = "diffusers/controlnet-canny-sdxl-1.0"
+SD15_INPAINT_MODEL = "stable-diffusion-v1-5/stable-diffusion-inpainting"
+SDXL_INPAINT_MODEL = "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"
+UPSCALER_MODEL = "stabilityai/stable-diffusion-x4-upscaler"
+
+# A UNet's input channels tell the checkpoints apart before any weight is loaded: 4 latent channels for text-to-image
+# and img2img; inpainting adds the mask and the masked image's latents (4 + 1 + 4); the x4 upscaler adds the RGB
+# low-resolution image (4 + 3).
+TEXT_TO_IMAGE_UNET_IN_CHANNELS = 4
+INPAINT_UNET_IN_CHANNELS = 9
+UPSCALER_UNET_IN_CHANNELS = 7
+# The x4 upscaler denoises at the input's resolution, with self-attention over every input pixel: past this input
+# side its memory grows fast, so larger inputs go through `upscale_tiled` (the side 128 px tiles are run at).
+UPSCALER_MAX_UNTILED_SIDE = 256
+UPSCALER_TILE_SIZE = 128
+UPSCALER_TILE_OVERLAP = 32
+UPSCALE_FACTOR = 4
 
 # Scheduler names as the web UIs and diffusers' docs call them -> (class, settings over the model's own config).
 SCHEDULERS = {
@@ -119,7 +145,7 @@ def resolve_device_and_dtype(device=None, dtype=None):
         warnings.warn(
             f"Running diffusion on the CPU in {dtype}: expect minutes per image at full resolution. A CUDA GPU with "
             "the default fp16 is 50-100 times faster.",
-            stacklevel=3,
+            stacklevel=4,
         )
     return device, dtype
 
@@ -287,12 +313,9 @@ def load_stable_diffusion(
     >>> image = pipe("an astronaut riding a horse", num_inference_steps=25).images[0]  # doctest: +SKIP
     ```
     """
-    check_model_id(model)
-    device, dtype = resolve_device_and_dtype(device, dtype)
-    check_load_options(scheduler, memory, device)
-    pipe = load_with_variant(StableDiffusionPipeline, model, dtype, **from_pretrained_kwargs)
-    return configure_pipeline(
-        pipe, device, scheduler, memory, vae_slicing, vae_tiling, channels_last, fuse_qkv, compile_unet
+    speed_options = (vae_slicing, vae_tiling, channels_last, fuse_qkv, compile_unet)
+    return load_and_configure(
+        StableDiffusionPipeline, model, device, dtype, scheduler, memory, speed_options, **from_pretrained_kwargs
     )
 
 
@@ -338,14 +361,11 @@ def load_sdxl(
     >>> image = pipe("a photo of an astronaut", num_inference_steps=30).images[0]  # doctest: +SKIP
     ```
     """
-    check_model_id(model)
-    device, dtype = resolve_device_and_dtype(device, dtype)
-    check_load_options(scheduler, memory, device)
-    pipe = load_with_variant(StableDiffusionXLPipeline, model, dtype, **from_pretrained_kwargs)
-    use_safe_sdxl_vae(pipe, vae, dtype, from_pretrained_kwargs)
-    return configure_pipeline(
-        pipe, device, scheduler, memory, vae_slicing, vae_tiling, channels_last, fuse_qkv, compile_unet
-    )
+    speed_options = (vae_slicing, vae_tiling, channels_last, fuse_qkv, compile_unet)
+    return load_and_configure(
+        StableDiffusionXLPipeline, model, device, dtype, scheduler, memory, speed_options, sdxl=True, vae=vae,
+        **from_pretrained_kwargs,
+    )  # fmt: skip
 
 
 def load_sdxl_refiner(
@@ -416,15 +436,457 @@ def load_controlnet_canny(
     >>> image = pipe("a robot in space", image=edges, num_inference_steps=25).images[0]  # doctest: +SKIP
     ```
     """
+    pipeline_class = StableDiffusionXLControlNetPipeline if sdxl else StableDiffusionControlNetPipeline
+    speed_options = (vae_slicing, vae_tiling, channels_last, fuse_qkv, compile_unet)
+    return load_controlnet_with_base(
+        pipeline_class, base, controlnet, sdxl, vae, device, dtype, scheduler, memory, speed_options,
+        **from_pretrained_kwargs,
+    )  # fmt: skip
+
+
+def load_controlnet_with_base(
+    pipeline_class,
+    base,
+    controlnet,
+    sdxl,
+    vae,
+    device,
+    dtype,
+    scheduler,
+    memory,
+    speed_options,
+    **from_pretrained_kwargs,
+):
+    """The ControlNet loaders' shared steps: the ControlNet's weights, then the base model's, as `pipeline_class`."""
     check_model_id(base, "base")
     check_model_id(controlnet, "controlnet")
     device, dtype = resolve_device_and_dtype(device, dtype)
     check_load_options(scheduler, memory, device)
+    check_unet_in_channels(base, TEXT_TO_IMAGE_UNET_IN_CHANNELS, pipeline_class, "base", from_pretrained_kwargs)
     controlnet_model = load_with_variant(ControlNetModel, controlnet, dtype, **from_pretrained_kwargs)
-    pipeline_class = StableDiffusionXLControlNetPipeline if sdxl else StableDiffusionControlNetPipeline
     pipe = load_with_variant(pipeline_class, base, dtype, controlnet=controlnet_model, **from_pretrained_kwargs)
     if sdxl:
         use_safe_sdxl_vae(pipe, vae, dtype, from_pretrained_kwargs)
-    return configure_pipeline(
-        pipe, device, scheduler, memory, vae_slicing, vae_tiling, channels_last, fuse_qkv, compile_unet
+    return configure_pipeline(pipe, device, scheduler, memory, *speed_options)
+
+
+def load_controlnet_canny_img2img(
+    base: str = SD15_MODEL,
+    controlnet: str = SD15_CANNY_CONTROLNET,
+    *,
+    sdxl: bool = False,
+    vae: Optional[str] = None,
+    device: Optional[Union[str, torch.device]] = None,
+    dtype: Optional[Union[str, torch.dtype]] = None,
+    scheduler: Optional[str] = None,
+    memory: str = "auto",
+    vae_slicing: bool = False,
+    vae_tiling: bool = False,
+    channels_last: bool = False,
+    fuse_qkv: bool = False,
+    compile_unet: bool = False,
+    **from_pretrained_kwargs,
+):
+    r"""
+    Load a canny-edge ControlNet with its base model for img2img: `StableDiffusionControlNetImg2ImgPipeline`, or
+    with `sdxl=True` `StableDiffusionXLControlNetImg2ImgPipeline`. The photo is both the starting image (`image=`,
+    re-drawn by `strength`) and, through its edges, the control (`control_image=canny_edges(photo)`), so that a
+    restyled photo keeps its outlines. Takes the options of [`load_controlnet_canny`].
+
+    ```py
+    >>> from diffkit.pipelines.canny import canny_edges
+    >>> from diffkit.pipelines.loaders import load_controlnet_canny_img2img
+    >>> pipe = load_controlnet_canny_img2img()  # doctest: +SKIP
+    >>> image = pipe("a pencil drawing", image=photo, control_image=canny_edges(photo), strength=0.8)  # doctest: +SKIP
+    ```
+    """
+    pipeline_class = StableDiffusionXLControlNetImg2ImgPipeline if sdxl else StableDiffusionControlNetImg2ImgPipeline
+    speed_options = (vae_slicing, vae_tiling, channels_last, fuse_qkv, compile_unet)
+    return load_controlnet_with_base(
+        pipeline_class, base, controlnet, sdxl, vae, device, dtype, scheduler, memory, speed_options,
+        **from_pretrained_kwargs,
+    )  # fmt: skip
+
+
+def load_and_configure(
+    pipeline_class,
+    model: str,
+    device,
+    dtype,
+    scheduler: Optional[str],
+    memory: str,
+    speed_options: tuple,
+    unet_in_channels: Optional[int] = None,
+    sdxl: bool = False,
+    vae: Optional[str] = None,
+    **from_pretrained_kwargs,
+):
+    """What each single-model loader does: check the options (and, when `unet_in_channels` is given, that the
+    checkpoint's UNet has that many input channels), load, guard an SDXL VAE in fp16 (`vae`: see `load_sdxl`), and
+    apply the device, memory and speed settings (`speed_options`: see `configure_pipeline`)."""
+    check_model_id(model)
+    device, dtype = resolve_device_and_dtype(device, dtype)
+    check_load_options(scheduler, memory, device)
+    if unet_in_channels is not None:
+        check_unet_in_channels(model, unet_in_channels, pipeline_class, "model", from_pretrained_kwargs)
+    pipe = load_with_variant(pipeline_class, model, dtype, **from_pretrained_kwargs)
+    if sdxl:
+        use_safe_sdxl_vae(pipe, vae, dtype, from_pretrained_kwargs)
+    return configure_pipeline(pipe, device, scheduler, memory, *speed_options)
+
+
+def check_unet_in_channels(model: str, expected: int, pipeline_class, argument: str, from_pretrained_kwargs: dict):
+    """Refuse a checkpoint made for another task, told apart by its UNet's input channels (only its config is read)."""
+    config_kwargs = {k: v for k, v in from_pretrained_kwargs.items() if k in ("revision", "cache_dir", "token")}
+    config_kwargs["local_files_only"] = from_pretrained_kwargs.get("local_files_only", False)
+    in_channels = UNet2DConditionModel.load_config(model, subfolder="unet", **config_kwargs)["in_channels"]
+    if in_channels == expected:
+        return
+    kinds = {
+        TEXT_TO_IMAGE_UNET_IN_CHANNELS: "a text-to-image checkpoint (use it for text-to-image and img2img)",
+        INPAINT_UNET_IN_CHANNELS: "an inpainting checkpoint (load it with load_stable_diffusion_inpaint or "
+        "load_sdxl_inpaint)",
+        UPSCALER_UNET_IN_CHANNELS: "the x4 upscaler (load it with load_upscaler)",
+    }
+    wanted = {
+        StableDiffusionInpaintPipeline: f"an inpainting checkpoint such as {SD15_INPAINT_MODEL!r}",
+        StableDiffusionXLInpaintPipeline: f"an inpainting checkpoint such as {SDXL_INPAINT_MODEL!r}",
+        StableDiffusionUpscalePipeline: f"the x4 upscaler, {UPSCALER_MODEL!r}",
+    }.get(pipeline_class, "a text-to-image checkpoint")
+    raise ValueError(
+        f"`{argument}` {model!r} has a UNet with {in_channels} input channels: it is "
+        f"{kinds.get(in_channels, 'not a Stable Diffusion checkpoint this loader knows')}, but "
+        f"{pipeline_class.__name__} needs {wanted} ({expected} input channels)."
     )
+
+
+def load_stable_diffusion_img2img(
+    model: str = SD15_MODEL,
+    *,
+    device: Optional[Union[str, torch.device]] = None,
+    dtype: Optional[Union[str, torch.dtype]] = None,
+    scheduler: Optional[str] = None,
+    memory: str = "auto",
+    vae_slicing: bool = False,
+    vae_tiling: bool = False,
+    channels_last: bool = False,
+    fuse_qkv: bool = False,
+    compile_unet: bool = False,
+    **from_pretrained_kwargs,
+) -> StableDiffusionImg2ImgPipeline:
+    r"""
+    Load a Stable Diffusion 1.x/2.x checkpoint as a configured `StableDiffusionImg2ImgPipeline`: edit a photo or
+    restyle it (`strength` sets how much of the schedule re-draws it; 0.3 keeps the layout, 0.8 keeps little).
+
+    Takes the options of [`load_stable_diffusion`]. An inpainting or upscaler checkpoint is refused before its
+    weights load. Example:
+
+    ```py
+    >>> from diffkit.pipelines.loaders import load_stable_diffusion_img2img
+    >>> pipe = load_stable_diffusion_img2img()  # doctest: +SKIP
+    >>> image = pipe("a watercolour painting", image=photo, strength=0.6).images[0]  # doctest: +SKIP
+    ```
+    """
+    speed_options = (vae_slicing, vae_tiling, channels_last, fuse_qkv, compile_unet)
+    return load_and_configure(
+        StableDiffusionImg2ImgPipeline, model, device, dtype, scheduler, memory, speed_options,
+        unet_in_channels=TEXT_TO_IMAGE_UNET_IN_CHANNELS, **from_pretrained_kwargs,
+    )  # fmt: skip
+
+
+def load_sdxl_img2img(
+    model: str = SDXL_MODEL,
+    *,
+    vae: Optional[str] = None,
+    device: Optional[Union[str, torch.device]] = None,
+    dtype: Optional[Union[str, torch.dtype]] = None,
+    scheduler: Optional[str] = None,
+    memory: str = "auto",
+    vae_slicing: bool = False,
+    vae_tiling: bool = False,
+    channels_last: bool = False,
+    fuse_qkv: bool = False,
+    compile_unet: bool = False,
+    **from_pretrained_kwargs,
+) -> StableDiffusionXLImg2ImgPipeline:
+    r"""
+    Load an SDXL checkpoint as a configured `StableDiffusionXLImg2ImgPipeline`, with the fp16 VAE guard of
+    [`load_sdxl`] (`vae=` an fp16-safe VAE, else the decode runs in fp32). Takes the options of [`load_sdxl`].
+
+    ```py
+    >>> from diffkit.pipelines.loaders import load_sdxl_img2img
+    >>> pipe = load_sdxl_img2img(vae="madebyollin/sdxl-vae-fp16-fix")  # doctest: +SKIP
+    >>> image = pipe("an oil painting", image=photo, strength=0.5).images[0]  # doctest: +SKIP
+    ```
+    """
+    speed_options = (vae_slicing, vae_tiling, channels_last, fuse_qkv, compile_unet)
+    return load_and_configure(
+        StableDiffusionXLImg2ImgPipeline, model, device, dtype, scheduler, memory, speed_options,
+        unet_in_channels=TEXT_TO_IMAGE_UNET_IN_CHANNELS, sdxl=True, vae=vae, **from_pretrained_kwargs,
+    )  # fmt: skip
+
+
+def load_stable_diffusion_inpaint(
+    model: str = SD15_INPAINT_MODEL,
+    *,
+    allow_text_to_image_checkpoint: bool = False,
+    device: Optional[Union[str, torch.device]] = None,
+    dtype: Optional[Union[str, torch.dtype]] = None,
+    scheduler: Optional[str] = None,
+    memory: str = "auto",
+    vae_slicing: bool = False,
+    vae_tiling: bool = False,
+    channels_last: bool = False,
+    fuse_qkv: bool = False,
+    compile_unet: bool = False,
+    **from_pretrained_kwargs,
+) -> StableDiffusionInpaintPipeline:
+    r"""
+    Load a Stable Diffusion inpainting checkpoint (a UNet with 9 input channels: latents, mask and masked image) as a
+    configured `StableDiffusionInpaintPipeline`. White in `mask_image` is re-drawn, black kept; the pipeline's
+    `padding_mask_crop=N` inpaints only a crop around the mask (N pixels of margin) at full resolution, and
+    `pipe.mask_processor.blur(mask, blur_factor=radius)` softens the mask's edge.
+
+    A text-to-image checkpoint (4 channels) is refused before loading, because it only blends its latents with the
+    original outside the mask and leaves visible seams; `allow_text_to_image_checkpoint=True` loads it anyway. Takes
+    the options of [`load_stable_diffusion`].
+
+    ```py
+    >>> from diffkit.pipelines.loaders import load_stable_diffusion_inpaint
+    >>> pipe = load_stable_diffusion_inpaint()  # doctest: +SKIP
+    >>> image = pipe("a red scarf", image=photo, mask_image=mask, padding_mask_crop=32).images[0]  # doctest: +SKIP
+    ```
+    """
+    speed_options = (vae_slicing, vae_tiling, channels_last, fuse_qkv, compile_unet)
+    return load_and_configure(
+        StableDiffusionInpaintPipeline, model, device, dtype, scheduler, memory, speed_options,
+        unet_in_channels=None if allow_text_to_image_checkpoint else INPAINT_UNET_IN_CHANNELS,
+        **from_pretrained_kwargs,
+    )  # fmt: skip
+
+
+def load_sdxl_inpaint(
+    model: str = SDXL_INPAINT_MODEL,
+    *,
+    vae: Optional[str] = None,
+    allow_text_to_image_checkpoint: bool = False,
+    device: Optional[Union[str, torch.device]] = None,
+    dtype: Optional[Union[str, torch.dtype]] = None,
+    scheduler: Optional[str] = None,
+    memory: str = "auto",
+    vae_slicing: bool = False,
+    vae_tiling: bool = False,
+    channels_last: bool = False,
+    fuse_qkv: bool = False,
+    compile_unet: bool = False,
+    **from_pretrained_kwargs,
+) -> StableDiffusionXLInpaintPipeline:
+    r"""
+    Load an SDXL inpainting checkpoint as a configured `StableDiffusionXLInpaintPipeline`, with the fp16 VAE guard of
+    [`load_sdxl`]. Takes the options of [`load_sdxl`] and `allow_text_to_image_checkpoint` of
+    [`load_stable_diffusion_inpaint`] (the SDXL base model inpaints passably at `strength` below 1).
+
+    ```py
+    >>> from diffkit.pipelines.loaders import load_sdxl_inpaint
+    >>> pipe = load_sdxl_inpaint(vae="madebyollin/sdxl-vae-fp16-fix")  # doctest: +SKIP
+    >>> image = pipe("a tiger", image=photo, mask_image=mask).images[0]  # doctest: +SKIP
+    ```
+    """
+    speed_options = (vae_slicing, vae_tiling, channels_last, fuse_qkv, compile_unet)
+    return load_and_configure(
+        StableDiffusionXLInpaintPipeline, model, device, dtype, scheduler, memory, speed_options,
+        unet_in_channels=None if allow_text_to_image_checkpoint else INPAINT_UNET_IN_CHANNELS, sdxl=True, vae=vae,
+        **from_pretrained_kwargs,
+    )  # fmt: skip
+
+
+def load_upscaler(
+    model: str = UPSCALER_MODEL,
+    *,
+    device: Optional[Union[str, torch.device]] = None,
+    dtype: Optional[Union[str, torch.dtype]] = None,
+    scheduler: Optional[str] = None,
+    memory: str = "auto",
+    vae_slicing: bool = False,
+    vae_tiling: bool = False,
+    channels_last: bool = False,
+    fuse_qkv: bool = False,
+    compile_unet: bool = False,
+    **from_pretrained_kwargs,
+) -> StableDiffusionUpscalePipeline:
+    r"""
+    Load the Stable Diffusion x4 upscaler as a configured `StableDiffusionUpscalePipeline`: a prompt-guided 4x
+    super-resolution whose `noise_level` (0 to the model's `max_noise_level`, 350) says how much of the input's
+    detail to re-invent. Inputs larger than `UPSCALER_MAX_UNTILED_SIDE` go through [`upscale_tiled`]; `vae_tiling`
+    decodes the 4x output in tiles. Takes the options of [`load_stable_diffusion`].
+
+    ```py
+    >>> from diffkit.pipelines.loaders import load_upscaler, upscale_tiled
+    >>> pipe = load_upscaler()  # doctest: +SKIP
+    >>> image = pipe("a photo of a cat", image=small_photo, noise_level=20).images[0]  # doctest: +SKIP
+    >>> large = upscale_tiled(pipe, "a photo of a cat", large_photo)  # doctest: +SKIP
+    ```
+    """
+    speed_options = (vae_slicing, vae_tiling, channels_last, fuse_qkv, compile_unet)
+    return load_and_configure(
+        StableDiffusionUpscalePipeline, model, device, dtype, scheduler, memory, speed_options,
+        unet_in_channels=UPSCALER_UNET_IN_CHANNELS, **from_pretrained_kwargs,
+    )  # fmt: skip
+
+
+# For `task_pipeline`: the pipelines of one family share their components, so any of them makes the others.
+TASK_PIPELINES = {
+    "sd": {
+        "text2img": StableDiffusionPipeline,
+        "img2img": StableDiffusionImg2ImgPipeline,
+        "inpaint": StableDiffusionInpaintPipeline,
+    },
+    "sdxl": {
+        "text2img": StableDiffusionXLPipeline,
+        "img2img": StableDiffusionXLImg2ImgPipeline,
+        "inpaint": StableDiffusionXLInpaintPipeline,
+    },
+    "controlnet": {"text2img": StableDiffusionControlNetPipeline, "img2img": StableDiffusionControlNetImg2ImgPipeline},
+    "controlnet_sdxl": {
+        "text2img": StableDiffusionXLControlNetPipeline,
+        "img2img": StableDiffusionXLControlNetImg2ImgPipeline,
+    },
+}
+
+
+def task_pipeline(pipe, task: str):
+    r"""
+    The `task` (`"text2img"`, `"img2img"` or `"inpaint"`) pipeline of `pipe`'s family, made with diffusers'
+    `from_pipe`: it shares every module of `pipe` (no weights are loaded or copied), its scheduler and the loaders'
+    settings (device, dtype, the VAE guard).
+
+    An inpainting UNet (9 input channels) only inpaints. A text-to-image UNet inpaints by blending its latents with
+    the original outside the mask, which leaves seams at the mask's edge: `load_stable_diffusion_inpaint` loads the
+    dedicated checkpoint.
+
+    ```py
+    >>> from diffkit.pipelines.loaders import load_stable_diffusion, task_pipeline
+    >>> pipe = load_stable_diffusion()  # doctest: +SKIP
+    >>> img2img = task_pipeline(pipe, "img2img")  # doctest: +SKIP
+    >>> image = img2img("a watercolour", image=photo, strength=0.6).images[0]  # doctest: +SKIP
+    ```
+    """
+    family = next((name for name, tasks in TASK_PIPELINES.items() if type(pipe) in tasks.values()), None)
+    if family is None:
+        known = sorted(cls.__name__ for tasks in TASK_PIPELINES.values() for cls in tasks.values())
+        raise ValueError(f"`pipe` is a {type(pipe).__name__}; task_pipeline knows {known}.")
+    if task not in TASK_PIPELINES[family]:
+        raise ValueError(f"`task` {task!r} is not one of {sorted(TASK_PIPELINES[family])} for a {family} pipeline.")
+    in_channels = pipe.unet.config.in_channels
+    if in_channels == INPAINT_UNET_IN_CHANNELS and task != "inpaint":
+        raise ValueError(
+            f"`pipe` holds an inpainting UNet ({in_channels} input channels), which cannot run {task!r}: load a "
+            "text-to-image checkpoint for it."
+        )
+    pipeline_class = TASK_PIPELINES[family][task]
+    if isinstance(pipe, pipeline_class):
+        return pipe
+    return pipeline_class.from_pipe(pipe)
+
+
+def check_strength(strength: float, num_inference_steps: int) -> None:
+    """img2img re-draws the last `int(num_inference_steps * strength)` steps of the schedule: at least one must run."""
+    if not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
+        raise ValueError(f"`strength` must be in [0, 1], but is {strength!r}: 0.3 keeps the layout, 0.8 keeps little.")
+    if int(num_inference_steps * strength) < 1:
+        raise ValueError(
+            f"`strength` {strength:g} with {num_inference_steps} steps runs no denoising step "
+            f"(int({num_inference_steps} x {strength:g}) = 0): raise `strength` to at least "
+            f"{1 / num_inference_steps:.3g} or use more steps."
+        )
+
+
+def resized_mask(mask, image):
+    """The inpainting mask at the image's size, as a grey ('L') image; white is re-drawn.
+
+    A mask of another size is resized (nearest neighbour, so it stays black and white) when its aspect ratio is the
+    image's to within a pixel; another aspect ratio is an error, since stretching would move the masked region."""
+    width, height = image.size
+    if mask.size != image.size:
+        if abs(mask.width * height / width - mask.height) > 1:
+            raise ValueError(
+                f"`mask_image` is {mask.width}x{mask.height} but `image` is {width}x{height}: their aspect ratios "
+                "differ, so the mask cannot be resized onto the image. Draw the mask at the image's size."
+            )
+        mask = mask.resize(image.size, Image.NEAREST)
+    return mask.convert("L")
+
+
+def check_upscale_inputs(pipe, image, noise_level: int, tiled: bool) -> None:
+    """The x4 upscaler's limits: `noise_level` within the model's range, and an input small enough to run untiled."""
+    max_noise_level = pipe.config.max_noise_level
+    if isinstance(noise_level, bool) or not isinstance(noise_level, int) or not 0 <= noise_level <= max_noise_level:
+        raise ValueError(
+            f"`noise_level` must be a whole number in [0, {max_noise_level}] (the model's max_noise_level), but is "
+            f"{noise_level!r}; 20 is the usual value, higher re-invents more detail."
+        )
+    if not tiled and max(image.size) > UPSCALER_MAX_UNTILED_SIDE:
+        raise ValueError(
+            f"`image` is {image.width}x{image.height}, larger than {UPSCALER_MAX_UNTILED_SIDE} px a side, which the "
+            "x4 upscaler runs in one piece without running out of memory: upscale it with "
+            f"`upscale_tiled` (tiles of {UPSCALER_TILE_SIZE} px; `--tile_size` in the command)."
+        )
+
+
+def tile_starts(length: int, tile_size: int, overlap: int):
+    """Where tiles of `tile_size` start along a side of `length`, overlapping by at least `overlap`."""
+    if length <= tile_size:
+        return [0]
+    stride = tile_size - overlap
+    return list(range(0, length - tile_size, stride)) + [length - tile_size]
+
+
+def upscale_tiled(
+    pipe: StableDiffusionUpscalePipeline,
+    prompt: str,
+    image,
+    *,
+    tile_size: int = UPSCALER_TILE_SIZE,
+    tile_overlap: Optional[int] = None,
+    seed: int = 0,
+    **call_kwargs,
+):
+    r"""
+    Upscale `image` 4x in overlapping tiles of `tile_size` input pixels, so that any size fits in memory; the tiles
+    overlap by `tile_overlap` pixels (default `UPSCALER_TILE_OVERLAP`, at most a quarter of a tile), cross-faded, and
+    every tile starts from the same `seed`. `call_kwargs` go to each `pipe(...)` call
+    (`noise_level`, `num_inference_steps`, `guidance_scale`, `negative_prompt`). Returns one PIL image.
+
+    ```py
+    >>> from diffkit.pipelines.loaders import load_upscaler, upscale_tiled
+    >>> pipe = load_upscaler()  # doctest: +SKIP
+    >>> large = upscale_tiled(pipe, "a photo of a cat", photo, tile_size=128)  # doctest: +SKIP
+    ```
+    """
+    if not isinstance(tile_size, int) or tile_size < 8 or tile_size % 8:
+        raise ValueError(f"`tile_size` must be a multiple of 8 of at least 8 pixels, but is {tile_size!r}.")
+    if tile_overlap is None:
+        tile_overlap = min(UPSCALER_TILE_OVERLAP, tile_size // 4)
+    if not isinstance(tile_overlap, int) or not 0 <= tile_overlap < tile_size // 2:
+        raise ValueError(f"`tile_overlap` must be in [0, tile_size / 2), but is {tile_overlap!r}.")
+    image = image.convert("RGB")
+    check_upscale_inputs(pipe, image.crop((0, 0, min(image.width, tile_size), min(image.height, tile_size))),
+                         call_kwargs.get("noise_level", 20), tiled=True)  # fmt: skip
+    width, height = image.size
+    output = np.zeros((height * UPSCALE_FACTOR, width * UPSCALE_FACTOR, 3))
+    weights = np.zeros((height * UPSCALE_FACTOR, width * UPSCALE_FACTOR, 1))
+    # each tile's weight rises linearly from its edge over the overlap, so neighbouring tiles cross-fade
+    fade = max(tile_overlap * UPSCALE_FACTOR, 1)
+    for top in tile_starts(height, tile_size, tile_overlap):
+        for left in tile_starts(width, tile_size, tile_overlap):
+            tile = image.crop((left, top, min(left + tile_size, width), min(top + tile_size, height)))
+            generator = torch.Generator("cpu").manual_seed(seed)
+            upscaled = pipe(prompt, image=tile, generator=generator, output_type="np", **call_kwargs).images[0]
+            rows, columns = upscaled.shape[:2]
+            ramp_rows = np.minimum(np.arange(rows) + 1, np.arange(rows)[::-1] + 1).clip(max=fade) / fade
+            ramp_columns = np.minimum(np.arange(columns) + 1, np.arange(columns)[::-1] + 1).clip(max=fade) / fade
+            weight = (ramp_rows[:, None] * ramp_columns[None, :])[..., None]
+            y, x = top * UPSCALE_FACTOR, left * UPSCALE_FACTOR
+            output[y : y + rows, x : x + columns] += upscaled * weight
+            weights[y : y + rows, x : x + columns] += weight
+    return Image.fromarray((output / weights * 255).round().clip(0, 255).astype(np.uint8))

@@ -40,6 +40,7 @@ class ConcurrencyProbe:
         self.lock = threading.Lock()
         self.running = 0
         self.most_at_once = 0
+        self.threads = set()  # the threads that ran a UNet
 
     def attach(self, unet):
         unet.register_forward_pre_hook(self.enter)
@@ -47,6 +48,7 @@ class ConcurrencyProbe:
 
     def enter(self, module, args):
         with self.lock:
+            self.threads.add(threading.get_ident())
             self.running += 1
             self.most_at_once = max(self.most_at_once, self.running)
         threading.Event().wait(0.01)  # widen the window in which an overlap would be seen
@@ -361,6 +363,18 @@ def test_bad_upscale_input_gets_a_message(app, tmp_path, request_values, message
     with pytest.raises(AppError) as error:
         client.predict(*request_values, api_name="/upscale_upscaler")
     assert message in str(error.value) and "Traceback" not in str(error.value)
+
+
+def test_every_request_runs_its_model_on_the_one_compute_thread(app):
+    """One long-lived thread runs all model work (a new thread per request was up to 2.3x slower; the speed is in
+    benchmarks/bench_app.py). This test runs after requests to every kind of tab; UNet calls the tests make
+    themselves, on this thread, are left out."""
+    client, probe = app
+    for _ in range(2):
+        client.predict(*class_request(["cat"], num_images=1), api_name="/generate_digits")
+        client.predict("a cat", "", SD_SIZE, SD_SIZE, 1, 2, 7.5, SAVED_SAMPLER, 0, api_name="/generate_sd")
+    app_threads = probe.threads - {threading.get_ident()}
+    assert len(app_threads) == 1
 
 
 def test_canny_thresholds_in_the_wrong_order_get_canny_s_message(app, tmp_path):

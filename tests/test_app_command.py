@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -131,6 +132,27 @@ def test_bad_arguments_are_rejected_before_loading(argv, message):
 def test_the_default_address_is_this_machine_only():
     args = parse_args(["--pipeline", "."])
     assert (args.host, args.port, args.share) == ("127.0.0.1", 7860, False)
+
+
+def test_the_models_load_on_the_thread_that_runs_them(pipeline_folder, monkeypatch):
+    """Weights loaded on one thread and run on another made each request slower (benchmarks/bench_app.py): the
+    command sets the thread count and loads on the compute thread, where every request runs."""
+    seen = {}
+
+    def recording_load_models(args):
+        seen["load"] = threading.get_ident()
+        seen["num_threads"] = torch.get_num_threads()
+        return {"diffkit_pipelines": {}}
+
+    monkeypatch.setattr(app, "load_models", recording_load_models)
+    monkeypatch.setattr(app.gr.Blocks, "launch", lambda self, **kwargs: None)
+    threads_before = app.on_compute_thread(torch.get_num_threads)
+    try:
+        app.main(["--pipeline", pipeline_folder, "--num_threads", "1"])
+    finally:  # torch keeps the count for threads started later in this test process
+        app.on_compute_thread(torch.set_num_threads, threads_before)
+    assert seen == {"load": app.on_compute_thread(threading.get_ident), "num_threads": 1}
+    assert seen["load"] != threading.get_ident()
 
 
 def test_a_folder_that_is_not_a_pipeline_is_named_in_the_error(tmp_path):

@@ -15,8 +15,10 @@ from diffusers import (
     AutoencoderKL,
     ControlNetModel,
     DDIMScheduler,
+    DDPMScheduler,
     EulerDiscreteScheduler,
     StableDiffusionPipeline,
+    StableDiffusionUpscalePipeline,
     StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
@@ -90,7 +92,7 @@ def tiny_text_encoder(with_projection=False):
     return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config).eval()
 
 
-def tiny_unet(sdxl=False, refiner=False):
+def tiny_unet(sdxl=False, refiner=False, in_channels=4):
     extra, cross_attention_dim = {}, TEXT_HIDDEN
     if sdxl or refiner:
         # SDXL's micro-conditioning: 6 time ids (5 with the refiner's aesthetic score) plus the pooled text embedding
@@ -103,19 +105,20 @@ def tiny_unet(sdxl=False, refiner=False):
         )
         cross_attention_dim = TEXT_HIDDEN if refiner else 2 * TEXT_HIDDEN
     return UNet2DConditionModel(
-        block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=in_channels, out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=cross_attention_dim, attention_head_dim=4, norm_num_groups=4, **extra,
     ).eval()  # fmt: skip
 
 
-def save_tiny_stable_diffusion(folder: str, fp16_variant: bool = False) -> str:
+def save_tiny_stable_diffusion(folder: str, fp16_variant: bool = False, inpainting: bool = False) -> str:
+    """With `inpainting`, the UNet reads 9 channels (latents, mask, masked image), as the inpainting checkpoints'."""
     torch.manual_seed(0)
     pipe = StableDiffusionPipeline(
         vae=AutoencoderKL(**TINY_VAE_CONFIG).eval(),
         text_encoder=tiny_text_encoder(),
         tokenizer=save_clip_tokenizer(os.path.join(folder, "tokenizer")),
-        unet=tiny_unet(),
+        unet=tiny_unet(in_channels=9 if inpainting else 4),
         scheduler=DDIMScheduler(
             beta_start=0.00085,
             beta_end=0.012,
@@ -133,7 +136,7 @@ def save_tiny_stable_diffusion(folder: str, fp16_variant: bool = False) -> str:
     return folder
 
 
-def save_tiny_sdxl(folder: str) -> str:
+def save_tiny_sdxl(folder: str, inpainting: bool = False) -> str:
     torch.manual_seed(0)
     tokenizer = save_clip_tokenizer(os.path.join(folder, "tokenizer"))
     pipe = StableDiffusionXLPipeline(
@@ -142,8 +145,27 @@ def save_tiny_sdxl(folder: str) -> str:
         text_encoder_2=tiny_text_encoder(with_projection=True),
         tokenizer=tokenizer,
         tokenizer_2=tokenizer,
-        unet=tiny_unet(sdxl=True),
+        unet=tiny_unet(sdxl=True, in_channels=9 if inpainting else 4),
         scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
+    )
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def save_tiny_upscaler(folder: str) -> str:
+    """The x4 upscaler's layout: a VAE with three blocks (4x, not 8x), a UNet reading the latents and the RGB
+    low-resolution image (7 channels), and the DDPM scheduler that noises that image (`low_res_scheduler`)."""
+    torch.manual_seed(3)
+    vae_config = {**TINY_VAE_CONFIG, "block_out_channels": [8, 8, 16]}
+    vae_config.update(down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3)
+    pipe = StableDiffusionUpscalePipeline(
+        vae=AutoencoderKL(**vae_config).eval(),
+        text_encoder=tiny_text_encoder(),
+        tokenizer=save_clip_tokenizer(os.path.join(folder, "tokenizer")),
+        unet=tiny_unet(in_channels=7),
+        low_res_scheduler=DDPMScheduler(),
+        scheduler=DDIMScheduler(beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False),
+        max_noise_level=350,
     )
     pipe.save_pretrained(folder)
     return folder
