@@ -1,8 +1,13 @@
-"""Text (and edges) to images from the command line with Stable Diffusion, SDXL or a canny ControlNet.
+"""Images from text, edges or the user's own images, from the command line, with the Stable Diffusion family.
 
     python -m diffkit.pipelines.generate sd --prompt "an astronaut riding a horse" --out images
     python -m diffkit.pipelines.generate sdxl --prompt "a lion" --vae madebyollin/sdxl-vae-fp16-fix --out images
     python -m diffkit.pipelines.generate controlnet-canny --image photo.png --prompt "a robot" --out images
+    python -m diffkit.pipelines.generate img2img --image photo.png --prompt "a watercolour" --strength 0.6 --out images
+    python -m diffkit.pipelines.generate inpaint --image photo.png --mask mask.png --prompt "a red scarf" --out images
+    python -m diffkit.pipelines.generate upscale --image small.png --prompt "a photo of a cat" --out images
+
+img2img and inpaint use SDXL when `--model` is an SDXL checkpoint (its model_index.json says so).
 
 Every image is saved as a PNG whose text metadata holds the generation parameters. All arguments are checked
 before any model is loaded.
@@ -15,6 +20,7 @@ import warnings
 
 import torch
 from diffusers import DiffusionPipeline
+from diffusers.image_processor import VaeImageProcessor
 from PIL import Image, PngImagePlugin
 
 from diffkit.pipelines.canny import canny_edges, check_image_side
@@ -22,16 +28,39 @@ from diffkit.pipelines.loaders import (
     MEMORY_MODES,
     SCHEDULERS,
     SD15_CANNY_CONTROLNET,
+    SD15_INPAINT_MODEL,
     SD15_MODEL,
+    SDXL_CANNY_CONTROLNET,
     SDXL_MODEL,
+    UPSCALER_MODEL,
     check_model_id,
+    check_strength,
+    check_upscale_inputs,
     load_controlnet_canny,
+    load_controlnet_canny_img2img,
     load_sdxl,
+    load_sdxl_img2img,
+    load_sdxl_inpaint,
     load_sdxl_refiner,
     load_stable_diffusion,
+    load_stable_diffusion_img2img,
+    load_stable_diffusion_inpaint,
+    load_upscaler,
+    resized_mask,
+    upscale_tiled,
 )
 
-DEFAULT_MODELS = {"sd": SD15_MODEL, "sdxl": SDXL_MODEL, "controlnet-canny": SD15_MODEL}
+DEFAULT_MODELS = {
+    "sd": SD15_MODEL,
+    "sdxl": SDXL_MODEL,
+    "controlnet-canny": SD15_MODEL,
+    "img2img": SD15_MODEL,
+    "inpaint": SD15_INPAINT_MODEL,
+    "upscale": UPSCALER_MODEL,
+}
+IMAGE_TASKS = ("img2img", "inpaint", "upscale")  # the commands that start from the user's --image
+DEFAULT_STRENGTH = {"img2img": 0.75, "inpaint": 1.0}
+DEFAULT_NOISE_LEVEL = 20  # the x4 upscaler's own default
 PNG_METADATA_KEY = "parameters"
 
 
@@ -41,12 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate images with Stable Diffusion, SDXL or a canny ControlNet through diffusers.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("family", choices=sorted(DEFAULT_MODELS), help="Which kind of pipeline to run.")
+    parser.add_argument(
+        "family",
+        choices=sorted(DEFAULT_MODELS),
+        help="Which pipeline to run: text to image (sd, sdxl), edges to image (controlnet-canny), or the user's "
+        "--image edited (img2img), partly re-drawn (inpaint) or upscaled 4x (upscale).",
+    )
     parser.add_argument(
         "--model",
         default=None,
-        help=f"Hub id or local folder of the base model; defaults to {SD15_MODEL} (sd, controlnet-canny) or "
-        f"{SDXL_MODEL} (sdxl).",
+        help=f"Hub id or local folder of the model; defaults to {SD15_MODEL} (sd, controlnet-canny, img2img), "
+        f"{SDXL_MODEL} (sdxl), {SD15_INPAINT_MODEL} (inpaint) or {UPSCALER_MODEL} (upscale).",
     )
     parser.add_argument(
         "--controlnet", default=SD15_CANNY_CONTROLNET, help="Hub id or folder of the canny ControlNet."
@@ -63,15 +97,69 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--prompt", required=True, help="What to draw; CLIP reads the first 77 tokens.")
     parser.add_argument("--negative_prompt", default=None, help="What to steer away from (with guidance > 1).")
-    parser.add_argument("--image", default=None, help="Photo whose canny edges guide the image (controlnet-canny).")
+    parser.add_argument(
+        "--image",
+        default=None,
+        help="controlnet-canny: the photo whose canny edges guide the image; img2img, inpaint, upscale: the image "
+        "to work on.",
+    )
+    parser.add_argument("--mask", default=None, help="inpaint: the mask image; white is re-drawn, black kept.")
+    parser.add_argument(
+        "--strength",
+        type=float,
+        default=None,
+        help="img2img, inpaint: how much of the schedule re-draws the image, in [0, 1] (0.3 keeps the layout, 1 "
+        f"keeps nothing); defaults to {DEFAULT_STRENGTH['img2img']} (img2img) and {DEFAULT_STRENGTH['inpaint']} "
+        "(inpaint).",
+    )
+    parser.add_argument(
+        "--canny",
+        action="store_true",
+        help="img2img: also steer with the canny edges of --image through --controlnet, so the outlines stay.",
+    )
+    parser.add_argument(
+        "--mask_blur", type=int, default=0, help="inpaint: blur the mask's edge over this many pixels (0: sharp)."
+    )
+    parser.add_argument(
+        "--padding_mask_crop",
+        type=int,
+        default=None,
+        help="inpaint: re-draw only a crop around the mask with this many pixels of margin, at full resolution.",
+    )
+    parser.add_argument(
+        "--allow_text_to_image_checkpoint",
+        action="store_true",
+        help="inpaint: accept a --model without an inpainting UNet (it blends latents and leaves seams).",
+    )
+    parser.add_argument(
+        "--noise_level",
+        type=int,
+        default=DEFAULT_NOISE_LEVEL,
+        help="upscale: noise added to --image, 0 to the model's max_noise_level (350); higher re-invents detail.",
+    )
+    parser.add_argument(
+        "--tile_size",
+        type=int,
+        default=None,
+        help="upscale: upscale in overlapping tiles of this many input pixels (e.g. 128), for inputs too large to "
+        "run in one piece; by default one piece.",
+    )
     parser.add_argument("--low_threshold", type=int, default=100, help="Canny's lower hysteresis threshold.")
     parser.add_argument("--high_threshold", type=int, default=200, help="Canny's upper hysteresis threshold.")
     parser.add_argument("--steps", type=int, default=30, help="Denoising steps.")
     parser.add_argument("--guidance_scale", type=float, default=7.5, help="Classifier-free guidance scale.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the initial noise; the same seed repeats images.")
     parser.add_argument("--num_images", type=int, default=1, help="Images to generate for the prompt.")
-    parser.add_argument("--width", type=int, default=None, help="Image width, a multiple of 8; the model's default.")
-    parser.add_argument("--height", type=int, default=None, help="Image height, a multiple of 8; the model's default.")
+    parser.add_argument(
+        "--width",
+        type=int,
+        default=None,
+        help="Image width, a multiple of 8; the model's default. img2img and inpaint resize --image to it (by "
+        "default they keep its size, rounded down to a multiple of 8).",
+    )
+    parser.add_argument(
+        "--height", type=int, default=None, help="Image height, a multiple of 8; the model's default (see --width)."
+    )
     parser.add_argument(
         "--scheduler", default=None, choices=sorted(SCHEDULERS), help="Sampler; by default the model's own."
     )
@@ -105,13 +193,64 @@ def parse_args(argv=None) -> argparse.Namespace:
         check_model_id(args.refiner, "--refiner")
     if not 0 < args.refiner_switch < 1:
         raise ValueError(f"`--refiner_switch` must be in (0, 1), but is {args.refiner_switch}; 0.8 is usual.")
-    if args.image is not None:
-        try:
-            with Image.open(args.image) as image:
-                image.verify()
-        except (OSError, SyntaxError) as error:
-            raise ValueError(f"`--image` {args.image!r} cannot be read as an image ({error}).") from None
+    for name in ("image", "mask"):
+        if getattr(args, name) is not None:
+            read_image(getattr(args, name), f"--{name}")
+    if args.family in IMAGE_TASKS:
+        check_image_task_arguments(args)
     return args
+
+
+def read_image(path: str, argument: str) -> Image.Image:
+    """The image at `path`, decoded (as RGB), or a `ValueError` naming `argument`."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, SyntaxError) as error:
+        raise ValueError(f"`{argument}` {path!r} cannot be read as an image ({error}).") from None
+
+
+def check_image_task_arguments(args):
+    """img2img, inpaint and upscale: the options each needs and allows, checked on the actual image and mask."""
+    if args.image is None:
+        raise ValueError(f"`{args.family}` needs `--image IMAGE`: the image to work on.")
+    if args.family == "inpaint" and args.mask is None:
+        raise ValueError("`inpaint` needs `--mask MASK`: an image, white where the picture is re-drawn.")
+    task_options = {
+        "mask": "inpaint", "mask_blur": "inpaint", "padding_mask_crop": "inpaint",
+        "allow_text_to_image_checkpoint": "inpaint", "canny": "img2img", "tile_size": "upscale",
+    }  # fmt: skip
+    for name, task in task_options.items():
+        if getattr(args, name) not in (None, False, 0) and args.family != task:
+            raise ValueError(f"`--{name}` works with {task} only, not {args.family}.")
+    if args.family == "upscale":
+        if args.strength is not None or args.width is not None or args.height is not None:
+            raise ValueError("`upscale` makes the image 4x its size: --strength, --width and --height do not apply.")
+        return
+    if args.strength is None:
+        args.strength = DEFAULT_STRENGTH[args.family]
+    check_strength(args.strength, args.steps)
+    if args.mask_blur < 0:
+        raise ValueError(f"`--mask_blur` must be 0 or more pixels, but is {args.mask_blur}.")
+    if args.padding_mask_crop is not None and args.padding_mask_crop < 0:
+        raise ValueError(f"`--padding_mask_crop` must be 0 or more pixels, but is {args.padding_mask_crop}.")
+    if args.mask is not None:
+        resized_mask(read_image(args.mask, "--mask"), read_image(args.image, "--image"))
+
+
+def task_image(args) -> Image.Image:
+    """--image at --width x --height when given, else at its own size rounded down to a multiple of 8."""
+    image = read_image(args.image, "--image")
+    width = args.width or image.width // 8 * 8
+    height = args.height or image.height // 8 * 8
+    if width < 8 or height < 8:
+        raise ValueError(f"`--image` is {image.width}x{image.height}: at least 8x8 pixels are needed.")
+    return image if image.size == (width, height) else image.resize((width, height), Image.LANCZOS)
+
+
+def is_sdxl(model: str) -> bool:
+    """The model's own model_index.json says whether it is SDXL (a small file, read before any weight)."""
+    return "XL" in DiffusionPipeline.load_config(model)["_class_name"]
 
 
 def warn_if_truncated(tokenizer, prompt: str, argument: str):
@@ -150,6 +289,8 @@ def main(argv=None):
         width=args.width,
         height=args.height,
     )
+    if args.family in IMAGE_TASKS:
+        return run_image_task(args, options, call_kwargs)
     if args.family == "sd":
         pipe = load_stable_diffusion(args.model, **options)
     elif args.family == "sdxl":
@@ -179,12 +320,77 @@ def main(argv=None):
     else:
         images = pipe(generator=generator, **call_kwargs).images
 
+    save_images(images, args)
+
+
+def save_images(images, args):
     os.makedirs(args.out, exist_ok=True)
     parameters = {k: v for k, v in vars(args).items() if k != "out"}
     for index, image in enumerate(images):
         path = os.path.join(args.out, f"{args.family}-seed{args.seed}-{index}.png")
         save_png(image, path, {**parameters, "image_index": index})
         print(path)
+
+
+def run_image_task(args, options: dict, call_kwargs: dict):
+    """img2img, inpaint or upscale on --image: everything is checked (the upscaler's noise range from its config)
+    before the weights load."""
+    if args.family == "upscale":
+        image = read_image(args.image, "--image")
+        max_noise_level = DiffusionPipeline.load_config(args.model).get("max_noise_level")
+        if max_noise_level is None:
+            raise ValueError(f"`--model` {args.model!r} is not an x4 upscaler: its config has no max_noise_level.")
+        check_upscale_inputs(max_noise_level, image, args.noise_level, tiled=args.tile_size is not None)
+        pipe = load_upscaler(args.model, **options)
+        for name in ("width", "height"):
+            call_kwargs.pop(name)
+        call_kwargs.update(noise_level=args.noise_level)
+        if args.tile_size is None:
+            generator = torch.Generator("cpu").manual_seed(args.seed)
+            images = pipe(image=image, generator=generator, **call_kwargs).images
+        else:
+            tile_kwargs = {k: v for k, v in call_kwargs.items() if k not in ("prompt", "num_images_per_prompt")}
+            images = [
+                upscale_tiled(
+                    pipe, args.prompt, image, tile_size=args.tile_size, seed=args.seed + index, **tile_kwargs
+                )
+                for index in range(args.num_images)
+            ]
+        return save_images(images, args)
+
+    image = task_image(args)
+    sdxl = is_sdxl(args.model)
+    call_kwargs.update(image=image, strength=args.strength)
+    for name in ("width", "height"):  # the image's size is the output's
+        call_kwargs.pop(name)
+    if args.family == "img2img" and args.canny:
+        controlnet = args.controlnet
+        if sdxl and controlnet == SD15_CANNY_CONTROLNET:  # the default is for SD 1.5
+            controlnet = SDXL_CANNY_CONTROLNET
+        pipe = load_controlnet_canny_img2img(args.model, controlnet, sdxl=sdxl, vae=args.vae, **options)
+        call_kwargs["control_image"] = canny_edges(image, args.low_threshold, args.high_threshold)
+    elif args.family == "img2img":
+        pipe = (
+            load_sdxl_img2img(args.model, vae=args.vae, **options)
+            if sdxl
+            else load_stable_diffusion_img2img(args.model, **options)
+        )
+    else:
+        # the mask fits --image as given; it then follows the image to the size it runs at
+        mask = resized_mask(read_image(args.mask, "--mask"), read_image(args.image, "--image"))
+        mask = mask.resize(image.size, Image.NEAREST)
+        if args.mask_blur:
+            mask = VaeImageProcessor.blur(mask, blur_factor=args.mask_blur)
+        allow = args.allow_text_to_image_checkpoint
+        if sdxl:
+            pipe = load_sdxl_inpaint(args.model, vae=args.vae, allow_text_to_image_checkpoint=allow, **options)
+        else:
+            pipe = load_stable_diffusion_inpaint(args.model, allow_text_to_image_checkpoint=allow, **options)
+        call_kwargs.update(mask_image=mask, width=image.width, height=image.height)
+        call_kwargs["padding_mask_crop"] = args.padding_mask_crop
+    warn_if_truncated(pipe.tokenizer, args.prompt, "--prompt")
+    generator = torch.Generator("cpu").manual_seed(args.seed)
+    save_images(pipe(generator=generator, **call_kwargs).images, args)
 
 
 if __name__ == "__main__":

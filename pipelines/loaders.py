@@ -817,9 +817,9 @@ def resized_mask(mask, image):
     return mask.convert("L")
 
 
-def check_upscale_inputs(pipe, image, noise_level: int, tiled: bool) -> None:
-    """The x4 upscaler's limits: `noise_level` within the model's range, and an input small enough to run untiled."""
-    max_noise_level = pipe.config.max_noise_level
+def check_upscale_inputs(max_noise_level: int, image, noise_level: int, tiled: bool) -> None:
+    """The x4 upscaler's limits: `noise_level` within the model's range (`pipe.config.max_noise_level`, 350 for
+    stabilityai/stable-diffusion-x4-upscaler), and an input small enough to run untiled."""
     if isinstance(noise_level, bool) or not isinstance(noise_level, int) or not 0 <= noise_level <= max_noise_level:
         raise ValueError(
             f"`noise_level` must be a whole number in [0, {max_noise_level}] (the model's max_noise_level), but is "
@@ -870,8 +870,7 @@ def upscale_tiled(
     if not isinstance(tile_overlap, int) or not 0 <= tile_overlap < tile_size // 2:
         raise ValueError(f"`tile_overlap` must be in [0, tile_size / 2), but is {tile_overlap!r}.")
     image = image.convert("RGB")
-    check_upscale_inputs(pipe, image.crop((0, 0, min(image.width, tile_size), min(image.height, tile_size))),
-                         call_kwargs.get("noise_level", 20), tiled=True)  # fmt: skip
+    check_upscale_inputs(pipe.config.max_noise_level, image, call_kwargs.get("noise_level", 20), tiled=True)
     width, height = image.size
     output = np.zeros((height * UPSCALE_FACTOR, width * UPSCALE_FACTOR, 3))
     weights = np.zeros((height * UPSCALE_FACTOR, width * UPSCALE_FACTOR, 1))

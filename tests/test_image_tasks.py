@@ -2,6 +2,8 @@
 loaders, `task_pipeline`, the input checks and tiled upscaling, on tiny random models saved in the Hub layout (see
 tests/tiny_stable_diffusion.py) with CLIP's real tokenizer."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,8 @@ from PIL import Image
 from skimage.data import astronaut
 
 from diffkit.pipelines.canny import canny_edges
+from diffkit.pipelines.generate import PNG_METADATA_KEY
+from diffkit.pipelines.generate import main as generate_main
 from diffkit.pipelines.loaders import (
     UPSCALER_MAX_UNTILED_SIDE,
     check_strength,
@@ -282,14 +286,14 @@ def test_the_mask_is_resized_by_the_documented_rule(photo):
 
 def test_upscaler_inputs_are_checked(models, photo):
     pipe = load_upscaler(models["upscaler"])
-    check_upscale_inputs(pipe, photo, 20, tiled=False)
+    check_upscale_inputs(pipe.config.max_noise_level, photo, 20, tiled=False)
     for noise_level in (-1, 351, 20.5, True):
         with pytest.raises(ValueError, match=r"`noise_level` must be a whole number in \[0, 350\]"):
-            check_upscale_inputs(pipe, photo, noise_level, tiled=False)
+            check_upscale_inputs(pipe.config.max_noise_level, photo, noise_level, tiled=False)
     large = photo.resize((UPSCALER_MAX_UNTILED_SIDE + 8, 64))
     with pytest.raises(ValueError, match="larger than 256 px a side.*upscale_tiled.*--tile_size"):
-        check_upscale_inputs(pipe, large, 20, tiled=False)
-    check_upscale_inputs(pipe, large, 20, tiled=True)
+        check_upscale_inputs(pipe.config.max_noise_level, large, 20, tiled=False)
+    check_upscale_inputs(pipe.config.max_noise_level, large, 20, tiled=True)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_REASON)
@@ -302,3 +306,91 @@ def test_image_task_loaders_default_to_fp16_on_cuda(models, photo, mask, name):
     if "inpaint" in name:
         kwargs["mask_image"] = mask
     assert np.isfinite(run(pipe, **kwargs)).all()
+
+
+def saved(folder):
+    """The command's PNGs in `folder`: {name: (pixels, parameters)}."""
+    result = {}
+    for path in sorted(folder.iterdir()):
+        with Image.open(path) as image:
+            result[path.name] = (np.asarray(image), json.loads(image.text[PNG_METADATA_KEY]))
+    return result
+
+
+def test_generate_img2img_inpaint_and_upscale_end_to_end(models, photo, mask, tmp_path):
+    photo_path, mask_path = tmp_path / "photo.png", tmp_path / "mask.png"
+    photo.resize((SIZE + 4, SIZE)).save(photo_path)  # 68 px wide: rounded down to 64
+    mask.resize((SIZE + 4, SIZE)).save(mask_path)
+    common = ["--prompt", "a cat", "--steps", "2", "--seed", "3"]
+
+    generate_main(["img2img", "--model", models["sd"], "--image", str(photo_path), "--strength", "0.5",
+                   "--num_images", "2", *common, "--out", str(tmp_path / "img2img")])  # fmt: skip
+    images = saved(tmp_path / "img2img")
+    assert sorted(images) == ["img2img-seed3-0.png", "img2img-seed3-1.png"]
+    pixels, parameters = images["img2img-seed3-1.png"]
+    assert pixels.shape == (SIZE, SIZE, 3) and parameters["strength"] == 0.5 and parameters["image_index"] == 1
+
+    generate_main(["img2img", "--model", models["sdxl"], "--image", str(photo_path), "--width", "72", *common,
+                   "--canny", "--controlnet", models["controlnet_sdxl"],
+                   "--out", str(tmp_path / "canny")])  # fmt: skip
+    pixels, parameters = saved(tmp_path / "canny")["img2img-seed3-0.png"]
+    assert pixels.shape == (SIZE, 72, 3) and parameters["canny"] and parameters["strength"] == 0.75
+
+    generate_main(["inpaint", "--model", models["sd_inpaint"], "--image", str(photo_path), "--mask", str(mask_path),
+                   "--mask_blur", "4", "--padding_mask_crop", "8", *common,
+                   "--out", str(tmp_path / "inpaint")])  # fmt: skip
+    pixels, parameters = saved(tmp_path / "inpaint")["inpaint-seed3-0.png"]
+    assert pixels.shape == (SIZE, SIZE, 3) and parameters["strength"] == 1.0 and parameters["mask_blur"] == 4
+
+    small = tmp_path / "small.png"
+    photo.resize((24, 16)).save(small)
+    for name, extra in (("whole", []), ("tiled", ["--tile_size", "16"])):
+        generate_main(["upscale", "--model", models["upscaler"], "--image", str(small), "--noise_level", "50",
+                       *extra, *common, "--out", str(tmp_path / name)])  # fmt: skip
+        pixels, parameters = saved(tmp_path / name)["upscale-seed3-0.png"]
+        assert pixels.shape == (64, 96, 3) and parameters["noise_level"] == 50
+
+    # the same seed gives the same image
+    generate_main(["img2img", "--model", models["sd"], "--image", str(photo_path), "--strength", "0.5",
+                   "--num_images", "2", *common, "--out", str(tmp_path / "again")])  # fmt: skip
+    np.testing.assert_array_equal(saved(tmp_path / "again")["img2img-seed3-1.png"][0],
+                                  images["img2img-seed3-1.png"][0])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["img2img"], "`img2img` needs `--image IMAGE`"),
+        (["inpaint", "--image", "{photo}"], "`inpaint` needs `--mask MASK`"),
+        (["inpaint", "--image", "{photo}", "--mask", "{text}"], "`--mask` .*text.png' cannot be read as an image"),
+        (["img2img", "--image", "{missing}"], "`--image` .*missing.png' cannot be read as an image"),
+        (["inpaint", "--image", "{photo}", "--mask", "{wide_mask}"], "`mask_image` is 64x32 but `image` is 64x64"),
+        (["img2img", "--image", "{photo}", "--strength", "1.2"], r"`strength` must be in \[0, 1\]"),
+        (["img2img", "--image", "{photo}", "--strength", "0.01"], "runs no denoising step"),
+        (["img2img", "--image", "{photo}", "--width", "60"], "`--width` 60 must be a positive multiple of 8"),
+        (["img2img", "--image", "{photo}", "--mask", "{photo}"], "`--mask` works with inpaint only"),
+        (["upscale", "--image", "{photo}", "--canny"], "`--canny` works with img2img only"),
+        (["upscale", "--image", "{photo}", "--strength", "0.5"], "--strength, --width and --height do not apply"),
+        (["upscale", "--model", "{upscaler}", "--image", "{photo}", "--noise_level", "400"],
+         r"`noise_level` must be a whole number in \[0, 350\]"),
+        (["upscale", "--model", "{upscaler}", "--image", "{large}"], "larger than 256 px a side.*--tile_size"),
+        (["upscale", "--model", "{sd}", "--image", "{photo}"], "is not an x4 upscaler"),
+        (["img2img", "--model", "{sd_inpaint}", "--image", "{photo}"], "9 input channels: it is an inpainting"),
+        (["inpaint", "--model", "{sd}", "--image", "{photo}", "--mask", "{photo}"], "4 input channels"),
+    ],
+)  # fmt: skip
+def test_generate_rejects_bad_image_task_input_before_loading(models, photo, tmp_path, monkeypatch, argv, message):
+    from diffkit.pipelines import loaders
+
+    monkeypatch.setattr(loaders, "load_with_variant", pytest.fail)  # no weights may load
+    files = {"photo": tmp_path / "photo.png", "text": tmp_path / "text.png", "missing": tmp_path / "missing.png",
+             "wide_mask": tmp_path / "wide.png", "large": tmp_path / "large.png"}  # fmt: skip
+    photo.save(files["photo"])
+    files["text"].write_text("not an image")
+    Image.new("L", (SIZE, SIZE // 2)).save(files["wide_mask"])
+    photo.resize((UPSCALER_MAX_UNTILED_SIDE + 8, 64)).save(files["large"])
+    values = {**{k: str(v) for k, v in files.items()}, **models}
+    argv = [a.format(**values) for a in argv]
+    with pytest.raises(ValueError, match=message):
+        generate_main([*argv, "--prompt", "x", "--steps", "10", "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
