@@ -130,6 +130,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--sd", default=None, metavar="MODEL", help="Stable Diffusion model for a text-to-image tab.")
     parser.add_argument("--sdxl", default=None, metavar="MODEL", help="SDXL model for a text-to-image tab.")
+    parser.add_argument(
+        "--inpaint",
+        default=None,
+        metavar="MODEL",
+        help="Stable Diffusion or SDXL inpainting model (e.g. stable-diffusion-v1-5/stable-diffusion-inpainting) "
+        "for an inpainting tab; --sd and --sdxl also get an img2img tab.",
+    )
+    parser.add_argument(
+        "--upscaler",
+        default=None,
+        metavar="MODEL",
+        help="Stable Diffusion x4 upscaler (stabilityai/stable-diffusion-x4-upscaler) for an upscaling tab.",
+    )
     parser.add_argument("--vae", default=None, help="fp16-safe VAE for SDXL, e.g. madebyollin/sdxl-vae-fp16-fix.")
     parser.add_argument(
         "--controlnet", default=None, metavar="MODEL", help="Canny ControlNet for a photo-to-image tab."
@@ -174,14 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv=None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
-    if not (args.pipeline or args.sd or args.sdxl or args.controlnet):
+    if not (args.pipeline or args.sd or args.sdxl or args.controlnet or args.inpaint or args.upscaler):
         raise ValueError(
-            "Nothing to demo: pass `--pipeline OUTPUT_DIR` (a training run), or a model with `--sd`, `--sdxl` or "
-            "`--controlnet`."
+            "Nothing to demo: pass `--pipeline OUTPUT_DIR` (a training run), or a model with `--sd`, `--sdxl`, "
+            "`--controlnet`, `--inpaint` or `--upscaler`."
         )
     for model in args.pipeline:
         check_model_argument(model, "--pipeline")
-    for argument in ("sd", "sdxl", "vae", "controlnet", "controlnet_base"):
+    for argument in ("sd", "sdxl", "vae", "controlnet", "controlnet_base", "inpaint", "upscaler"):
         if getattr(args, argument) is not None:
             check_model_argument(getattr(args, argument), f"--{argument}")
     if args.controlnet_base is not None and args.controlnet is None:
@@ -782,11 +795,154 @@ def stable_diffusion_tab(pipe, title: str, api_name: str, max_images: int, canny
     button.click(generate, inputs, outputs, api_name=api_name, concurrency_id=MODEL_QUEUE, concurrency_limit=1)
 
 
+def stable_diffusion_edit_tab(pipe, title: str, api_name: str, max_images: int, task: str):
+    """An img2img (`task="img2img"`) or inpainting tab (`"inpaint"`, the mask painted over the image) for a Stable
+    Diffusion or SDXL pipeline of that task."""
+    from diffkit.pipelines.loaders import SCHEDULERS, check_strength
+
+    saved_scheduler = pipe.scheduler
+    inpaint = task == "inpaint"
+    with gr.Tab(title):
+        gr.Markdown(f"**{title}**: {type(pipe).__name__} on {pipe.device} in {pipe.unet.dtype}.")
+        with gr.Row():
+            with gr.Column():
+                editor = gr.ImageEditor(
+                    type="pil",
+                    format="png",
+                    label="Image (paint over what to re-draw)" if inpaint else "Image",
+                    sources=["upload", "clipboard"],
+                    brush=gr.Brush(colors=["#ffffff"], color_mode="fixed") if inpaint else False,
+                    layers=False,
+                    transforms=(),
+                )
+                prompt = gr.Textbox(label="Prompt", placeholder="a red scarf" if inpaint else "a watercolour")
+                negative_prompt = gr.Textbox(label="Negative prompt", placeholder="(optional)")
+                strength = gr.Slider(
+                    0, 1, value=1.0 if inpaint else 0.75, step=0.05, label="Strength",
+                    info="How much of the schedule re-draws the image: 0.3 keeps the layout, 1 keeps nothing.",
+                )  # fmt: skip
+                mask_blur = gr.Slider(0, 64, value=0, step=1, precision=0, label="Mask blur (pixels)", visible=inpaint)
+                num_images = gr.Slider(1, max_images, value=1, step=1, precision=0, label="Images")
+                num_inference_steps = gr.Slider(1, 150, value=30, step=1, precision=0, label="Steps")
+                guidance_scale = gr.Slider(0, MAX_GUIDANCE_SCALE, value=7.5, step=0.5, label="Guidance scale")
+                sampler = gr.Dropdown([SAVED_SAMPLER, *SCHEDULERS], value=SAVED_SAMPLER, label="Sampler")
+                seed = gr.Number(0, precision=0, minimum=0, label="Seed", info="Image i uses seed + i.")
+                button = gr.Button("Inpaint" if inpaint else "Edit", variant="primary")
+            with gr.Column():
+                gallery = gr.Gallery(label="Images", format="png", columns=2)
+                info = gr.Markdown()
+
+    def edit(editor_value, prompt_text, negative, strength_value, blur, images_wanted, steps, guidance, sampler_name,
+             seed_value, progress=gr.Progress()):  # fmt: skip
+        with readable_errors():
+            image, mask = editor_image_and_mask(editor_value, task)
+            images_wanted = whole_number(images_wanted, "num_images")
+            steps = whole_number(steps, "num_inference_steps")
+            if not prompt_text:
+                raise ValueError("`prompt` is empty: describe what the image should show.")
+            check_strength(float(strength_value), steps)
+            # the pipelines run at a multiple of 8 pixels: the image's size rounded down
+            size = (image.width // 8 * 8, image.height // 8 * 8)
+            if min(size) < 8:
+                raise ValueError(f"The image is {image.width}x{image.height}: at least 8x8 pixels are needed.")
+            image = image.resize(size, Image.LANCZOS) if size != image.size else image
+            call_kwargs = dict(
+                prompt=prompt_text, negative_prompt=negative or None, image=image, strength=float(strength_value),
+                num_images_per_prompt=images_wanted, num_inference_steps=steps, guidance_scale=float(guidance),
+                generator=image_generators(seed_value, images_wanted),
+            )  # fmt: skip
+            if inpaint:
+                mask = mask.resize(size, Image.NEAREST)
+                blur = whole_number(blur, "mask_blur", minimum=0)
+                call_kwargs.update(mask_image=pipe.mask_processor.blur(mask, blur) if blur else mask)
+                call_kwargs.update(width=size[0], height=size[1])
+            pipe.scheduler = scheduler_choice(saved_scheduler, sampler_name, SCHEDULERS)
+            captions = [f"seed {g.initial_seed()}" for g in call_kwargs["generator"]]
+            summary = (
+                f"{task}: {type(pipe.scheduler).__name__}, {steps} steps, strength {float(strength_value):g}, "
+                f"guidance {float(guidance):g}."
+            )
+            yield from stream_pipeline(pipe, call_kwargs, captions, False, progress, summary)
+
+    inputs = [editor, prompt, negative_prompt, strength, mask_blur, num_images, num_inference_steps, guidance_scale,
+              sampler, seed]  # fmt: skip
+    button.click(edit, inputs, [gallery, info], api_name=api_name, concurrency_id=MODEL_QUEUE, concurrency_limit=1)
+
+
+def upscaler_tab(pipe, title: str, api_name: str, max_images: int):
+    """A tab for the Stable Diffusion x4 upscaler: the image, a prompt describing it, the noise level, and tiles for
+    large inputs."""
+    from diffkit.pipelines.loaders import UPSCALER_TILE_SIZE, check_upscale_inputs, upscale_tiled
+
+    max_noise_level = pipe.config.max_noise_level
+    with gr.Tab(title):
+        gr.Markdown(f"**{title}**: {type(pipe).__name__} (4x) on {pipe.device} in {pipe.unet.dtype}.")
+        with gr.Row():
+            with gr.Column():
+                image = gr.Image(type="pil", label="Image to upscale", sources=["upload", "clipboard"])
+                prompt = gr.Textbox(label="Prompt", placeholder="a photo of a cat", info="What the image shows.")
+                negative_prompt = gr.Textbox(label="Negative prompt", placeholder="(optional)")
+                noise_level = gr.Slider(
+                    0, max_noise_level, value=20, step=1, precision=0, label="Noise level",
+                    info="Noise added to the input: higher re-invents more detail.",
+                )  # fmt: skip
+                tile_size = gr.Slider(
+                    0, 512, value=0, step=8, precision=0, label="Tile size (input pixels)",
+                    info=f"0: one piece; e.g. {UPSCALER_TILE_SIZE} upscales a large image in overlapping tiles.",
+                )  # fmt: skip
+                num_images = gr.Slider(1, max_images, value=1, step=1, precision=0, label="Images")
+                num_inference_steps = gr.Slider(1, 150, value=30, step=1, precision=0, label="Steps")
+                guidance_scale = gr.Slider(0, MAX_GUIDANCE_SCALE, value=7.5, step=0.5, label="Guidance scale")
+                seed = gr.Number(0, precision=0, minimum=0, label="Seed", info="Image i uses seed + i.")
+                button = gr.Button("Upscale", variant="primary")
+            with gr.Column():
+                gallery = gr.Gallery(label="Images", format="png", columns=2)
+                info = gr.Markdown()
+
+    def upscale(photo, prompt_text, negative, noise, tile, images_wanted, steps, guidance, seed_value):
+        with readable_errors():
+            if photo is None:
+                raise ValueError("`image` is missing: upload the image to upscale.")
+            photo = photo.convert("RGB")
+            images_wanted = whole_number(images_wanted, "num_images")
+            steps = whole_number(steps, "num_inference_steps")
+            tile = whole_number(tile, "tile_size", minimum=0)
+            noise = int(noise) if float(noise).is_integer() else float(noise)
+            check_upscale_inputs(max_noise_level, photo, noise, tiled=tile > 0)
+            call_kwargs = dict(negative_prompt=negative or None, noise_level=noise, num_inference_steps=steps,
+                               guidance_scale=float(guidance))  # fmt: skip
+            seeds = [whole_number(seed_value, "seed", minimum=0) + i for i in range(images_wanted)]
+            started = time.perf_counter()
+
+            def run():  # on the compute thread, like every model call of the app
+                if tile:
+                    return [upscale_tiled(pipe, prompt_text, photo, tile_size=tile, seed=s, **call_kwargs)
+                            for s in seeds]  # fmt: skip
+                generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+                return pipe(prompt_text, image=photo, num_images_per_prompt=images_wanted, generator=generators,
+                            **call_kwargs).images  # fmt: skip
+
+            images = on_compute_thread(run)
+            width, height = images[0].size
+            tiles = f", tiles of {tile} px" if tile else ""
+            info = (
+                f"{len(images)} image(s) of {width}x{height} in {time.perf_counter() - started:.1f} s on "
+                f"{pipe.device}. noise level {noise}, {steps} steps, guidance {float(guidance):g}{tiles}."
+            )
+            return [(image, f"seed {s}") for image, s in zip(images, seeds)], info
+
+    inputs = [image, prompt, negative_prompt, noise_level, tile_size, num_images, num_inference_steps,
+              guidance_scale, seed]  # fmt: skip
+    button.click(upscale, inputs, [gallery, info], api_name=api_name, concurrency_id=MODEL_QUEUE, concurrency_limit=1)
+
+
 def build_demo(
     diffkit_pipelines: Optional[Dict[str, DiffusionPipeline]] = None,
     stable_diffusion=None,
     sdxl=None,
     controlnet=None,
+    inpaint=None,
+    upscaler=None,
     max_images: int = 16,
 ) -> "gr.Blocks":
     r"""
@@ -794,6 +950,10 @@ def build_demo(
     tabs for the pipelines given. Each generate button is an API endpoint named `generate_<title>` (`generate_sd`,
     `generate_sdxl`, `generate_controlnet_canny`), each diffkit tab's edit button one named `edit_<title>`, and a
     super-resolution stage's upscale button one named `upscale_<title>`, all served one request at a time.
+
+    Stable Diffusion and SDXL also get an img2img tab (`img2img_sd`, `img2img_sdxl`), made with `from_pipe` (no
+    second copy of the weights); `inpaint` (an SD or SDXL inpainting pipeline) gets an inpainting tab
+    (`inpaint_sd` or `inpaint_sdxl`) and `upscaler` (the x4 upscaler) an upscaling tab (`upscale_x4`).
 
     Example:
 
@@ -812,9 +972,21 @@ def build_demo(
                 super_resolution_tab(pipe, title, api_name_for(title, api_names, "upscale_"), max_images)
             else:
                 diffkit_tab(pipe, title, api_name_for(title, api_names), max_images)
+        from diffkit.pipelines.loaders import task_pipeline
+
         for pipe, title, name in ((stable_diffusion, "Stable Diffusion", "sd"), (sdxl, "SDXL", "sdxl")):
             if pipe is not None:
                 stable_diffusion_tab(pipe, title, api_name_for(name, api_names), max_images)
+                img2img = task_pipeline(pipe, "img2img")
+                stable_diffusion_edit_tab(
+                    img2img, f"{title} img2img", api_name_for(name, api_names, "img2img_"), max_images, "img2img"
+                )
+        if inpaint is not None:
+            name = "sdxl" if "XL" in type(inpaint).__name__ else "sd"
+            title = "SDXL inpainting" if name == "sdxl" else "Stable Diffusion inpainting"
+            stable_diffusion_edit_tab(inpaint, title, api_name_for(name, api_names, "inpaint_"), max_images, "inpaint")
+        if upscaler is not None:
+            upscaler_tab(upscaler, "x4 upscaler", api_name_for("x4", api_names, "upscale_"), max_images)
         if controlnet is not None:
             name = api_name_for("controlnet_canny", api_names)
             stable_diffusion_tab(controlnet, "ControlNet canny", name, max_images, canny=True)
@@ -831,8 +1003,16 @@ def load_models(args) -> Dict:
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}.get(args.dtype)
         diffkit_pipelines[title] = load_diffkit_pipeline(model, args.trust_remote_code, args.device, dtype)
     models = {"diffkit_pipelines": diffkit_pipelines}
-    if args.sd or args.sdxl or args.controlnet:
-        from diffkit.pipelines.loaders import SD15_MODEL, load_controlnet_canny, load_sdxl, load_stable_diffusion
+    if args.sd or args.sdxl or args.controlnet or args.inpaint or args.upscaler:
+        from diffkit.pipelines.loaders import (
+            SD15_MODEL,
+            load_controlnet_canny,
+            load_sdxl,
+            load_sdxl_inpaint,
+            load_stable_diffusion,
+            load_stable_diffusion_inpaint,
+            load_upscaler,
+        )
 
         options = dict(device=args.device, dtype=args.dtype)
         if args.sd:
@@ -846,6 +1026,13 @@ def load_models(args) -> Dict:
             models["controlnet"] = load_controlnet_canny(
                 base, args.controlnet, sdxl=sdxl, vae=args.vae if sdxl else None, **options
             )
+        if args.inpaint:
+            if "XL" in DiffusionPipeline.load_config(args.inpaint)["_class_name"]:
+                models["inpaint"] = load_sdxl_inpaint(args.inpaint, vae=args.vae, **options)
+            else:
+                models["inpaint"] = load_stable_diffusion_inpaint(args.inpaint, **options)
+        if args.upscaler:
+            models["upscaler"] = load_upscaler(args.upscaler, **options)
     return models
 
 

@@ -13,7 +13,14 @@ from skimage.data import astronaut
 
 from diffkit import ClassConditionalInpaintPipeline, TextConditionalImagePipeline, UnconditionalImagePipeline
 from diffkit.pipelines.app import SAVED_SAMPLER, build_demo
-from diffkit.pipelines.loaders import load_controlnet_canny, load_sdxl, load_stable_diffusion
+from diffkit.pipelines.loaders import (
+    load_controlnet_canny,
+    load_sdxl,
+    load_stable_diffusion,
+    load_stable_diffusion_inpaint,
+    load_upscaler,
+    task_pipeline,
+)
 
 from .test_pipelines import make_class_pipeline
 from .test_super_resolution import make_stage
@@ -23,6 +30,7 @@ from .tiny_stable_diffusion import (
     save_tiny_controlnet,
     save_tiny_sdxl,
     save_tiny_stable_diffusion,
+    save_tiny_upscaler,
     tiny_text_encoder,
 )
 from .utils import TINY_CONDITION_UNET_CONFIG, TINY_UNET2D_CONFIG, free_port
@@ -83,6 +91,10 @@ def pipes(tmp_path_factory):
         "controlnet": load_controlnet_canny(
             sd_folder, save_tiny_controlnet(str(root / "cn"), sd_folder), device="cpu"
         ),
+        "inpaint": load_stable_diffusion_inpaint(
+            save_tiny_stable_diffusion(str(root / "sd_inpaint"), inpainting=True), device="cpu"
+        ),
+        "upscaler": load_upscaler(save_tiny_upscaler(str(root / "upscaler")), device="cpu"),
     }
     for pipe in [*pipes.values(), *stable_diffusion.values()]:
         pipe.set_progress_bar_config(disable=True)
@@ -399,3 +411,74 @@ def test_two_sessions_queue_instead_of_running_at_once(app):
     ]
     assert [len(job.result()[0]) for job in jobs] == [6, 3, 6, 1]
     assert probe.most_at_once == 1
+
+
+@pytest.fixture(scope="module")
+def photo_files(tmp_path_factory):
+    """A photo at SD_SIZE, and an editor layer painted (opaque white) over its middle."""
+    folder = tmp_path_factory.mktemp("sd-edit")
+    Image.fromarray(astronaut()).resize((SD_SIZE, SD_SIZE)).save(folder / "photo.png")
+    layer = np.zeros((SD_SIZE, SD_SIZE, 4), dtype=np.uint8)
+    layer[16:48, 16:48] = 255
+    Image.fromarray(layer, "RGBA").save(folder / "painted.png")
+    return folder
+
+
+def sd_edit_request(folder, prompt="a cat", strength=0.5, blur=0, num_images=1, steps=2, seed=0, layer=True):
+    background = handle_file(str(folder / "photo.png"))
+    editor = {"background": background, "layers": [handle_file(str(folder / "painted.png"))] if layer else [],
+              "composite": background}  # fmt: skip
+    return (editor, prompt, "", strength, blur, num_images, steps, 7.5, SAVED_SAMPLER, seed)
+
+
+def test_sd_img2img_tab_gives_the_img2img_pipelines_images(app, pipes, photo_files):
+    client, _ = app
+    gallery, info = client.predict(*sd_edit_request(photo_files, num_images=2, seed=4), api_name="/img2img_sd")
+    assert [image.shape for image in gallery_arrays(gallery)] == [(SD_SIZE, SD_SIZE, 3)] * 2
+    assert "img2img: DDIMScheduler, 2 steps, strength 0.5" in info
+    pipe = task_pipeline(pipes[1]["stable_diffusion"], "img2img")
+    with Image.open(photo_files / "photo.png") as photo:
+        expected = pipe("a cat", image=photo.convert("RGB"), strength=0.5, num_inference_steps=2, guidance_scale=7.5,
+                        generator=[torch.Generator().manual_seed(5)], output_type="np").images[0]  # fmt: skip
+    np.testing.assert_allclose(gallery_arrays(gallery)[1] / 255, expected, atol=1 / 255 + 1e-6)
+
+
+def test_inpaint_tab_redraws_what_was_painted(app, photo_files):
+    client, _ = app
+    gallery, info = client.predict(*sd_edit_request(photo_files, strength=1.0, blur=4), api_name="/inpaint_sd")
+    assert gallery_arrays(gallery)[0].shape == (SD_SIZE, SD_SIZE, 3) and info.startswith("1 image of 64x64")
+    with pytest.raises(AppError, match="Nothing is painted"):
+        client.predict(*sd_edit_request(photo_files, layer=False), api_name="/inpaint_sd")
+
+
+def test_upscaler_tab_upscales_four_times_in_one_piece_or_in_tiles(app, tmp_path):
+    client, _ = app
+    Image.fromarray(astronaut()).resize((24, 16)).save(tmp_path / "small.png")
+    small = handle_file(str(tmp_path / "small.png"))
+    whole, info = client.predict(small, "a cat", "", 20, 0, 1, 2, 7.5, 0, api_name="/upscale_x4")
+    tiled, tiled_info = client.predict(small, "a cat", "", 20, 16, 1, 2, 7.5, 0, api_name="/upscale_x4")
+    assert gallery_arrays(whole)[0].shape == gallery_arrays(tiled)[0].shape == (64, 96, 3)
+    assert "noise level 20" in info and "tiles of 16 px" in tiled_info
+
+
+@pytest.mark.parametrize(
+    "api_name, request_values, message",
+    [
+        ("/img2img_sd", "strength 0.01", "runs no denoising step"),
+        ("/img2img_sd", "no prompt", "`prompt` is empty"),
+        ("/upscale_x4", "large", "larger than 256 px a side"),
+        ("/upscale_x4", "no image", "`image` is missing: upload the image to upscale"),
+    ],
+)
+def test_bad_image_task_input_gets_a_message(app, photo_files, tmp_path, api_name, request_values, message):
+    client, _ = app
+    Image.fromarray(astronaut()).resize((264, 64)).save(tmp_path / "large.png")
+    request_values = {
+        "strength 0.01": sd_edit_request(photo_files, strength=0.01),
+        "no prompt": sd_edit_request(photo_files, prompt=""),
+        "large": (handle_file(str(tmp_path / "large.png")), "a cat", "", 20, 0, 1, 2, 7.5, 0),
+        "no image": (None, "a cat", "", 20, 0, 1, 2, 7.5, 0),
+    }[request_values]
+    with pytest.raises(AppError) as error:
+        client.predict(*request_values, api_name=api_name)
+    assert message in str(error.value) and "Traceback" not in str(error.value)
