@@ -42,7 +42,7 @@ from .tiny_stable_diffusion import (
 
 SIZE = 64  # pixels; the latents are 8x8
 STEPS = 2
-CUDA_REASON = "needs a CUDA GPU; runs on any machine with one (benchmarks/gpu_check.sh runs it; this CI has none)"
+CUDA_REASON = "needs a CUDA GPU; runs on any machine with one (python -m benchmarks.gpu_check); this CI has none"
 pytestmark = pytest.mark.filterwarnings("ignore:Running diffusion on the CPU")
 
 
@@ -296,6 +296,7 @@ def test_upscaler_inputs_are_checked(models, photo):
     check_upscale_inputs(pipe.config.max_noise_level, large, 20, tiled=True)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_REASON)
 @pytest.mark.parametrize("name", sorted(LOADERS))
 def test_image_task_loaders_default_to_fp16_on_cuda(models, photo, mask, name):

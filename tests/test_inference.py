@@ -141,6 +141,7 @@ def test_memory_modes_on_cpu(models, caplog):
         load_stable_diffusion(models["sd"], memory="low")
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_REASON)
 @pytest.mark.parametrize("memory", ["none", "model_offload", "sequential_offload", "auto"])
 def test_memory_modes_on_cuda(models, memory):
