@@ -972,10 +972,10 @@ def build_demo(
                 super_resolution_tab(pipe, title, api_name_for(title, api_names, "upscale_"), max_images)
             else:
                 diffkit_tab(pipe, title, api_name_for(title, api_names), max_images)
-        from diffkit.pipelines.loaders import task_pipeline
-
         for pipe, title, name in ((stable_diffusion, "Stable Diffusion", "sd"), (sdxl, "SDXL", "sdxl")):
             if pipe is not None:
+                from diffkit.pipelines.loaders import task_pipeline  # only with Stable Diffusion (not on a Space)
+
                 stable_diffusion_tab(pipe, title, api_name_for(name, api_names), max_images)
                 img2img = task_pipeline(pipe, "img2img")
                 stable_diffusion_edit_tab(

@@ -28,6 +28,7 @@ from diffkit.pipelines.app import (
 )
 
 from .test_pipelines import make_class_pipeline
+from .tiny_stable_diffusion import save_tiny_sdxl, save_tiny_stable_diffusion, save_tiny_upscaler
 from .utils import REPO_ROOT, TINY_CONDITION_UNET_CONFIG, free_port
 
 CHROMIUM = "/usr/bin/chromium"
@@ -153,6 +154,22 @@ def test_the_models_load_on_the_thread_that_runs_them(pipeline_folder, monkeypat
         app.on_compute_thread(torch.set_num_threads, threads_before)
     assert seen == {"load": app.on_compute_thread(threading.get_ident), "num_threads": 1}
     assert seen["load"] != threading.get_ident()
+
+
+@pytest.mark.filterwarnings("ignore:Running diffusion on the CPU")
+def test_inpaint_and_upscaler_models_load_with_their_loaders(tmp_path):
+    """--inpaint takes an SD or SDXL inpainting checkpoint (told apart by its model_index.json), --upscaler the x4
+    upscaler; a checkpoint of another kind is refused with the loader's message."""
+    sd_inpaint = save_tiny_stable_diffusion(str(tmp_path / "sd_inpaint"), inpainting=True)
+    sdxl_inpaint = save_tiny_sdxl(str(tmp_path / "sdxl_inpaint"), inpainting=True)
+    upscaler = save_tiny_upscaler(str(tmp_path / "upscaler"))
+    models = app.load_models(parse_args(["--inpaint", sd_inpaint, "--upscaler", upscaler, "--device", "cpu"]))
+    assert type(models["inpaint"]).__name__ == "StableDiffusionInpaintPipeline"
+    assert type(models["upscaler"]).__name__ == "StableDiffusionUpscalePipeline"
+    models = app.load_models(parse_args(["--inpaint", sdxl_inpaint, "--device", "cpu"]))
+    assert type(models["inpaint"]).__name__ == "StableDiffusionXLInpaintPipeline"
+    with pytest.raises(ValueError, match="7 input channels: it is the x4 upscaler"):
+        app.load_models(parse_args(["--inpaint", upscaler, "--device", "cpu"]))
 
 
 def test_a_folder_that_is_not_a_pipeline_is_named_in_the_error(tmp_path):
