@@ -67,7 +67,8 @@ PNG_METADATA_KEY = "parameters"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="diffkit-generate",
-        description="Generate images with Stable Diffusion, SDXL or a canny ControlNet through diffusers.",
+        description="Generate, edit, inpaint or upscale images with Stable Diffusion, SDXL or a canny ControlNet "
+        "through diffusers.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
@@ -226,6 +227,8 @@ def check_image_task_arguments(args):
     if args.family == "upscale":
         if args.strength is not None or args.width is not None or args.height is not None:
             raise ValueError("`upscale` makes the image 4x its size: --strength, --width and --height do not apply.")
+        if args.tile_size is not None and (args.tile_size < 8 or args.tile_size % 8):
+            raise ValueError(f"`--tile_size` must be a multiple of 8 of at least 8 pixels, but is {args.tile_size}.")
         return
     if args.strength is None:
         args.strength = DEFAULT_STRENGTH[args.family]

@@ -372,6 +372,7 @@ def test_generate_img2img_inpaint_and_upscale_end_to_end(models, photo, mask, tm
         (["img2img", "--image", "{photo}", "--mask", "{photo}"], "`--mask` works with inpaint only"),
         (["upscale", "--image", "{photo}", "--canny"], "`--canny` works with img2img only"),
         (["upscale", "--image", "{photo}", "--strength", "0.5"], "--strength, --width and --height do not apply"),
+        (["upscale", "--image", "{photo}", "--tile_size", "0"], "`--tile_size` must be a multiple of 8"),
         (["upscale", "--model", "{upscaler}", "--image", "{photo}", "--noise_level", "400"],
          r"`noise_level` must be a whole number in \[0, 350\]"),
         (["upscale", "--model", "{upscaler}", "--image", "{large}"], "larger than 256 px a side.*--tile_size"),
