@@ -10,8 +10,8 @@ the predicted clean images form with "Show the denoising". Its "Edit an image" s
 an uploaded image, redraws it towards the chosen condition (img2img) or denoises it, streamed the same way. `--sd`,
 `--sdxl` and `--controlnet` add text-to-image and canny-edge tabs (and img2img tabs that share the weights),
 `--inpaint` an inpainting tab and `--upscaler` the x4 upscaler's. One request runs the models at a time (a queue
-serves the others in turn), all on one compute thread, with the CPU thread count of `--num_threads`. The app listens on 127.0.0.1 only, unless
-`--host` or `--share` says otherwise.
+serves the others in turn), all on one compute thread, with the CPU thread count of `--num_threads`. The app
+listens on 127.0.0.1 only, unless `--host` or `--share` says otherwise.
 
 This file needs only torch, diffusers and gradio for diffkit pipelines (the Stable Diffusion tabs import diffkit's
 loaders), so `python -m diffkit.pipelines.push --space_id` uploads it unchanged to run a Hugging Face Space.

@@ -15,6 +15,7 @@ import os
 import warnings
 from typing import Optional, Union
 
+import diffusers
 import numpy as np
 import torch
 from diffusers import (
@@ -44,6 +45,7 @@ from diffusers import (
 )
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
+from packaging import version
 from PIL import Image
 
 logger = logging.getLogger(__name__)
@@ -95,6 +97,9 @@ DTYPES.update({"fp32": torch.float32, "float32": torch.float32})
 # "auto" keeps the whole pipeline on the GPU when free memory exceeds its weights by this factor (activations,
 # VAE decode at full resolution); below that it offloads whole models, below the weights themselves layer by layer.
 AUTO_MEMORY_HEADROOM = 1.5
+# diffusers 0.40 renamed `from_pretrained`'s `torch_dtype` to `dtype` (the old name still works there, with a
+# deprecation warning); the versions before, down to our floor 0.35, know only `torch_dtype` and ignore `dtype`.
+DTYPE_ARGUMENT = "dtype" if version.parse(diffusers.__version__).release >= (0, 40) else "torch_dtype"
 # A decoded image whose every pixel is at or below this value (of [-1, 1]) is black.
 BLACK_IMAGE_LEVEL = -0.99
 
@@ -165,14 +170,14 @@ def load_with_variant(pipeline_class, model: str, dtype: torch.dtype, **kwargs):
     """Load the repo's `fp16` weights when half precision is asked for and it has them; else cast what it has."""
     if dtype == torch.float16:
         try:
-            pipe = pipeline_class.from_pretrained(model, dtype=dtype, variant="fp16", **kwargs)
+            pipe = pipeline_class.from_pretrained(model, **{DTYPE_ARGUMENT: dtype}, variant="fp16", **kwargs)
             logger.info(f"Loaded the fp16 weight variant of {model}.")
             return pipe
         except (ValueError, OSError) as error:
             if "variant" not in str(error):
                 raise
             logger.info(f"{model} has no fp16 weight variant: loading its weights and casting them to fp16.")
-    return pipeline_class.from_pretrained(model, dtype=dtype, **kwargs)
+    return pipeline_class.from_pretrained(model, **{DTYPE_ARGUMENT: dtype}, **kwargs)
 
 
 def set_scheduler(pipe, scheduler: Optional[str]):
@@ -324,7 +329,7 @@ def use_safe_sdxl_vae(pipe, vae: Optional[str], dtype: torch.dtype, from_pretrai
     """SDXL's stock VAE overflows in fp16: swap in the named fp16-safe VAE, or make the pipeline decode in fp32."""
     if vae is not None:
         check_model_id(vae, "vae")
-        pipe.vae = AutoencoderKL.from_pretrained(vae, dtype=dtype, **from_pretrained_kwargs)
+        pipe.vae = AutoencoderKL.from_pretrained(vae, **{DTYPE_ARGUMENT: dtype}, **from_pretrained_kwargs)
     elif dtype == torch.float16:
         # The SDXL pipelines upcast a fp16 VAE to fp32 around the decode when its config says `force_upcast`.
         pipe.vae.register_to_config(force_upcast=True)
