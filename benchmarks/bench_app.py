@@ -5,7 +5,9 @@
 Starts `diffkit-app --pipeline OUT` as a user would, times until the page answers, then times requests
 through Gradio's Python client (one image per class at the pipeline's defaults, with and without "Show the
 denoising", and DDPM with 1000 steps) beside the same `pipe(...)` call in this process. Both use every core; the
-benchmark runs them one after the other, never at once.
+benchmark runs them one after the other, never at once. Three more rows take the round trip apart: a 1-step request
+(the app's fixed cost), a request whose images the client does not fetch, and gradio_client's default certificate
+checks.
 """
 
 import argparse
@@ -72,6 +74,8 @@ def main(argv=None):
         # with the app for the cores; a browser does not pay this. The last row keeps the default.
         client = Client(url, verbose=False, ssl_verify=False)
         default_client = Client(url, verbose=False)
+        # the same request without fetching the images: what the server's side of a round trip costs
+        no_download_client = Client(url, verbose=False, ssl_verify=False, download_files=False)
         api_name = "/" + api_name_for(pipeline_title(args.output_dir), [])
 
         pipe = ClassConditionalImagePipeline.from_pretrained(args.output_dir)
@@ -84,6 +88,8 @@ def main(argv=None):
             ("the same, showing the denoising", labels, 1, 20, True, client),
             ("4 images, 1000 steps", labels[:1], 4, 1000, False, client),
             ("one image per class, 1 step (mostly the app's cost per request)", labels, 1, 1, False, client),
+            ("one image per class, 20 steps, the client not downloading the images", labels, 1, 20, False,
+             no_download_client),
             ("one image per class, 20 steps, gradio_client checking certificates", labels, 1, 20, False,
              default_client),
         ]:  # fmt: skip
