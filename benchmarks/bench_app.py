@@ -2,12 +2,12 @@
 
     python -m benchmarks.bench_app out [--repeats 3]          # from the repository root; `out` is a training run
 
-Starts `diffkit-app --pipeline OUT` as a user would, times until the page answers, then times requests
-through Gradio's Python client (one image per class at the pipeline's defaults, with and without "Show the
-denoising", and DDPM with 1000 steps) beside the same `pipe(...)` call in this process. Both use every core; the
-benchmark runs them one after the other, never at once. Three more rows take the round trip apart: a 1-step request
-(the app's fixed cost), a request whose images the client does not fetch, and gradio_client's default certificate
-checks.
+Starts `diffkit-app --pipeline OUT` as a user would, times until the page answers, then times requests through
+Gradio's Python client (one image per class at the pipeline's defaults, with and without "Show the denoising", and
+DDPM with 1000 steps) beside the same `pipe(...)` call in this process. Both use every core; the benchmark runs them
+one after the other, never at once, alternating which goes first. Three more rows take the round trip apart: a
+1-step request (the app's fixed cost), a request whose images the client does not fetch, and gradio_client's
+default certificate checks.
 """
 
 import argparse
@@ -43,13 +43,17 @@ def parse_args(argv=None):
     return args
 
 
-def median_seconds(run, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def interleaved_medians(first, second, repeats):
+    """Median seconds of `first()` and of `second()`, timed in alternating order, so that the machine's drift (other
+    tenants, frequency changes) falls on both alike."""
+    times = ([], [])
+    for round_index in range(repeats):
+        order = (0, 1) if round_index % 2 == 0 else (1, 0)
+        for which in order:
+            start = time.perf_counter()
+            (first, second)[which]()
+            times[which].append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def main(argv=None):
@@ -103,8 +107,8 @@ def main(argv=None):
                 pipe(class_labels=labels_asked, num_images_per_label=images_per_label, num_inference_steps=steps,
                      guidance_scale=guidance, generator=generators)  # fmt: skip
 
-            repeats = 1 if steps > 100 else args.repeats
-            app_s, direct_s = median_seconds(through_app, repeats), median_seconds(direct, repeats)
+            repeats = 2 if steps > 100 else args.repeats
+            app_s, direct_s = interleaved_medians(through_app, direct, repeats)
             rows.append((name, app_s, direct_s))
     finally:
         app.terminate()
