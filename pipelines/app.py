@@ -691,10 +691,49 @@ def super_resolution_tab(pipe, title: str, api_name: str, max_images: int):
     )  # fmt: skip
 
 
+def stable_diffusion_controls(saved_scheduler, max_images: int):
+    """The images, steps, guidance, sampler and seed controls of the Stable Diffusion tabs."""
+    from diffkit.pipelines.loaders import SCHEDULERS
+
+    num_images = gr.Slider(1, max_images, value=1, step=1, precision=0, label="Images")
+    num_inference_steps = gr.Slider(1, 150, value=30, step=1, precision=0, label="Steps")
+    guidance_scale = gr.Slider(0, MAX_GUIDANCE_SCALE, value=7.5, step=0.5, label="Guidance scale")
+    sampler = gr.Dropdown(
+        [SAVED_SAMPLER, *SCHEDULERS],
+        value=SAVED_SAMPLER,
+        label="Sampler",
+        info=f"'{SAVED_SAMPLER}' is the model's {type(saved_scheduler).__name__}.",
+    )
+    seed = gr.Number(0, precision=0, minimum=0, label="Seed", info="Image i uses seed + i.")
+    return num_images, num_inference_steps, guidance_scale, sampler, seed
+
+
+def stable_diffusion_settings(pipe, saved_scheduler, prompt_text, negative, images_wanted, steps, guidance,
+                              sampler_name, seed_value):  # fmt: skip
+    """The call arguments the Stable Diffusion tabs share (with the chosen sampler set on `pipe`), the images'
+    captions and a summary."""
+    from diffkit.pipelines.loaders import SCHEDULERS
+
+    images_wanted = whole_number(images_wanted, "num_images")
+    steps = whole_number(steps, "num_inference_steps")
+    if not prompt_text:
+        raise ValueError("`prompt` is empty: describe the image to generate.")
+    pipe.scheduler = scheduler_choice(saved_scheduler, sampler_name, SCHEDULERS)
+    call_kwargs = dict(
+        prompt=prompt_text,
+        negative_prompt=negative or None,
+        num_images_per_prompt=images_wanted,
+        num_inference_steps=steps,
+        guidance_scale=float(guidance),
+        generator=image_generators(seed_value, images_wanted),
+    )
+    captions = [f"seed {g.initial_seed()}" for g in call_kwargs["generator"]]
+    return call_kwargs, captions, f"{type(pipe.scheduler).__name__}, {steps} steps, guidance {float(guidance):g}."
+
+
 def stable_diffusion_tab(pipe, title: str, api_name: str, max_images: int, canny: bool = False):
     """A text-to-image tab for a Stable Diffusion or SDXL pipeline; with `canny`, a ControlNet-canny tab."""
     from diffkit.pipelines.canny import canny_edges, check_image_side
-    from diffkit.pipelines.loaders import SCHEDULERS
 
     saved_scheduler = pipe.scheduler
     default_side = pipe.unet.config.sample_size * pipe.vae_scale_factor
@@ -715,39 +754,13 @@ def stable_diffusion_tab(pipe, title: str, api_name: str, max_images: int, canny
                     with gr.Row():
                         width = gr.Slider(64, 2048, value=default_side, step=8, precision=0, label="Width")
                         height = gr.Slider(64, 2048, value=default_side, step=8, precision=0, label="Height")
-                num_images = gr.Slider(1, max_images, value=1, step=1, precision=0, label="Images")
-                num_inference_steps = gr.Slider(1, 150, value=30, step=1, precision=0, label="Steps")
-                guidance_scale = gr.Slider(0, MAX_GUIDANCE_SCALE, value=7.5, step=0.5, label="Guidance scale")
-                sampler = gr.Dropdown(
-                    [SAVED_SAMPLER, *SCHEDULERS],
-                    value=SAVED_SAMPLER,
-                    label="Sampler",
-                    info=f"'{SAVED_SAMPLER}' is the model's {type(saved_scheduler).__name__}.",
-                )
-                seed = gr.Number(0, precision=0, minimum=0, label="Seed", info="Image i uses seed + i.")
+                controls = stable_diffusion_controls(saved_scheduler, max_images)
                 button = gr.Button("Generate", variant="primary")
             with gr.Column():
                 if canny:
                     edges = gr.Image(type="pil", format="png", label="Canny edges", interactive=False)
                 gallery = gr.Gallery(label="Images", format="png", columns=2)
                 info = gr.Markdown()
-
-    def settings(prompt_text, negative, images_wanted, steps, guidance, sampler_name, seed_value):
-        images_wanted = whole_number(images_wanted, "num_images")
-        steps = whole_number(steps, "num_inference_steps")
-        if not prompt_text:
-            raise ValueError("`prompt` is empty: describe the image to generate.")
-        pipe.scheduler = scheduler_choice(saved_scheduler, sampler_name, SCHEDULERS)
-        call_kwargs = dict(
-            prompt=prompt_text,
-            negative_prompt=negative or None,
-            num_images_per_prompt=images_wanted,
-            num_inference_steps=steps,
-            guidance_scale=float(guidance),
-            generator=image_generators(seed_value, images_wanted),
-        )
-        captions = [f"seed {g.initial_seed()}" for g in call_kwargs["generator"]]
-        return call_kwargs, captions, f"{type(pipe.scheduler).__name__}, {steps} steps, guidance {float(guidance):g}."
 
     def edges_of(photo_image, low, high):
         if photo_image is None:
@@ -760,8 +773,16 @@ def stable_diffusion_tab(pipe, title: str, api_name: str, max_images: int, canny
                      seed_value, progress=gr.Progress()):  # fmt: skip
             with readable_errors():
                 control_image = edges_of(photo_image, low, high)
-                call_kwargs, captions, summary = settings(
-                    prompt_text, negative, images_wanted, steps, guidance, sampler_name, seed_value
+                call_kwargs, captions, summary = stable_diffusion_settings(
+                    pipe,
+                    saved_scheduler,
+                    prompt_text,
+                    negative,
+                    images_wanted,
+                    steps,
+                    guidance,
+                    sampler_name,
+                    seed_value,
                 )
                 call_kwargs.update(image=control_image, width=control_image.width, height=control_image.height)
                 for images, text in stream_pipeline(pipe, call_kwargs, captions, False, progress, summary):
@@ -782,8 +803,16 @@ def stable_diffusion_tab(pipe, title: str, api_name: str, max_images: int, canny
         def generate(prompt_text, negative, side_width, side_height, images_wanted, steps, guidance, sampler_name,
                      seed_value, progress=gr.Progress()):  # fmt: skip
             with readable_errors():
-                call_kwargs, captions, summary = settings(
-                    prompt_text, negative, images_wanted, steps, guidance, sampler_name, seed_value
+                call_kwargs, captions, summary = stable_diffusion_settings(
+                    pipe,
+                    saved_scheduler,
+                    prompt_text,
+                    negative,
+                    images_wanted,
+                    steps,
+                    guidance,
+                    sampler_name,
+                    seed_value,
                 )
                 for argument, side in (("width", side_width), ("height", side_height)):
                     check_image_side(int(side) if float(side).is_integer() else side, argument)
@@ -792,14 +821,14 @@ def stable_diffusion_tab(pipe, title: str, api_name: str, max_images: int, canny
 
         inputs = [prompt, negative_prompt, width, height]
         outputs = [gallery, info]
-    inputs += [num_images, num_inference_steps, guidance_scale, sampler, seed]
+    inputs += list(controls)
     button.click(generate, inputs, outputs, api_name=api_name, concurrency_id=MODEL_QUEUE, concurrency_limit=1)
 
 
 def stable_diffusion_edit_tab(pipe, title: str, api_name: str, max_images: int, task: str):
     """An img2img (`task="img2img"`) or inpainting tab (`"inpaint"`, the mask painted over the image) for a Stable
     Diffusion or SDXL pipeline of that task."""
-    from diffkit.pipelines.loaders import SCHEDULERS, check_strength
+    from diffkit.pipelines.loaders import check_strength, image_at_multiple_of_8
 
     saved_scheduler = pipe.scheduler
     inpaint = task == "inpaint"
@@ -823,50 +852,33 @@ def stable_diffusion_edit_tab(pipe, title: str, api_name: str, max_images: int, 
                     info="How much of the schedule re-draws the image: 0.3 keeps the layout, 1 keeps nothing.",
                 )  # fmt: skip
                 mask_blur = gr.Slider(0, 64, value=0, step=1, precision=0, label="Mask blur (pixels)", visible=inpaint)
-                num_images = gr.Slider(1, max_images, value=1, step=1, precision=0, label="Images")
-                num_inference_steps = gr.Slider(1, 150, value=30, step=1, precision=0, label="Steps")
-                guidance_scale = gr.Slider(0, MAX_GUIDANCE_SCALE, value=7.5, step=0.5, label="Guidance scale")
-                sampler = gr.Dropdown([SAVED_SAMPLER, *SCHEDULERS], value=SAVED_SAMPLER, label="Sampler")
-                seed = gr.Number(0, precision=0, minimum=0, label="Seed", info="Image i uses seed + i.")
+                controls = stable_diffusion_controls(saved_scheduler, max_images)
                 button = gr.Button("Inpaint" if inpaint else "Edit", variant="primary")
             with gr.Column():
                 gallery = gr.Gallery(label="Images", format="png", columns=2)
                 info = gr.Markdown()
 
-    def edit(editor_value, prompt_text, negative, strength_value, blur, images_wanted, steps, guidance, sampler_name,
-             seed_value, progress=gr.Progress()):  # fmt: skip
+    def edit(editor_value, prompt_text, negative, strength_value, blur, *settings, progress=gr.Progress()):
         with readable_errors():
             image, mask = editor_image_and_mask(editor_value, task)
-            images_wanted = whole_number(images_wanted, "num_images")
-            steps = whole_number(steps, "num_inference_steps")
-            if not prompt_text:
-                raise ValueError("`prompt` is empty: describe what the image should show.")
-            check_strength(float(strength_value), steps)
-            # the pipelines run at a multiple of 8 pixels: the image's size rounded down
-            size = (image.width // 8 * 8, image.height // 8 * 8)
-            if min(size) < 8:
-                raise ValueError(f"The image is {image.width}x{image.height}: at least 8x8 pixels are needed.")
-            image = image.resize(size, Image.LANCZOS) if size != image.size else image
-            call_kwargs = dict(
-                prompt=prompt_text, negative_prompt=negative or None, image=image, strength=float(strength_value),
-                num_images_per_prompt=images_wanted, num_inference_steps=steps, guidance_scale=float(guidance),
-                generator=image_generators(seed_value, images_wanted),
-            )  # fmt: skip
+            call_kwargs, captions, _ = stable_diffusion_settings(
+                pipe, saved_scheduler, prompt_text, negative, *settings
+            )
+            check_strength(float(strength_value), call_kwargs["num_inference_steps"])
+            image = image_at_multiple_of_8(image, "image")
+            call_kwargs.update(image=image, strength=float(strength_value))
             if inpaint:
-                mask = mask.resize(size, Image.NEAREST)
+                mask = mask.resize(image.size, Image.NEAREST)
                 blur = whole_number(blur, "mask_blur", minimum=0)
                 call_kwargs.update(mask_image=pipe.mask_processor.blur(mask, blur) if blur else mask)
-                call_kwargs.update(width=size[0], height=size[1])
-            pipe.scheduler = scheduler_choice(saved_scheduler, sampler_name, SCHEDULERS)
-            captions = [f"seed {g.initial_seed()}" for g in call_kwargs["generator"]]
+                call_kwargs.update(width=image.width, height=image.height)
             summary = (
-                f"{task}: {type(pipe.scheduler).__name__}, {steps} steps, strength {float(strength_value):g}, "
-                f"guidance {float(guidance):g}."
+                f"{task}: {type(pipe.scheduler).__name__}, {call_kwargs['num_inference_steps']} steps, strength "
+                f"{float(strength_value):g}, guidance {call_kwargs['guidance_scale']:g}."
             )
             yield from stream_pipeline(pipe, call_kwargs, captions, False, progress, summary)
 
-    inputs = [editor, prompt, negative_prompt, strength, mask_blur, num_images, num_inference_steps, guidance_scale,
-              sampler, seed]  # fmt: skip
+    inputs = [editor, prompt, negative_prompt, strength, mask_blur, *controls]
     button.click(edit, inputs, [gallery, info], api_name=api_name, concurrency_id=MODEL_QUEUE, concurrency_limit=1)
 
 
@@ -912,14 +924,14 @@ def upscaler_tab(pipe, title: str, api_name: str, max_images: int):
             check_upscale_inputs(max_noise_level, photo, noise, tiled=tile > 0)
             call_kwargs = dict(negative_prompt=negative or None, noise_level=noise, num_inference_steps=steps,
                                guidance_scale=float(guidance))  # fmt: skip
-            seeds = [whole_number(seed_value, "seed", minimum=0) + i for i in range(images_wanted)]
+            generators = image_generators(seed_value, images_wanted)
+            seeds = [g.initial_seed() for g in generators]
             started = time.perf_counter()
 
             def run():  # on the compute thread, like every model call of the app
                 if tile:
                     return [upscale_tiled(pipe, prompt_text, photo, tile_size=tile, seed=s, **call_kwargs)
                             for s in seeds]  # fmt: skip
-                generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
                 return pipe(prompt_text, image=photo, num_images_per_prompt=images_wanted, generator=generators,
                             **call_kwargs).images  # fmt: skip
 

@@ -36,6 +36,7 @@ from diffkit.pipelines.loaders import (
     check_model_id,
     check_strength,
     check_upscale_inputs,
+    image_at_multiple_of_8,
     load_controlnet_canny,
     load_controlnet_canny_img2img,
     load_sdxl,
@@ -194,11 +195,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         check_model_id(args.refiner, "--refiner")
     if not 0 < args.refiner_switch < 1:
         raise ValueError(f"`--refiner_switch` must be in (0, 1), but is {args.refiner_switch}; 0.8 is usual.")
-    for name in ("image", "mask"):
-        if getattr(args, name) is not None:
-            read_image(getattr(args, name), f"--{name}")
+    given = [name for name in ("image", "mask") if getattr(args, name) is not None]
+    images = {name: read_image(getattr(args, name), f"--{name}") for name in given}
     if args.family in IMAGE_TASKS:
-        check_image_task_arguments(args)
+        check_image_task_arguments(args, images)
     return args
 
 
@@ -211,8 +211,9 @@ def read_image(path: str, argument: str) -> Image.Image:
         raise ValueError(f"`{argument}` {path!r} cannot be read as an image ({error}).") from None
 
 
-def check_image_task_arguments(args):
-    """img2img, inpaint and upscale: the options each needs and allows, checked on the actual image and mask."""
+def check_image_task_arguments(args, images: dict):
+    """img2img, inpaint and upscale: the options each needs and allows, checked on the actual image and mask
+    (`images`: those given, decoded, by argument name)."""
     if args.image is None:
         raise ValueError(f"`{args.family}` needs `--image IMAGE`: the image to work on.")
     if args.family == "inpaint" and args.mask is None:
@@ -238,17 +239,7 @@ def check_image_task_arguments(args):
     if args.padding_mask_crop is not None and args.padding_mask_crop < 0:
         raise ValueError(f"`--padding_mask_crop` must be 0 or more pixels, but is {args.padding_mask_crop}.")
     if args.mask is not None:
-        resized_mask(read_image(args.mask, "--mask"), read_image(args.image, "--image"))
-
-
-def task_image(args) -> Image.Image:
-    """--image at --width x --height when given, else at its own size rounded down to a multiple of 8."""
-    image = read_image(args.image, "--image")
-    width = args.width or image.width // 8 * 8
-    height = args.height or image.height // 8 * 8
-    if width < 8 or height < 8:
-        raise ValueError(f"`--image` is {image.width}x{image.height}: at least 8x8 pixels are needed.")
-    return image if image.size == (width, height) else image.resize((width, height), Image.LANCZOS)
+        resized_mask(images["mask"], images["image"])
 
 
 def is_sdxl(model: str) -> bool:
@@ -338,8 +329,9 @@ def save_images(images, args):
 def run_image_task(args, options: dict, call_kwargs: dict):
     """img2img, inpaint or upscale on --image: everything is checked (the upscaler's noise range from its config)
     before the weights load."""
+    original = read_image(args.image, "--image")
     if args.family == "upscale":
-        image = read_image(args.image, "--image")
+        image = original
         max_noise_level = DiffusionPipeline.load_config(args.model).get("max_noise_level")
         if max_noise_level is None:
             raise ValueError(f"`--model` {args.model!r} is not an x4 upscaler: its config has no max_noise_level.")
@@ -361,7 +353,7 @@ def run_image_task(args, options: dict, call_kwargs: dict):
             ]
         return save_images(images, args)
 
-    image = task_image(args)
+    image = image_at_multiple_of_8(original, "--image", args.width, args.height)  # the size the pipeline runs at
     sdxl = is_sdxl(args.model)
     call_kwargs.update(image=image, strength=args.strength)
     for name in ("width", "height"):  # the image's size is the output's
@@ -380,8 +372,7 @@ def run_image_task(args, options: dict, call_kwargs: dict):
         )
     else:
         # the mask fits --image as given; it then follows the image to the size it runs at
-        mask = resized_mask(read_image(args.mask, "--mask"), read_image(args.image, "--image"))
-        mask = mask.resize(image.size, Image.NEAREST)
+        mask = resized_mask(read_image(args.mask, "--mask"), original).resize(image.size, Image.NEAREST)
         if args.mask_blur:
             mask = VaeImageProcessor.blur(mask, blur_factor=args.mask_blur)
         allow = args.allow_text_to_image_checkpoint

@@ -807,6 +807,16 @@ def check_strength(strength: float, num_inference_steps: int) -> None:
         )
 
 
+def image_at_multiple_of_8(image, argument: str, width: Optional[int] = None, height: Optional[int] = None):
+    """`image` at `width` x `height` when given, else at its own size rounded down to a multiple of 8 (the latents
+    are 1/8 of the image); a `ValueError` naming `argument` for an image smaller than 8x8."""
+    width = width or image.width // 8 * 8
+    height = height or image.height // 8 * 8
+    if width < 8 or height < 8:
+        raise ValueError(f"`{argument}` is {image.width}x{image.height}: at least 8x8 pixels are needed.")
+    return image if image.size == (width, height) else image.resize((width, height), Image.LANCZOS)
+
+
 def resized_mask(mask, image):
     """The inpainting mask at the image's size, as a grey ('L') image; white is re-drawn.
 
