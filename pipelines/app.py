@@ -769,20 +769,11 @@ def stable_diffusion_tab(pipe, title: str, api_name: str, max_images: int, canny
 
     if canny:
 
-        def generate(photo_image, low, high, prompt_text, negative, images_wanted, steps, guidance, sampler_name,
-                     seed_value, progress=gr.Progress()):  # fmt: skip
+        def generate(photo_image, low, high, prompt_text, negative, *settings, progress=gr.Progress()):
             with readable_errors():
                 control_image = edges_of(photo_image, low, high)
                 call_kwargs, captions, summary = stable_diffusion_settings(
-                    pipe,
-                    saved_scheduler,
-                    prompt_text,
-                    negative,
-                    images_wanted,
-                    steps,
-                    guidance,
-                    sampler_name,
-                    seed_value,
+                    pipe, saved_scheduler, prompt_text, negative, *settings
                 )
                 call_kwargs.update(image=control_image, width=control_image.width, height=control_image.height)
                 for images, text in stream_pipeline(pipe, call_kwargs, captions, False, progress, summary):
@@ -800,19 +791,10 @@ def stable_diffusion_tab(pipe, title: str, api_name: str, max_images: int, canny
             control.change(preview_edges, [photo, low_threshold, high_threshold], edges, show_progress="hidden")
     else:
 
-        def generate(prompt_text, negative, side_width, side_height, images_wanted, steps, guidance, sampler_name,
-                     seed_value, progress=gr.Progress()):  # fmt: skip
+        def generate(prompt_text, negative, side_width, side_height, *settings, progress=gr.Progress()):
             with readable_errors():
                 call_kwargs, captions, summary = stable_diffusion_settings(
-                    pipe,
-                    saved_scheduler,
-                    prompt_text,
-                    negative,
-                    images_wanted,
-                    steps,
-                    guidance,
-                    sampler_name,
-                    seed_value,
+                    pipe, saved_scheduler, prompt_text, negative, *settings
                 )
                 for argument, side in (("width", side_width), ("height", side_height)):
                     check_image_side(int(side) if float(side).is_integer() else side, argument)
