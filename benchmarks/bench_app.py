@@ -24,7 +24,7 @@ import torch
 from gradio_client import Client
 
 from diffkit import ClassConditionalImagePipeline
-from diffkit.pipelines.app import SAVED_SAMPLER, api_name_for, pipeline_title
+from diffkit.app import SAVED_SAMPLER, api_name_for, pipeline_title
 
 STARTUP_TIMEOUT_S = 300
 
@@ -60,7 +60,7 @@ def main(argv=None):
     args = parse_args(argv)
     url = f"http://127.0.0.1:{args.port}/"
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
-    command = [sys.executable, "-m", "diffkit.pipelines.app", "--pipeline", args.output_dir, "--port", str(args.port)]
+    command = [sys.executable, "-m", "diffkit.app", "--pipeline", args.output_dir, "--port", str(args.port)]
     started = time.perf_counter()
     app = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -92,20 +92,38 @@ def main(argv=None):
             ("the same, showing the denoising", labels, 1, 20, True, client),
             ("4 images, 1000 steps", labels[:1], 4, 1000, False, client),
             ("one image per class, 1 step (mostly the app's cost per request)", labels, 1, 1, False, client),
-            ("one image per class, 20 steps, the client not downloading the images", labels, 1, 20, False,
-             no_download_client),
-            ("one image per class, 20 steps, gradio_client checking certificates", labels, 1, 20, False,
-             default_client),
-        ]:  # fmt: skip
+            (
+                "one image per class, 20 steps, the client not downloading the images",
+                labels,
+                1,
+                20,
+                False,
+                no_download_client,
+            ),
+            (
+                "one image per class, 20 steps, gradio_client checking certificates",
+                labels,
+                1,
+                20,
+                False,
+                default_client,
+            ),
+        ]:
 
             def through_app():
-                request_client.predict(labels_asked, images_per_label, guidance, steps, SAVED_SAMPLER, 0, show,
-                                       api_name=api_name)  # fmt: skip
+                request_client.predict(
+                    labels_asked, images_per_label, guidance, steps, SAVED_SAMPLER, 0, show, api_name=api_name
+                )
 
             def direct():
                 generators = [torch.Generator().manual_seed(i) for i in range(len(labels_asked) * images_per_label)]
-                pipe(class_labels=labels_asked, num_images_per_label=images_per_label, num_inference_steps=steps,
-                     guidance_scale=guidance, generator=generators)  # fmt: skip
+                pipe(
+                    class_labels=labels_asked,
+                    num_images_per_label=images_per_label,
+                    num_inference_steps=steps,
+                    guidance_scale=guidance,
+                    generator=generators,
+                )
 
             repeats = 2 if steps > 100 else args.repeats
             app_s, direct_s = interleaved_medians(through_app, direct, repeats)

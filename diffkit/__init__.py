@@ -1,33 +1,38 @@
 """diffkit: train, guide and ship diffusion models with Hugging Face diffusers and accelerate.
 
 The repository's `pipelines/`, `training/` and `model_cards/` folders install as `diffkit.pipelines`,
-`diffkit.training` and `diffkit.model_cards`; the public classes and functions are importable from here:
+`diffkit.training` and `diffkit.model_cards`; this folder holds the tools a person runs (`diffkit.cli`, `diffkit.push`,
+`diffkit.app`). The public classes and functions are importable from here, each on first use, so that a command's
+`--help` does not wait for torch and diffusers:
 
     >>> from diffkit import ClassConditionalImagePipeline, load_stable_diffusion  # doctest: +SKIP
 """
 
 import importlib
 import importlib.metadata
+import pkgutil
 
-from .pipelines import (
-    ClassConditionalImagePipeline,
-    ClassConditionalImg2ImgPipeline,
-    ClassConditionalInpaintPipeline,
-    DenoisingFilm,
-    SuperResolutionPipeline,
-    TextConditionalImagePipeline,
-    TextConditionalImg2ImgPipeline,
-    TextConditionalInpaintPipeline,
-    UnconditionalImagePipeline,
-    UnconditionalImg2ImgPipeline,
-    UnconditionalInpaintPipeline,
-)
+# Run from the repository root, this folder is found before the installed package, and it lacks the subpackages that
+# setuptools maps from the sibling folders; extend_path adds the installed `diffkit` folder (the editable install's
+# link tree, or site-packages) after it, so `diffkit.pipelines` is found there.
+__path__ = pkgutil.extend_path(__path__, __name__)
 
 __version__ = importlib.metadata.version("diffkit")
 
-# Imported on first use: the Stable Diffusion loaders pull in diffusers' SD pipelines and OpenCV, the evaluation its
-# feature networks, and none of them is needed to load or train a diffkit pipeline.
+# Imported on first use: the pipelines pull in torch and diffusers, the Stable Diffusion loaders also diffusers' SD
+# pipelines and OpenCV, the evaluation its feature networks.
 _LAZY_ATTRIBUTES = {
+    "ClassConditionalImagePipeline": "diffkit.pipelines",
+    "ClassConditionalImg2ImgPipeline": "diffkit.pipelines",
+    "ClassConditionalInpaintPipeline": "diffkit.pipelines",
+    "DenoisingFilm": "diffkit.pipelines",
+    "SuperResolutionPipeline": "diffkit.pipelines",
+    "TextConditionalImagePipeline": "diffkit.pipelines",
+    "TextConditionalImg2ImgPipeline": "diffkit.pipelines",
+    "TextConditionalInpaintPipeline": "diffkit.pipelines",
+    "UnconditionalImagePipeline": "diffkit.pipelines",
+    "UnconditionalImg2ImgPipeline": "diffkit.pipelines",
+    "UnconditionalInpaintPipeline": "diffkit.pipelines",
     "load_stable_diffusion": "diffkit.pipelines.loaders",
     "load_sdxl": "diffkit.pipelines.loaders",
     "load_sdxl_refiner": "diffkit.pipelines.loaders",
@@ -41,26 +46,13 @@ _LAZY_ATTRIBUTES = {
     "upscale_tiled": "diffkit.pipelines.loaders",
     "task_pipeline": "diffkit.pipelines.loaders",
     "canny_edges": "diffkit.pipelines.canny",
-    "push_pipeline_folder": "diffkit.pipelines.push",
+    "push_pipeline_folder": "diffkit.push",
     "evaluate": "diffkit.training.evaluate",
     "prepare_real_reference": "diffkit.training.evaluate",
     "score": "diffkit.training.evaluate",
 }
 
-__all__ = [
-    "ClassConditionalImagePipeline",
-    "ClassConditionalImg2ImgPipeline",
-    "ClassConditionalInpaintPipeline",
-    "DenoisingFilm",
-    "SuperResolutionPipeline",
-    "TextConditionalImagePipeline",
-    "TextConditionalImg2ImgPipeline",
-    "TextConditionalInpaintPipeline",
-    "UnconditionalImagePipeline",
-    "UnconditionalImg2ImgPipeline",
-    "UnconditionalInpaintPipeline",
-    *_LAZY_ATTRIBUTES,
-]
+__all__ = list(_LAZY_ATTRIBUTES)
 
 
 def __getattr__(name):

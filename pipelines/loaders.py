@@ -369,9 +369,17 @@ def load_sdxl(
     """
     speed_options = (vae_slicing, vae_tiling, channels_last, fuse_qkv, compile_unet)
     return load_and_configure(
-        StableDiffusionXLPipeline, model, device, dtype, scheduler, memory, speed_options, sdxl=True, vae=vae,
+        StableDiffusionXLPipeline,
+        model,
+        device,
+        dtype,
+        scheduler,
+        memory,
+        speed_options,
+        sdxl=True,
+        vae=vae,
         **from_pretrained_kwargs,
-    )  # fmt: skip
+    )
 
 
 def load_sdxl_refiner(
@@ -445,9 +453,18 @@ def load_controlnet_canny(
     pipeline_class = StableDiffusionXLControlNetPipeline if sdxl else StableDiffusionControlNetPipeline
     speed_options = (vae_slicing, vae_tiling, channels_last, fuse_qkv, compile_unet)
     return load_controlnet_with_base(
-        pipeline_class, base, controlnet, sdxl, vae, device, dtype, scheduler, memory, speed_options,
+        pipeline_class,
+        base,
+        controlnet,
+        sdxl,
+        vae,
+        device,
+        dtype,
+        scheduler,
+        memory,
+        speed_options,
         **from_pretrained_kwargs,
-    )  # fmt: skip
+    )
 
 
 def load_controlnet_with_base(
@@ -509,9 +526,18 @@ def load_controlnet_canny_img2img(
     pipeline_class = StableDiffusionXLControlNetImg2ImgPipeline if sdxl else StableDiffusionControlNetImg2ImgPipeline
     speed_options = (vae_slicing, vae_tiling, channels_last, fuse_qkv, compile_unet)
     return load_controlnet_with_base(
-        pipeline_class, base, controlnet, sdxl, vae, device, dtype, scheduler, memory, speed_options,
+        pipeline_class,
+        base,
+        controlnet,
+        sdxl,
+        vae,
+        device,
+        dtype,
+        scheduler,
+        memory,
+        speed_options,
         **from_pretrained_kwargs,
-    )  # fmt: skip
+    )
 
 
 def load_and_configure(
@@ -595,9 +621,16 @@ def load_stable_diffusion_img2img(
     """
     speed_options = (vae_slicing, vae_tiling, channels_last, fuse_qkv, compile_unet)
     return load_and_configure(
-        StableDiffusionImg2ImgPipeline, model, device, dtype, scheduler, memory, speed_options,
-        unet_in_channels=TEXT_TO_IMAGE_UNET_IN_CHANNELS, **from_pretrained_kwargs,
-    )  # fmt: skip
+        StableDiffusionImg2ImgPipeline,
+        model,
+        device,
+        dtype,
+        scheduler,
+        memory,
+        speed_options,
+        unet_in_channels=TEXT_TO_IMAGE_UNET_IN_CHANNELS,
+        **from_pretrained_kwargs,
+    )
 
 
 def load_sdxl_img2img(
@@ -627,9 +660,18 @@ def load_sdxl_img2img(
     """
     speed_options = (vae_slicing, vae_tiling, channels_last, fuse_qkv, compile_unet)
     return load_and_configure(
-        StableDiffusionXLImg2ImgPipeline, model, device, dtype, scheduler, memory, speed_options,
-        unet_in_channels=TEXT_TO_IMAGE_UNET_IN_CHANNELS, sdxl=True, vae=vae, **from_pretrained_kwargs,
-    )  # fmt: skip
+        StableDiffusionXLImg2ImgPipeline,
+        model,
+        device,
+        dtype,
+        scheduler,
+        memory,
+        speed_options,
+        unet_in_channels=TEXT_TO_IMAGE_UNET_IN_CHANNELS,
+        sdxl=True,
+        vae=vae,
+        **from_pretrained_kwargs,
+    )
 
 
 def load_stable_diffusion_inpaint(
@@ -665,10 +707,16 @@ def load_stable_diffusion_inpaint(
     """
     speed_options = (vae_slicing, vae_tiling, channels_last, fuse_qkv, compile_unet)
     return load_and_configure(
-        StableDiffusionInpaintPipeline, model, device, dtype, scheduler, memory, speed_options,
+        StableDiffusionInpaintPipeline,
+        model,
+        device,
+        dtype,
+        scheduler,
+        memory,
+        speed_options,
         unet_in_channels=None if allow_text_to_image_checkpoint else INPAINT_UNET_IN_CHANNELS,
         **from_pretrained_kwargs,
-    )  # fmt: skip
+    )
 
 
 def load_sdxl_inpaint(
@@ -700,10 +748,18 @@ def load_sdxl_inpaint(
     """
     speed_options = (vae_slicing, vae_tiling, channels_last, fuse_qkv, compile_unet)
     return load_and_configure(
-        StableDiffusionXLInpaintPipeline, model, device, dtype, scheduler, memory, speed_options,
-        unet_in_channels=None if allow_text_to_image_checkpoint else INPAINT_UNET_IN_CHANNELS, sdxl=True, vae=vae,
+        StableDiffusionXLInpaintPipeline,
+        model,
+        device,
+        dtype,
+        scheduler,
+        memory,
+        speed_options,
+        unet_in_channels=None if allow_text_to_image_checkpoint else INPAINT_UNET_IN_CHANNELS,
+        sdxl=True,
+        vae=vae,
         **from_pretrained_kwargs,
-    )  # fmt: skip
+    )
 
 
 def load_upscaler(
@@ -735,9 +791,16 @@ def load_upscaler(
     """
     speed_options = (vae_slicing, vae_tiling, channels_last, fuse_qkv, compile_unet)
     return load_and_configure(
-        StableDiffusionUpscalePipeline, model, device, dtype, scheduler, memory, speed_options,
-        unet_in_channels=UPSCALER_UNET_IN_CHANNELS, **from_pretrained_kwargs,
-    )  # fmt: skip
+        StableDiffusionUpscalePipeline,
+        model,
+        device,
+        dtype,
+        scheduler,
+        memory,
+        speed_options,
+        unet_in_channels=UPSCALER_UNET_IN_CHANNELS,
+        **from_pretrained_kwargs,
+    )
 
 
 # For `task_pipeline`: the pipelines of one family share their components, so any of them makes the others.

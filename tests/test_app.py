@@ -12,7 +12,7 @@ from PIL import Image
 from skimage.data import astronaut
 
 from diffkit import ClassConditionalInpaintPipeline, TextConditionalImagePipeline, UnconditionalImagePipeline
-from diffkit.pipelines.app import SAVED_SAMPLER, build_demo
+from diffkit.app import SAVED_SAMPLER, build_demo
 from diffkit.pipelines.loaders import (
     load_controlnet_canny,
     load_sdxl,
@@ -142,8 +142,13 @@ def test_class_tab_makes_the_pipelines_images_by_label_name(app, pipes):
     assert f"{torch.get_num_threads()} CPU thread" in info
     # image i is the pipeline's image for its label with seed + i alone: a user can make any one of them again
     pipe = pipes[0]["digits"]
-    again = pipe(class_labels=["bird"], num_inference_steps=STEPS, guidance_scale=3.0,
-                 generator=torch.Generator().manual_seed(8), output_type="np").images[0]  # fmt: skip
+    again = pipe(
+        class_labels=["bird"],
+        num_inference_steps=STEPS,
+        guidance_scale=3.0,
+        generator=torch.Generator().manual_seed(8),
+        output_type="np",
+    ).images[0]
     np.testing.assert_array_equal(images[3], (again[..., 0] * 255).round().astype(np.uint8))
 
 
@@ -217,18 +222,36 @@ def test_controlnet_tab_shows_the_edges_beside_the_result(app, tmp_path):
     photo = tmp_path / "astronaut.png"
     Image.fromarray(astronaut()).resize((SD_SIZE + 5, SD_SIZE + 3)).save(photo)
     edges, gallery, _ = client.predict(
-        handle_file(str(photo)), 50, 150, "a robot", "", 1, 2, 7.5, SAVED_SAMPLER, 0,
+        handle_file(str(photo)),
+        50,
+        150,
+        "a robot",
+        "",
+        1,
+        2,
+        7.5,
+        SAVED_SAMPLER,
+        0,
         api_name="/generate_controlnet_canny",
-    )  # fmt: skip
+    )
     edge_pixels = np.asarray(Image.open(edges))
     assert edge_pixels.shape == (SD_SIZE, SD_SIZE, 3)  # cropped to multiples of 8
     assert set(np.unique(edge_pixels)) <= {0, 255} and edge_pixels.max() == 255
     assert [image.shape for image in gallery_arrays(gallery)] == [(SD_SIZE, SD_SIZE, 3)]
     # the thresholds reach canny: a higher low threshold keeps fewer edge pixels
     fewer = client.predict(
-        handle_file(str(photo)), 140, 150, "a robot", "", 1, 2, 7.5, SAVED_SAMPLER, 0,
+        handle_file(str(photo)),
+        140,
+        150,
+        "a robot",
+        "",
+        1,
+        2,
+        7.5,
+        SAVED_SAMPLER,
+        0,
         api_name="/generate_controlnet_canny",
-    )[0]  # fmt: skip
+    )[0]
     assert (np.asarray(Image.open(fewer)) > 0).sum() < (edge_pixels > 0).sum()
 
 
@@ -250,10 +273,32 @@ def editor_value(folder, layer="painted.png"):
     return {"background": background, "layers": [handle_file(str(folder / layer))], "composite": background}
 
 
-def edit_request(condition, folder, task="inpaint", num_images=2, guidance=3.0, steps=STEPS, seed=0, show=False,
-                 strength=0.6, noise_level=0.2, layer="painted.png"):  # fmt: skip
-    return (*condition, num_images, guidance, steps, SAVED_SAMPLER, seed, show, editor_value(folder, layer), task,
-            strength, noise_level)  # fmt: skip
+def edit_request(
+    condition,
+    folder,
+    task="inpaint",
+    num_images=2,
+    guidance=3.0,
+    steps=STEPS,
+    seed=0,
+    show=False,
+    strength=0.6,
+    noise_level=0.2,
+    layer="painted.png",
+):
+    return (
+        *condition,
+        num_images,
+        guidance,
+        steps,
+        SAVED_SAMPLER,
+        seed,
+        show,
+        editor_value(folder, layer),
+        task,
+        strength,
+        noise_level,
+    )
 
 
 def test_class_tab_inpaints_what_was_painted_as_the_pipeline_does(app, pipes, edit_files):
@@ -268,9 +313,15 @@ def test_class_tab_inpaints_what_was_painted_as_the_pipeline_does(app, pipes, ed
     mask = np.zeros((8, 8), dtype=np.uint8)
     mask[4:] = 255
     again = ClassConditionalInpaintPipeline.from_pipe(pipes[0]["digits"])(
-        image=digit, mask_image=mask, class_labels=["dog"], num_images_per_label=2, num_inference_steps=STEPS,
-        guidance_scale=3.0, generator=[torch.Generator().manual_seed(s) for s in (3, 4)], output_type="np",
-    ).images  # fmt: skip
+        image=digit,
+        mask_image=mask,
+        class_labels=["dog"],
+        num_images_per_label=2,
+        num_inference_steps=STEPS,
+        guidance_scale=3.0,
+        generator=[torch.Generator().manual_seed(s) for s in (3, 4)],
+        output_type="np",
+    ).images
     np.testing.assert_array_equal(images, (again[..., 0] * 255).round().astype(np.uint8))
 
 
@@ -308,17 +359,26 @@ def test_edit_modes_of_the_text_and_unconditional_tabs_stream_the_denoising(app,
         # the sliders and dropdowns check their own ranges and choices, with Gradio's messages
         ("/generate_digits", class_request(["cat"], steps=0), "Value 0 is less than minimum value 1"),
         ("/generate_digits", class_request(["cat"], sampler="LMS"), "Value: LMS is not in the list of choices"),
-        ("/generate_sd", ("a cat", "", 100, SD_SIZE, 1, 2, 7.5, SAVED_SAMPLER, 0), "`width` 100 must be a positive "
-         "multiple of 8 (e.g. 96)"),
+        (
+            "/generate_sd",
+            ("a cat", "", 100, SD_SIZE, 1, 2, 7.5, SAVED_SAMPLER, 0),
+            "`width` 100 must be a positive multiple of 8 (e.g. 96)",
+        ),
         ("/generate_sd", ("", "", SD_SIZE, SD_SIZE, 1, 2, 7.5, SAVED_SAMPLER, 0), "`prompt` is empty"),
-        ("/generate_controlnet_canny", (None, 100, 200, "a robot", "", 1, 2, 7.5, SAVED_SAMPLER, 0),
-         "`image` is missing: upload a photo"),
-        ("/edit_digits", ([["cat"]], 1, 3.0, STEPS, SAVED_SAMPLER, 0, False, None, "inpaint", 0.6, 0.2),
-         "`image` is missing: upload the image to edit"),
+        (
+            "/generate_controlnet_canny",
+            (None, 100, 200, "a robot", "", 1, 2, 7.5, SAVED_SAMPLER, 0),
+            "`image` is missing: upload a photo",
+        ),
+        (
+            "/edit_digits",
+            ([["cat"]], 1, 3.0, STEPS, SAVED_SAMPLER, 0, False, None, "inpaint", 0.6, 0.2),
+            "`image` is missing: upload the image to edit",
+        ),
         ("/edit_digits", "EDIT unpainted", "Nothing is painted: paint over the part of the image to fill"),
         ("/edit_digits", "EDIT strength 0.1", "`strength` 0.1 of 3 steps gives no denoising step"),
     ],
-)  # fmt: skip
+)
 def test_bad_input_gets_a_message_and_the_app_keeps_serving(app, edit_files, api_name, request_values, message):
     client, _ = app
     if request_values == "EDIT unpainted":
@@ -340,18 +400,27 @@ def test_upscale_tab_gives_the_pipelines_images_and_streams_the_denoising(app, p
     client, _ = app
     small = np.random.default_rng(1).integers(0, 256, (4, 4), dtype=np.uint8)
     Image.fromarray(small).save(tmp_path / "small.png")
-    gallery, info = client.predict(*upscale_request(handle_file(str(tmp_path / "small.png")), seed=3),
-                                   api_name="/upscale_upscaler")  # fmt: skip
+    gallery, info = client.predict(
+        *upscale_request(handle_file(str(tmp_path / "small.png")), seed=3), api_name="/upscale_upscaler"
+    )
     images = gallery_arrays(gallery)
     assert [item["caption"] for item in gallery] == ["dog · seed 3", "dog · seed 4"]
     assert info.startswith("2 images of 8x8") and "upscale: DDPMScheduler, 3 steps, noise level 0.2" in info
     again = pipes[0]["upscaler"](
-        image=small, class_labels="dog", num_images_per_image=2, num_inference_steps=STEPS, noise_level=0.2,
-        guidance_scale=1.0, generator=[torch.Generator().manual_seed(s) for s in (3, 4)], output_type="np",
-    ).images  # fmt: skip
+        image=small,
+        class_labels="dog",
+        num_images_per_image=2,
+        num_inference_steps=STEPS,
+        noise_level=0.2,
+        guidance_scale=1.0,
+        generator=[torch.Generator().manual_seed(s) for s in (3, 4)],
+        output_type="np",
+    ).images
     np.testing.assert_array_equal(images, (again[..., 0] * 255).round().astype(np.uint8))
-    job = client.submit(*upscale_request(handle_file(str(tmp_path / "small.png")), num_images=1, show=True),
-                        api_name="/upscale_upscaler")  # fmt: skip
+    job = client.submit(
+        *upscale_request(handle_file(str(tmp_path / "small.png")), num_images=1, show=True),
+        api_name="/upscale_upscaler",
+    )
     job.result()
     assert job.outputs()[0][1] == "Step 1/3: the clean images predicted so far."
 
@@ -394,8 +463,19 @@ def test_canny_thresholds_in_the_wrong_order_get_canny_s_message(app, tmp_path):
     photo = tmp_path / "astronaut.png"
     Image.fromarray(astronaut()).resize((SD_SIZE, SD_SIZE)).save(photo)
     with pytest.raises(AppError) as error:
-        client.predict(handle_file(str(photo)), 200, 100, "a robot", "", 1, 2, 7.5, SAVED_SAMPLER, 0,
-                       api_name="/generate_controlnet_canny")  # fmt: skip
+        client.predict(
+            handle_file(str(photo)),
+            200,
+            100,
+            "a robot",
+            "",
+            1,
+            2,
+            7.5,
+            SAVED_SAMPLER,
+            0,
+            api_name="/generate_controlnet_canny",
+        )
     assert "0 <= low_threshold < high_threshold <= 255" in str(error.value)
 
 
@@ -426,8 +506,11 @@ def photo_files(tmp_path_factory):
 
 def sd_edit_request(folder, prompt="a cat", strength=0.5, blur=0, num_images=1, steps=2, seed=0, layer=True):
     background = handle_file(str(folder / "photo.png"))
-    editor = {"background": background, "layers": [handle_file(str(folder / "painted.png"))] if layer else [],
-              "composite": background}  # fmt: skip
+    editor = {
+        "background": background,
+        "layers": [handle_file(str(folder / "painted.png"))] if layer else [],
+        "composite": background,
+    }
     return (editor, prompt, "", strength, blur, num_images, steps, 7.5, SAVED_SAMPLER, seed)
 
 
@@ -438,8 +521,15 @@ def test_sd_img2img_tab_gives_the_img2img_pipelines_images(app, pipes, photo_fil
     assert "img2img: DDIMScheduler, 2 steps, strength 0.5" in info
     pipe = task_pipeline(pipes[1]["stable_diffusion"], "img2img")
     with Image.open(photo_files / "photo.png") as photo:
-        expected = pipe("a cat", image=photo.convert("RGB"), strength=0.5, num_inference_steps=2, guidance_scale=7.5,
-                        generator=[torch.Generator().manual_seed(5)], output_type="np").images[0]  # fmt: skip
+        expected = pipe(
+            "a cat",
+            image=photo.convert("RGB"),
+            strength=0.5,
+            num_inference_steps=2,
+            guidance_scale=7.5,
+            generator=[torch.Generator().manual_seed(5)],
+            output_type="np",
+        ).images[0]
     np.testing.assert_allclose(gallery_arrays(gallery)[1] / 255, expected, atol=1 / 255 + 1e-6)
 
 

@@ -17,8 +17,8 @@ from diffusers import UNet2DConditionModel
 from gradio_client import Client
 from PIL import Image
 
-from diffkit.pipelines import app
-from diffkit.pipelines.app import (
+from diffkit import app
+from diffkit.app import (
     SAVED_SAMPLER,
     api_name_for,
     build_parser,
@@ -44,7 +44,7 @@ def start_app(argv, log_path, env=None, cwd=REPO_ROOT, command=None):
     """Start the app in its own process; return it with its URL once the page answers."""
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}
-    command = command or [sys.executable, "-m", "diffkit.pipelines.app"]
+    command = command or [sys.executable, "-m", "diffkit.app"]
     with open(log_path, "w") as log:
         process = subprocess.Popen([*command, *argv, "--port", str(port)], cwd=cwd, env=env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}/"

@@ -1,4 +1,4 @@
-"""`diffkit-push --space_id`: a Gradio Space whose app is `pipelines/app.py` unchanged, run here as the
+"""`diffkit-push --space_id`: a Gradio Space whose app is `diffkit/app.py` unchanged, run here as the
 Space would run it (without diffkit installed), against the test Hub on 127.0.0.1."""
 
 import os
@@ -12,8 +12,8 @@ from diffusers import UNet2DConditionModel
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from diffkit.pipelines.app import SAVED_SAMPLER, api_name_for
-from diffkit.pipelines.push import APP_SOURCE_FILE
+from diffkit.app import SAVED_SAMPLER, api_name_for
+from diffkit.push import APP_SOURCE_FILE
 
 from .hub_server import HubServer
 from .test_app_command import start_app, stop_app
@@ -39,10 +39,13 @@ def pushed_space(tmp_path_factory):
     with HubServer(required_token=WRITE_TOKEN) as hub:
         env = hub_environment(hub, tmp_path)
         result = subprocess.run(
-            [sys.executable, "-m", "diffkit.pipelines.push", str(tmp_path / "digits"), MODEL_ID,
-             "--space_id", SPACE_ID],
-            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+            [sys.executable, "-m", "diffkit.push", str(tmp_path / "digits"), MODEL_ID, "--space_id", SPACE_ID],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert_ran(result)
         yield hub, env, pipe, result.stdout, tmp_path
 
@@ -74,27 +77,47 @@ def test_the_space_app_runs_without_diffkit_and_makes_the_pipelines_images(pushe
         (space_folder / path).write_bytes(content)
     command = [sys.executable, "-c", RUN_SPACE]
     # on a Space it listens on 0.0.0.0; here the later --host keeps it on this machine
-    process, url = start_app(["--host", "127.0.0.1"], tmp_path / "space.log", env=env, cwd=space_folder,
-                             command=command)  # fmt: skip
+    process, url = start_app(
+        ["--host", "127.0.0.1"], tmp_path / "space.log", env=env, cwd=space_folder, command=command
+    )
     digit = np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8)
     Image.fromarray(digit).save(tmp_path / "digit.png")
     painted = np.zeros((8, 8, 4), dtype=np.uint8)
     painted[4:] = 255
     Image.fromarray(painted, "RGBA").save(tmp_path / "painted.png")
-    editor = {"background": handle_file(str(tmp_path / "digit.png")), "layers": [handle_file(str(tmp_path /
-              "painted.png"))], "composite": handle_file(str(tmp_path / "digit.png"))}  # fmt: skip
+    editor = {
+        "background": handle_file(str(tmp_path / "digit.png")),
+        "layers": [handle_file(str(tmp_path / "painted.png"))],
+        "composite": handle_file(str(tmp_path / "digit.png")),
+    }
     try:
         client = Client(url, verbose=False)
         api_name = api_name_for(MODEL_ID, [])
         gallery, info = client.predict(["bird"], 2, 3.0, 3, SAVED_SAMPLER, 4, False, api_name="/" + api_name)
         # the edit mode, with the inpainting pipeline file the Space holds beside the app
-        edited, _ = client.predict(["bird"], 1, 3.0, 3, SAVED_SAMPLER, 4, False, editor, "inpaint", 0.6, 0.2,
-                                   api_name="/" + api_name.replace("generate_", "edit_"))  # fmt: skip
+        edited, _ = client.predict(
+            ["bird"],
+            1,
+            3.0,
+            3,
+            SAVED_SAMPLER,
+            4,
+            False,
+            editor,
+            "inpaint",
+            0.6,
+            0.2,
+            api_name="/" + api_name.replace("generate_", "edit_"),
+        )
     finally:
         stop_app(process)
     np.testing.assert_array_equal(np.asarray(Image.open(edited[0]["image"]))[:4], digit[:4])
-    expected = pipe(class_labels=["bird", "bird"], num_inference_steps=3, output_type="np",
-                    generator=[torch.Generator().manual_seed(s) for s in (4, 5)]).images  # fmt: skip
+    expected = pipe(
+        class_labels=["bird", "bird"],
+        num_inference_steps=3,
+        output_type="np",
+        generator=[torch.Generator().manual_seed(s) for s in (4, 5)],
+    ).images
     served = np.stack([np.asarray(Image.open(item["image"])) for item in gallery])
     np.testing.assert_array_equal(served, (expected[..., 0] * 255).round().astype(np.uint8))
     assert info.startswith("2 images of 8x8")

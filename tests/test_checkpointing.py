@@ -170,12 +170,24 @@ def test_resuming_with_other_flags_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"was made by a different run \(--learning_rate 0.001 -> 0.002\)"):
         parse_args(["--output_dir", str(tmp_path), "--resume_from_checkpoint", "latest", "--learning_rate", "2e-3"])
     # flags that do not change the run may differ
-    parse_args(["--output_dir", str(tmp_path), "--resume_from_checkpoint", "latest", "--learning_rate", "1e-3",
-                "--checkpointing_steps", "7"])  # fmt: skip
+    parse_args(
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--resume_from_checkpoint",
+            "latest",
+            "--learning_rate",
+            "1e-3",
+            "--checkpointing_steps",
+            "7",
+        ]
+    )
 
 
-@pytest.mark.parametrize("flag, value", [("--checkpoints_total_limit", "0"), ("--checkpoints_total_limit", "-2"),
-                                         ("--checkpointing_steps", "0")])  # fmt: skip
+@pytest.mark.parametrize(
+    "flag, value",
+    [("--checkpoints_total_limit", "0"), ("--checkpoints_total_limit", "-2"), ("--checkpointing_steps", "0")],
+)
 def test_non_positive_checkpoint_settings_are_rejected(tmp_path, flag, value):
     with pytest.raises(ValueError, match=f"`{flag}` must be a positive integer, but is {value}"):
         parse_args(["--output_dir", str(tmp_path), flag, value])
@@ -185,10 +197,27 @@ def test_non_positive_checkpoint_settings_are_rejected(tmp_path, flag, value):
 def test_rotation_keeps_exactly_the_newest_complete_checkpoints(tmp_path):
     output_dir = tmp_path / "out"
     result = run_accelerate_launch(
-        ["--max_train_samples", "16", "--train_batch_size", "8", "--max_train_steps", "7", "--checkpointing_steps",
-         "2", "--checkpoints_total_limit", "2", "--resolution", "16", "--num_inference_steps", "1",
-         "--num_samples_per_class", "1", "--output_dir", str(output_dir)]
-    )  # fmt: skip
+        [
+            "--max_train_samples",
+            "16",
+            "--train_batch_size",
+            "8",
+            "--max_train_steps",
+            "7",
+            "--checkpointing_steps",
+            "2",
+            "--checkpoints_total_limit",
+            "2",
+            "--resolution",
+            "16",
+            "--num_inference_steps",
+            "1",
+            "--num_samples_per_class",
+            "1",
+            "--output_dir",
+            str(output_dir),
+        ]
+    )
     assert_launch_succeeded(result)
     assert sorted(p.name for p in output_dir.iterdir() if p.name.startswith(("checkpoint", ".checkpoint"))) == [
         "checkpoint-4",

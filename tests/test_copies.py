@@ -32,8 +32,14 @@ def test_every_marked_copy_in_the_repository_equals_its_source():
     marked = [copy for file in python_files() for copy in find_copies(file)]
     # the shared methods of the three pipeline files are marked (not only a few of them)
     references = {copy.reference.rsplit(".", 1)[-1] for copy in marked}
-    assert {"save_config", "_dict_from_json_file", "prepare_extra_step_kwargs", "predict_original_sample",
-            "prepare_latents", "postprocess_image"} <= references  # fmt: skip
+    assert {
+        "save_config",
+        "_dict_from_json_file",
+        "prepare_extra_step_kwargs",
+        "predict_original_sample",
+        "prepare_latents",
+        "postprocess_image",
+    } <= references
     assert check_copies(root=REPO_ROOT) == []
 
 

@@ -31,9 +31,11 @@ def test_the_film_records_every_step_and_changes_nothing(tiny_condition_unet, sc
     plain = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).images
     film = DenoisingFilm(frame_scale=2)
     filmed = pipe(
-        **kwargs, generator=torch.Generator().manual_seed(0), callback_on_step_end=film,
+        **kwargs,
+        generator=torch.Generator().manual_seed(0),
+        callback_on_step_end=film,
         callback_on_step_end_tensor_inputs=film.tensor_inputs,
-    ).images  # fmt: skip
+    ).images
     torch.testing.assert_close(filmed, plain, rtol=0, atol=0)
     assert len(film.frames) == STEPS and film.timesteps == pipe.scheduler.timesteps.tolist()
     assert film.frames[0].shape == (3, 1, 8, 8) and 0 <= film.frames[0].min() <= film.frames[0].max() <= 1
@@ -49,9 +51,11 @@ def test_the_unconditional_pipeline_films_too(tiny_unet2d, scheduler_class):
     plain = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).images
     film = DenoisingFilm()
     filmed = pipe(
-        **kwargs, generator=torch.Generator().manual_seed(0), callback_on_step_end=film,
+        **kwargs,
+        generator=torch.Generator().manual_seed(0),
+        callback_on_step_end=film,
         callback_on_step_end_tensor_inputs=film.tensor_inputs,
-    ).images  # fmt: skip
+    ).images
     torch.testing.assert_close(filmed, plain, rtol=0, atol=0)
     assert len(film.frames) == STEPS and film.frames[0].shape == (2, 1, 8, 8)
     # the last estimate of DDPM is the image itself (its last step returns x_0)
@@ -64,8 +68,12 @@ def test_the_unconditional_pipeline_films_too(tiny_unet2d, scheduler_class):
 def test_strip_and_gif_files(tiny_condition_unet, tmp_path):
     pipe = make_class_pipeline(tiny_condition_unet, DDPMScheduler(num_train_timesteps=100))
     film = DenoisingFilm(frame_scale=3)
-    pipe(class_labels=[0, 1], num_inference_steps=5, callback_on_step_end=film,
-         callback_on_step_end_tensor_inputs=film.tensor_inputs)  # fmt: skip
+    pipe(
+        class_labels=[0, 1],
+        num_inference_steps=5,
+        callback_on_step_end=film,
+        callback_on_step_end_tensor_inputs=film.tensor_inputs,
+    )
     strip = Image.open(film.save(str(tmp_path / "film.png")))
     assert strip.size == (5 * 8 * 3, 2 * 8 * 3)  # one column per step, one row per image
     # three evenly spaced frames: steps 0, 2 and 4; the last column is the last step's estimate
@@ -85,8 +93,12 @@ def test_film_errors_say_what_to_do(tiny_condition_unet, tmp_path):
         film.strip()
     with pytest.raises(ValueError, match="pass `callback_on_step_end_tensor_inputs=film.tensor_inputs`"):
         pipe(class_labels=[0], num_inference_steps=STEPS, callback_on_step_end=film)
-    pipe(class_labels=[0], num_inference_steps=STEPS, callback_on_step_end=film,
-         callback_on_step_end_tensor_inputs=film.tensor_inputs)  # fmt: skip
+    pipe(
+        class_labels=[0],
+        num_inference_steps=STEPS,
+        callback_on_step_end=film,
+        callback_on_step_end_tensor_inputs=film.tensor_inputs,
+    )
     with pytest.raises(ValueError, match="must end in .gif .* or .png"):
         film.save(str(tmp_path / "film.mp4"))
     with pytest.raises(ValueError, match="`frame_scale` must be a positive integer"):
@@ -98,8 +110,12 @@ def test_sigma_space_scheduler_estimates_come_from_the_scheduler(tiny_condition_
     # returns its own estimate, which the film records
     pipe = make_class_pipeline(tiny_condition_unet, EulerAncestralDiscreteScheduler(num_train_timesteps=100))
     film = DenoisingFilm()
-    pipe(class_labels=[0], num_inference_steps=STEPS, callback_on_step_end=film,
-         callback_on_step_end_tensor_inputs=film.tensor_inputs)  # fmt: skip
+    pipe(
+        class_labels=[0],
+        num_inference_steps=STEPS,
+        callback_on_step_end=film,
+        callback_on_step_end_tensor_inputs=film.tensor_inputs,
+    )
     assert len(film.frames) == STEPS
     with pytest.raises(ValueError, match="does not denoise in the variance-preserving form"):
         pipe.predict_original_sample(torch.zeros(1, 1, 8, 8), pipe.scheduler.timesteps[0], torch.zeros(1, 1, 8, 8))

@@ -10,8 +10,8 @@ from diffusers import DDPMScheduler
 from PIL import Image
 
 from diffkit import ClassConditionalInpaintPipeline, TextConditionalImagePipeline, UnconditionalImagePipeline
-from diffkit.pipelines.edit import build_parser, main
-from diffkit.pipelines.generate import PNG_METADATA_KEY
+from diffkit.cli.edit import build_parser, main
+from diffkit.cli.generate import PNG_METADATA_KEY
 
 from .test_inpaint import SIZE, digit_and_bottom_half_mask
 from .test_pipelines import make_class_pipeline
@@ -31,8 +31,20 @@ def files(tmp_path, tiny_condition_unet):
 
 
 def edit(files, *argv):
-    return main([*argv[:1], "--pipeline", str(files / "model"), "--image", str(files / "digit.png"),
-                 "--steps", "2", "--out", str(files / "edits"), *argv[1:]])  # fmt: skip
+    return main(
+        [
+            *argv[:1],
+            "--pipeline",
+            str(files / "model"),
+            "--image",
+            str(files / "digit.png"),
+            "--steps",
+            "2",
+            "--out",
+            str(files / "edits"),
+            *argv[1:],
+        ]
+    )
 
 
 def test_inpaint_end_to_end_keeps_the_known_pixels_and_records_the_parameters(files, capsys):
@@ -138,9 +150,12 @@ def test_unconditional_model_end_to_end(files, tiny_unet2d):
 def test_text_model_end_to_end(files, clip_tokenizer):  # noqa: F811
     torch.manual_seed(0)
     TextConditionalImagePipeline(
-        unet=tiny_text_unet(), scheduler=DDPMScheduler(num_train_timesteps=100), text_encoder=tiny_text_encoder(),
-        tokenizer=clip_tokenizer, max_text_length=MAX_TEXT_LENGTH,
-    ).save_pretrained(files / "model")  # fmt: skip
+        unet=tiny_text_unet(),
+        scheduler=DDPMScheduler(num_train_timesteps=100),
+        text_encoder=tiny_text_encoder(),
+        tokenizer=clip_tokenizer,
+        max_text_length=MAX_TEXT_LENGTH,
+    ).save_pretrained(files / "model")
     with pytest.raises(ValueError, match="is text-conditional: pass `--prompt`"):
         edit(files, "img2img")
     edit(files, "img2img", "--prompt", "a handwritten seven", "the digit 3", "--negative_prompt", "a blurry digit")
@@ -197,9 +212,11 @@ def test_upscale_end_to_end_with_either_stage(super_resolution_files):
     pipe = SuperResolutionPipeline.from_pretrained(files / "sr-class")
     pipe.set_progress_bar_config(disable=True)
     expected = pipe(
-        image=[Image.open(files / "small.png")] * 2, class_labels=["dog", 0], num_inference_steps=2,
+        image=[Image.open(files / "small.png")] * 2,
+        class_labels=["dog", 0],
+        num_inference_steps=2,
         generator=torch.Generator().manual_seed(0),
-    ).images  # fmt: skip
+    ).images
     np.testing.assert_array_equal(
         np.asarray(Image.open(files / "edits" / "upscale-dog-seed0-0.png")), np.asarray(expected[0])
     )
@@ -218,7 +235,7 @@ def test_upscale_end_to_end_with_either_stage(super_resolution_files):
         ("sr-class", [], "is class-conditional: pass `--class`"),
         ("sr", ["--image", "WIDE"], "is 6x4, but the stage upscales square 4x4 images"),
     ],
-)  # fmt: skip
+)
 def test_bad_upscale_input_is_a_clear_error(super_resolution_files, model, argv, message):
     files = super_resolution_files
     argv = [str(files / "wide.png") if a == "WIDE" else a for a in argv]

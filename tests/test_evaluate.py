@@ -36,10 +36,25 @@ def tiny_run(tmp_path_factory):
 def test_evaluate_command_on_a_tiny_model(tiny_run):
     output_dir = tiny_run
     result = subprocess.run(
-        [sys.executable, "-m", "diffkit.training.evaluate", str(output_dir), "--num_samples", "20",
-         "--num_inference_steps", "2", "--feature_resolution", "32", "--classifier_epochs", "1"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "diffkit.training.evaluate",
+            str(output_dir),
+            "--num_samples",
+            "20",
+            "--num_inference_steps",
+            "2",
+            "--feature_resolution",
+            "32",
+            "--classifier_epochs",
+            "1",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((output_dir / "metrics.json").read_text())
     assert metrics["num_samples"] == 20 and metrics["mobilenet_resolution"] == 32
@@ -51,8 +66,18 @@ def test_evaluate_command_on_a_tiny_model(tiny_run):
     # three optimisation steps make noise, far further from the real digits than real digits are from each other
     assert generated["FID-MobileNetV2"] > 2 * reference["FID-MobileNetV2"] > 0
     assert generated["FD-classifier"] > 2 * reference["FD-classifier"] > 0
-    assert set(metrics["class-accuracy-per-class"]) == {"zero", "one", "two", "three", "four", "five", "six",
-                                                         "seven", "eight", "nine"}  # fmt: skip
+    assert set(metrics["class-accuracy-per-class"]) == {
+        "zero",
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+    }
     assert "| FID-MobileNetV2 |" in result.stdout
 
 
@@ -132,10 +157,12 @@ def test_inception_metrics_go_through_torch_fidelity_when_it_is_there(monkeypatc
         return dict(zip(names, (12.5, 0.01, 2.0)))
 
     fake = types.SimpleNamespace(
-        FeatureExtractorInceptionV3=lambda name, features: None, calculate_metrics=calculate_metrics,
-        KEY_METRIC_FID="frechet_inception_distance", KEY_METRIC_KID_MEAN="kernel_inception_distance_mean",
+        FeatureExtractorInceptionV3=lambda name, features: None,
+        calculate_metrics=calculate_metrics,
+        KEY_METRIC_FID="frechet_inception_distance",
+        KEY_METRIC_KID_MEAN="kernel_inception_distance_mean",
         KEY_METRIC_ISC_MEAN="inception_score_mean",
-    )  # fmt: skip
+    )
     monkeypatch.setitem(sys.modules, "torch_fidelity", fake)
     inception_unavailable_reason.cache_clear()
     try:

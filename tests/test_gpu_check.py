@@ -39,9 +39,11 @@ def test_the_random_architectures_are_the_published_ones(name, build, parameters
 def test_without_a_gpu_the_check_stops_loudly(tmp_path):
     out = tmp_path / "gpu_check.md"
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.gpu_check", "--out", str(out)], cwd=REPO_ROOT, capture_output=True,
+        [sys.executable, "-m", "benchmarks.gpu_check", "--out", str(out)],
+        cwd=REPO_ROOT,
+        capture_output=True,
         text=True,
-    )  # fmt: skip
+    )
     assert result.returncode == gpu_check.NO_GPU_EXIT_STATUS
     assert "gpu_check: no CUDA GPU" in result.stderr and "nothing was measured" in result.stderr
     assert not out.exists()

@@ -17,7 +17,7 @@ from diffusers import DDPMScheduler
 from huggingface_hub import HfApi, ModelCard
 
 from diffkit import ClassConditionalImagePipeline
-from diffkit.pipelines.push import main as push_main
+from diffkit.push import main as push_main
 from diffkit.training.train import parse_args
 
 from .hub_server import HubServer
@@ -96,12 +96,25 @@ def pushed_run(hub, tmp_path_factory):
     output_dir = tmp_path / "out"
     unet_config = write_unet_config(tmp_path, TINY_CONDITION_UNET_CONFIG, "unet.json")
     result = run_accelerate_launch(
-        [*QUICK_RUN, "--output_dir", str(output_dir), "--model_config_name_or_path", unet_config,
-         "--checkpointing_steps", "1", "--checkpoints_total_limit", "2", "--push_to_hub", "--hub_model_id", REPO_ID,
-         "--push_checkpoints",
-         "--model_license", "mit"],
+        [
+            *QUICK_RUN,
+            "--output_dir",
+            str(output_dir),
+            "--model_config_name_or_path",
+            unet_config,
+            "--checkpointing_steps",
+            "1",
+            "--checkpoints_total_limit",
+            "2",
+            "--push_to_hub",
+            "--hub_model_id",
+            REPO_ID,
+            "--push_checkpoints",
+            "--model_license",
+            "mit",
+        ],
         env=hub_environment(hub, tmp_path),
-    )  # fmt: skip
+    )
     assert_launch_succeeded(result)
     return output_dir, result
 
@@ -110,9 +123,16 @@ def pushed_run(hub, tmp_path_factory):
 def test_push_from_training_uploads_a_self_contained_repo(hub, pushed_run):
     output_dir, result = pushed_run
     files = hub.files(REPO_ID)
-    expected = {"model_index.json", "pipeline_class_conditional_image.py", "README.md", "samples.png",
-                "training_config.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
-                "scheduler/scheduler_config.json"}  # fmt: skip
+    expected = {
+        "model_index.json",
+        "pipeline_class_conditional_image.py",
+        "README.md",
+        "samples.png",
+        "training_config.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "scheduler/scheduler_config.json",
+    }
     assert expected <= set(files)
     # checkpoints 1-3 were pushed as they were written; rotation deleted checkpoint-1 locally and in the repo
     pushed_checkpoints = {path.split("/")[1] for path in files if path.startswith("checkpoints/")}
@@ -242,9 +262,13 @@ def test_push_command_adds_a_commit_to_an_existing_repo(hub, pushed_run, tmp_pat
     output_dir, _ = pushed_run
     commits_before = len(hub.repos[REPO_ID].commits)
     result = subprocess.run(
-        [sys.executable, "-m", "diffkit.pipelines.push", str(output_dir), REPO_ID, "--commit_message", "Push again"],
-        cwd=REPO_ROOT, env=hub_environment(hub, tmp_path), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [sys.executable, "-m", "diffkit.push", str(output_dir), REPO_ID, "--commit_message", "Push again"],
+        cwd=REPO_ROOT,
+        env=hub_environment(hub, tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert_ran(result)
     commits = hub.repos[REPO_ID].commits
     assert len(commits) == commits_before + 2
@@ -346,8 +370,11 @@ def test_pushed_super_resolution_stage_loads_without_diffkit_and_gives_identical
         from tests.test_super_resolution import make_stage
         stage = make_stage(class_conditional=True, noise_level=0.2)
         """
-    assert_ran(run_python([push, UPSCALE, f"stage.push_to_hub({repo_id!r})"], hub_environment(hub, tmp_path),
-                          tmp_path / "pushed.npy"))  # fmt: skip
+    assert_ran(
+        run_python(
+            [push, UPSCALE, f"stage.push_to_hub({repo_id!r})"], hub_environment(hub, tmp_path), tmp_path / "pushed.npy"
+        )
+    )
     assert "pipeline_super_resolution.py" in hub.files(repo_id)
     load = [
         WITHOUT_DIFFKIT,
@@ -374,15 +401,23 @@ def test_failed_push_after_training_keeps_the_outputs_and_says_how_to_push_again
     hub.fail_commits = True
     try:
         result = run_accelerate_launch(
-            [*QUICK_RUN, "--output_dir", str(output_dir), "--model_config_name_or_path", unet_config,
-             "--push_to_hub", "--hub_model_id", "diffkit-tests/fails"],
+            [
+                *QUICK_RUN,
+                "--output_dir",
+                str(output_dir),
+                "--model_config_name_or_path",
+                unet_config,
+                "--push_to_hub",
+                "--hub_model_id",
+                "diffkit-tests/fails",
+            ],
             env=hub_environment(hub, tmp_path),
-        )  # fmt: skip
+        )
     finally:
         hub.fail_commits = False
     assert result.returncode == 1
     assert "500" in result.stderr
-    assert f"python -m diffkit.pipelines.push {output_dir} diffkit-tests/fails" in result.stderr
+    assert f"python -m diffkit.push {output_dir} diffkit-tests/fails" in result.stderr
     assert f"Training finished and its outputs are saved in {output_dir}" in result.stderr
     assert (output_dir / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert (output_dir / "samples.png").is_file()
@@ -394,9 +429,13 @@ def test_push_command_to_an_unreachable_hub_keeps_the_folder(pushed_run, tmp_pat
     before = sorted(str(p.relative_to(output_dir)) for p in output_dir.rglob("*"))
     env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path), "HF_TOKEN": WRITE_TOKEN}
     result = subprocess.run(
-        [sys.executable, "-m", "diffkit.pipelines.push", str(output_dir), "someone/model"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [sys.executable, "-m", "diffkit.push", str(output_dir), "someone/model"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 1
     assert "could not be reached" in result.stderr and "Local files are untouched" in result.stderr
     assert sorted(str(p.relative_to(output_dir)) for p in output_dir.rglob("*")) == before
@@ -469,12 +508,24 @@ print("loaded as", type(pipe).__module__, type(pipe).__name__)
 @pytest.mark.slow
 def test_text_pipeline_pushed_from_training_loads_both_ways(hub, tiny_clip_folder, tmp_path):
     output_dir = tmp_path / "out"
-    args = [*text_run_args(tmp_path, tiny_clip_folder), "--output_dir", str(output_dir),
-            "--push_to_hub", "--hub_model_id", TEXT_REPO_ID]  # fmt: skip
+    args = [
+        *text_run_args(tmp_path, tiny_clip_folder),
+        "--output_dir",
+        str(output_dir),
+        "--push_to_hub",
+        "--hub_model_id",
+        TEXT_REPO_ID,
+    ]
     assert_launch_succeeded(run_accelerate_launch(args, env=hub_environment(hub, tmp_path)))
     files = hub.files(TEXT_REPO_ID)
-    assert {"pipeline_text_conditional_image.py", "text_encoder/model.safetensors", "tokenizer/tokenizer_config.json",
-            "unet/diffusion_pytorch_model.safetensors", "README.md", "samples.png"} <= set(files)  # fmt: skip
+    assert {
+        "pipeline_text_conditional_image.py",
+        "text_encoder/model.safetensors",
+        "tokenizer/tokenizer_config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "README.md",
+        "samples.png",
+    } <= set(files)
     card_file = tmp_path / "README.md"
     card_file.write_bytes(files["README.md"])
     card = ModelCard.load(card_file)
@@ -482,17 +533,26 @@ def test_text_pipeline_pushed_from_training_loads_both_ways(hub, tiny_clip_folde
 
     env = hub_environment(hub, tmp_path, token=None)
     with_diffkit = run_python(
-        [f"import sys\nfrom diffkit import TextConditionalImagePipeline\n"
-         f"pipe = TextConditionalImagePipeline.from_pretrained({TEXT_REPO_ID!r})", GENERATE_FROM_PROMPTS],
-        env, tmp_path / "diffkit.npy",
-    )  # fmt: skip
+        [
+            f"import sys\nfrom diffkit import TextConditionalImagePipeline\n"
+            f"pipe = TextConditionalImagePipeline.from_pretrained({TEXT_REPO_ID!r})",
+            GENERATE_FROM_PROMPTS,
+        ],
+        env,
+        tmp_path / "diffkit.npy",
+    )
     assert_ran(with_diffkit)
     assert "pipelines.pipeline_text_conditional_image TextConditionalImagePipeline" in with_diffkit.stdout
     without_diffkit = run_python(
-        [WITHOUT_DIFFKIT, f"import sys\nfrom diffusers import DiffusionPipeline\n"
-         f"pipe = DiffusionPipeline.from_pretrained({TEXT_REPO_ID!r}, trust_remote_code=True)", GENERATE_FROM_PROMPTS],
-        env, tmp_path / "remote_code.npy",
-    )  # fmt: skip
+        [
+            WITHOUT_DIFFKIT,
+            f"import sys\nfrom diffusers import DiffusionPipeline\n"
+            f"pipe = DiffusionPipeline.from_pretrained({TEXT_REPO_ID!r}, trust_remote_code=True)",
+            GENERATE_FROM_PROMPTS,
+        ],
+        env,
+        tmp_path / "remote_code.npy",
+    )
     assert_ran(without_diffkit)
     assert "pipelines.pipeline_text" not in without_diffkit.stdout  # the class came from the repo's file
     images = np.load(tmp_path / "diffkit.npy")

@@ -12,9 +12,9 @@ from diffusers.models.attention_processor import FusedAttnProcessor2_0
 from PIL import Image
 from skimage.data import astronaut
 
+from diffkit.cli.generate import PNG_METADATA_KEY
+from diffkit.cli.generate import main as generate_main
 from diffkit.pipelines.canny import canny_edges
-from diffkit.pipelines.generate import PNG_METADATA_KEY
-from diffkit.pipelines.generate import main as generate_main
 from diffkit.pipelines.loaders import (
     UPSCALER_MAX_UNTILED_SIDE,
     check_strength,
@@ -92,8 +92,15 @@ LOADERS = {
 @pytest.mark.parametrize("name", sorted(LOADERS))
 def test_each_loader_returns_the_diffusers_pipeline_with_the_options_applied(models, name):
     loader, folder, class_name = LOADERS[name]
-    pipe = loader(models[folder], dtype="bf16", scheduler="dpm++2m", vae_slicing=True, vae_tiling=True,
-                  channels_last=True, fuse_qkv=True)  # fmt: skip
+    pipe = loader(
+        models[folder],
+        dtype="bf16",
+        scheduler="dpm++2m",
+        vae_slicing=True,
+        vae_tiling=True,
+        channels_last=True,
+        fuse_qkv=True,
+    )
     assert type(pipe).__name__ == class_name
     assert pipe.unet.dtype == torch.bfloat16 and pipe.device.type == "cpu"
     assert isinstance(pipe.scheduler, DPMSolverMultistepScheduler)
@@ -235,16 +242,21 @@ def test_the_fp16_vae_guard_on_the_sdxl_image_paths(models, photo, mask, name):
     "loader, folder, message",
     [
         (load_stable_diffusion_img2img, "sd_inpaint", "9 input channels: it is an inpainting checkpoint"),
-        (load_stable_diffusion_inpaint, "sd", "4 input channels: it is a text-to-image checkpoint.*needs an "
-         "inpainting checkpoint such as 'stable-diffusion-v1-5/stable-diffusion-inpainting'"),
+        (
+            load_stable_diffusion_inpaint,
+            "sd",
+            "4 input channels: it is a text-to-image checkpoint.*needs an "
+            "inpainting checkpoint such as 'stable-diffusion-v1-5/stable-diffusion-inpainting'",
+        ),
         (load_sdxl_inpaint, "sdxl", "4 input channels.*'diffusers/stable-diffusion-xl-1.0-inpainting-0.1'"),
         (load_sdxl_img2img, "sdxl_inpaint", "9 input channels"),
         (load_upscaler, "sd", "4 input channels.*needs the x4 upscaler"),
         (load_stable_diffusion_img2img, "upscaler", "7 input channels: it is the x4 upscaler"),
     ],
-)  # fmt: skip
-def test_a_checkpoint_for_another_task_is_refused_before_its_weights_load(models, loader, folder, message,
-                                                                           monkeypatch):  # fmt: skip
+)
+def test_a_checkpoint_for_another_task_is_refused_before_its_weights_load(
+    models, loader, folder, message, monkeypatch
+):
     from diffkit.pipelines import loaders
 
     def no_loading(*args, **kwargs):
@@ -324,38 +336,109 @@ def test_generate_img2img_inpaint_and_upscale_end_to_end(models, photo, mask, tm
     mask.resize((SIZE + 4, SIZE)).save(mask_path)
     common = ["--prompt", "a cat", "--steps", "2", "--seed", "3"]
 
-    generate_main(["img2img", "--model", models["sd"], "--image", str(photo_path), "--strength", "0.5",
-                   "--num_images", "2", *common, "--out", str(tmp_path / "img2img")])  # fmt: skip
+    generate_main(
+        [
+            "img2img",
+            "--model",
+            models["sd"],
+            "--image",
+            str(photo_path),
+            "--strength",
+            "0.5",
+            "--num_images",
+            "2",
+            *common,
+            "--out",
+            str(tmp_path / "img2img"),
+        ]
+    )
     images = saved(tmp_path / "img2img")
     assert sorted(images) == ["img2img-seed3-0.png", "img2img-seed3-1.png"]
     pixels, parameters = images["img2img-seed3-1.png"]
     assert pixels.shape == (SIZE, SIZE, 3) and parameters["strength"] == 0.5 and parameters["image_index"] == 1
 
-    generate_main(["img2img", "--model", models["sdxl"], "--image", str(photo_path), "--width", "72", *common,
-                   "--canny", "--controlnet", models["controlnet_sdxl"],
-                   "--out", str(tmp_path / "canny")])  # fmt: skip
+    generate_main(
+        [
+            "img2img",
+            "--model",
+            models["sdxl"],
+            "--image",
+            str(photo_path),
+            "--width",
+            "72",
+            *common,
+            "--canny",
+            "--controlnet",
+            models["controlnet_sdxl"],
+            "--out",
+            str(tmp_path / "canny"),
+        ]
+    )
     pixels, parameters = saved(tmp_path / "canny")["img2img-seed3-0.png"]
     assert pixels.shape == (SIZE, 72, 3) and parameters["canny"] and parameters["strength"] == 0.75
 
-    generate_main(["inpaint", "--model", models["sd_inpaint"], "--image", str(photo_path), "--mask", str(mask_path),
-                   "--mask_blur", "4", "--padding_mask_crop", "8", *common,
-                   "--out", str(tmp_path / "inpaint")])  # fmt: skip
+    generate_main(
+        [
+            "inpaint",
+            "--model",
+            models["sd_inpaint"],
+            "--image",
+            str(photo_path),
+            "--mask",
+            str(mask_path),
+            "--mask_blur",
+            "4",
+            "--padding_mask_crop",
+            "8",
+            *common,
+            "--out",
+            str(tmp_path / "inpaint"),
+        ]
+    )
     pixels, parameters = saved(tmp_path / "inpaint")["inpaint-seed3-0.png"]
     assert pixels.shape == (SIZE, SIZE, 3) and parameters["strength"] == 1.0 and parameters["mask_blur"] == 4
 
     small = tmp_path / "small.png"
     photo.resize((24, 16)).save(small)
     for name, extra in (("whole", []), ("tiled", ["--tile_size", "16"])):
-        generate_main(["upscale", "--model", models["upscaler"], "--image", str(small), "--noise_level", "50",
-                       *extra, *common, "--out", str(tmp_path / name)])  # fmt: skip
+        generate_main(
+            [
+                "upscale",
+                "--model",
+                models["upscaler"],
+                "--image",
+                str(small),
+                "--noise_level",
+                "50",
+                *extra,
+                *common,
+                "--out",
+                str(tmp_path / name),
+            ]
+        )
         pixels, parameters = saved(tmp_path / name)["upscale-seed3-0.png"]
         assert pixels.shape == (64, 96, 3) and parameters["noise_level"] == 50
 
     # the same seed gives the same image
-    generate_main(["img2img", "--model", models["sd"], "--image", str(photo_path), "--strength", "0.5",
-                   "--num_images", "2", *common, "--out", str(tmp_path / "again")])  # fmt: skip
-    np.testing.assert_array_equal(saved(tmp_path / "again")["img2img-seed3-1.png"][0],
-                                  images["img2img-seed3-1.png"][0])  # fmt: skip
+    generate_main(
+        [
+            "img2img",
+            "--model",
+            models["sd"],
+            "--image",
+            str(photo_path),
+            "--strength",
+            "0.5",
+            "--num_images",
+            "2",
+            *common,
+            "--out",
+            str(tmp_path / "again"),
+        ]
+    )
+    np.testing.assert_array_equal(
+        saved(tmp_path / "again")["img2img-seed3-1.png"][0], images["img2img-seed3-1.png"][0]
+    )
 
 
 @pytest.mark.parametrize(
@@ -373,20 +456,27 @@ def test_generate_img2img_inpaint_and_upscale_end_to_end(models, photo, mask, tm
         (["upscale", "--image", "{photo}", "--canny"], "`--canny` works with img2img only"),
         (["upscale", "--image", "{photo}", "--strength", "0.5"], "--strength, --width and --height do not apply"),
         (["upscale", "--image", "{photo}", "--tile_size", "0"], "`--tile_size` must be a multiple of 8"),
-        (["upscale", "--model", "{upscaler}", "--image", "{photo}", "--noise_level", "400"],
-         r"`noise_level` must be a whole number in \[0, 350\]"),
+        (
+            ["upscale", "--model", "{upscaler}", "--image", "{photo}", "--noise_level", "400"],
+            r"`noise_level` must be a whole number in \[0, 350\]",
+        ),
         (["upscale", "--model", "{upscaler}", "--image", "{large}"], "larger than 256 px a side.*--tile_size"),
         (["upscale", "--model", "{sd}", "--image", "{photo}"], "is not an x4 upscaler"),
         (["img2img", "--model", "{sd_inpaint}", "--image", "{photo}"], "9 input channels: it is an inpainting"),
         (["inpaint", "--model", "{sd}", "--image", "{photo}", "--mask", "{photo}"], "4 input channels"),
     ],
-)  # fmt: skip
+)
 def test_generate_rejects_bad_image_task_input_before_loading(models, photo, tmp_path, monkeypatch, argv, message):
     from diffkit.pipelines import loaders
 
     monkeypatch.setattr(loaders, "load_with_variant", pytest.fail)  # no weights may load
-    files = {"photo": tmp_path / "photo.png", "text": tmp_path / "text.png", "missing": tmp_path / "missing.png",
-             "wide_mask": tmp_path / "wide.png", "large": tmp_path / "large.png"}  # fmt: skip
+    files = {
+        "photo": tmp_path / "photo.png",
+        "text": tmp_path / "text.png",
+        "missing": tmp_path / "missing.png",
+        "wide_mask": tmp_path / "wide.png",
+        "large": tmp_path / "large.png",
+    }
     photo.save(files["photo"])
     files["text"].write_text("not an image")
     Image.new("L", (SIZE, SIZE // 2)).save(files["wide_mask"])

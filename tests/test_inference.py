@@ -13,10 +13,10 @@ from diffusers.models.attention_processor import AttnProcessor2_0, FusedAttnProc
 from PIL import Image
 from skimage.data import astronaut, coffee
 
+from diffkit.cli.generate import PNG_METADATA_KEY, build_parser, warn_if_truncated
+from diffkit.cli.generate import main as generate_main
+from diffkit.cli.generate import parse_args as parse_generate_args
 from diffkit.pipelines.canny import canny_edges
-from diffkit.pipelines.generate import PNG_METADATA_KEY, build_parser, warn_if_truncated
-from diffkit.pipelines.generate import main as generate_main
-from diffkit.pipelines.generate import parse_args as parse_generate_args
 from diffkit.pipelines.loaders import (
     SCHEDULERS,
     load_controlnet_canny,
@@ -240,10 +240,32 @@ def test_generate_command_end_to_end(models, tmp_path):
     Image.fromarray(astronaut()).save(photo)
     out = tmp_path / "images"
     generate_main(
-        ["controlnet-canny", "--model", models["sd"], "--controlnet", models["controlnet"], "--image", str(photo),
-         "--prompt", "a robot", "--steps", "2", "--num_images", "2", "--width", "64", "--height", "64",
-         "--scheduler", "unipc", "--seed", "7", "--out", str(out)]
-    )  # fmt: skip
+        [
+            "controlnet-canny",
+            "--model",
+            models["sd"],
+            "--controlnet",
+            models["controlnet"],
+            "--image",
+            str(photo),
+            "--prompt",
+            "a robot",
+            "--steps",
+            "2",
+            "--num_images",
+            "2",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--scheduler",
+            "unipc",
+            "--seed",
+            "7",
+            "--out",
+            str(out),
+        ]
+    )
     files = sorted(p.name for p in out.iterdir())
     assert files == ["controlnet-canny-seed7-0.png", "controlnet-canny-seed7-1.png"]
     with Image.open(out / files[1]) as image:
@@ -253,17 +275,65 @@ def test_generate_command_end_to_end(models, tmp_path):
     assert parameters["image_index"] == 1
 
     # the same seed gives the same image
-    generate_main(["sdxl", "--model", models["sdxl"], "--prompt", "a lion", "--steps", "2", "--width", "64",
-                   "--height", "64", "--out", str(tmp_path / "a")])  # fmt: skip
-    generate_main(["sdxl", "--model", models["sdxl"], "--prompt", "a lion", "--steps", "2", "--width", "64",
-                   "--height", "64", "--out", str(tmp_path / "b")])  # fmt: skip
+    generate_main(
+        [
+            "sdxl",
+            "--model",
+            models["sdxl"],
+            "--prompt",
+            "a lion",
+            "--steps",
+            "2",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--out",
+            str(tmp_path / "a"),
+        ]
+    )
+    generate_main(
+        [
+            "sdxl",
+            "--model",
+            models["sdxl"],
+            "--prompt",
+            "a lion",
+            "--steps",
+            "2",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--out",
+            str(tmp_path / "b"),
+        ]
+    )
     first, second = (np.asarray(Image.open(tmp_path / d / "sdxl-seed0-0.png")) for d in "ab")
     np.testing.assert_array_equal(first, second)
 
     # the two-stage SDXL flow
-    generate_main(["sdxl", "--model", models["sdxl"], "--refiner", models["refiner"], "--prompt", "a lion",
-                   "--steps", "4", "--num_images", "2", "--width", "64", "--height", "64",
-                   "--out", str(tmp_path / "c")])  # fmt: skip
+    generate_main(
+        [
+            "sdxl",
+            "--model",
+            models["sdxl"],
+            "--refiner",
+            models["refiner"],
+            "--prompt",
+            "a lion",
+            "--steps",
+            "4",
+            "--num_images",
+            "2",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--out",
+            str(tmp_path / "c"),
+        ]
+    )
     refined = np.asarray(Image.open(tmp_path / "c" / "sdxl-seed0-1.png"))
     assert refined.shape == (64, 64, 3) and not np.array_equal(refined, first)
 
@@ -288,7 +358,7 @@ def test_generate_help_explains_every_option():
     ],
 )
 def test_generate_rejects_bad_input_before_loading(argv, message, tmp_path, monkeypatch):
-    monkeypatch.setattr("pipelines.generate.load_stable_diffusion", pytest.fail)
+    monkeypatch.setattr("diffkit.cli.generate.load_stable_diffusion", pytest.fail)
     with pytest.raises(ValueError, match=message):
         generate_main([*argv, "--prompt", "x", "--out", str(tmp_path)])
 

@@ -263,9 +263,13 @@ def test_unconditional_inpainting_keeps_the_known_pixels(unconditional, schedule
     image, mask = digit_and_bottom_half_mask()
     other = 255 - image
     completed = inpaint(
-        image=[image, other], mask_image=mask, num_images_per_image=2, num_inference_steps=STEPS, output_type="np",
+        image=[image, other],
+        mask_image=mask,
+        num_images_per_image=2,
+        num_inference_steps=STEPS,
+        output_type="np",
         generator=torch.Generator().manual_seed(0),
-    ).images  # fmt: skip
+    ).images
     assert completed.shape == (4, SIZE, SIZE, 1)
     as_uint8 = (completed[..., 0] * 255).round().astype(np.uint8)
     keep = mask == 0

@@ -47,11 +47,33 @@ def test_training_runs_with_every_loss_option(tmp_path):
     output_dir = tmp_path / "out"
     unet_config = write_unet_config(tmp_path, TINY_CONDITION_UNET_CONFIG, "unet.json")
     run_in_process(
-        ["--max_train_samples", "16", "--train_batch_size", "8", "--max_train_steps", "2", "--resolution", "16",
-         "--snr_gamma", "5", "--noise_offset", "0.1", "--input_perturbation", "0.1", "--prediction_type",
-         "v_prediction", "--num_inference_steps", "1", "--num_samples_per_class", "1",
-         "--model_config_name_or_path", unet_config, "--output_dir", str(output_dir)]
-    )  # fmt: skip
+        [
+            "--max_train_samples",
+            "16",
+            "--train_batch_size",
+            "8",
+            "--max_train_steps",
+            "2",
+            "--resolution",
+            "16",
+            "--snr_gamma",
+            "5",
+            "--noise_offset",
+            "0.1",
+            "--input_perturbation",
+            "0.1",
+            "--prediction_type",
+            "v_prediction",
+            "--num_inference_steps",
+            "1",
+            "--num_samples_per_class",
+            "1",
+            "--model_config_name_or_path",
+            unet_config,
+            "--output_dir",
+            str(output_dir),
+        ]
+    )
     config = json.loads((output_dir / "training_config.json").read_text())
     assert config["args"]["snr_gamma"] == 5.0 and np.isfinite(config["run"]["final_loss"])
 

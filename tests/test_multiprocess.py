@@ -80,9 +80,17 @@ def test_two_process_evaluation_gathers_each_sample_once(tmp_path):
     # 15 images on 2 processes: 8 each, the 16th dropped after the gather
     output_dir = tmp_path / "run"
     result = launch_two_processes(
-        output_dir, "multi_gpu_flags", "--eval_steps", "6", "--eval_num_samples", "15", "--eval_batch_size", "4",
-        "--eval_feature_resolution", "32",
-    )  # fmt: skip
+        output_dir,
+        "multi_gpu_flags",
+        "--eval_steps",
+        "6",
+        "--eval_num_samples",
+        "15",
+        "--eval_batch_size",
+        "4",
+        "--eval_feature_resolution",
+        "32",
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-5000:]
     assert "terminate called" not in output
@@ -119,9 +127,21 @@ def test_two_process_super_resolution_evaluation_upscales_each_held_out_image_on
 
     output_dir = tmp_path / "run"
     result = launch_two_processes(
-        output_dir, "multi_gpu_flags", "--conditioning", "low_resolution", "--low_resolution", "8",
-        "--eval_steps", "6", "--eval_num_samples", "7", "--eval_batch_size", "3", "--eval_feature_resolution", "32",
-    )  # fmt: skip
+        output_dir,
+        "multi_gpu_flags",
+        "--conditioning",
+        "low_resolution",
+        "--low_resolution",
+        "8",
+        "--eval_steps",
+        "6",
+        "--eval_num_samples",
+        "7",
+        "--eval_batch_size",
+        "3",
+        "--eval_feature_resolution",
+        "32",
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-5000:]
     metrics = json.loads((output_dir / "metrics.json").read_text())

@@ -88,12 +88,26 @@ def test_the_main_process_holds_the_folder_for_the_run(tmp_path):
 def test_a_second_run_on_a_live_runs_folder_stops_at_once(tmp_path):
     output_dir = tmp_path / "out"
     unet_config = write_unet_config(tmp_path, TINY_CONDITION_UNET_CONFIG, "unet.json")
-    run = [*QUICK_RUN, "--max_train_steps", "100000", "--checkpointing_steps", "4", "--checkpoints_total_limit", "2",
-           "--output_dir", str(output_dir), "--model_config_name_or_path", unet_config]  # fmt: skip
+    run = [
+        *QUICK_RUN,
+        "--max_train_steps",
+        "100000",
+        "--checkpointing_steps",
+        "4",
+        "--checkpoints_total_limit",
+        "2",
+        "--output_dir",
+        str(output_dir),
+        "--model_config_name_or_path",
+        unet_config,
+    ]
     first = subprocess.Popen(
-        accelerate_launch_command(run), cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        accelerate_launch_command(run),
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         start_new_session=True,
-    )  # fmt: skip
+    )
     try:
         deadline = time.time() + 120
         while not (output_dir / "checkpoint-4").is_dir():

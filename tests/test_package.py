@@ -1,12 +1,18 @@
 """diffkit installs as one import namespace with its commands, and folders saved before that change still load."""
 
+import ast
+import glob
 import importlib.metadata
+import importlib.util
+import json
 import os
 import subprocess
 import sys
+import sysconfig
 
 import numpy as np
 import pytest
+import tomllib
 import torch
 from diffusers import DDPMScheduler, DiffusionPipeline, UNet2DConditionModel
 
@@ -24,10 +30,10 @@ SAVED_BEFORE_NAMESPACE = os.path.join(
 COMMANDS = {
     "diffkit-train": "diffkit.training.train",
     "diffkit-evaluate": "diffkit.training.evaluate",
-    "diffkit-generate": "diffkit.pipelines.generate",
-    "diffkit-edit": "diffkit.pipelines.edit",
-    "diffkit-push": "diffkit.pipelines.push",
-    "diffkit-app": "diffkit.pipelines.app",
+    "diffkit-generate": "diffkit.cli.generate",
+    "diffkit-edit": "diffkit.cli.edit",
+    "diffkit-push": "diffkit.push",
+    "diffkit-app": "diffkit.app",
 }
 
 
@@ -62,6 +68,8 @@ def test_each_command_has_help_identical_to_its_python_m_form(command, tmp_path)
         [sys.executable, "-m", COMMANDS[command], "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120
     )
     assert by_script.returncode == 0, by_script.stderr[-2000:]
+    # quiet: no warning about a package the command does not use (transformers' torchvision notice, for one)
+    assert by_script.stderr == "" and by_module.stderr == ""
     assert by_script.stdout == by_module.stdout
     assert by_script.stdout.startswith(f"usage: {command} ")
 
@@ -109,3 +117,73 @@ def test_a_folder_saved_before_the_namespace_loads_both_ways():
     )
     remote.set_progress_bar_config(disable=True)
     np.testing.assert_array_equal(remote(generator=torch.Generator().manual_seed(0), **kwargs).images, expected)
+
+
+def imported_modules(path):
+    """The absolute module names that a Python file imports, at any depth (function-level imports included)."""
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_no_module_in_pipelines_imports_a_tool():
+    # pipelines/ is what a model is; the commands, the Hub pusher, the web demo and training build on it, never the
+    # other way round (a pipeline file is uploaded alone as remote code)
+    tools = ("diffkit.cli", "diffkit.push", "diffkit.app", "diffkit.training", "diffkit.model_cards")
+    for name in sorted(os.listdir(os.path.join(REPO_ROOT, "pipelines"))):
+        if name.endswith(".py"):
+            imports = imported_modules(os.path.join(REPO_ROOT, "pipelines", name))
+            wrong = sorted(m for m in imports if m.startswith(tools) or m in ("diffkit",))
+            assert not wrong, f"pipelines/{name} imports {wrong}"
+
+
+def package_source_files():
+    """{module name: file in this checkout} for every module that pyproject.toml installs."""
+    with open(os.path.join(REPO_ROOT, "pyproject.toml"), "rb") as f:
+        setuptools_config = tomllib.load(f)["tool"]["setuptools"]
+    folders = {package: package.replace(".", os.sep) for package in setuptools_config["packages"]}
+    folders.update(setuptools_config["package-dir"])
+    modules = {}
+    for package, folder in folders.items():
+        for name in os.listdir(os.path.join(REPO_ROOT, folder)):
+            if name.endswith(".py"):
+                module = package if name == "__init__.py" else f"{package}.{name[:-3]}"
+                modules[module] = os.path.join(REPO_ROOT, folder, name)
+    return modules
+
+
+def test_every_module_maps_to_one_file_that_an_editor_can_follow():
+    # An editor (Pyright/Pylance, Jedi) resolves imports from the path entries in site-packages' .pth files; it runs
+    # no import hook, which is how setuptools' default editable mode maps pipelines/ to diffkit.pipelines.
+    site_packages = sysconfig.get_paths()["purelib"]
+    (direct_url,) = glob.glob(os.path.join(site_packages, "diffkit-*.dist-info", "direct_url.json"))
+    with open(direct_url) as f:
+        assert json.load(f)["dir_info"].get("editable"), (
+            "the tests run against this checkout: install it with the README's second command"
+        )
+    path_entries = []
+    for pth in glob.glob(os.path.join(site_packages, "__editable__*diffkit*.pth")):
+        with open(pth) as f:
+            path_entries += [line.strip() for line in f if line.strip() and not line.startswith("import")]
+    assert path_entries, (
+        "diffkit is installed in setuptools' default editable mode, an import hook that editors cannot follow: "
+        "reinstall with `pip install -e . --config-settings editable_mode=strict` (the README's commands)"
+    )
+    modules = package_source_files()
+    assert {"diffkit.app", "diffkit.cli.edit", "diffkit.pipelines.loaders", "diffkit.training.train"} <= set(modules)
+    for module, source in modules.items():
+        relative = module.replace(".", os.sep) + (os.sep + "__init__.py" if source.endswith("__init__.py") else ".py")
+        found = [os.path.join(e, relative) for e in path_entries if os.path.isfile(os.path.join(e, relative))]
+        assert len(found) == 1, (
+            f"{module}: an editor finds {found or 'no file'} for {source}; a module added since the install needs "
+            "the install command again"
+        )
+        assert os.path.realpath(found[0]) == os.path.realpath(source), module
+        # and Python imports the same file
+        assert os.path.realpath(importlib.util.find_spec(module).origin) == os.path.realpath(source), module

@@ -1,5 +1,6 @@
 import os
 import re
+import subprocess
 
 from .utils import REPO_ROOT
 
@@ -38,3 +39,16 @@ def test_readme_stays_short_and_every_local_link_resolves():
     for name in documents:
         if name.startswith("docs/"):
             assert f"]({name})" in readme, f"the README does not link to {name}"
+
+
+def test_layout_section_matches_the_tree():
+    with open(f"{REPO_ROOT}/README.md") as f:
+        block = re.search(r"## Layout\n+```\n(.*?)```", f.read(), re.S).group(1)
+    named = [line.split()[0] for line in block.splitlines() if line and not line.startswith(" ")]
+    for path in named:
+        assert os.path.exists(os.path.join(REPO_ROOT, path)), f"the README's layout names {path}, which is not there"
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+    top_level = {name.split("/")[0] + ("/" if "/" in name else "") for name in tracked.split()}
+    top_level -= {".gitignore", "README.md"}
+    missing = sorted(name for name in top_level if not any(path.startswith(name) for path in named))
+    assert not missing, f"the README's layout leaves out {missing}"

@@ -234,10 +234,17 @@ def test_class_conditional_stage_needs_fitting_labels():
 
 def sr_args(**overrides):
     defaults = dict(
-        conditioning="low_resolution", use_class_labels=False, model_config_name_or_path=None, low_resolution=7,
-        max_noise_level=0.5, noise_level=0.1, condition_dropout=0.25, guidance_scale=3.0, num_samples_per_class=1,
+        conditioning="low_resolution",
+        use_class_labels=False,
+        model_config_name_or_path=None,
+        low_resolution=7,
+        max_noise_level=0.5,
+        noise_level=0.1,
+        condition_dropout=0.25,
+        guidance_scale=3.0,
+        num_samples_per_class=1,
         num_inference_steps=2,
-    )  # fmt: skip
+    )
     return SimpleNamespace(**{**defaults, **overrides})
 
 
@@ -269,9 +276,10 @@ def test_class_stage_also_reads_the_dropped_labels_and_both_unets_fit():
     )
     labels = torch.arange(10).repeat(100)
     _, unet_kwargs = conditioning.model_inputs(
-        torch.zeros(1000, 1, 28, 28), {"pixel_values": torch.zeros(1000, 1, 28, 28), "labels": labels},
+        torch.zeros(1000, 1, 28, 28),
+        {"pixel_values": torch.zeros(1000, 1, 28, 28), "labels": labels},
         torch.Generator().manual_seed(0),
-    )  # fmt: skip
+    )
     ids = unet_kwargs["encoder_hidden_states"][:, 0].argmax(-1)
     assert abs((ids == 10).float().mean().item() - 0.25) < 0.05
     unet = build_unet(args, conditioning, num_channels=1, resolution=28)
@@ -414,8 +422,19 @@ def test_a_cascade_base_then_stage_and_sizes_that_do_not_chain():
 @pytest.mark.parametrize("use_class_labels", [False, True], ids=["stage", "class-stage"])
 def test_evaluation_during_training_upscales_held_out_images(tmp_path, use_class_labels):
     output_dir = tmp_path / "out"
-    flags = [*SR_RUN, "--eval_steps", "2", "--eval_num_samples", "12", "--eval_batch_size", "5",
-             "--eval_feature_resolution", "32", "--save_best_by", "FID-MobileNetV2"]  # fmt: skip
+    flags = [
+        *SR_RUN,
+        "--eval_steps",
+        "2",
+        "--eval_num_samples",
+        "12",
+        "--eval_batch_size",
+        "5",
+        "--eval_feature_resolution",
+        "32",
+        "--save_best_by",
+        "FID-MobileNetV2",
+    ]
     flags += ["--output_dir", str(output_dir)]
     main(parse_args(flags + (["--use_class_labels"] if use_class_labels else [])))
     # the 12 held-out images were not trained on

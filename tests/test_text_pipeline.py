@@ -24,11 +24,19 @@ def tiny_text_unet(encoder_dim=TEXT_HIDDEN, cross_attention_dim=16):
     torch.manual_seed(0)
     # The encoder's width differs from the cross-attention width: the UNet's encoder_hid_proj projects it.
     return UNet2DConditionModel(
-        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), norm_num_groups=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        layers_per_block=1, attention_head_dim=8, cross_attention_dim=cross_attention_dim,
-        encoder_hid_dim=encoder_dim, encoder_hid_dim_type="text_proj",
-    ).eval()  # fmt: skip
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        attention_head_dim=8,
+        cross_attention_dim=cross_attention_dim,
+        encoder_hid_dim=encoder_dim,
+        encoder_hid_dim_type="text_proj",
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -164,8 +172,12 @@ def test_check_inputs(pipe, kwargs, message):
 def test_callback_and_film(pipe):
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     film = DenoisingFilm()
-    images = run(pipe, prompt=["a seven", "a three"], callback_on_step_end=film,
-                 callback_on_step_end_tensor_inputs=film.tensor_inputs)  # fmt: skip
+    images = run(
+        pipe,
+        prompt=["a seven", "a three"],
+        callback_on_step_end=film,
+        callback_on_step_end_tensor_inputs=film.tensor_inputs,
+    )
     assert len(film.frames) == STEPS and film.frames[0].shape == (2, 1, 8, 8)
     np.testing.assert_allclose(images, run(pipe, prompt=["a seven", "a three"]))
 
@@ -175,14 +187,23 @@ def test_a_bert_style_encoder_sees_its_attention_mask(tmp_path):
     (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
     tokenizer = BertTokenizer(str(tmp_path / "vocab.txt"))
     torch.manual_seed(0)
-    encoder = BertModel(BertConfig(vocab_size=len(words), hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
-                                   intermediate_size=32, max_position_embeddings=64)).eval()  # fmt: skip
+    encoder = BertModel(
+        BertConfig(
+            vocab_size=len(words),
+            hidden_size=24,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=64,
+        )
+    ).eval()
     with torch.no_grad():
         short = encode_text(encoder, tokenizer, ["a handwritten seven"], 8)
         long = encode_text(encoder, tokenizer, ["a handwritten seven"], 20)
     # [CLS] a handwritten seven [SEP]: with the mask, padding changes nothing about the real tokens
     torch.testing.assert_close(short[:, :5], long[:, :5])
-    pipe = TextConditionalImagePipeline(tiny_text_unet(encoder_dim=24), DDPMScheduler(num_train_timesteps=100),
-                                        encoder, tokenizer, max_text_length=8)  # fmt: skip
+    pipe = TextConditionalImagePipeline(
+        tiny_text_unet(encoder_dim=24), DDPMScheduler(num_train_timesteps=100), encoder, tokenizer, max_text_length=8
+    )
     pipe.set_progress_bar_config(disable=True)
     assert run(pipe, prompt="the digit 3").shape == (1, 8, 8, 1)

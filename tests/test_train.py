@@ -77,9 +77,20 @@ def test_train_unconditional_with_accelerate_launch(tmp_path):
     output_dir = tmp_path / "out"
     unet_config = write_unet_config(tmp_path, TINY_UNET2D_CONFIG, "unet.json")
     result = run_accelerate_launch(
-        [*QUICK_RUN, "--conditioning", "none", "--output_dir", str(output_dir),
-         "--model_config_name_or_path", unet_config, "--prediction_type", "v_prediction", "--beta_schedule", "linear"]
-    )  # fmt: skip
+        [
+            *QUICK_RUN,
+            "--conditioning",
+            "none",
+            "--output_dir",
+            str(output_dir),
+            "--model_config_name_or_path",
+            unet_config,
+            "--prediction_type",
+            "v_prediction",
+            "--beta_schedule",
+            "linear",
+        ]
+    )
     assert_launch_succeeded(result)
     scheduler_config = json.loads((output_dir / "scheduler" / "scheduler_config.json").read_text())
     assert scheduler_config["prediction_type"] == "v_prediction" and scheduler_config["beta_schedule"] == "linear"
@@ -110,9 +121,19 @@ def test_train_on_local_colour_image_folder(tmp_path):
     output_dir = tmp_path / "out"
     unet_config = write_unet_config(tmp_path, TINY_CONDITION_UNET_CONFIG, "unet.json")
     result = run_accelerate_launch(
-        [*QUICK_RUN, "--train_data_dir", str(data_dir), "--output_dir", str(output_dir), "--random_flip",
-         "--model_config_name_or_path", unet_config, "--beta_schedule", "scaled_linear"]
-    )  # fmt: skip
+        [
+            *QUICK_RUN,
+            "--train_data_dir",
+            str(data_dir),
+            "--output_dir",
+            str(output_dir),
+            "--random_flip",
+            "--model_config_name_or_path",
+            unet_config,
+            "--beta_schedule",
+            "scaled_linear",
+        ]
+    )
     assert_launch_succeeded(result)
     pipe = ClassConditionalImagePipeline.from_pretrained(output_dir)
     assert pipe.scheduler.config.beta_schedule == "scaled_linear"
@@ -132,10 +153,30 @@ def test_train_on_a_dataset_by_name_with_custom_columns(tmp_path):
     output_dir = tmp_path / "out"
     unet_config = write_unet_config(tmp_path, TINY_CONDITION_UNET_CONFIG, "unet.json")
     run_in_process(
-        ["--dataset_name", dataset_dir, "--image_column", "img", "--label_column", "digit", "--resolution", "8",
-         "--center_crop", "--max_train_steps", "2", "--train_batch_size", "4", "--num_inference_steps", "2",
-         "--num_samples_per_class", "1", "--model_config_name_or_path", unet_config, "--output_dir", str(output_dir)]
-    )  # fmt: skip
+        [
+            "--dataset_name",
+            dataset_dir,
+            "--image_column",
+            "img",
+            "--label_column",
+            "digit",
+            "--resolution",
+            "8",
+            "--center_crop",
+            "--max_train_steps",
+            "2",
+            "--train_batch_size",
+            "4",
+            "--num_inference_steps",
+            "2",
+            "--num_samples_per_class",
+            "1",
+            "--model_config_name_or_path",
+            unet_config,
+            "--output_dir",
+            str(output_dir),
+        ]
+    )
     config = json.loads((output_dir / TRAINING_CONFIG_NAME).read_text())
     assert config["data"]["num_channels"] == 3 and config["data"]["resolution"] == 8
     assert config["data"]["id2label"] == {"0": "0", "1": "1", "2": "2"}  # integer labels are named by their id
@@ -275,9 +316,17 @@ def test_bf16_mixed_precision_keeps_fp32_weights(tmp_path):
     output_dir = tmp_path / "out"
     unet_config = write_unet_config(tmp_path, TINY_CONDITION_UNET_CONFIG, "unet.json")
     result = run_accelerate_launch(
-        [*QUICK_RUN, "--mixed_precision", "bf16", "--gradient_checkpointing", "--output_dir", str(output_dir),
-         "--model_config_name_or_path", unet_config]
-    )  # fmt: skip
+        [
+            *QUICK_RUN,
+            "--mixed_precision",
+            "bf16",
+            "--gradient_checkpointing",
+            "--output_dir",
+            str(output_dir),
+            "--model_config_name_or_path",
+            unet_config,
+        ]
+    )
     assert_launch_succeeded(result)
     assert "Mixed precision type: bf16" in result.stderr
     config = json.loads((output_dir / TRAINING_CONFIG_NAME).read_text())
@@ -296,9 +345,18 @@ def test_tensorboard_logs_and_validation_grids(tmp_path):
     output_dir = tmp_path / "out"
     unet_config = write_unet_config(tmp_path, TINY_CONDITION_UNET_CONFIG, "unet.json")
     result = run_accelerate_launch(
-        [*QUICK_RUN, "--report_to", "tensorboard", "--validation_steps", "2", "--output_dir", str(output_dir),
-         "--model_config_name_or_path", unet_config]
-    )  # fmt: skip
+        [
+            *QUICK_RUN,
+            "--report_to",
+            "tensorboard",
+            "--validation_steps",
+            "2",
+            "--output_dir",
+            str(output_dir),
+            "--model_config_name_or_path",
+            unet_config,
+        ]
+    )
     assert_launch_succeeded(result)
     assert Image.open(output_dir / "validation" / "step-2.png").size == (2 * RESOLUTION, 10 * RESOLUTION)
     event_files = list((output_dir / "logs").rglob("events.out.tfevents.*"))
@@ -314,5 +372,14 @@ def test_tensorboard_logs_and_validation_grids(tmp_path):
     assert {"loss", "lr", "grad_norm", "images_per_second"} <= scalars
     assert "validation" in images
     # a second run into the same folder still counts it as this run, logs and all
-    parse_args([*QUICK_RUN, "--report_to", "tensorboard", "--output_dir", str(output_dir),
-                "--model_config_name_or_path", unet_config])  # fmt: skip
+    parse_args(
+        [
+            *QUICK_RUN,
+            "--report_to",
+            "tensorboard",
+            "--output_dir",
+            str(output_dir),
+            "--model_config_name_or_path",
+            unet_config,
+        ]
+    )

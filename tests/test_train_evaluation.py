@@ -66,8 +66,16 @@ def test_evaluation_during_training_logs_keeps_the_best_and_leaves_training_unch
 def test_a_run_resumed_from_its_final_checkpoint_keeps_its_last_evaluation(tmp_path):
     unet_config = write_unet_config(tmp_path, TINY_CONDITION_UNET_CONFIG, "unet.json")
     # steps 2 and 4 evaluated, checkpoints at 2 and 4: the last checkpoint is the final step, just evaluated
-    run = [*QUICK_RUN, "--max_train_steps", "4", "--model_config_name_or_path", unet_config, *EVAL_FLAGS,
-           "--checkpointing_steps", "2"]  # fmt: skip
+    run = [
+        *QUICK_RUN,
+        "--max_train_steps",
+        "4",
+        "--model_config_name_or_path",
+        unet_config,
+        *EVAL_FLAGS,
+        "--checkpointing_steps",
+        "2",
+    ]
     finished, resumed = tmp_path / "finished", tmp_path / "resumed"
     assert_launch_succeeded(run_accelerate_launch([*run, "--output_dir", str(finished)]))
     # the state a run killed right after writing checkpoint-4 leaves behind

@@ -22,8 +22,18 @@ from .utils import TINY_CONDITION_UNET_CONFIG, assert_launch_succeeded, run_acce
 def text_run_args(tmp_path, tiny_clip_folder, *extra):
     # cross_attention_dim 16 against the encoder's 32: the UNet gets a projection
     unet_config = write_unet_config(tmp_path, TINY_CONDITION_UNET_CONFIG, "unet.json")
-    return [*QUICK_RUN, "--conditioning", "text", "--text_encoder", tiny_clip_folder,
-            "--model_config_name_or_path", unet_config, "--max_text_length", "12", *extra]  # fmt: skip
+    return [
+        *QUICK_RUN,
+        "--conditioning",
+        "text",
+        "--text_encoder",
+        tiny_clip_folder,
+        "--model_config_name_or_path",
+        unet_config,
+        "--max_text_length",
+        "12",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -124,8 +134,18 @@ def test_a_dataset_without_the_caption_column_is_rejected_before_training(tmp_pa
     images = [Image.fromarray(np.full((8, 8), 40 * i, dtype=np.uint8)) for i in range(4)]
     datasets.Dataset.from_dict({"image": images, "label": [0, 1, 0, 1]}).to_parquet(str(root / "train.parquet"))
     output_dir = tmp_path / "out"
-    args = ["--output_dir", str(output_dir), "--conditioning", "text", "--text_encoder", tiny_clip_folder,
-            "--dataset_name", str(root), "--max_train_steps", "1"]  # fmt: skip
+    args = [
+        "--output_dir",
+        str(output_dir),
+        "--conditioning",
+        "text",
+        "--text_encoder",
+        tiny_clip_folder,
+        "--dataset_name",
+        str(root),
+        "--max_train_steps",
+        "1",
+    ]
     with pytest.raises(ValueError, match="`--caption_column` 'text' is not a column of the dataset"):
         main(parse_args(args))
     assert not output_dir.exists()

@@ -85,10 +85,17 @@ def save_clip_tokenizer(folder: str) -> CLIPTokenizer:
 
 def tiny_text_encoder(with_projection=False):
     config = CLIPTextConfig(
-        vocab_size=CLIP_VOCAB_SIZE, hidden_size=TEXT_HIDDEN, intermediate_size=37, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+        vocab_size=CLIP_VOCAB_SIZE,
+        hidden_size=TEXT_HIDDEN,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
         projection_dim=TEXT_HIDDEN,
-    )  # fmt: skip
+    )
     return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config).eval()
 
 
@@ -105,10 +112,18 @@ def tiny_unet(sdxl=False, refiner=False, in_channels=4):
         )
         cross_attention_dim = TEXT_HIDDEN if refiner else 2 * TEXT_HIDDEN
     return UNet2DConditionModel(
-        block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=in_channels, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=cross_attention_dim, attention_head_dim=4, norm_num_groups=4, **extra,
-    ).eval()  # fmt: skip
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=in_channels,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=4,
+        norm_num_groups=4,
+        **extra,
+    ).eval()
 
 
 def save_tiny_stable_diffusion(folder: str, fp16_variant: bool = False, inpainting: bool = False) -> str:
@@ -125,7 +140,7 @@ def save_tiny_stable_diffusion(folder: str, fp16_variant: bool = False, inpainti
             beta_schedule="scaled_linear",
             clip_sample=False,
             set_alpha_to_one=False,
-        ),  # fmt: skip
+        ),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,

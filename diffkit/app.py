@@ -14,7 +14,7 @@ serves the others in turn), all on one compute thread, with the CPU thread count
 listens on 127.0.0.1 only, unless `--host` or `--share` says otherwise.
 
 This file needs only torch, diffusers and gradio for diffkit pipelines (the Stable Diffusion tabs import diffkit's
-loaders), so `python -m diffkit.pipelines.push --space_id` uploads it unchanged to run a Hugging Face Space.
+loaders), so `python -m diffkit.push --space_id` uploads it unchanged to run a Hugging Face Space.
 """
 
 import argparse
@@ -84,7 +84,7 @@ DEFAULT_NOISE_LEVEL = 0.2
 # The largest noise level the slider offers (images in [-1, 1]); the pipeline refuses one beyond its schedule.
 MAX_NOISE_LEVEL = 4.0
 # The editing pipelines of each kind of diffkit pipeline: (module, class) for inpainting and for img2img/denoising.
-# The modules are diffkit's own files, which a Space holds beside this app (see `diffkit.pipelines.push`).
+# The modules are diffkit's own files, which a Space holds beside this app (see `diffkit.push`).
 EDITING_PIPELINES = {
     "class": {
         "inpaint": ("pipeline_class_conditional_inpaint", "ClassConditionalInpaintPipeline"),
@@ -513,13 +513,21 @@ def diffkit_tab(pipe, title: str, api_name: str, max_images: int):
                         transforms=(),
                     )
                     strength = gr.Slider(
-                        0, 1, value=DEFAULT_STRENGTH, step=0.05, label="Strength (img2img)",
+                        0,
+                        1,
+                        value=DEFAULT_STRENGTH,
+                        step=0.05,
+                        label="Strength (img2img)",
                         info="0 keeps the image, 1 redraws it from noise.",
-                    )  # fmt: skip
+                    )
                     noise_level = gr.Slider(
-                        0, MAX_NOISE_LEVEL, value=DEFAULT_NOISE_LEVEL, step=0.01, label="Noise level (denoise)",
+                        0,
+                        MAX_NOISE_LEVEL,
+                        value=DEFAULT_NOISE_LEVEL,
+                        step=0.01,
+                        label="Noise level (denoise)",
                         info="The noise's standard deviation, images in [-1, 1] (sigma / 127.5 for 8-bit pixels).",
-                    )  # fmt: skip
+                    )
                     edit_button = gr.Button("Edit", variant="primary")
             with gr.Column():
                 gallery = gr.Gallery(label="Images", format="png", columns=4, elem_classes=["diffkit-gallery"])
@@ -621,22 +629,37 @@ def super_resolution_tab(pipe, title: str, api_name: str, max_images: int):
         with gr.Row():
             with gr.Column():
                 image = gr.Image(
-                    type="pil", format="png", sources=["upload", "clipboard"],
+                    type="pil",
+                    format="png",
+                    sources=["upload", "clipboard"],
                     label=f"Image to upscale ({low}x{low}; another square size is resized first)",
-                )  # fmt: skip
+                )
                 class_label = gr.Dropdown(
-                    label_names, value=label_names[0] if label_names else None, allow_custom_value=True,
-                    label="Class", info="What the image shows.", visible=class_conditional,
-                )  # fmt: skip
+                    label_names,
+                    value=label_names[0] if label_names else None,
+                    allow_custom_value=True,
+                    label="Class",
+                    info="What the image shows.",
+                    visible=class_conditional,
+                )
                 num_images = gr.Slider(1, max_images, value=min(4, max_images), step=1, precision=0, label="Images")
                 noise_level = gr.Slider(
-                    0, pipe.config.max_noise_level, value=pipe.config.noise_level, step=0.01, label="Noise level",
+                    0,
+                    pipe.config.max_noise_level,
+                    value=pipe.config.noise_level,
+                    step=0.01,
+                    label="Noise level",
                     info="Noise added to the input first: higher trusts its pixels less (e.g. a generated image).",
-                )  # fmt: skip
+                )
                 guidance_scale = gr.Slider(
-                    0, MAX_GUIDANCE_SCALE, value=pipe.config.guidance_scale, step=0.5, label="Guidance scale",
-                    info="On the class: 1 is the conditional prediction alone.", visible=class_conditional,
-                )  # fmt: skip
+                    0,
+                    MAX_GUIDANCE_SCALE,
+                    value=pipe.config.guidance_scale,
+                    step=0.5,
+                    label="Guidance scale",
+                    info="On the class: 1 is the conditional prediction alone.",
+                    visible=class_conditional,
+                )
                 num_inference_steps, sampler, seed, show_denoising = sampling_controls(saved_name, default_steps)
                 button = gr.Button("Upscale", variant="primary")
             with gr.Column():
@@ -663,9 +686,12 @@ def super_resolution_tab(pipe, title: str, api_name: str, max_images: int):
                 raise ValueError(f"{images_wanted} images were asked for; this app makes at most {max_images}.")
             steps = whole_number(steps, "num_inference_steps")
             call_kwargs = dict(
-                image=image_value, num_images_per_image=images_wanted, num_inference_steps=steps,
-                noise_level=float(noise), output_type="pil",
-            )  # fmt: skip
+                image=image_value,
+                num_images_per_image=images_wanted,
+                num_inference_steps=steps,
+                noise_level=float(noise),
+                output_type="pil",
+            )
             caption = ""
             if class_conditional:
                 label_id = pipe.get_label_ids([int(label) if str(label).isdigit() else label])[0]
@@ -682,13 +708,22 @@ def super_resolution_tab(pipe, title: str, api_name: str, max_images: int):
 
     button.click(
         upscale,
-        inputs=[image, class_label, num_images, noise_level, guidance_scale, num_inference_steps, sampler, seed,
-                show_denoising],
+        inputs=[
+            image,
+            class_label,
+            num_images,
+            noise_level,
+            guidance_scale,
+            num_inference_steps,
+            sampler,
+            seed,
+            show_denoising,
+        ],
         outputs=[gallery, info],
         api_name=api_name,
         concurrency_id=MODEL_QUEUE,
         concurrency_limit=1,
-    )  # fmt: skip
+    )
 
 
 def stable_diffusion_controls(saved_scheduler, max_images: int):
@@ -708,8 +743,9 @@ def stable_diffusion_controls(saved_scheduler, max_images: int):
     return num_images, num_inference_steps, guidance_scale, sampler, seed
 
 
-def stable_diffusion_settings(pipe, saved_scheduler, prompt_text, negative, images_wanted, steps, guidance,
-                              sampler_name, seed_value):  # fmt: skip
+def stable_diffusion_settings(
+    pipe, saved_scheduler, prompt_text, negative, images_wanted, steps, guidance, sampler_name, seed_value
+):
     """The call arguments the Stable Diffusion tabs share (with the chosen sampler set on `pipe`), the images'
     captions and a summary."""
     from diffkit.pipelines.loaders import SCHEDULERS
@@ -830,9 +866,13 @@ def stable_diffusion_edit_tab(pipe, title: str, api_name: str, max_images: int, 
                 prompt = gr.Textbox(label="Prompt", placeholder="a red scarf" if inpaint else "a watercolour")
                 negative_prompt = gr.Textbox(label="Negative prompt", placeholder="(optional)")
                 strength = gr.Slider(
-                    0, 1, value=1.0 if inpaint else 0.75, step=0.05, label="Strength",
+                    0,
+                    1,
+                    value=1.0 if inpaint else 0.75,
+                    step=0.05,
+                    label="Strength",
                     info="How much of the schedule re-draws the image: 0.3 keeps the layout, 1 keeps nothing.",
-                )  # fmt: skip
+                )
                 mask_blur = gr.Slider(0, 64, value=0, step=1, precision=0, label="Mask blur (pixels)", visible=inpaint)
                 controls = stable_diffusion_controls(saved_scheduler, max_images)
                 button = gr.Button("Inpaint" if inpaint else "Edit", variant="primary")
@@ -878,13 +918,23 @@ def upscaler_tab(pipe, title: str, api_name: str, max_images: int):
                 prompt = gr.Textbox(label="Prompt", placeholder="a photo of a cat", info="What the image shows.")
                 negative_prompt = gr.Textbox(label="Negative prompt", placeholder="(optional)")
                 noise_level = gr.Slider(
-                    0, max_noise_level, value=20, step=1, precision=0, label="Noise level",
+                    0,
+                    max_noise_level,
+                    value=20,
+                    step=1,
+                    precision=0,
+                    label="Noise level",
                     info="Noise added to the input: higher re-invents more detail.",
-                )  # fmt: skip
+                )
                 tile_size = gr.Slider(
-                    0, 512, value=0, step=8, precision=0, label="Tile size (input pixels)",
+                    0,
+                    512,
+                    value=0,
+                    step=8,
+                    precision=0,
+                    label="Tile size (input pixels)",
                     info=f"0: one piece; e.g. {UPSCALER_TILE_SIZE} upscales a large image in overlapping tiles.",
-                )  # fmt: skip
+                )
                 num_images = gr.Slider(1, max_images, value=1, step=1, precision=0, label="Images")
                 num_inference_steps = gr.Slider(1, 150, value=30, step=1, precision=0, label="Steps")
                 guidance_scale = gr.Slider(0, MAX_GUIDANCE_SCALE, value=7.5, step=0.5, label="Guidance scale")
@@ -904,18 +954,24 @@ def upscaler_tab(pipe, title: str, api_name: str, max_images: int):
             tile = whole_number(tile, "tile_size", minimum=0)
             noise = int(noise) if float(noise).is_integer() else float(noise)
             check_upscale_inputs(max_noise_level, photo, noise, tiled=tile > 0)
-            call_kwargs = dict(negative_prompt=negative or None, noise_level=noise, num_inference_steps=steps,
-                               guidance_scale=float(guidance))  # fmt: skip
+            call_kwargs = dict(
+                negative_prompt=negative or None,
+                noise_level=noise,
+                num_inference_steps=steps,
+                guidance_scale=float(guidance),
+            )
             generators = image_generators(seed_value, images_wanted)
             seeds = [g.initial_seed() for g in generators]
             started = time.perf_counter()
 
             def run():  # on the compute thread, like every model call of the app
                 if tile:
-                    return [upscale_tiled(pipe, prompt_text, photo, tile_size=tile, seed=s, **call_kwargs)
-                            for s in seeds]  # fmt: skip
-                return pipe(prompt_text, image=photo, num_images_per_prompt=images_wanted, generator=generators,
-                            **call_kwargs).images  # fmt: skip
+                    return [
+                        upscale_tiled(pipe, prompt_text, photo, tile_size=tile, seed=s, **call_kwargs) for s in seeds
+                    ]
+                return pipe(
+                    prompt_text, image=photo, num_images_per_prompt=images_wanted, generator=generators, **call_kwargs
+                ).images
 
             images = on_compute_thread(run)
             width, height = images[0].size
@@ -926,8 +982,17 @@ def upscaler_tab(pipe, title: str, api_name: str, max_images: int):
             )
             return [(image, f"seed {s}") for image, s in zip(images, seeds)], info
 
-    inputs = [image, prompt, negative_prompt, noise_level, tile_size, num_images, num_inference_steps,
-              guidance_scale, seed]  # fmt: skip
+    inputs = [
+        image,
+        prompt,
+        negative_prompt,
+        noise_level,
+        tile_size,
+        num_images,
+        num_inference_steps,
+        guidance_scale,
+        seed,
+    ]
     button.click(upscale, inputs, [gallery, info], api_name=api_name, concurrency_id=MODEL_QUEUE, concurrency_limit=1)
 
 
@@ -954,7 +1019,7 @@ def build_demo(
 
     ```py
     >>> from diffkit import ClassConditionalImagePipeline
-    >>> from diffkit.pipelines.app import build_demo
+    >>> from diffkit.app import build_demo
     >>> pipe = ClassConditionalImagePipeline.from_pretrained("out")  # doctest: +SKIP
     >>> build_demo({"digits": pipe}).queue().launch()  # doctest: +SKIP
     ```

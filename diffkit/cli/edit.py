@@ -9,7 +9,7 @@
 
 Class-conditional models take `--class`, text-conditional ones `--prompt`, unconditional ones neither. `upscale` takes
 a super-resolution stage (trained with `--conditioning low_resolution`), the other tasks a generation model.
-(`python -m diffkit.pipelines.edit ...` is the same command.) Every image is saved atomically as a PNG whose text
+(`python -m diffkit.cli.edit ...` is the same command.) Every image is saved atomically as a PNG whose text
 chunk `parameters` holds the edit's settings as JSON. Files and flags are checked before the model is loaded.
 """
 
@@ -20,7 +20,7 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image, UnidentifiedImageError
 
-from diffkit.pipelines.generate import save_png
+from diffkit.cli import save_png
 from diffkit.pipelines.pipeline_class_conditional_image import ClassConditionalImagePipeline
 from diffkit.pipelines.pipeline_class_conditional_img2img import ClassConditionalImg2ImgPipeline
 from diffkit.pipelines.pipeline_class_conditional_inpaint import ClassConditionalInpaintPipeline
@@ -60,9 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
         "text-conditional or unconditional), or upscale it with a super-resolution stage.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("task", choices=TASKS, help="inpaint: fill the mask; img2img: redraw towards a class or "
-                        "prompt (SDEdit); denoise: remove Gaussian noise of a known standard deviation; upscale: "
-                        "super-resolution with a stage trained by --conditioning low_resolution.")  # fmt: skip
+    parser.add_argument(
+        "task",
+        choices=TASKS,
+        help="inpaint: fill the mask; img2img: redraw towards a class or "
+        "prompt (SDEdit); denoise: remove Gaussian noise of a known standard deviation; upscale: "
+        "super-resolution with a stage trained by --conditioning low_resolution.",
+    )
     parser.add_argument(
         "--pipeline",
         required=True,
@@ -72,25 +76,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--image", required=True, help="The image to edit (PNG, JPEG, ...); resized to the model's size."
     )
     parser.add_argument(
-        "--mask", default=None, help="inpaint only: white (or >= 50%% grey) where to fill, black where to keep; the "
-        "image's size."
-    )  # fmt: skip
+        "--mask",
+        default=None,
+        help="inpaint only: white (or >= 50%% grey) where to fill, black where to keep; the image's size.",
+    )
     parser.add_argument(
-        "--class", dest="class_labels", nargs="+", default=None,
+        "--class",
+        dest="class_labels",
+        nargs="+",
+        default=None,
         help="Class-conditional models (required there): the class(es) to edit towards, by name (e.g. seven) or "
         "id; one output set per class.",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--prompt", nargs="+", default=None,
+        "--prompt",
+        nargs="+",
+        default=None,
         help="Text-conditional models (required there): the prompt(s) to edit towards; one output set per prompt.",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--negative_prompt", default=None, help="Text-conditional models: what the images should not show."
     )
     parser.add_argument(
-        "--jump_n_sample", type=int, default=1,
+        "--jump_n_sample",
+        type=int,
+        default=1,
         help="inpaint only: RePaint-style resampling passes at every jump (1 = off); needs a DDPM or DDIM scheduler.",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--jump_length",
         type=int,
@@ -98,15 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="inpaint only: steps jumped back at each resampling.",
     )
     parser.add_argument(
-        "--strength", type=float, default=None,
+        "--strength",
+        type=float,
+        default=None,
         help=f"img2img only: how much of the schedule to run, in [0, 1] (default {DEFAULT_STRENGTH}); 0 keeps the "
         "image, 1 redraws it from noise.",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--noise_level", type=float, default=None,
+        "--noise_level",
+        type=float,
+        default=None,
         help="denoise (required there): the noise's standard deviation, images in [-1, 1] (sigma/127.5 for 8-bit "
         "pixel values). upscale: the noise conditioning augmentation level (default: the stage's).",
-    )  # fmt: skip
+    )
     parser.add_argument("--steps", type=int, default=20, help="Denoising steps of the whole schedule.")
     parser.add_argument(
         "--guidance_scale", type=float, default=None, help="Classifier-free guidance scale; default: the pipeline's."
@@ -230,8 +246,10 @@ def check_conditioning(args, kind: str):
     if kind == "class" and args.class_labels is None:
         raise ValueError(f"`--pipeline` {args.pipeline!r} is class-conditional: pass `--class` (e.g. --class seven).")
     if kind == "text" and args.prompt is None:
-        raise ValueError(f"`--pipeline` {args.pipeline!r} is text-conditional: pass `--prompt` (e.g. --prompt "
-                         "'a handwritten eight').")  # fmt: skip
+        raise ValueError(
+            f"`--pipeline` {args.pipeline!r} is text-conditional: pass `--prompt` (e.g. --prompt "
+            "'a handwritten eight')."
+        )
     if kind != "class" and args.class_labels is not None:
         raise ValueError(f"`--class` needs a class-conditional model, but `--pipeline` {args.pipeline!r} is {kind}.")
     if kind != "text" and args.prompt is not None:

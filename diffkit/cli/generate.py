@@ -1,11 +1,11 @@
 """Images from text, edges or the user's own images, from the command line, with the Stable Diffusion family.
 
-    python -m diffkit.pipelines.generate sd --prompt "an astronaut riding a horse" --out images
-    python -m diffkit.pipelines.generate sdxl --prompt "a lion" --vae madebyollin/sdxl-vae-fp16-fix --out images
-    python -m diffkit.pipelines.generate controlnet-canny --image photo.png --prompt "a robot" --out images
-    python -m diffkit.pipelines.generate img2img --image photo.png --prompt "a watercolour" --strength 0.6 --out images
-    python -m diffkit.pipelines.generate inpaint --image photo.png --mask mask.png --prompt "a red scarf" --out images
-    python -m diffkit.pipelines.generate upscale --image small.png --prompt "a photo of a cat" --out images
+    python -m diffkit.cli.generate sd --prompt "an astronaut riding a horse" --out images
+    python -m diffkit.cli.generate sdxl --prompt "a lion" --vae madebyollin/sdxl-vae-fp16-fix --out images
+    python -m diffkit.cli.generate controlnet-canny --image photo.png --prompt "a robot" --out images
+    python -m diffkit.cli.generate img2img --image photo.png --prompt "a watercolour" --strength 0.6 --out images
+    python -m diffkit.cli.generate inpaint --image photo.png --mask mask.png --prompt "a red scarf" --out images
+    python -m diffkit.cli.generate upscale --image small.png --prompt "a photo of a cat" --out images
 
 img2img and inpaint use SDXL when `--model` is an SDXL checkpoint (its model_index.json says so).
 
@@ -14,15 +14,15 @@ before any model is loaded.
 """
 
 import argparse
-import json
 import os
 import warnings
 
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.image_processor import VaeImageProcessor
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
+from diffkit.cli import save_png
 from diffkit.pipelines.canny import canny_edges, check_image_side
 from diffkit.pipelines.loaders import (
     MEMORY_MODES,
@@ -62,7 +62,6 @@ DEFAULT_MODELS = {
 IMAGE_TASKS = ("img2img", "inpaint", "upscale")  # the commands that start from the user's --image
 DEFAULT_STRENGTH = {"img2img": 0.75, "inpaint": 1.0}
 DEFAULT_NOISE_LEVEL = 20  # the x4 upscaler's own default
-PNG_METADATA_KEY = "parameters"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -258,15 +257,6 @@ def warn_if_truncated(tokenizer, prompt: str, argument: str):
             f"{cut!r}. Shorten the prompt.",
             stacklevel=2,
         )
-
-
-def save_png(image: Image.Image, path: str, parameters: dict):
-    """Save `image` as a PNG whose text chunk `parameters` holds `parameters` as JSON, atomically."""
-    metadata = PngImagePlugin.PngInfo()
-    metadata.add_text(PNG_METADATA_KEY, json.dumps(parameters))
-    partial = path + ".partial"
-    image.save(partial, format="PNG", pnginfo=metadata)
-    os.replace(partial, path)  # a reader never sees half a PNG
 
 
 def main(argv=None):

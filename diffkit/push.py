@@ -8,7 +8,7 @@ works without diffkit. For a training run, the model card is rendered again with
 commit that holds the weights. Checkpoints, tracker logs, validation grids and `best/` stay local.
 
 With `--space_id`, a Gradio Space is created (or updated) that runs diffkit's web demo on the pushed pipeline: its
-`diffkit_app.py` is `pipelines/app.py` byte for byte, and its `app.py` only calls that file's `main` with the repo id.
+`diffkit_app.py` is `diffkit/app.py` byte for byte, and its `app.py` only calls that file's `main` with the repo id.
 
 `HF_ENDPOINT` and `HF_TOKEN` are honoured as everywhere in huggingface_hub.
 """
@@ -18,6 +18,7 @@ import contextlib
 import glob
 import importlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 from typing import Dict, List, Optional
@@ -53,7 +54,8 @@ CHECKPOINTS_PATH_IN_REPO = "checkpoints"
 # The web demo, uploaded unchanged to a Space under this module name; the Space's app.py imports it.
 APP_SOURCE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "app.py")
 SPACE_APP_MODULE = "diffkit_app"
-# The editing pipelines (self-contained files), uploaded beside the app so that its edit mode runs on a Space.
+# The editing pipelines (self-contained files in diffkit.pipelines), uploaded beside the app so that its edit mode runs
+# on a Space.
 EDITING_PIPELINE_PATTERNS = ("pipeline_*_inpaint.py", "pipeline_*_img2img.py")
 
 
@@ -148,7 +150,7 @@ def push_pipeline_folder(
     Example:
 
     ```py
-    >>> from diffkit.pipelines.push import push_pipeline_folder
+    >>> from diffkit.push import push_pipeline_folder
     >>> commit = push_pipeline_folder("out", "my-org/ddpm-mnist")  # doctest: +SKIP
     >>> print(commit.oid)  # doctest: +SKIP
     ```
@@ -162,7 +164,7 @@ def push_pipeline_folder(
         with open(training_config_file, encoding="utf-8") as f:
             training_config = json.load(f)
 
-    with explain_hub_errors(repo_id, f"push again with `python -m diffkit.pipelines.push {folder} {repo_id}`"):
+    with explain_hub_errors(repo_id, f"push again with `python -m diffkit.push {folder} {repo_id}`"):
         api = HfApi(token=token)
         repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
         ignore_patterns = LOCAL_ONLY_PATTERNS + ([MODEL_CARD_NAME] if training_config else [])
@@ -200,7 +202,7 @@ def demo_space_files(model_repo_id: str, gradio_version: str) -> Dict[str, bytes
     with open(APP_SOURCE_FILE, "rb") as f:
         app_source = f.read()
     launcher = (
-        f"# diffkit's web demo of {model_repo_id}. {SPACE_APP_MODULE}.py is diffkit's pipelines/app.py, unchanged.\n"
+        f"# diffkit's web demo of {model_repo_id}. {SPACE_APP_MODULE}.py is diffkit's diffkit/app.py, unchanged.\n"
         "import sys\n\n"
         f"from {SPACE_APP_MODULE} import main\n\n"
         "# The pipeline class is the code diffkit saved beside the weights, hence --trust_remote_code; a Space\n"
@@ -222,8 +224,10 @@ def demo_space_files(model_repo_id: str, gradio_version: str) -> Dict[str, bytes
         "draw, the guidance scale, the steps, the sampler and the seed, and watch the images form.\n"
     )
     editing_pipelines = {}
+    # found without importing the pipelines (and torch with them)
+    (pipelines_folder,) = importlib.util.find_spec("diffkit.pipelines").submodule_search_locations
     for pattern in EDITING_PIPELINE_PATTERNS:
-        for path in sorted(glob.glob(os.path.join(os.path.dirname(APP_SOURCE_FILE), pattern))):
+        for path in sorted(glob.glob(os.path.join(pipelines_folder, pattern))):
             with open(path, "rb") as f:
                 editing_pipelines[os.path.basename(path)] = f.read()
     return {
@@ -241,20 +245,20 @@ def push_demo_space(
     r"""
     Create (or update) a Gradio Space that runs diffkit's web demo on the pipeline pushed to `model_repo_id`.
 
-    The Space holds `diffkit_app.py` (this package's `pipelines/app.py`, unchanged), an `app.py` that calls its
+    The Space holds `diffkit_app.py` (this package's `diffkit/app.py`, unchanged), an `app.py` that calls its
     `main(["--pipeline", model_repo_id, "--trust_remote_code", ...])`, a `requirements.txt` and a card whose
     `sdk_version` is the installed Gradio. A private model needs an `HF_TOKEN` secret in the Space's settings.
 
     Example:
 
     ```py
-    >>> from diffkit.pipelines.push import push_demo_space
+    >>> from diffkit.push import push_demo_space
     >>> push_demo_space("my-org/ddpm-mnist-demo", "my-org/ddpm-mnist")  # doctest: +SKIP
     ```
     """
     check_repo_id(space_id, "space_id")
     files = demo_space_files(model_repo_id, installed_gradio_version())
-    with explain_hub_errors(space_id, "create the Space again with `python -m diffkit.pipelines.push ... --space_id`"):
+    with explain_hub_errors(space_id, "create the Space again with `python -m diffkit.push ... --space_id`"):
         api = HfApi(token=token)
         space_id = api.create_repo(
             space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True
@@ -282,7 +286,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--space_id",
         default=None,
-        help="Also create (or update) this Gradio Space, running diffkit's web demo (pipelines/app.py) on the pushed "
+        help="Also create (or update) this Gradio Space, running diffkit's web demo (diffkit/app.py) on the pushed "
         "pipeline; it has the visibility of --private.",
     )
     args = parser.parse_args(argv)
