@@ -10,8 +10,8 @@ from diffusers import DDPMScheduler
 from PIL import Image
 
 from diffkit import ClassConditionalInpaintPipeline, TextConditionalImagePipeline, UnconditionalImagePipeline
+from diffkit.cli import PNG_METADATA_KEY
 from diffkit.cli.edit import build_parser, main
-from diffkit.cli.generate import PNG_METADATA_KEY
 
 from .test_inpaint import SIZE, digit_and_bottom_half_mask
 from .test_pipelines import make_class_pipeline

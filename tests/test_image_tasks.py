@@ -12,7 +12,7 @@ from diffusers.models.attention_processor import FusedAttnProcessor2_0
 from PIL import Image
 from skimage.data import astronaut
 
-from diffkit.cli.generate import PNG_METADATA_KEY
+from diffkit.cli import PNG_METADATA_KEY
 from diffkit.cli.generate import main as generate_main
 from diffkit.pipelines.canny import canny_edges
 from diffkit.pipelines.loaders import (

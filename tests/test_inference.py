@@ -13,7 +13,8 @@ from diffusers.models.attention_processor import AttnProcessor2_0, FusedAttnProc
 from PIL import Image
 from skimage.data import astronaut, coffee
 
-from diffkit.cli.generate import PNG_METADATA_KEY, build_parser, warn_if_truncated
+from diffkit.cli import PNG_METADATA_KEY
+from diffkit.cli.generate import build_parser, warn_if_truncated
 from diffkit.cli.generate import main as generate_main
 from diffkit.cli.generate import parse_args as parse_generate_args
 from diffkit.pipelines.canny import canny_edges
