@@ -26,14 +26,8 @@ from diffusers import (
 from skimage.data import astronaut
 
 from diffkit.pipelines.canny import canny_edges
-from diffkit.pipelines.loaders import (
-    SD15_CANNY_CONTROLNET,
-    SD15_MODEL,
-    SDXL_MODEL,
-    load_controlnet_canny,
-    load_sdxl,
-    load_stable_diffusion,
-)
+from diffkit.pipelines.loaders import load_controlnet_canny, load_sdxl, load_stable_diffusion
+from diffkit.pipelines.stable_diffusion_options import SD15_CANNY_CONTROLNET, SD15_MODEL, SDXL_MODEL
 from tests.tiny_stable_diffusion import save_tiny_stable_diffusion
 
 GPU_CASES = [

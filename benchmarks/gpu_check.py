@@ -47,16 +47,18 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from diffkit.pipelines.canny import canny_edges
 from diffkit.pipelines.loaders import (
-    SD15_CANNY_CONTROLNET,
-    SD15_INPAINT_MODEL,
-    SD15_MODEL,
-    SDXL_MODEL,
-    UPSCALER_MODEL,
     load_controlnet_canny,
     load_sdxl,
     load_stable_diffusion,
     load_stable_diffusion_inpaint,
     load_upscaler,
+)
+from diffkit.pipelines.stable_diffusion_options import (
+    SD15_CANNY_CONTROLNET,
+    SD15_INPAINT_MODEL,
+    SD15_MODEL,
+    SDXL_MODEL,
+    UPSCALER_MODEL,
 )
 from tests.tiny_stable_diffusion import save_clip_tokenizer
 

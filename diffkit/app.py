@@ -20,7 +20,6 @@ loaders), so `python -m diffkit.push --space_id` uploads it unchanged to run a H
 import argparse
 import concurrent.futures
 import contextlib
-import importlib
 import inspect
 import ipaddress
 import logging
@@ -53,9 +52,13 @@ except ImportError as error:  # gradio is an optional dependency of diffkit
     ) from error
 
 try:  # installed diffkit classes load a diffkit folder without running the code saved beside the weights
-    import diffkit.pipelines as installed_diffkit
-except ImportError:  # as on a Hugging Face Space, where this file runs alone
-    installed_diffkit = None
+    from diffkit.pipelines import model_kinds
+
+    DIFFKIT_INSTALLED = True
+except ImportError:  # on a Hugging Face Space, where this file runs without diffkit, beside model_kinds.py and the
+    import model_kinds  # editing pipelines' files that `diffkit-push --space_id` uploads
+
+    DIFFKIT_INSTALLED = False
 
 logger = logging.getLogger(__name__)
 
@@ -83,22 +86,6 @@ DEFAULT_STRENGTH = 0.6
 DEFAULT_NOISE_LEVEL = 0.2
 # The largest noise level the slider offers (images in [-1, 1]); the pipeline refuses one beyond its schedule.
 MAX_NOISE_LEVEL = 4.0
-# The editing pipelines of each kind of diffkit pipeline: (module, class) for inpainting and for img2img/denoising.
-# The modules are diffkit's own files, which a Space holds beside this app (see `diffkit.push`).
-EDITING_PIPELINES = {
-    "class": {
-        "inpaint": ("pipeline_class_conditional_inpaint", "ClassConditionalInpaintPipeline"),
-        "img2img": ("pipeline_class_conditional_img2img", "ClassConditionalImg2ImgPipeline"),
-    },
-    "text": {
-        "inpaint": ("pipeline_text_conditional_inpaint", "TextConditionalInpaintPipeline"),
-        "img2img": ("pipeline_text_conditional_img2img", "TextConditionalImg2ImgPipeline"),
-    },
-    "unconditional": {
-        "inpaint": ("pipeline_unconditional_inpaint", "UnconditionalInpaintPipeline"),
-        "img2img": ("pipeline_unconditional_img2img", "UnconditionalImg2ImgPipeline"),
-    },
-}
 
 
 def check_model_argument(model: str, argument: str) -> None:
@@ -233,18 +220,16 @@ def load_diffkit_pipeline(model: str, trust_remote_code: bool = False, device=No
         model_index = DiffusionPipeline.load_config(model)
     except OSError as error:  # no model_index.json in the folder, or a repo that cannot be found or reached
         raise ValueError(f"`--pipeline` {model!r} cannot be loaded as a pipeline: {error}") from None
-    class_name = model_index.get("_class_name")
-    module_name = None
-    if isinstance(class_name, list):
-        module_name, class_name = class_name
-    pipeline_class = getattr(installed_diffkit, str(class_name), None)
-    if isinstance(pipeline_class, type) and issubclass(pipeline_class, DiffusionPipeline):
-        pipe = pipeline_class.from_pretrained(model)
-    elif module_name is None:
+    kind, task = model_kinds.saved_kind_and_task(model_index)
+    class_name = model_kinds.saved_class_name(model_index)
+    module_name = model_index["_class_name"][0] if isinstance(model_index.get("_class_name"), list) else None
+    if kind not in model_kinds.DIFFKIT_KINDS:
         raise ValueError(
             f"`--pipeline` {model!r} holds a {class_name}, not a diffkit pipeline; use `--sd` or `--sdxl` for Stable "
             "Diffusion models."
         )
+    if DIFFKIT_INSTALLED:
+        pipe = model_kinds.pipeline_class(kind, task).from_pretrained(model)
     elif not trust_remote_code:
         raise ValueError(
             f"`--pipeline` {model!r} needs the code in its {module_name}.py, and diffkit is not installed here to "
@@ -252,37 +237,30 @@ def load_diffkit_pipeline(model: str, trust_remote_code: bool = False, device=No
         )
     else:
         pipe = DiffusionPipeline.from_pretrained(model, trust_remote_code=True)
-    if pipeline_kind(pipe) is None:
-        raise ValueError(f"`--pipeline` {model!r} holds a {type(pipe).__name__}, which this demo cannot drive.")
+    if task in (model_kinds.INPAINT, model_kinds.IMG2IMG):
+        # a folder saved from an editing pipeline: its tab generates from the same weights
+        pipe = model_kinds.pipeline_class(kind, model_kinds.GENERATE).from_pipe(pipe)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return pipe.to(device=device) if dtype is None else pipe.to(device=device, dtype=dtype)
 
 
 def pipeline_kind(pipe) -> Optional[str]:
-    """The kind of tab a pipeline gets ("class", "text", "unconditional", or "super_resolution" for a stage that
-    upscales a given image), from what its `__call__` takes."""
-    parameters = inspect.signature(pipe.__call__).parameters
-    if "low_resolution" in pipe.config and "image" in parameters and "callback_on_step_end" in parameters:
-        return "super_resolution"
-    for argument, kind in (("class_labels", "class"), ("prompt", "text"), ("batch_size", "unconditional")):
-        if argument in parameters and "callback_on_step_end" in parameters:
-            return kind
-    return None
+    """The kind of model a pipeline is (see `model_kinds`), from its class's name as a saved folder would give it."""
+    return model_kinds.saved_kind_and_task({"_class_name": type(pipe).__name__})[0]
 
 
 def editing_pipeline(pipe, task: str) -> DiffusionPipeline:
     """The inpainting (`task="inpaint"`) or img2img/denoising pipeline made from `pipe` with `from_pipe`, sharing its
     modules: diffkit's installed class, or on a Space the pipeline file uploaded beside this app."""
-    module_name, class_name = EDITING_PIPELINES[pipeline_kind(pipe)]["inpaint" if task == "inpaint" else "img2img"]
-    if installed_diffkit is not None:
-        pipeline_class = getattr(installed_diffkit, class_name)
-    else:
-        try:
-            pipeline_class = getattr(importlib.import_module(module_name), class_name)
-        except ImportError:
-            raise ValueError(
-                f"Editing needs {class_name}: install diffkit, or put diffkit's {module_name}.py beside this app."
-            ) from None
+    kind = pipeline_kind(pipe)
+    task = model_kinds.INPAINT if task == model_kinds.INPAINT else model_kinds.IMG2IMG  # denoise is img2img
+    try:
+        pipeline_class = model_kinds.pipeline_class(kind, task)
+    except ImportError:
+        raise ValueError(
+            f"Editing needs {model_kinds.pipeline_class_name(kind, task)}: install diffkit, or put its pipeline file "
+            "beside this app."
+        ) from None
     return pipeline_class.from_pipe(pipe)
 
 
@@ -468,7 +446,7 @@ def diffkit_tab(pipe, title: str, api_name: str, max_images: int):
         with gr.Row():
             with gr.Column():
                 condition_inputs = []
-                if kind == "class":
+                if kind == model_kinds.CLASS_CONDITIONAL:
                     label_names = list(pipe.config.id2label.values())
                     condition_inputs.append(
                         gr.Dropdown(
@@ -480,18 +458,18 @@ def diffkit_tab(pipe, title: str, api_name: str, max_images: int):
                             info="One or more labels; each gets the number of images below.",
                         )
                     )
-                elif kind == "text":
+                elif kind == model_kinds.TEXT_CONDITIONAL:
                     condition_inputs.append(gr.Textbox(label="Prompt", placeholder="a handwritten seven"))
                     condition_inputs.append(gr.Textbox(label="Negative prompt", placeholder="(optional)"))
                 num_images = gr.Slider(1, max_images, value=min(4, max_images), step=1, precision=0, label="Images")
                 guidance_scale = gr.Slider(
                     0,
                     MAX_GUIDANCE_SCALE,
-                    value=pipe.config.guidance_scale if kind != "unconditional" else 1,
+                    value=pipe.config.guidance_scale if kind != model_kinds.UNCONDITIONAL else 1,
                     step=0.5,
                     label="Guidance scale",
                     info="0: unconditional, 1: conditional only, higher: follow the condition more closely.",
-                    visible=kind != "unconditional",
+                    visible=kind != model_kinds.UNCONDITIONAL,
                 )
                 num_inference_steps, sampler, seed, show_denoising = sampling_controls(saved_name, default_steps)
                 button = gr.Button("Generate", variant="primary")
@@ -538,13 +516,13 @@ def diffkit_tab(pipe, title: str, api_name: str, max_images: int):
         images_wanted = whole_number(images_wanted, "num_images")
         steps = whole_number(steps, "num_inference_steps")
         call_kwargs = dict(num_inference_steps=steps, output_type="pil")
-        if kind == "class":
+        if kind == model_kinds.CLASS_CONDITIONAL:
             labels = condition[0] if isinstance(condition[0], list) else [condition[0]]
             # names (or ids typed as digits) to ids, with the pipeline's own message for an unknown one
             label_ids = pipe.get_label_ids([int(x) if str(x).isdigit() else x for x in labels])
             call_kwargs.update(class_labels=label_ids, num_images_per_label=images_wanted)
             captions = [pipe.config.id2label[str(i)] for i in label_ids for _ in range(images_wanted)]
-        elif kind == "text":
+        elif kind == model_kinds.TEXT_CONDITIONAL:
             prompt, negative_prompt = condition
             call_kwargs.update(prompt=prompt, negative_prompt=negative_prompt or None)
             call_kwargs.update(num_images_per_prompt=images_wanted)
@@ -557,14 +535,14 @@ def diffkit_tab(pipe, title: str, api_name: str, max_images: int):
                 f"{len(captions)} images were asked for ({len(captions) // images_wanted} classes x "
                 f"{images_wanted}); this app makes at most {max_images} per request (--max_images)."
             )
-        if kind != "unconditional":
+        if kind != model_kinds.UNCONDITIONAL:
             call_kwargs["guidance_scale"] = float(guidance)
         generators = image_generators(seed_value, len(captions))
         call_kwargs["generator"] = generators
         captions = [f"{c} · seed {g.initial_seed()}".lstrip(" ·") for c, g in zip(captions, generators)]
         pipe.scheduler = scheduler_choice(saved_scheduler, sampler_name, SAMPLERS)
         summary = f"{type(pipe.scheduler).__name__}, {steps} steps"
-        if kind != "unconditional":
+        if kind != model_kinds.UNCONDITIONAL:
             summary += f", guidance {float(guidance):g}"
         return call_kwargs, captions, summary
 
@@ -846,7 +824,7 @@ def stable_diffusion_tab(pipe, title: str, api_name: str, max_images: int, canny
 def stable_diffusion_edit_tab(pipe, title: str, api_name: str, max_images: int, task: str):
     """An img2img (`task="img2img"`) or inpainting tab (`"inpaint"`, the mask painted over the image) for a Stable
     Diffusion or SDXL pipeline of that task."""
-    from diffkit.pipelines.loaders import check_strength, image_at_multiple_of_8
+    from diffkit.pipelines.stable_diffusion_options import check_strength, image_at_multiple_of_8
 
     saved_scheduler = pipe.scheduler
     inpaint = task == "inpaint"
@@ -907,7 +885,8 @@ def stable_diffusion_edit_tab(pipe, title: str, api_name: str, max_images: int, 
 def upscaler_tab(pipe, title: str, api_name: str, max_images: int):
     """A tab for the Stable Diffusion x4 upscaler: the image, a prompt describing it, the noise level, and tiles for
     large inputs."""
-    from diffkit.pipelines.loaders import UPSCALER_TILE_SIZE, check_upscale_inputs, upscale_tiled
+    from diffkit.pipelines.loaders import upscale_tiled
+    from diffkit.pipelines.stable_diffusion_options import UPSCALER_TILE_SIZE, check_upscale_inputs
 
     max_noise_level = pipe.config.max_noise_level
     with gr.Tab(title):
@@ -1028,7 +1007,7 @@ def build_demo(
     with gr.Blocks(title="diffkit", analytics_enabled=False) as demo:
         gr.Markdown("# diffkit\nGenerate with the pipelines below; one request runs at a time, the others queue.")
         for title, pipe in (diffkit_pipelines or {}).items():
-            if pipeline_kind(pipe) == "super_resolution":
+            if pipeline_kind(pipe) == model_kinds.SUPER_RESOLUTION:
                 super_resolution_tab(pipe, title, api_name_for(title, api_names, "upscale_"), max_images)
             else:
                 diffkit_tab(pipe, title, api_name_for(title, api_names), max_images)
@@ -1042,7 +1021,7 @@ def build_demo(
                     img2img, f"{title} img2img", api_name_for(name, api_names, "img2img_"), max_images, "img2img"
                 )
         if inpaint is not None:
-            name = "sdxl" if "XL" in type(inpaint).__name__ else "sd"
+            name = "sdxl" if pipeline_kind(inpaint) == model_kinds.SDXL else "sd"
             title = "SDXL inpainting" if name == "sdxl" else "Stable Diffusion inpainting"
             stable_diffusion_edit_tab(inpaint, title, api_name_for(name, api_names, "inpaint_"), max_images, "inpaint")
         if upscaler is not None:
@@ -1065,7 +1044,7 @@ def load_models(args) -> Dict:
     models = {"diffkit_pipelines": diffkit_pipelines}
     if args.sd or args.sdxl or args.controlnet or args.inpaint or args.upscaler:
         from diffkit.pipelines.loaders import (
-            SD15_MODEL,
+            is_sdxl,
             load_controlnet_canny,
             load_sdxl,
             load_sdxl_inpaint,
@@ -1073,6 +1052,7 @@ def load_models(args) -> Dict:
             load_stable_diffusion_inpaint,
             load_upscaler,
         )
+        from diffkit.pipelines.stable_diffusion_options import SD15_MODEL
 
         options = dict(device=args.device, dtype=args.dtype)
         if args.sd:
@@ -1082,12 +1062,12 @@ def load_models(args) -> Dict:
         if args.controlnet:
             base = args.controlnet_base or args.sd or SD15_MODEL
             # the base model's own model_index.json says which ControlNet pipeline fits it
-            sdxl = "XL" in DiffusionPipeline.load_config(base)["_class_name"]
+            sdxl = is_sdxl(base)
             models["controlnet"] = load_controlnet_canny(
                 base, args.controlnet, sdxl=sdxl, vae=args.vae if sdxl else None, **options
             )
         if args.inpaint:
-            if "XL" in DiffusionPipeline.load_config(args.inpaint)["_class_name"]:
+            if is_sdxl(args.inpaint):
                 models["inpaint"] = load_sdxl_inpaint(args.inpaint, vae=args.vae, **options)
             else:
                 models["inpaint"] = load_stable_diffusion_inpaint(args.inpaint, **options)

@@ -23,7 +23,6 @@ import json
 import os
 from typing import Dict, List, Optional
 
-import diffusers
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, constants
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
@@ -54,9 +53,9 @@ CHECKPOINTS_PATH_IN_REPO = "checkpoints"
 # The web demo, uploaded unchanged to a Space under this module name; the Space's app.py imports it.
 APP_SOURCE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "app.py")
 SPACE_APP_MODULE = "diffkit_app"
-# The editing pipelines (self-contained files in diffkit.pipelines), uploaded beside the app so that its edit mode runs
-# on a Space.
-EDITING_PIPELINE_PATTERNS = ("pipeline_*_inpaint.py", "pipeline_*_img2img.py")
+# The table of model kinds and the editing pipelines (self-contained files in diffkit.pipelines), uploaded beside the
+# app so that it runs, edit mode included, on a Space.
+EDITING_PIPELINE_PATTERNS = ("model_kinds.py", "pipeline_*_inpaint.py", "pipeline_*_img2img.py")
 
 
 class HubPushError(RuntimeError):
@@ -209,7 +208,7 @@ def demo_space_files(model_repo_id: str, gradio_version: str) -> Dict[str, bytes
         "# serves the public, hence --host 0.0.0.0. Arguments given to this script come after and win.\n"
         f'main(["--pipeline", "{model_repo_id}", "--trust_remote_code", "--host", "0.0.0.0", *sys.argv[1:]])\n'
     )
-    requirements = f"torch\ndiffusers=={diffusers.__version__}\ntransformers\nsafetensors\n"
+    requirements = f"torch\ndiffusers=={importlib.metadata.version('diffusers')}\ntransformers\nsafetensors\n"
     card = (
         "---\n"
         f"title: {model_repo_id.split('/')[-1]}\n"

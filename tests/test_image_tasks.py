@@ -16,9 +16,6 @@ from diffkit.cli import PNG_METADATA_KEY
 from diffkit.cli.generate import main as generate_main
 from diffkit.pipelines.canny import canny_edges
 from diffkit.pipelines.loaders import (
-    UPSCALER_MAX_UNTILED_SIDE,
-    check_strength,
-    check_upscale_inputs,
     load_controlnet_canny_img2img,
     load_sdxl,
     load_sdxl_img2img,
@@ -27,9 +24,14 @@ from diffkit.pipelines.loaders import (
     load_stable_diffusion_img2img,
     load_stable_diffusion_inpaint,
     load_upscaler,
-    resized_mask,
     task_pipeline,
     upscale_tiled,
+)
+from diffkit.pipelines.stable_diffusion_options import (
+    UPSCALER_MAX_UNTILED_SIDE,
+    check_strength,
+    check_upscale_inputs,
+    resized_mask,
 )
 
 from .tiny_stable_diffusion import (

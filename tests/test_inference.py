@@ -359,7 +359,7 @@ def test_generate_help_explains_every_option():
     ],
 )
 def test_generate_rejects_bad_input_before_loading(argv, message, tmp_path, monkeypatch):
-    monkeypatch.setattr("diffkit.cli.generate.load_stable_diffusion", pytest.fail)
+    monkeypatch.setattr("diffkit.pipelines.loaders.load_stable_diffusion", pytest.fail)
     with pytest.raises(ValueError, match=message):
         generate_main([*argv, "--prompt", "x", "--out", str(tmp_path)])
 

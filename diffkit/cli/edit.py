@@ -16,41 +16,28 @@ chunk `parameters` holds the edit's settings as JSON. Files and flags are checke
 import argparse
 import os
 
-import torch
-from diffusers import DiffusionPipeline
 from PIL import Image, UnidentifiedImageError
 
 from diffkit.cli import save_png
-from diffkit.pipelines.pipeline_class_conditional_image import ClassConditionalImagePipeline
-from diffkit.pipelines.pipeline_class_conditional_img2img import ClassConditionalImg2ImgPipeline
-from diffkit.pipelines.pipeline_class_conditional_inpaint import ClassConditionalInpaintPipeline
-from diffkit.pipelines.pipeline_super_resolution import SuperResolutionPipeline
-from diffkit.pipelines.pipeline_text_conditional_image import TextConditionalImagePipeline
-from diffkit.pipelines.pipeline_text_conditional_img2img import TextConditionalImg2ImgPipeline
-from diffkit.pipelines.pipeline_text_conditional_inpaint import TextConditionalInpaintPipeline
-from diffkit.pipelines.pipeline_unconditional_image import UnconditionalImagePipeline
-from diffkit.pipelines.pipeline_unconditional_img2img import UnconditionalImg2ImgPipeline
-from diffkit.pipelines.pipeline_unconditional_inpaint import UnconditionalInpaintPipeline
+from diffkit.pipelines.model_kinds import (
+    CLASS_CONDITIONAL,
+    DIFFKIT_KINDS,
+    IMG2IMG,
+    INPAINT,
+    SUPER_RESOLUTION,
+    TEXT_CONDITIONAL,
+    UPSCALE,
+    pipeline_class,
+    saved_class_name,
+    saved_kind_and_task,
+)
+
+# torch, diffusers and the pipelines are imported in the functions that use them, so that `--help` and a bad flag
+# answer at once.
 
 TASKS = ("inpaint", "img2img", "denoise", "upscale")
 DEFAULT_STRENGTH = 0.6
 DEFAULT_JUMP_LENGTH = 10
-# The base pipeline that each kind of training run saves, and the pipelines of the editing tasks made from it.
-BASE_PIPELINES = {
-    "class": ClassConditionalImagePipeline,
-    "text": TextConditionalImagePipeline,
-    "unconditional": UnconditionalImagePipeline,
-}
-INPAINT_PIPELINES = {
-    "class": ClassConditionalInpaintPipeline,
-    "text": TextConditionalInpaintPipeline,
-    "unconditional": UnconditionalInpaintPipeline,
-}
-IMG2IMG_PIPELINES = {
-    "class": ClassConditionalImg2ImgPipeline,
-    "text": TextConditionalImg2ImgPipeline,
-    "unconditional": UnconditionalImg2ImgPipeline,
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,43 +173,49 @@ def parse_args(argv=None):
             raise ValueError(f"`--{name}` must be a positive integer, but is {getattr(args, name)}.")
     if args.guidance_scale is not None and not args.guidance_scale >= 0:
         raise ValueError(f"`--guidance_scale` must be >= 0, but is {args.guidance_scale}.")
-    if args.device not in (None, "cpu") and not (args.device.startswith("cuda") and torch.cuda.is_available()):
-        raise ValueError(f"`--device` {args.device!r} is not available here: pass cpu (or cuda on a GPU machine).")
+    if args.device not in (None, "cpu"):
+        import torch
+
+        if not (args.device.startswith("cuda") and torch.cuda.is_available()):
+            raise ValueError(f"`--device` {args.device!r} is not available here: pass cpu (or cuda on a GPU machine).")
     return args
 
 
 def saved_pipeline(name_or_path: str):
-    """`(kind, pipeline class, config)` of the diffkit pipeline in a folder or Hub repo: the kind ("class", "text"
-    or "unconditional"), the installed class its `model_index.json` names (a base pipeline, an inpainting or img2img
-    one made from it, or a super-resolution stage) and that config, read before any weights load."""
+    """`(kind, task, config)` of the diffkit pipeline in a folder or Hub repo, from its `model_index.json`, read
+    before any weights load: the task is that of the class the folder names (a folder saved from an inpainting
+    pipeline is of the kind of its base model, and its task is "inpaint")."""
+    from diffusers import DiffusionPipeline
+
     try:
         config = DiffusionPipeline.load_config(name_or_path)
     except OSError as error:  # no model_index.json in the folder, or a repo that cannot be found or reached
         raise ValueError(f"`--pipeline` {name_or_path!r} cannot be loaded as a pipeline: {error}") from None
-    class_name = config.get("_class_name")
-    class_name = class_name[1] if isinstance(class_name, list) else class_name
-    if class_name == SuperResolutionPipeline.__name__:
-        kind = "class" if config.get("num_classes") else "unconditional"
-        return kind, SuperResolutionPipeline, config
-    for kind in BASE_PIPELINES:
-        for pipeline_class in (BASE_PIPELINES[kind], INPAINT_PIPELINES[kind], IMG2IMG_PIPELINES[kind]):
-            if class_name == pipeline_class.__name__:
-                return kind, pipeline_class, config
-    raise ValueError(
-        f"`--pipeline` {name_or_path!r} holds a {class_name}; diffkit-edit works on diffkit pipelines "
-        f"({', '.join(c.__name__ for c in BASE_PIPELINES.values())}, {SuperResolutionPipeline.__name__}); for "
-        "Stable Diffusion use diffkit-generate."
-    )
+    kind, task = saved_kind_and_task(config)
+    if kind not in DIFFKIT_KINDS:
+        raise ValueError(
+            f"`--pipeline` {name_or_path!r} holds a {saved_class_name(config)}; diffkit-edit works on diffkit "
+            f"pipelines ({', '.join(DIFFKIT_KINDS)}); for Stable Diffusion use diffkit-generate."
+        )
+    return kind, task, config
 
 
-def check_task(args, pipeline_class, config: dict):
+def conditioning_of(kind: str, config: dict):
+    """What the model is conditioned on: "class" (a class model, or a stage trained with class labels), "text", or
+    None."""
+    if kind == CLASS_CONDITIONAL or (kind == SUPER_RESOLUTION and config.get("num_classes")):
+        return "class"
+    return "text" if kind == TEXT_CONDITIONAL else None
+
+
+def check_task(args, kind: str, config: dict):
     """`upscale` takes a super-resolution stage, and a stage takes nothing else; its noise level fits its training."""
-    if args.task == "upscale" and pipeline_class is not SuperResolutionPipeline:
+    if args.task == UPSCALE and kind != SUPER_RESOLUTION:
         raise ValueError(
             f"`upscale` needs a super-resolution stage (trained with --conditioning low_resolution), but `--pipeline` "
-            f"{args.pipeline!r} holds a {pipeline_class.__name__}."
+            f"{args.pipeline!r} holds a {saved_class_name(config)}."
         )
-    if args.task != "upscale" and pipeline_class is SuperResolutionPipeline:
+    if args.task != UPSCALE and kind == SUPER_RESOLUTION:
         raise ValueError(
             f"`--pipeline` {args.pipeline!r} is a super-resolution stage: it can only `upscale`, not {args.task}."
         )
@@ -241,20 +234,25 @@ def check_task(args, pipeline_class, config: dict):
         )
 
 
-def check_conditioning(args, kind: str):
+def check_conditioning(args, conditioning):
     """The condition flags that the model takes: `--class` for class models, `--prompt` for text models."""
-    if kind == "class" and args.class_labels is None:
+    if conditioning == "class" and args.class_labels is None:
         raise ValueError(f"`--pipeline` {args.pipeline!r} is class-conditional: pass `--class` (e.g. --class seven).")
-    if kind == "text" and args.prompt is None:
+    if conditioning == "text" and args.prompt is None:
         raise ValueError(
             f"`--pipeline` {args.pipeline!r} is text-conditional: pass `--prompt` (e.g. --prompt "
             "'a handwritten eight')."
         )
-    if kind != "class" and args.class_labels is not None:
-        raise ValueError(f"`--class` needs a class-conditional model, but `--pipeline` {args.pipeline!r} is {kind}.")
-    if kind != "text" and args.prompt is not None:
-        raise ValueError(f"`--prompt` needs a text-conditional model, but `--pipeline` {args.pipeline!r} is {kind}.")
-    if kind == "unconditional" and args.guidance_scale is not None:
+    described = f"{conditioning}-conditional" if conditioning else "unconditional"
+    if conditioning != "class" and args.class_labels is not None:
+        raise ValueError(
+            f"`--class` needs a class-conditional model, but `--pipeline` {args.pipeline!r} is {described}."
+        )
+    if conditioning != "text" and args.prompt is not None:
+        raise ValueError(
+            f"`--prompt` needs a text-conditional model, but `--pipeline` {args.pipeline!r} is {described}."
+        )
+    if conditioning is None and args.guidance_scale is not None:
         raise ValueError("`--guidance_scale` needs a conditional model; an unconditional one has no guidance.")
 
 
@@ -265,24 +263,27 @@ def label_argument(label: str):
 
 def main(argv=None):
     args = parse_args(argv)
-    kind, pipeline_class, config = saved_pipeline(args.pipeline)
-    check_task(args, pipeline_class, config)
-    check_conditioning(args, kind)
+    kind, saved_task, config = saved_pipeline(args.pipeline)
+    check_task(args, kind, config)
+    conditioning = conditioning_of(kind, config)
+    check_conditioning(args, conditioning)
+    import torch
+
     # The installed class that the folder names, not the code saved beside the weights: no remote code runs. The
     # task's pipeline is then made from it with `from_pipe`.
-    pipe = pipeline_class.from_pretrained(args.pipeline)
+    pipe = pipeline_class(kind, saved_task).from_pretrained(args.pipeline)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe.to(device)
     # The generator lives on the CPU so that a seed gives the same images on any device.
     kwargs = dict(num_inference_steps=args.steps, generator=torch.Generator("cpu").manual_seed(args.seed))
-    if kind == "class":
+    if conditioning == "class":
         conditions = args.class_labels
         kwargs.update(
             class_labels=[label_argument(label) for label in args.class_labels],
             num_images_per_label=args.num_images,
             guidance_scale=args.guidance_scale,
         )
-    elif kind == "text":
+    elif conditioning == "text":
         conditions = [f"prompt{index}" for index in range(len(args.prompt))]
         kwargs.update(
             prompt=args.prompt,
@@ -298,7 +299,7 @@ def main(argv=None):
         image = opened.copy()
     if args.task == "upscale":
         # One input, upscaled once per class (a class-conditional stage) and `--num_images` times each.
-        if kind == "class":
+        if conditioning == "class":
             del kwargs["num_images_per_label"]
         images = pipe(
             image=[image] * len(conditions),
@@ -309,14 +310,15 @@ def main(argv=None):
     elif args.task == "inpaint":
         with Image.open(args.mask) as opened:
             mask = opened.copy()
-        inpaint = INPAINT_PIPELINES[kind].from_pipe(pipe)
+        inpaint = pipeline_class(kind, INPAINT).from_pipe(pipe)
         images = inpaint(
             image=image, mask_image=mask, jump_length=args.jump_length, jump_n_sample=args.jump_n_sample, **kwargs
         ).images
     elif args.task == "img2img":
-        images = IMG2IMG_PIPELINES[kind].from_pipe(pipe)(image=image, strength=args.strength, **kwargs).images
-    else:
-        images = IMG2IMG_PIPELINES[kind].from_pipe(pipe)(image=image, noise_level=args.noise_level, **kwargs).images
+        images = pipeline_class(kind, IMG2IMG).from_pipe(pipe)(image=image, strength=args.strength, **kwargs).images
+    else:  # denoise: img2img from the noise level of the image's noise
+        img2img = pipeline_class(kind, IMG2IMG).from_pipe(pipe)
+        images = img2img(image=image, noise_level=args.noise_level, **kwargs).images
 
     os.makedirs(args.out, exist_ok=True)
     parameters = {k: v for k, v in vars(args).items() if k not in ("out", "device")}
@@ -324,9 +326,9 @@ def main(argv=None):
         condition = conditions[index // args.num_images]
         path = os.path.join(args.out, f"{args.task}-{condition}-seed{args.seed}-{index % args.num_images}.png")
         # the condition of this image: its class, or its one prompt in place of the list
-        if kind == "class":
+        if conditioning == "class":
             parameters["class_label"] = condition
-        elif kind == "text":
+        elif conditioning == "text":
             parameters["prompt"] = args.prompt[index // args.num_images]
         save_png(edited, path, {**parameters, "image_index": index})
         print(path)

@@ -17,16 +17,13 @@ import argparse
 import os
 import warnings
 
-import torch
-from diffusers import DiffusionPipeline
-from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 
 from diffkit.cli import save_png
-from diffkit.pipelines.canny import canny_edges, check_image_side
-from diffkit.pipelines.loaders import (
+from diffkit.pipelines.canny import check_image_side
+from diffkit.pipelines.stable_diffusion_options import (
     MEMORY_MODES,
-    SCHEDULERS,
+    SCHEDULER_CLASS_NAMES,
     SD15_CANNY_CONTROLNET,
     SD15_INPAINT_MODEL,
     SD15_MODEL,
@@ -37,19 +34,11 @@ from diffkit.pipelines.loaders import (
     check_strength,
     check_upscale_inputs,
     image_at_multiple_of_8,
-    load_controlnet_canny,
-    load_controlnet_canny_img2img,
-    load_sdxl,
-    load_sdxl_img2img,
-    load_sdxl_inpaint,
-    load_sdxl_refiner,
-    load_stable_diffusion,
-    load_stable_diffusion_img2img,
-    load_stable_diffusion_inpaint,
-    load_upscaler,
     resized_mask,
-    upscale_tiled,
 )
+
+# torch, diffusers and the loaders are imported by the functions that run a model, so that `--help` and a bad flag
+# answer at once.
 
 DEFAULT_MODELS = {
     "sd": SD15_MODEL,
@@ -162,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--height", type=int, default=None, help="Image height, a multiple of 8; the model's default (see --width)."
     )
     parser.add_argument(
-        "--scheduler", default=None, choices=sorted(SCHEDULERS), help="Sampler; by default the model's own."
+        "--scheduler", default=None, choices=sorted(SCHEDULER_CLASS_NAMES), help="Sampler; by default the model's own."
     )
     parser.add_argument("--memory", default="auto", choices=MEMORY_MODES, help="GPU memory strategy.")
     parser.add_argument("--device", default=None, help="'cuda', 'cuda:1' or 'cpu'; defaults to CUDA when present.")
@@ -241,11 +230,6 @@ def check_image_task_arguments(args, images: dict):
         resized_mask(images["mask"], images["image"])
 
 
-def is_sdxl(model: str) -> bool:
-    """The model's own model_index.json says whether it is SDXL (a small file, read before any weight)."""
-    return "XL" in DiffusionPipeline.load_config(model)["_class_name"]
-
-
 def warn_if_truncated(tokenizer, prompt: str, argument: str):
     """CLIP reads at most `model_max_length` tokens; say which words it will not see."""
     token_ids = tokenizer(prompt, truncation=False).input_ids
@@ -261,6 +245,17 @@ def warn_if_truncated(tokenizer, prompt: str, argument: str):
 
 def main(argv=None):
     args = parse_args(argv)
+    import torch
+
+    from diffkit.pipelines.canny import canny_edges
+    from diffkit.pipelines.loaders import (
+        is_sdxl,
+        load_controlnet_canny,
+        load_sdxl,
+        load_sdxl_refiner,
+        load_stable_diffusion,
+    )
+
     options = dict(
         device=args.device, dtype=args.dtype, scheduler=args.scheduler, memory=args.memory, compile_unet=args.compile
     )
@@ -282,8 +277,7 @@ def main(argv=None):
         refiner = load_sdxl_refiner(pipe, args.refiner, memory=args.memory) if args.refiner else None
     else:
         # The base model's own model_index.json says which ControlNet pipeline fits it.
-        sdxl = "XL" in DiffusionPipeline.load_config(args.model)["_class_name"]
-        pipe = load_controlnet_canny(args.model, args.controlnet, sdxl=sdxl, vae=args.vae, **options)
+        pipe = load_controlnet_canny(args.model, args.controlnet, sdxl=is_sdxl(args.model), vae=args.vae, **options)
         with Image.open(args.image) as photo:
             call_kwargs["image"] = canny_edges(photo.convert("RGB"), args.low_threshold, args.high_threshold)
         if args.width is None and args.height is None:
@@ -319,6 +313,22 @@ def save_images(images, args):
 def run_image_task(args, options: dict, call_kwargs: dict):
     """img2img, inpaint or upscale on --image: everything is checked (the upscaler's noise range from its config)
     before the weights load."""
+    import torch
+    from diffusers import DiffusionPipeline
+    from diffusers.image_processor import VaeImageProcessor
+
+    from diffkit.pipelines.canny import canny_edges
+    from diffkit.pipelines.loaders import (
+        is_sdxl,
+        load_controlnet_canny_img2img,
+        load_sdxl_img2img,
+        load_sdxl_inpaint,
+        load_stable_diffusion_img2img,
+        load_stable_diffusion_inpaint,
+        load_upscaler,
+        upscale_tiled,
+    )
+
     original = read_image(args.image, "--image")
     if args.family == "upscale":
         image = original
