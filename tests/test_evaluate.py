@@ -1,4 +1,4 @@
-"""`python -m diffkit.training.evaluate` end to end on a tiny trained model, and its bad input."""
+"""`diffkit-evaluate` (`python -m diffkit.cli.evaluate`) end to end on a tiny trained model, and its bad input."""
 
 import json
 import subprocess
@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from diffkit import ClassConditionalImagePipeline
+from diffkit.cli.evaluate import parse_args
 from diffkit.training.evaluate import (
     generate,
     inception_unavailable_reason,
-    parse_args,
     prepare_real_reference,
     real_images,
     score,
@@ -39,7 +39,7 @@ def test_evaluate_command_on_a_tiny_model(tiny_run):
         [
             sys.executable,
             "-m",
-            "diffkit.training.evaluate",
+            "diffkit.cli.evaluate",
             str(output_dir),
             "--num_samples",
             "20",

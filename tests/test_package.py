@@ -29,7 +29,7 @@ SAVED_BEFORE_NAMESPACE = os.path.join(
 )
 COMMANDS = {
     "diffkit-train": "diffkit.training.train",
-    "diffkit-evaluate": "diffkit.training.evaluate",
+    "diffkit-evaluate": "diffkit.cli.evaluate",
     "diffkit-generate": "diffkit.cli.generate",
     "diffkit-edit": "diffkit.cli.edit",
     "diffkit-push": "diffkit.push",

@@ -16,6 +16,12 @@ KID_SUBSET_SIZE = 1000
 # Precision and recall as in Kynkäänniemi et al. (2019): a point is covered when it lies within the distance to
 # the k-th nearest neighbour of some point of the other set; k = 3 is the paper's choice.
 PRECISION_RECALL_K = 3
+# The metrics diffkit reports, by name; the name says which network's features they are computed in.
+MOBILENET_METRICS = ["FID-MobileNetV2", "KID-MobileNetV2", "precision-MobileNetV2", "recall-MobileNetV2"]
+CLASSIFIER_METRICS = ["class-accuracy", "FD-classifier"]
+INCEPTION_METRICS = ["FID-InceptionV3", "KID-InceptionV3", "IS-InceptionV3"]
+ALL_METRICS = MOBILENET_METRICS + CLASSIFIER_METRICS + INCEPTION_METRICS
+HIGHER_IS_BETTER = {"class-accuracy", "precision-MobileNetV2", "recall-MobileNetV2", "IS-InceptionV3"}
 
 
 class FeatureStatistics(NamedTuple):

