@@ -26,12 +26,10 @@ if grep -E '^  (pipelines|training|model_cards)/' show.txt; then echo "top-level
 grep -q '^  diffkit/model_cards/diffkit_pipeline.md$' show.txt
 grep -q '^  diffkit/training/accelerate_configs/multi_cpu.yaml$' show.txt
 
-# the commands, as installed (the web demo needs the `app` extra, and says so)
-for command in diffkit-train diffkit-evaluate diffkit-generate diffkit-edit diffkit-push; do
+# the commands, as installed; each answers --help without loading torch, the web demo's without the `app` extra
+for command in diffkit-train diffkit-evaluate diffkit-generate diffkit-edit diffkit-push diffkit-app; do
   "$work/venv/bin/$command" --help >/dev/null
 done
-if "$work/venv/bin/diffkit-app" --help >app.txt 2>&1; then echo "diffkit-app ran without gradio"; exit 1; fi
-grep -q "The web demo needs Gradio" app.txt
 
 # the default job, shortened, then its pipeline through the public import
 PATH="$work/venv/bin:$PATH" accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no \
@@ -48,3 +46,6 @@ assert [image.size for image in images] == [(28, 28), (28, 28)]
 assert "from diffkit import ClassConditionalImagePipeline" in open("out/README.md").read()
 print("the wheel's default job trained, saved and loaded:", type(pipe).__module__)
 PY
+# the web demo needs the `app` extra, and says so before it loads a model
+if "$work/venv/bin/diffkit-app" --pipeline out >app.txt 2>&1; then echo "diffkit-app ran without gradio"; exit 1; fi
+grep -q "The web demo needs Gradio" app.txt

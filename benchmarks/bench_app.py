@@ -24,7 +24,7 @@ import torch
 from gradio_client import Client
 
 from diffkit import ClassConditionalImagePipeline
-from diffkit.app import SAVED_SAMPLER, api_name_for, pipeline_title
+from diffkit.demo import SAVED_SAMPLER, api_name_for, pipeline_title
 
 STARTUP_TIMEOUT_S = 300
 

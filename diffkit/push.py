@@ -8,7 +8,8 @@ works without diffkit. For a training run, the model card is rendered again with
 commit that holds the weights. Checkpoints, tracker logs, validation grids and `best/` stay local.
 
 With `--space_id`, a Gradio Space is created (or updated) that runs diffkit's web demo on the pushed pipeline: its
-`diffkit_app.py` is `diffkit/app.py` byte for byte, and its `app.py` only calls that file's `main` with the repo id.
+`diffkit_app.py` and `diffkit_demo.py` are `diffkit/app.py` and `diffkit/demo.py` byte for byte, and its `app.py` only
+calls the first one's `main` with the repo id.
 
 `HF_ENDPOINT` and `HF_TOKEN` are honoured as everywhere in huggingface_hub.
 """
@@ -53,6 +54,9 @@ CHECKPOINTS_PATH_IN_REPO = "checkpoints"
 # The web demo, uploaded unchanged to a Space under this module name; the Space's app.py imports it.
 APP_SOURCE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "app.py")
 SPACE_APP_MODULE = "diffkit_app"
+# The Gradio app that the command serves, uploaded beside it under the name app.py imports on a Space.
+DEMO_SOURCE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.py")
+SPACE_DEMO_MODULE = "diffkit_demo"
 # The table of model kinds and the editing pipelines (self-contained files in diffkit.pipelines), uploaded beside the
 # app so that it runs, edit mode included, on a Space.
 EDITING_PIPELINE_PATTERNS = ("model_kinds.py", "pipeline_*_inpaint.py", "pipeline_*_img2img.py")
@@ -200,6 +204,8 @@ def demo_space_files(model_repo_id: str, gradio_version: str) -> Dict[str, bytes
     """The files of a Gradio Space that serves diffkit's web demo for the pipeline in `model_repo_id`."""
     with open(APP_SOURCE_FILE, "rb") as f:
         app_source = f.read()
+    with open(DEMO_SOURCE_FILE, "rb") as f:
+        demo_source = f.read()
     launcher = (
         f"# diffkit's web demo of {model_repo_id}. {SPACE_APP_MODULE}.py is diffkit's diffkit/app.py, unchanged.\n"
         "import sys\n\n"
@@ -232,6 +238,7 @@ def demo_space_files(model_repo_id: str, gradio_version: str) -> Dict[str, bytes
     return {
         "app.py": launcher.encode(),
         f"{SPACE_APP_MODULE}.py": app_source,
+        f"{SPACE_DEMO_MODULE}.py": demo_source,
         **editing_pipelines,
         "requirements.txt": requirements.encode(),
         MODEL_CARD_NAME: card.encode(),
@@ -244,8 +251,9 @@ def push_demo_space(
     r"""
     Create (or update) a Gradio Space that runs diffkit's web demo on the pipeline pushed to `model_repo_id`.
 
-    The Space holds `diffkit_app.py` (this package's `diffkit/app.py`, unchanged), an `app.py` that calls its
-    `main(["--pipeline", model_repo_id, "--trust_remote_code", ...])`, a `requirements.txt` and a card whose
+    The Space holds `diffkit_app.py` and `diffkit_demo.py` (this package's `diffkit/app.py` and `diffkit/demo.py`,
+    unchanged), an `app.py` that calls the first one's `main(["--pipeline", model_repo_id, "--trust_remote_code",
+    ...])`, the editing pipelines' files, a `requirements.txt` and a card whose
     `sdk_version` is the installed Gradio. A private model needs an `HF_TOKEN` secret in the Space's settings.
 
     Example:

@@ -12,7 +12,7 @@ from PIL import Image
 from skimage.data import astronaut
 
 from diffkit import ClassConditionalInpaintPipeline, TextConditionalImagePipeline, UnconditionalImagePipeline
-from diffkit.app import SAVED_SAMPLER, build_demo
+from diffkit.demo import SAVED_SAMPLER, build_demo
 from diffkit.pipelines.loaders import (
     load_controlnet_canny,
     load_sdxl,

@@ -17,15 +17,9 @@ from diffusers import UNet2DConditionModel
 from gradio_client import Client
 from PIL import Image
 
-from diffkit import app
-from diffkit.app import (
-    SAVED_SAMPLER,
-    api_name_for,
-    build_parser,
-    load_diffkit_pipeline,
-    parse_args,
-    pipeline_title,
-)
+from diffkit import app, demo
+from diffkit.app import build_parser, parse_args
+from diffkit.demo import SAVED_SAMPLER, api_name_for, load_diffkit_pipeline, pipeline_title
 
 from .test_pipelines import make_class_pipeline
 from .tiny_stable_diffusion import save_tiny_sdxl, save_tiny_stable_diffusion, save_tiny_upscaler
@@ -145,14 +139,14 @@ def test_the_models_load_on_the_thread_that_runs_them(pipeline_folder, monkeypat
         seen["num_threads"] = torch.get_num_threads()
         return {"diffkit_pipelines": {}}
 
-    monkeypatch.setattr(app, "load_models", recording_load_models)
-    monkeypatch.setattr(app.gr.Blocks, "launch", lambda self, **kwargs: None)
-    threads_before = app.on_compute_thread(torch.get_num_threads)
+    monkeypatch.setattr(demo, "load_models", recording_load_models)
+    monkeypatch.setattr(demo.gr.Blocks, "launch", lambda self, **kwargs: None)
+    threads_before = demo.on_compute_thread(torch.get_num_threads)
     try:
         app.main(["--pipeline", pipeline_folder, "--num_threads", "1"])
     finally:  # torch keeps the count for threads started later in this test process
-        app.on_compute_thread(torch.set_num_threads, threads_before)
-    assert seen == {"load": app.on_compute_thread(threading.get_ident), "num_threads": 1}
+        demo.on_compute_thread(torch.set_num_threads, threads_before)
+    assert seen == {"load": demo.on_compute_thread(threading.get_ident), "num_threads": 1}
     assert seen["load"] != threading.get_ident()
 
 
@@ -163,13 +157,13 @@ def test_inpaint_and_upscaler_models_load_with_their_loaders(tmp_path):
     sd_inpaint = save_tiny_stable_diffusion(str(tmp_path / "sd_inpaint"), inpainting=True)
     sdxl_inpaint = save_tiny_sdxl(str(tmp_path / "sdxl_inpaint"), inpainting=True)
     upscaler = save_tiny_upscaler(str(tmp_path / "upscaler"))
-    models = app.load_models(parse_args(["--inpaint", sd_inpaint, "--upscaler", upscaler, "--device", "cpu"]))
+    models = demo.load_models(parse_args(["--inpaint", sd_inpaint, "--upscaler", upscaler, "--device", "cpu"]))
     assert type(models["inpaint"]).__name__ == "StableDiffusionInpaintPipeline"
     assert type(models["upscaler"]).__name__ == "StableDiffusionUpscalePipeline"
-    models = app.load_models(parse_args(["--inpaint", sdxl_inpaint, "--device", "cpu"]))
+    models = demo.load_models(parse_args(["--inpaint", sdxl_inpaint, "--device", "cpu"]))
     assert type(models["inpaint"]).__name__ == "StableDiffusionXLInpaintPipeline"
     with pytest.raises(ValueError, match="7 input channels: it is the x4 upscaler"):
-        app.load_models(parse_args(["--inpaint", upscaler, "--device", "cpu"]))
+        demo.load_models(parse_args(["--inpaint", upscaler, "--device", "cpu"]))
 
 
 def test_a_folder_that_is_not_a_pipeline_is_named_in_the_error(tmp_path):
@@ -178,7 +172,7 @@ def test_a_folder_that_is_not_a_pipeline_is_named_in_the_error(tmp_path):
 
 
 def test_a_folder_with_code_diffkit_lacks_needs_trust_remote_code(pipeline_folder, monkeypatch):
-    monkeypatch.setattr(app, "installed_diffkit", None)  # as on a machine without diffkit
+    monkeypatch.setattr(demo, "DIFFKIT_INSTALLED", False)  # as on a machine without diffkit
     with pytest.raises(ValueError, match="pass `--trust_remote_code`"):
         load_diffkit_pipeline(pipeline_folder)
     pipe = load_diffkit_pipeline(pipeline_folder, trust_remote_code=True)

@@ -12,8 +12,8 @@ from diffusers import UNet2DConditionModel
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from diffkit.app import SAVED_SAMPLER, api_name_for
-from diffkit.push import APP_SOURCE_FILE
+from diffkit.demo import SAVED_SAMPLER, api_name_for
+from diffkit.push import APP_SOURCE_FILE, DEMO_SOURCE_FILE
 
 from .hub_server import HubServer
 from .test_app_command import start_app, stop_app
@@ -56,6 +56,10 @@ def test_the_space_holds_the_app_unchanged_and_a_launcher(pushed_space):
     files = hub.files(f"spaces/{SPACE_ID}")
     with open(APP_SOURCE_FILE, "rb") as f:
         assert files["diffkit_app.py"] == f.read()  # no second copy of the app's code to drift
+    with open(DEMO_SOURCE_FILE, "rb") as f:
+        assert files["diffkit_demo.py"] == f.read()
+    with open(os.path.join(REPO_ROOT, "pipelines", "model_kinds.py"), "rb") as f:
+        assert files["model_kinds.py"] == f.read()  # the kinds' table, which the app reads there
     launcher = files["app.py"].decode()
     assert "from diffkit_app import main" in launcher
     assert f'main(["--pipeline", "{MODEL_ID}", "--trust_remote_code", "--host", "0.0.0.0", *sys.argv[1:]])' in launcher
