@@ -12,6 +12,7 @@ columns alike but not by the same amount.
 
 import argparse
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -70,6 +71,16 @@ def run_once(command, environment):
     return seconds, result.stderr.strip()
 
 
+def cpu_name() -> str:
+    """The processor's model name where Linux tells it, else the architecture."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.machine()
+
+
 def describe_stderr(text: str) -> str:
     """What a command printed on stderr, in a table cell: "none", or its line count and the start of its first line."""
     if not text:
@@ -117,7 +128,9 @@ def main(argv=None):
     print(table)
     print(f"\nTarget: every command's --help in under {TARGET_S:g} s, with nothing on stderr.")
     if args.output:
+        command = " ".join(["python -m benchmarks.bench_startup", *(argv if argv is not None else sys.argv[1:])])
         with open(args.output, "w") as f:
+            f.write(f"`{command}` on {cpu_name()}, {os.cpu_count()} cores:\n\n")
             f.write(table + "\n")
 
 

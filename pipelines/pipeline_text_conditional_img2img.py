@@ -390,6 +390,8 @@ class TextConditionalImg2ImgPipeline(DiffusionPipeline):
         sample_size = self.unet.config.sample_size
         return (sample_size, sample_size) if isinstance(sample_size, int) else tuple(sample_size)
 
+    # Copied from pipelines.pipeline_class_conditional_img2img.ClassConditionalImg2ImgPipeline.check_image_inputs
+    # with class_labels->prompt, labels->prompts, label->prompt
     def check_image_inputs(self, image, num_prompts: int, strength, noise_level, num_inference_steps):
         """The images (one for every prompt, or one per prompt) and how far to noise them: `strength` or
         `noise_level`."""

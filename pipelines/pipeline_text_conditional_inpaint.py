@@ -421,6 +421,8 @@ class TextConditionalInpaintPipeline(DiffusionPipeline):
         sample_size = self.unet.config.sample_size
         return (sample_size, sample_size) if isinstance(sample_size, int) else tuple(sample_size)
 
+    # Copied from pipelines.pipeline_class_conditional_inpaint.ClassConditionalInpaintPipeline.check_image_inputs
+    # with class_labels->prompt, labels->prompts, label->prompt
     def check_image_inputs(self, image, mask_image, num_prompts: int):
         """The images and masks: one shared by every prompt, or a list with one per entry of `prompt`."""
         for name, value in (("image", image), ("mask_image", mask_image)):

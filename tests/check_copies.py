@@ -7,7 +7,13 @@ methods are repeated and marked. A mark sits on the line above the copied `def` 
     # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.check_inputs with a->b
 
 `MODULE` is a dotted path from the repository root, `QUALNAME` a function, class or `Class.method`; the optional
-`with A->B, C->D` replacements are applied to the source before comparing. Run from the repository root:
+`with A->B, C->D` replacements are applied to the source before comparing. Where they would make the line too long,
+they go on the next comment line, which starts with `# with`:
+
+    # Copied from pipelines.pipeline_class_conditional_inpaint.ClassConditionalInpaintPipeline.check_image_inputs
+    # with class_labels->prompt, labels->prompts, label->prompt
+
+Run from the repository root:
 
     python -m tests.check_copies          # lists every copy that differs from its source, with a diff; exit code 1
     python -m tests.check_copies --fix    # rewrites those copies from their sources
@@ -25,9 +31,10 @@ from typing import Dict, List, Optional, Tuple
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The folders whose Python files may hold marked copies.
-CHECKED_FOLDERS = ("pipelines", "training", "model_cards", "benchmarks")
+CHECKED_FOLDERS = ("pipelines", "training", "model_cards", "diffkit", "benchmarks")
 MARK = "# Copied from "
 COPIED_FROM = re.compile(r"^\s*# Copied from (?P<reference>[\w.]+)(?:\s+with\s+(?P<replacements>\S.*))?$")
+REPLACEMENTS_LINE = re.compile(r"^\s*# with (?P<replacements>\S.*)$")
 
 
 @dataclass
@@ -90,12 +97,17 @@ def find_copies(relative_file: str, root: str = REPO_ROOT) -> List[Copy]:
                 f"alone on its line: {line.strip()!r}."
             )
         following = index + 1
+        replacements_text = match.group("replacements")
+        continued = following < len(lines) and REPLACEMENTS_LINE.match(lines[following].rstrip("\n"))
+        if continued and replacements_text is None:
+            replacements_text = continued.group("replacements")
+            following += 1
         while following < len(lines) and lines[following].lstrip().startswith("@"):
             following += 1
         if following not in by_start:
             raise ValueError(f"{where}: '# Copied from' must stand right above a `def` or `class`.")
         start, end = definition_lines(by_start[following])
-        replacements = parse_replacements(match.group("replacements"), where)
+        replacements = parse_replacements(replacements_text, where)
         copies.append(Copy(relative_file, index + 1, match.group("reference"), replacements, start, end))
     return copies
 

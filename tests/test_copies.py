@@ -48,6 +48,18 @@ def test_an_equal_copy_with_replacements_passes(tmp_path):
     assert check_copies(root=str(tmp_path)) == []
 
 
+def test_replacements_may_stand_on_the_next_comment_line(tmp_path):
+    continued = COPY.replace(
+        "# Copied from diffkit.pipelines.source.Source.shared with batch_size->num_images",
+        "# Copied from diffkit.pipelines.source.Source.shared\n    # with batch_size->num_images",
+    )
+    write_tree(tmp_path, continued)
+    assert check_copies(root=str(tmp_path)) == []
+    drifted = continued.replace("return num_images * 2", "return num_images * 3")
+    (tmp_path / "pipelines" / "copy.py").write_text(textwrap.dedent(drifted))
+    assert len(check_copies(root=str(tmp_path))) == 1
+
+
 def test_a_drifted_copy_fails_with_the_diff_and_fix_rewrites_it(tmp_path):
     write_tree(tmp_path, COPY.replace("return num_images * 2", "return num_images * 3"))
     problems = check_copies(root=str(tmp_path))
