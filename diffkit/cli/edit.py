@@ -18,14 +18,12 @@ import os
 
 from PIL import Image, UnidentifiedImageError
 
-from diffkit.cli import save_png
+from diffkit.cli import check_conditioning, conditioning_of, label_argument, save_png
 from diffkit.pipelines.model_kinds import (
-    CLASS_CONDITIONAL,
     DIFFKIT_KINDS,
     IMG2IMG,
     INPAINT,
     SUPER_RESOLUTION,
-    TEXT_CONDITIONAL,
     UPSCALE,
     pipeline_class,
     saved_class_name,
@@ -200,14 +198,6 @@ def saved_pipeline(name_or_path: str):
     return kind, task, config
 
 
-def conditioning_of(kind: str, config: dict):
-    """What the model is conditioned on: "class" (a class model, or a stage trained with class labels), "text", or
-    None."""
-    if kind == CLASS_CONDITIONAL or (kind == SUPER_RESOLUTION and config.get("num_classes")):
-        return "class"
-    return "text" if kind == TEXT_CONDITIONAL else None
-
-
 def check_task(args, kind: str, config: dict):
     """`upscale` takes a super-resolution stage, and a stage takes nothing else; its noise level fits its training."""
     if args.task == UPSCALE and kind != SUPER_RESOLUTION:
@@ -234,39 +224,12 @@ def check_task(args, kind: str, config: dict):
         )
 
 
-def check_conditioning(args, conditioning):
-    """The condition flags that the model takes: `--class` for class models, `--prompt` for text models."""
-    if conditioning == "class" and args.class_labels is None:
-        raise ValueError(f"`--pipeline` {args.pipeline!r} is class-conditional: pass `--class` (e.g. --class seven).")
-    if conditioning == "text" and args.prompt is None:
-        raise ValueError(
-            f"`--pipeline` {args.pipeline!r} is text-conditional: pass `--prompt` (e.g. --prompt "
-            "'a handwritten eight')."
-        )
-    described = f"{conditioning}-conditional" if conditioning else "unconditional"
-    if conditioning != "class" and args.class_labels is not None:
-        raise ValueError(
-            f"`--class` needs a class-conditional model, but `--pipeline` {args.pipeline!r} is {described}."
-        )
-    if conditioning != "text" and args.prompt is not None:
-        raise ValueError(
-            f"`--prompt` needs a text-conditional model, but `--pipeline` {args.pipeline!r} is {described}."
-        )
-    if conditioning is None and args.guidance_scale is not None:
-        raise ValueError("`--guidance_scale` needs a conditional model; an unconditional one has no guidance.")
-
-
-def label_argument(label: str):
-    """A label given on the command line: a name, or an id when it is a number."""
-    return int(label) if label.isdigit() else label
-
-
 def main(argv=None):
     args = parse_args(argv)
     kind, saved_task, config = saved_pipeline(args.pipeline)
     check_task(args, kind, config)
     conditioning = conditioning_of(kind, config)
-    check_conditioning(args, conditioning)
+    check_conditioning(args, conditioning, "--pipeline")
     import torch
 
     # The installed class that the folder names, not the code saved beside the weights: no remote code runs. The

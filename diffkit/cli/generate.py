@@ -1,5 +1,7 @@
-"""Images from text, edges or the user's own images, from the command line, with the Stable Diffusion family.
+"""Images from a trained diffkit model, or from text, edges or your own images with the Stable Diffusion family.
 
+    python -m diffkit.cli.generate --model out --class seven --num_images 8 --out images   # a diffkit training run
+    python -m diffkit.cli.generate --model out-text --prompt "a handwritten eight" --out images
     python -m diffkit.cli.generate sd --prompt "an astronaut riding a horse" --out images
     python -m diffkit.cli.generate sdxl --prompt "a lion" --vae madebyollin/sdxl-vae-fp16-fix --out images
     python -m diffkit.cli.generate controlnet-canny --image photo.png --prompt "a robot" --out images
@@ -7,7 +9,10 @@
     python -m diffkit.cli.generate inpaint --image photo.png --mask mask.png --prompt "a red scarf" --out images
     python -m diffkit.cli.generate upscale --image small.png --prompt "a photo of a cat" --out images
 
-img2img and inpaint use SDXL when `--model` is an SDXL checkpoint (its model_index.json says so).
+Without a task, `--model`'s own model_index.json picks the pipeline: a diffkit class-, text-conditional or
+unconditional model samples with its saved defaults (`--class`, `--prompt` or neither), a Stable Diffusion or SDXL
+model runs as `sd` or `sdxl`. img2img and inpaint use SDXL when `--model` is an SDXL checkpoint. The same tasks on a
+diffkit model (and denoise) are `diffkit-edit`'s, with the same flags.
 
 Every image is saved as a PNG whose text metadata holds the generation parameters. All arguments are checked
 before any model is loaded.
@@ -19,8 +24,19 @@ import warnings
 
 from PIL import Image
 
-from diffkit.cli import save_png
+from diffkit.cli import check_conditioning, conditioning_of, label_argument, save_png
 from diffkit.pipelines.canny import check_image_side
+from diffkit.pipelines.model_kinds import (
+    CLASS_CONDITIONAL,
+    DIFFKIT_KINDS,
+    GENERATE,
+    SDXL,
+    STABLE_DIFFUSION,
+    SUPER_RESOLUTION,
+    TEXT_CONDITIONAL,
+    model_kind,
+    pipeline_class,
+)
 from diffkit.pipelines.stable_diffusion_options import (
     MEMORY_MODES,
     SCHEDULER_CLASS_NAMES,
@@ -49,6 +65,15 @@ DEFAULT_MODELS = {
     "upscale": UPSCALER_MODEL,
 }
 IMAGE_TASKS = ("img2img", "inpaint", "upscale")  # the commands that start from the user's --image
+# The Stable Diffusion family's defaults; a diffkit model samples with its own saved ones.
+STABLE_DIFFUSION_STEPS = 30
+STABLE_DIFFUSION_GUIDANCE_SCALE = 7.5
+# Flags that only the Stable Diffusion family takes (a diffkit model refuses them when they differ from the default).
+STABLE_DIFFUSION_ONLY_FLAGS = (
+    "controlnet", "vae", "refiner", "refiner_switch", "image", "mask", "strength", "canny", "mask_blur",
+    "padding_mask_crop", "allow_text_to_image_checkpoint", "noise_level", "tile_size", "low_threshold",
+    "high_threshold", "width", "height", "scheduler", "memory", "dtype", "compile",
+)  # fmt: skip
 DEFAULT_STRENGTH = {"img2img": 0.75, "inpaint": 1.0}
 DEFAULT_NOISE_LEVEL = 20  # the x4 upscaler's own default
 
@@ -62,15 +87,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "family",
+        nargs="?",
         choices=sorted(DEFAULT_MODELS),
-        help="Which pipeline to run: text to image (sd, sdxl), edges to image (controlnet-canny), or the user's "
-        "--image edited (img2img), partly re-drawn (inpaint) or upscaled 4x (upscale).",
+        help="Which Stable Diffusion pipeline to run: text to image (sd, sdxl), edges to image (controlnet-canny), "
+        "or the user's --image edited (img2img), partly re-drawn (inpaint) or upscaled 4x (upscale). Without it, "
+        "--model's model_index.json picks: a diffkit model samples, a Stable Diffusion or SDXL one runs as sd or "
+        "sdxl.",
     )
     parser.add_argument(
         "--model",
         default=None,
-        help=f"Hub id or local folder of the model; defaults to {SD15_MODEL} (sd, controlnet-canny, img2img), "
-        f"{SDXL_MODEL} (sdxl), {SD15_INPAINT_MODEL} (inpaint) or {UPSCALER_MODEL} (upscale).",
+        help=f"Hub id or local folder of the model: a diffkit training run (--output_dir) or a Stable Diffusion "
+        f"family model; defaults to {SD15_MODEL} (sd, controlnet-canny, img2img), {SDXL_MODEL} (sdxl), "
+        f"{SD15_INPAINT_MODEL} (inpaint) or {UPSCALER_MODEL} (upscale).",
+    )
+    parser.add_argument(
+        "--class",
+        dest="class_labels",
+        nargs="+",
+        default=None,
+        help="A class-conditional diffkit model: the class(es) to draw, by name (e.g. seven) or id; --num_images "
+        "each.",
     )
     parser.add_argument(
         "--controlnet", default=SD15_CANNY_CONTROLNET, help="Hub id or folder of the canny ControlNet."
@@ -85,7 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--refiner_switch", type=float, default=0.8, help="Fraction of the steps the base runs before the refiner."
     )
-    parser.add_argument("--prompt", required=True, help="What to draw; CLIP reads the first 77 tokens.")
+    parser.add_argument(
+        "--prompt",
+        default=None,
+        help="What to draw (the Stable Diffusion family, and text-conditional diffkit models); CLIP reads the "
+        "first 77 tokens.",
+    )
     parser.add_argument("--negative_prompt", default=None, help="What to steer away from (with guidance > 1).")
     parser.add_argument(
         "--image",
@@ -136,10 +178,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--low_threshold", type=int, default=100, help="Canny's lower hysteresis threshold.")
     parser.add_argument("--high_threshold", type=int, default=200, help="Canny's upper hysteresis threshold.")
-    parser.add_argument("--steps", type=int, default=30, help="Denoising steps.")
-    parser.add_argument("--guidance_scale", type=float, default=7.5, help="Classifier-free guidance scale.")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"Denoising steps; by default {STABLE_DIFFUSION_STEPS} for the Stable Diffusion family and the saved "
+        "default of a diffkit model.",
+    )
+    parser.add_argument(
+        "--guidance_scale",
+        type=float,
+        default=None,
+        help=f"Classifier-free guidance scale; by default {STABLE_DIFFUSION_GUIDANCE_SCALE} for the Stable Diffusion "
+        "family and the saved default of a diffkit model.",
+    )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the initial noise; the same seed repeats images.")
-    parser.add_argument("--num_images", type=int, default=1, help="Images to generate for the prompt.")
+    parser.add_argument("--num_images", type=int, default=1, help="Images to generate for the prompt (or class).")
     parser.add_argument(
         "--width",
         type=int,
@@ -162,15 +216,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("steps", "num_images"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ValueError(f"`--{name}` must be a positive integer, but is {getattr(args, name)}.")
+    if args.family is None and args.model is None:
+        raise ValueError(
+            "Name a task (sd, sdxl, controlnet-canny, img2img, inpaint, upscale) or pass `--model`: a diffkit "
+            "training run or a Stable Diffusion family model, whose model_index.json picks the pipeline."
+        )
     args.model = args.model or DEFAULT_MODELS[args.family]
+    check_model_id(args.model, "--model")
+    # a local folder says at once what it holds; a Hub repo is asked only when no task names the pipeline
+    args.kind = saved_model_kind(args.model) if args.family is None or os.path.isdir(args.model) else None
+    if args.kind in DIFFKIT_KINDS:
+        return check_diffkit_sampling(args, parser)
+    if args.family is None:
+        if args.kind not in (SDXL, STABLE_DIFFUSION):
+            raise ValueError(
+                f"`--model` {args.model!r} is neither a diffkit model nor a Stable Diffusion family model: name the "
+                "task (e.g. `sd`) to run it anyway."
+            )
+        args.family = "sdxl" if args.kind == SDXL else "sd"
+    if args.prompt is None:
+        raise ValueError(f"`{args.family}` needs `--prompt`: what to draw.")
+    if args.class_labels is not None:
+        raise ValueError(f"`--class` needs a class-conditional diffkit model; `{args.family}` takes `--prompt`.")
+    args.steps = args.steps or STABLE_DIFFUSION_STEPS
+    if args.guidance_scale is None:
+        args.guidance_scale = STABLE_DIFFUSION_GUIDANCE_SCALE
     for name in ("width", "height"):
         if getattr(args, name) is not None:
             check_image_side(getattr(args, name), f"--{name}")
-    for name in ("steps", "num_images"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"`--{name}` must be a positive integer, but is {getattr(args, name)}.")
-    check_model_id(args.model, "--model")
     if args.family == "controlnet-canny":
         check_model_id(args.controlnet, "--controlnet")
         if args.image is None:
@@ -188,6 +266,77 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.family in IMAGE_TASKS:
         check_image_task_arguments(args, images)
     return args
+
+
+def saved_model_kind(model: str):
+    """The kind of model in `model` (see `model_kinds`) from its model_index.json, read before any weights load; None
+    when diffkit does not know it, or when there is no model_index.json to read (the loaders then say more)."""
+    from diffusers import DiffusionPipeline
+
+    try:
+        return model_kind(DiffusionPipeline.load_config(model))
+    except OSError:
+        return None
+
+
+def check_diffkit_sampling(args, parser) -> argparse.Namespace:
+    """A diffkit model samples from noise (`diffkit-edit` edits it, with the same task names): the condition flags
+    must fit it, and the Stable Diffusion family's flags are refused."""
+    if args.family is not None:
+        task = "upscale" if args.kind == SUPER_RESOLUTION else args.family
+        raise ValueError(
+            f"`--model` {args.model!r} is a diffkit {args.kind} model: `{args.family}` on it is "
+            f"`diffkit-edit {task} --pipeline {args.model} ...`; without a task, diffkit-generate samples from it."
+        )
+    if args.kind == SUPER_RESOLUTION:
+        raise ValueError(
+            f"`--model` {args.model!r} is a super-resolution stage, which upscales a given image: "
+            f"`diffkit-edit upscale --pipeline {args.model} --image IMAGE ...`."
+        )
+    for name in STABLE_DIFFUSION_ONLY_FLAGS:
+        if getattr(args, name) != parser.get_default(name):
+            raise ValueError(f"`--{name}` is for the Stable Diffusion family; a diffkit model does not take it.")
+    check_conditioning(args, conditioning_of(args.kind, {}), "--model")
+    if args.guidance_scale is not None and not args.guidance_scale >= 0:
+        raise ValueError(f"`--guidance_scale` must be >= 0, but is {args.guidance_scale}.")
+    return args
+
+
+def sample_diffkit_model(args):
+    """Sample `--num_images` images per class (or for the prompt, or in all) from a diffkit model, with its saved
+    defaults where a flag is not given, and save them as PNGs with their settings."""
+    import torch
+
+    # The installed class for the kind, not the code saved beside the weights: no remote code runs.
+    pipe = pipeline_class(args.kind, GENERATE).from_pretrained(args.model)
+    pipe.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    # The generator lives on the CPU so that a seed gives the same images on any device.
+    kwargs = dict(generator=torch.Generator("cpu").manual_seed(args.seed))
+    if args.steps is not None:
+        kwargs["num_inference_steps"] = args.steps
+    if args.guidance_scale is not None:
+        kwargs["guidance_scale"] = args.guidance_scale
+    if args.kind == CLASS_CONDITIONAL:
+        conditions = args.class_labels
+        kwargs.update(class_labels=[label_argument(label) for label in conditions])
+        kwargs.update(num_images_per_label=args.num_images)
+    elif args.kind == TEXT_CONDITIONAL:
+        conditions = ["prompt"]
+        kwargs.update(prompt=args.prompt, negative_prompt=args.negative_prompt, num_images_per_prompt=args.num_images)
+    else:
+        conditions = ["image"]
+        kwargs.update(batch_size=args.num_images)
+    images = pipe(**kwargs).images
+
+    os.makedirs(args.out, exist_ok=True)
+    parameters = {k: v for k, v in vars(args).items() if k not in ("out", "device", *STABLE_DIFFUSION_ONLY_FLAGS)}
+    for index, image in enumerate(images):
+        condition = conditions[index // args.num_images]
+        if args.kind == CLASS_CONDITIONAL:
+            parameters["class_label"] = condition
+        path = os.path.join(args.out, f"{args.kind}-{condition}-seed{args.seed}-{index % args.num_images}.png")
+        save_png(image, path, {**parameters, "image_index": index})
+        print(path)
 
 
 def read_image(path: str, argument: str) -> Image.Image:
@@ -245,6 +394,8 @@ def warn_if_truncated(tokenizer, prompt: str, argument: str):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.kind in DIFFKIT_KINDS:
+        return sample_diffkit_model(args)
     import torch
 
     from diffkit.pipelines.canny import canny_edges
