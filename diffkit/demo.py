@@ -296,6 +296,34 @@ def sampling_controls(saved_name: str, default_steps: int):
     return num_inference_steps, sampler, seed, show_denoising
 
 
+def named_handler(function, names: List[str]):
+    """An event handler for Gradio that calls `function(inputs, progress)` with the event's inputs by name.
+
+    Gradio passes the inputs in the order of the event's `inputs` list, and names the API's parameters after the
+    handler's signature: the handler takes them in the order of `names` (the keys of the dict whose values are the
+    `inputs`), so a control moved in the layout keeps its name, and `gradio_client` users call the endpoint with those
+    names (`view_api()` lists them)."""
+
+    # Gradio streams the results of a generator function, and appends the progress tracker that the signature asks for
+    if inspect.isgeneratorfunction(function):
+
+        def handler(*values):
+            *inputs, progress = values
+            yield from function(dict(zip(names, inputs)), progress)
+
+    else:
+
+        def handler(*values):
+            *inputs, progress = values
+            return function(dict(zip(names, inputs)), progress)
+
+    parameters = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in names]
+    progress = inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress())
+    handler.__signature__ = inspect.Signature([*parameters, progress])
+    handler.__name__ = function.__name__
+    return handler
+
+
 def diffkit_tab(pipe, title: str, api_name: str, max_images: int):
     """A tab that runs a diffkit pipeline: the controls its kind takes, a gallery, and the generate event."""
     kind = pipeline_kind(pipe)
@@ -306,22 +334,20 @@ def diffkit_tab(pipe, title: str, api_name: str, max_images: int):
         gr.Markdown(f"**{title}**: {type(pipe).__name__}, {saved_name} saved with the model.")
         with gr.Row():
             with gr.Column():
-                condition_inputs = []
+                condition_inputs = {}
                 if kind == model_kinds.CLASS_CONDITIONAL:
                     label_names = list(pipe.config.id2label.values())
-                    condition_inputs.append(
-                        gr.Dropdown(
-                            label_names,
-                            value=label_names[:1],
-                            multiselect=True,
-                            allow_custom_value=True,
-                            label="Classes",
-                            info="One or more labels; each gets the number of images below.",
-                        )
+                    condition_inputs["classes"] = gr.Dropdown(
+                        label_names,
+                        value=label_names[:1],
+                        multiselect=True,
+                        allow_custom_value=True,
+                        label="Classes",
+                        info="One or more labels; each gets the number of images below.",
                     )
                 elif kind == model_kinds.TEXT_CONDITIONAL:
-                    condition_inputs.append(gr.Textbox(label="Prompt", placeholder="a handwritten seven"))
-                    condition_inputs.append(gr.Textbox(label="Negative prompt", placeholder="(optional)"))
+                    condition_inputs["prompt"] = gr.Textbox(label="Prompt", placeholder="a handwritten seven")
+                    condition_inputs["negative_prompt"] = gr.Textbox(label="Negative prompt", placeholder="(optional)")
                 num_images = gr.Slider(1, max_images, value=min(4, max_images), step=1, precision=0, label="Images")
                 guidance_scale = gr.Slider(
                     0,
@@ -372,19 +398,21 @@ def diffkit_tab(pipe, title: str, api_name: str, max_images: int):
                 gallery = gr.Gallery(label="Images", format="png", columns=4, elem_classes=["diffkit-gallery"])
                 info = gr.Markdown()
 
-    def request_settings(condition, images_wanted, guidance, steps, sampler_name, seed_value, count_argument):
-        """The pipeline arguments the generate and edit requests share, the images' captions and a summary."""
-        images_wanted = whole_number(images_wanted, "num_images")
-        steps = whole_number(steps, "num_inference_steps")
+    def request_settings(inputs, count_argument):
+        """The pipeline arguments the generate and edit requests share, the images' captions and a summary, from
+        the request's `inputs` by name."""
+        images_wanted = whole_number(inputs["num_images"], "num_images")
+        steps = whole_number(inputs["num_inference_steps"], "num_inference_steps")
+        guidance = inputs["guidance_scale"]
         call_kwargs = dict(num_inference_steps=steps, output_type="pil")
         if kind == model_kinds.CLASS_CONDITIONAL:
-            labels = condition[0] if isinstance(condition[0], list) else [condition[0]]
+            labels = inputs["classes"] if isinstance(inputs["classes"], list) else [inputs["classes"]]
             # names (or ids typed as digits) to ids, with the pipeline's own message for an unknown one
             label_ids = pipe.get_label_ids([int(x) if str(x).isdigit() else x for x in labels])
             call_kwargs.update(class_labels=label_ids, num_images_per_label=images_wanted)
             captions = [pipe.config.id2label[str(i)] for i in label_ids for _ in range(images_wanted)]
         elif kind == model_kinds.TEXT_CONDITIONAL:
-            prompt, negative_prompt = condition
+            prompt, negative_prompt = inputs["prompt"], inputs["negative_prompt"]
             call_kwargs.update(prompt=prompt, negative_prompt=negative_prompt or None)
             call_kwargs.update(num_images_per_prompt=images_wanted)
             captions = [prompt] * images_wanted
@@ -398,29 +426,27 @@ def diffkit_tab(pipe, title: str, api_name: str, max_images: int):
             )
         if kind != model_kinds.UNCONDITIONAL:
             call_kwargs["guidance_scale"] = float(guidance)
-        generators = image_generators(seed_value, len(captions))
+        generators = image_generators(inputs["seed"], len(captions))
         call_kwargs["generator"] = generators
         captions = [f"{c} · seed {g.initial_seed()}".lstrip(" ·") for c, g in zip(captions, generators)]
-        pipe.scheduler = scheduler_choice(saved_scheduler, sampler_name, SAMPLERS)
+        pipe.scheduler = scheduler_choice(saved_scheduler, inputs["sampler"], SAMPLERS)
         summary = f"{type(pipe.scheduler).__name__}, {steps} steps"
         if kind != model_kinds.UNCONDITIONAL:
             summary += f", guidance {float(guidance):g}"
         return call_kwargs, captions, summary
 
-    def generate(*values, progress=gr.Progress()):
-        condition, settings = values[:-6], values[-6:]
+    def generate(inputs, progress):
         with readable_errors():
-            call_kwargs, captions, summary = request_settings(condition, *settings[:5], "batch_size")
-            yield from stream_pipeline(pipe, call_kwargs, captions, settings[5], progress, summary + ".")
+            call_kwargs, captions, summary = request_settings(inputs, "batch_size")
+            yield from stream_pipeline(pipe, call_kwargs, captions, inputs["show_denoising"], progress, summary + ".")
 
-    def edit(*values, progress=gr.Progress()):
-        condition, settings = values[:-10], values[-10:-4]
-        editor_value, task, strength_value, noise_level_value = values[-4:]
+    def edit(inputs, progress):
+        task, strength_value, noise_level_value = inputs["task"], inputs["strength"], inputs["noise_level"]
         with readable_errors():
             if task not in EDIT_TASKS:
                 raise ValueError(f"`task` must be one of {list(EDIT_TASKS)}, but is {task!r}.")
-            image, mask = editor_image_and_mask(editor_value, task)
-            call_kwargs, captions, summary = request_settings(condition, *settings[:5], "num_images_per_image")
+            image, mask = editor_image_and_mask(inputs["image"], task)
+            call_kwargs, captions, summary = request_settings(inputs, "num_images_per_image")
             # made after the sampler is chosen, so that the task pipeline shares the chosen scheduler
             task_pipe = editing_pipeline(pipe, task)
             call_kwargs["image"] = image
@@ -433,20 +459,30 @@ def diffkit_tab(pipe, title: str, api_name: str, max_images: int):
                 call_kwargs["noise_level"] = float(noise_level_value)
                 summary += f", noise level {float(noise_level_value):g}"
             summary = f"{task}: {summary}."
-            yield from stream_pipeline(task_pipe, call_kwargs, captions, settings[5], progress, summary)
+            yield from stream_pipeline(task_pipe, call_kwargs, captions, inputs["show_denoising"], progress, summary)
 
-    inputs = [*condition_inputs, num_images, guidance_scale, num_inference_steps, sampler, seed, show_denoising]
+    # The controls by the names the handlers read them by (and the API shows), in the order the API takes them.
+    controls = {
+        **condition_inputs,
+        "num_images": num_images,
+        "guidance_scale": guidance_scale,
+        "num_inference_steps": num_inference_steps,
+        "sampler": sampler,
+        "seed": seed,
+        "show_denoising": show_denoising,
+    }
+    edit_controls = {**controls, "image": editor, "task": edit_task, "strength": strength, "noise_level": noise_level}
     button.click(
-        generate,
-        inputs=inputs,
+        named_handler(generate, list(controls)),
+        inputs=list(controls.values()),
         outputs=[gallery, info],
         api_name=api_name,
         concurrency_id=MODEL_QUEUE,
         concurrency_limit=1,
     )
     edit_button.click(
-        edit,
-        inputs=[*inputs, editor, edit_task, strength, noise_level],
+        named_handler(edit, list(edit_controls)),
+        inputs=list(edit_controls.values()),
         outputs=[gallery, info],
         api_name=api_name.replace("generate_", "edit_", 1),
         concurrency_id=MODEL_QUEUE,
@@ -505,18 +541,10 @@ def super_resolution_tab(pipe, title: str, api_name: str, max_images: int):
                 gallery = gr.Gallery(label="Images", format="png", columns=4, elem_classes=["diffkit-gallery"])
                 info = gr.Markdown()
 
-    def upscale(
-        image_value,
-        label,
-        images_wanted,
-        noise,
-        guidance,
-        steps,
-        sampler_name,
-        seed_value,
-        show,
-        progress=gr.Progress(),
-    ):
+    def upscale(inputs, progress):
+        image_value, label, images_wanted = inputs["image"], inputs["class_label"], inputs["num_images"]
+        noise, guidance, steps = inputs["noise_level"], inputs["guidance_scale"], inputs["num_inference_steps"]
+        sampler_name, seed_value, show = inputs["sampler"], inputs["seed"], inputs["show_denoising"]
         with readable_errors():
             if image_value is None:
                 raise ValueError("No image was given: upload the image to upscale.")
@@ -545,19 +573,20 @@ def super_resolution_tab(pipe, title: str, api_name: str, max_images: int):
                 summary += f", guidance {float(guidance):g}"
             yield from stream_pipeline(pipe, call_kwargs, captions, show, progress, summary + ".")
 
+    named_inputs = {
+        "image": image,
+        "class_label": class_label,
+        "num_images": num_images,
+        "noise_level": noise_level,
+        "guidance_scale": guidance_scale,
+        "num_inference_steps": num_inference_steps,
+        "sampler": sampler,
+        "seed": seed,
+        "show_denoising": show_denoising,
+    }
     button.click(
-        upscale,
-        inputs=[
-            image,
-            class_label,
-            num_images,
-            noise_level,
-            guidance_scale,
-            num_inference_steps,
-            sampler,
-            seed,
-            show_denoising,
-        ],
+        named_handler(upscale, list(named_inputs)),
+        inputs=list(named_inputs.values()),
         outputs=[gallery, info],
         api_name=api_name,
         concurrency_id=MODEL_QUEUE,
@@ -579,28 +608,33 @@ def stable_diffusion_controls(saved_scheduler, max_images: int):
         info=f"'{SAVED_SAMPLER}' is the model's {type(saved_scheduler).__name__}.",
     )
     seed = gr.Number(0, precision=0, minimum=0, label="Seed", info="Image i uses seed + i.")
-    return num_images, num_inference_steps, guidance_scale, sampler, seed
+    return {
+        "num_images": num_images,
+        "num_inference_steps": num_inference_steps,
+        "guidance_scale": guidance_scale,
+        "sampler": sampler,
+        "seed": seed,
+    }
 
 
-def stable_diffusion_settings(
-    pipe, saved_scheduler, prompt_text, negative, images_wanted, steps, guidance, sampler_name, seed_value
-):
+def stable_diffusion_settings(pipe, saved_scheduler, inputs: Dict):
     """The call arguments the Stable Diffusion tabs share (with the chosen sampler set on `pipe`), the images'
-    captions and a summary."""
+    captions and a summary, from a request's `inputs` by name (the prompts and `stable_diffusion_controls`)."""
     from diffkit.pipelines.loaders import SCHEDULERS
 
-    images_wanted = whole_number(images_wanted, "num_images")
-    steps = whole_number(steps, "num_inference_steps")
-    if not prompt_text:
+    images_wanted = whole_number(inputs["num_images"], "num_images")
+    steps = whole_number(inputs["num_inference_steps"], "num_inference_steps")
+    guidance = inputs["guidance_scale"]
+    if not inputs["prompt"]:
         raise ValueError("`prompt` is empty: describe the image to generate.")
-    pipe.scheduler = scheduler_choice(saved_scheduler, sampler_name, SCHEDULERS)
+    pipe.scheduler = scheduler_choice(saved_scheduler, inputs["sampler"], SCHEDULERS)
     call_kwargs = dict(
-        prompt=prompt_text,
-        negative_prompt=negative or None,
+        prompt=inputs["prompt"],
+        negative_prompt=inputs["negative_prompt"] or None,
         num_images_per_prompt=images_wanted,
         num_inference_steps=steps,
         guidance_scale=float(guidance),
-        generator=image_generators(seed_value, images_wanted),
+        generator=image_generators(inputs["seed"], images_wanted),
     )
     captions = [f"seed {g.initial_seed()}" for g in call_kwargs["generator"]]
     return call_kwargs, captions, f"{type(pipe.scheduler).__name__}, {steps} steps, guidance {float(guidance):g}."
@@ -644,12 +678,10 @@ def stable_diffusion_tab(pipe, title: str, api_name: str, max_images: int, canny
 
     if canny:
 
-        def generate(photo_image, low, high, prompt_text, negative, *settings, progress=gr.Progress()):
+        def generate(inputs, progress):
             with readable_errors():
-                control_image = edges_of(photo_image, low, high)
-                call_kwargs, captions, summary = stable_diffusion_settings(
-                    pipe, saved_scheduler, prompt_text, negative, *settings
-                )
+                control_image = edges_of(inputs["image"], inputs["low_threshold"], inputs["high_threshold"])
+                call_kwargs, captions, summary = stable_diffusion_settings(pipe, saved_scheduler, inputs)
                 call_kwargs.update(image=control_image, width=control_image.width, height=control_image.height)
                 for images, text in stream_pipeline(pipe, call_kwargs, captions, False, progress, summary):
                     yield control_image, images, text
@@ -660,26 +692,33 @@ def stable_diffusion_tab(pipe, title: str, api_name: str, max_images: int, canny
             with readable_errors():
                 return edges_of(photo_image, low, high)
 
-        inputs = [photo, low_threshold, high_threshold, prompt, negative_prompt]
+        named_inputs = {"image": photo, "low_threshold": low_threshold, "high_threshold": high_threshold}
+        named_inputs.update(prompt=prompt, negative_prompt=negative_prompt)
         outputs = [edges, gallery, info]
         for control in (photo, low_threshold, high_threshold):
             control.change(preview_edges, [photo, low_threshold, high_threshold], edges, show_progress="hidden")
     else:
 
-        def generate(prompt_text, negative, side_width, side_height, *settings, progress=gr.Progress()):
+        def generate(inputs, progress):
             with readable_errors():
-                call_kwargs, captions, summary = stable_diffusion_settings(
-                    pipe, saved_scheduler, prompt_text, negative, *settings
-                )
-                for argument, side in (("width", side_width), ("height", side_height)):
+                call_kwargs, captions, summary = stable_diffusion_settings(pipe, saved_scheduler, inputs)
+                for argument in ("width", "height"):
+                    side = inputs[argument]
                     check_image_side(int(side) if float(side).is_integer() else side, argument)
                     call_kwargs[argument] = int(side)
                 yield from stream_pipeline(pipe, call_kwargs, captions, False, progress, summary)
 
-        inputs = [prompt, negative_prompt, width, height]
+        named_inputs = {"prompt": prompt, "negative_prompt": negative_prompt, "width": width, "height": height}
         outputs = [gallery, info]
-    inputs += list(controls)
-    button.click(generate, inputs, outputs, api_name=api_name, concurrency_id=MODEL_QUEUE, concurrency_limit=1)
+    named_inputs.update(controls)
+    button.click(
+        named_handler(generate, list(named_inputs)),
+        list(named_inputs.values()),
+        outputs,
+        api_name=api_name,
+        concurrency_id=MODEL_QUEUE,
+        concurrency_limit=1,
+    )
 
 
 def stable_diffusion_edit_tab(pipe, title: str, api_name: str, max_images: int, task: str):
@@ -719,12 +758,11 @@ def stable_diffusion_edit_tab(pipe, title: str, api_name: str, max_images: int, 
                 gallery = gr.Gallery(label="Images", format="png", columns=2)
                 info = gr.Markdown()
 
-    def edit(editor_value, prompt_text, negative, strength_value, blur, *settings, progress=gr.Progress()):
+    def edit(inputs, progress):
+        strength_value, blur = inputs["strength"], inputs["mask_blur"]
         with readable_errors():
-            image, mask = editor_image_and_mask(editor_value, task)
-            call_kwargs, captions, _ = stable_diffusion_settings(
-                pipe, saved_scheduler, prompt_text, negative, *settings
-            )
+            image, mask = editor_image_and_mask(inputs["image"], task)
+            call_kwargs, captions, _ = stable_diffusion_settings(pipe, saved_scheduler, inputs)
             check_strength(float(strength_value), call_kwargs["num_inference_steps"])
             image = image_at_multiple_of_8(image, "image")
             call_kwargs.update(image=image, strength=float(strength_value))
@@ -739,8 +777,16 @@ def stable_diffusion_edit_tab(pipe, title: str, api_name: str, max_images: int, 
             )
             yield from stream_pipeline(pipe, call_kwargs, captions, False, progress, summary)
 
-    inputs = [editor, prompt, negative_prompt, strength, mask_blur, *controls]
-    button.click(edit, inputs, [gallery, info], api_name=api_name, concurrency_id=MODEL_QUEUE, concurrency_limit=1)
+    named_inputs = {"image": editor, "prompt": prompt, "negative_prompt": negative_prompt, "strength": strength}
+    named_inputs.update(mask_blur=mask_blur, **controls)
+    button.click(
+        named_handler(edit, list(named_inputs)),
+        list(named_inputs.values()),
+        [gallery, info],
+        api_name=api_name,
+        concurrency_id=MODEL_QUEUE,
+        concurrency_limit=1,
+    )
 
 
 def upscaler_tab(pipe, title: str, api_name: str, max_images: int):
@@ -784,7 +830,10 @@ def upscaler_tab(pipe, title: str, api_name: str, max_images: int):
                 gallery = gr.Gallery(label="Images", format="png", columns=2)
                 info = gr.Markdown()
 
-    def upscale(photo, prompt_text, negative, noise, tile, images_wanted, steps, guidance, seed_value):
+    def upscale(inputs, progress):
+        photo, prompt_text, negative = inputs["image"], inputs["prompt"], inputs["negative_prompt"]
+        noise, tile, images_wanted = inputs["noise_level"], inputs["tile_size"], inputs["num_images"]
+        steps, guidance, seed_value = inputs["num_inference_steps"], inputs["guidance_scale"], inputs["seed"]
         with readable_errors():
             if photo is None:
                 raise ValueError("`image` is missing: upload the image to upscale.")
@@ -822,18 +871,25 @@ def upscaler_tab(pipe, title: str, api_name: str, max_images: int):
             )
             return [(image, f"seed {s}") for image, s in zip(images, seeds)], info
 
-    inputs = [
-        image,
-        prompt,
-        negative_prompt,
-        noise_level,
-        tile_size,
-        num_images,
-        num_inference_steps,
-        guidance_scale,
-        seed,
-    ]
-    button.click(upscale, inputs, [gallery, info], api_name=api_name, concurrency_id=MODEL_QUEUE, concurrency_limit=1)
+    named_inputs = {
+        "image": image,
+        "prompt": prompt,
+        "negative_prompt": negative_prompt,
+        "noise_level": noise_level,
+        "tile_size": tile_size,
+        "num_images": num_images,
+        "num_inference_steps": num_inference_steps,
+        "guidance_scale": guidance_scale,
+        "seed": seed,
+    }
+    button.click(
+        named_handler(upscale, list(named_inputs)),
+        list(named_inputs.values()),
+        [gallery, info],
+        api_name=api_name,
+        concurrency_id=MODEL_QUEUE,
+        concurrency_limit=1,
+    )
 
 
 def build_demo(
@@ -859,7 +915,7 @@ def build_demo(
 
     ```py
     >>> from diffkit import ClassConditionalImagePipeline
-    >>> from diffkit.app import build_demo
+    >>> from diffkit.demo import build_demo
     >>> pipe = ClassConditionalImagePipeline.from_pretrained("out")  # doctest: +SKIP
     >>> build_demo({"digits": pipe}).queue().launch()  # doctest: +SKIP
     ```

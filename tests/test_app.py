@@ -132,6 +132,33 @@ def test_the_api_has_one_endpoint_per_tab(app):
     assert "/generate_upscaler" not in endpoints and "/edit_upscaler" not in endpoints
 
 
+def test_the_api_takes_every_input_by_name(app):
+    client, _ = app
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    names = {endpoint: [p["parameter_name"] for p in info["parameters"]] for endpoint, info in endpoints.items()}
+    settings = ["num_images", "guidance_scale", "num_inference_steps", "sampler", "seed", "show_denoising"]
+    assert names["/generate_digits"] == ["classes", *settings]
+    assert names["/generate_captions"] == ["prompt", "negative_prompt", *settings]
+    assert names["/generate_noise_to_digits"] == settings
+    assert names["/edit_digits"] == ["classes", *settings, "image", "task", "strength", "noise_level"]
+    assert names["/generate_sd"][:4] == ["prompt", "negative_prompt", "width", "height"]
+    assert names["/generate_controlnet_canny"][:3] == ["image", "low_threshold", "high_threshold"]
+    assert not any(name.startswith("param_") for parameters in names.values() for name in parameters)
+    # and a client may call by those names, in any order: the same images as by position
+    by_name = client.predict(
+        seed=5,
+        classes=["dog"],
+        num_images=1,
+        guidance_scale=3.0,
+        num_inference_steps=STEPS,
+        sampler=SAVED_SAMPLER,
+        show_denoising=False,
+        api_name="/generate_digits",
+    )
+    by_position = client.predict(*class_request(["dog"], num_images=1, seed=5), api_name="/generate_digits")
+    np.testing.assert_array_equal(gallery_arrays(by_name[0]), gallery_arrays(by_position[0]))
+
+
 def test_class_tab_makes_the_pipelines_images_by_label_name(app, pipes):
     client, _ = app
     gallery, info = client.predict(*class_request(["dog", "bird"], seed=5), api_name="/generate_digits")
