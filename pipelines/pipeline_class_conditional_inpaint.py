@@ -419,6 +419,40 @@ class ClassConditionalInpaintPipeline(DiffusionPipeline):
                     schedule.extend(range(steps_done - jump_length, steps_done))
         return schedule
 
+    def prepare_known_image(self, image, mask_image, num_conditions: int, num_images_per_condition: int, device):
+        """The known image and the mask, one per output image (condition by condition, as the conditions repeat): the
+        images in [-1, 1] and the masks of 1 (fill) and 0 (keep), both on `device` in the UNet's dtype. One image or
+        mask serves every condition, or a list gives one per condition."""
+        images = image if isinstance(image, (list, tuple)) else [image]
+        masks = mask_image if isinstance(mask_image, (list, tuple)) else [mask_image]
+        if len(images) == 1 and len(masks) > 1:
+            images = images * len(masks)
+        original = torch.cat([self.prepare_image(x) for x in images])
+        mask = torch.cat(
+            [
+                self.prepare_mask(m, self.to_pil(images[min(i, len(images) - 1)], "image").size)
+                for i, m in enumerate(masks)
+            ]
+        )
+        if mask.sum() == 0:
+            logger.warning("`mask_image` is 0 everywhere: nothing is filled, and the images come back unchanged.")
+        elif mask.min() == 1:
+            message = "`mask_image` is 1 everywhere: nothing is kept, so this is plain class-conditional generation."
+            logger.warning(message)
+        per_image = torch.arange(num_conditions).repeat_interleave(num_images_per_condition)
+        original = original[per_image % len(original)].to(device=device, dtype=self.unet.dtype)
+        mask = mask[per_image % len(mask)].to(device=device, dtype=self.unet.dtype)
+        return original, mask
+
+    def paste_known_part(self, latents, original, noise, mask, timesteps, index: int):
+        """`latents` where the mask fills, and elsewhere the known image noised to the level of the step after
+        `timesteps[index]` (the clean image after the last step)."""
+        if index < len(timesteps) - 1:
+            known = self.scheduler.add_noise(original, noise, timesteps[index + 1 : index + 2])
+        else:
+            known = original
+        return mask * latents + (1 - mask) * known
+
     def jump_back(self, sample: torch.Tensor, timesteps: torch.Tensor, from_index: int, to_index: int, generator):
         """The sample at the noise level of `timesteps[to_index]`, from one at that of `timesteps[from_index]` (the
         clean image when `from_index` is past the last step), drawn from the forward process as RePaint does."""
@@ -527,32 +561,12 @@ class ClassConditionalInpaintPipeline(DiffusionPipeline):
         )
         self.check_image_inputs(image, mask_image, len(label_ids))
         self.check_resampling(jump_length, jump_n_sample, num_inference_steps)
-        images = image if isinstance(image, (list, tuple)) else [image]
-        masks = mask_image if isinstance(mask_image, (list, tuple)) else [mask_image]
-        if len(images) == 1 and len(masks) > 1:
-            images = images * len(masks)
-        originals = [self.prepare_image(x) for x in images]
-        mask = torch.cat(
-            [
-                self.prepare_mask(m, self.to_pil(images[min(i, len(images) - 1)], "image").size)
-                for i, m in enumerate(masks)
-            ]
-        )
-        if mask.sum() == 0:
-            logger.warning("`mask_image` is 0 everywhere: nothing is filled, and the images come back unchanged.")
-        elif mask.min() == 1:
-            logger.warning(
-                "`mask_image` is 1 everywhere: nothing is kept, so this is plain class-conditional generation."
-            )
         self._guidance_scale = guidance_scale
         device = self._execution_device
         batch_size = len(label_ids) * num_images_per_label
 
         # 1. The known image and the mask, one per output image (label by label, as the labels repeat)
-        original = torch.cat(originals)
-        per_image = torch.arange(len(label_ids)).repeat_interleave(num_images_per_label)
-        original = original[per_image % len(original)].to(device=device, dtype=self.unet.dtype)
-        mask = mask[per_image % len(mask)].to(device=device, dtype=self.unet.dtype)
+        original, mask = self.prepare_known_image(image, mask_image, len(label_ids), num_images_per_label, device)
 
         # 2. Encode the labels; the unconditional branch uses the null label
         class_ids = torch.tensor(label_ids, device=device).repeat_interleave(num_images_per_label)
@@ -604,11 +618,7 @@ class ClassConditionalInpaintPipeline(DiffusionPipeline):
             latents = step_output.prev_sample
 
             # 5.5 put back the known part, noised to the level the next step expects (the clean image after the last)
-            if i < len(timesteps) - 1:
-                known = self.scheduler.add_noise(original, noise, timesteps[i + 1 : i + 2])
-            else:
-                known = original
-            latents = mask * latents + (1 - mask) * known
+            latents = self.paste_known_part(latents, original, noise, mask, timesteps, i)
 
             if callback_on_step_end is not None:
                 callback_kwargs = {}

@@ -473,6 +473,43 @@ class TextConditionalInpaintPipeline(DiffusionPipeline):
                     schedule.extend(range(steps_done - jump_length, steps_done))
         return schedule
 
+    # Copied from pipelines.pipeline_class_conditional_inpaint.ClassConditionalInpaintPipeline.prepare_known_image
+    # with class-conditional generation->text-to-image generation
+    def prepare_known_image(self, image, mask_image, num_conditions: int, num_images_per_condition: int, device):
+        """The known image and the mask, one per output image (condition by condition, as the conditions repeat): the
+        images in [-1, 1] and the masks of 1 (fill) and 0 (keep), both on `device` in the UNet's dtype. One image or
+        mask serves every condition, or a list gives one per condition."""
+        images = image if isinstance(image, (list, tuple)) else [image]
+        masks = mask_image if isinstance(mask_image, (list, tuple)) else [mask_image]
+        if len(images) == 1 and len(masks) > 1:
+            images = images * len(masks)
+        original = torch.cat([self.prepare_image(x) for x in images])
+        mask = torch.cat(
+            [
+                self.prepare_mask(m, self.to_pil(images[min(i, len(images) - 1)], "image").size)
+                for i, m in enumerate(masks)
+            ]
+        )
+        if mask.sum() == 0:
+            logger.warning("`mask_image` is 0 everywhere: nothing is filled, and the images come back unchanged.")
+        elif mask.min() == 1:
+            message = "`mask_image` is 1 everywhere: nothing is kept, so this is plain text-to-image generation."
+            logger.warning(message)
+        per_image = torch.arange(num_conditions).repeat_interleave(num_images_per_condition)
+        original = original[per_image % len(original)].to(device=device, dtype=self.unet.dtype)
+        mask = mask[per_image % len(mask)].to(device=device, dtype=self.unet.dtype)
+        return original, mask
+
+    # Copied from diffkit.pipelines.pipeline_class_conditional_inpaint.ClassConditionalInpaintPipeline.paste_known_part
+    def paste_known_part(self, latents, original, noise, mask, timesteps, index: int):
+        """`latents` where the mask fills, and elsewhere the known image noised to the level of the step after
+        `timesteps[index]` (the clean image after the last step)."""
+        if index < len(timesteps) - 1:
+            known = self.scheduler.add_noise(original, noise, timesteps[index + 1 : index + 2])
+        else:
+            known = original
+        return mask * latents + (1 - mask) * known
+
     # Copied from diffkit.pipelines.pipeline_class_conditional_inpaint.ClassConditionalInpaintPipeline.jump_back
     def jump_back(self, sample: torch.Tensor, timesteps: torch.Tensor, from_index: int, to_index: int, generator):
         """The sample at the noise level of `timesteps[to_index]`, from one at that of `timesteps[from_index]` (the
@@ -595,21 +632,6 @@ class TextConditionalInpaintPipeline(DiffusionPipeline):
         )
         self.check_image_inputs(image, mask_image, num_prompts)
         self.check_resampling(jump_length, jump_n_sample, num_inference_steps)
-        images = image if isinstance(image, (list, tuple)) else [image]
-        masks = mask_image if isinstance(mask_image, (list, tuple)) else [mask_image]
-        if len(images) == 1 and len(masks) > 1:
-            images = images * len(masks)
-        originals = [self.prepare_image(x) for x in images]
-        mask = torch.cat(
-            [
-                self.prepare_mask(m, self.to_pil(images[min(i, len(images) - 1)], "image").size)
-                for i, m in enumerate(masks)
-            ]
-        )
-        if mask.sum() == 0:
-            logger.warning("`mask_image` is 0 everywhere: nothing is filled, and the images come back unchanged.")
-        elif mask.min() == 1:
-            logger.warning("`mask_image` is 1 everywhere: nothing is kept, so this is plain text-to-image generation.")
         self._guidance_scale = guidance_scale
         device = self._execution_device
         batch_size = num_prompts * num_images_per_prompt
@@ -619,10 +641,7 @@ class TextConditionalInpaintPipeline(DiffusionPipeline):
             negative_prompt = [negative_prompt] * num_prompts
 
         # 1. The known image and the mask, one per output image (prompt by prompt, as the prompts repeat)
-        original = torch.cat(originals)
-        per_image = torch.arange(num_prompts).repeat_interleave(num_images_per_prompt)
-        original = original[per_image % len(original)].to(device=device, dtype=self.unet.dtype)
-        mask = mask[per_image % len(mask)].to(device=device, dtype=self.unet.dtype)
+        original, mask = self.prepare_known_image(image, mask_image, num_prompts, num_images_per_prompt, device)
 
         # 2. Encode the prompts; the unconditional branch uses the negative prompts, or the empty prompt
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
@@ -680,11 +699,7 @@ class TextConditionalInpaintPipeline(DiffusionPipeline):
             latents = step_output.prev_sample
 
             # 5.5 put back the known part, noised to the level the next step expects (the clean image after the last)
-            if i < len(timesteps) - 1:
-                known = self.scheduler.add_noise(original, noise, timesteps[i + 1 : i + 2])
-            else:
-                known = original
-            latents = mask * latents + (1 - mask) * known
+            latents = self.paste_known_part(latents, original, noise, mask, timesteps, i)
 
             if callback_on_step_end is not None:
                 callback_kwargs = {}
