@@ -11,6 +11,7 @@ then saves a `ClassConditionalImagePipeline`, a sample grid, the training config
 Run `python training/train.py --help` for every flag.
 """
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -356,8 +357,10 @@ def build_pipeline(unet, noise_scheduler, conditioning):
     return conditioning.build_pipeline(unet, inference_scheduler)
 
 
-def log_validation(accelerator, unet, ema_model, noise_scheduler, args, conditioning, global_step):
-    """Sample a grid from the current (EMA) weights, save it as PNG and send it to the trackers."""
+@contextlib.contextmanager
+def sampling_pipeline(accelerator, unet, ema_model, noise_scheduler, conditioning):
+    """The pipeline of the current weights (the EMA weights, if kept), in eval mode, for validation and evaluation;
+    the training weights and train mode come back afterwards."""
     model = accelerator.unwrap_model(unet)
     if ema_model is not None:
         ema_model.store(model.parameters())
@@ -365,11 +368,19 @@ def log_validation(accelerator, unet, ema_model, noise_scheduler, args, conditio
     model.eval()
     pipeline = build_pipeline(model, noise_scheduler, conditioning)
     pipeline.set_progress_bar_config(disable=True)
-    generator = torch.Generator(device=accelerator.device).manual_seed(args.seed)
-    grid = conditioning.sample_grid(pipeline, generator).convert("RGB")
-    if ema_model is not None:
-        ema_model.restore(model.parameters())
-    model.train()
+    try:
+        yield pipeline
+    finally:
+        if ema_model is not None:
+            ema_model.restore(model.parameters())
+        model.train()
+
+
+def log_validation(accelerator, unet, ema_model, noise_scheduler, args, conditioning, global_step):
+    """Sample a grid from the current (EMA) weights, save it as PNG and send it to the trackers."""
+    with sampling_pipeline(accelerator, unet, ema_model, noise_scheduler, conditioning) as pipeline:
+        generator = torch.Generator(device=accelerator.device).manual_seed(args.seed)
+        grid = conditioning.sample_grid(pipeline, generator).convert("RGB")
 
     validation_dir = os.path.join(args.output_dir, VALIDATION_DIR)
     os.makedirs(validation_dir, exist_ok=True)
@@ -438,49 +449,42 @@ class TrainingEvaluation:
         eval/METRIC to the trackers and, with --save_best_by, saves the pipeline to --output_dir/best when it
         improves."""
         args = self.args
-        model = accelerator.unwrap_model(unet)
-        if ema_model is not None:
-            ema_model.store(model.parameters())
-            ema_model.copy_to(model.parameters())
-        model.eval()
-        pipeline = build_pipeline(model, noise_scheduler, conditioning)
-        pipeline.set_progress_bar_config(disable=True)
-        # Every process makes `share` images so that the gathered tensors have one shape; the last process's extra
-        # images (past --eval_num_samples) are dropped after the gather.
-        share = math.ceil(args.eval_num_samples / accelerator.num_processes)
-        images = conditioning.evaluation_images(pipeline, share, accelerator.process_index * share)
-        images = accelerator.gather(images.to(accelerator.device).contiguous())[: args.eval_num_samples].cpu()
-        scores = None
-        if accelerator.is_main_process:
-            labels = conditioning.eval_labels(args.eval_num_samples)
-            scores = score(self.reference, images, labels, self.id2label, self.extractor)
-            figures, mode_settings = conditioning.evaluation_extras(images)
-            scores["generated"].update(figures)
-            settings = {
-                "global_step": global_step,
-                "num_samples": args.eval_num_samples,
-                "seed": args.seed,
-                "sampler": type(pipeline.scheduler).__name__,
-                "num_inference_steps": args.num_inference_steps,
-                "guidance_scale": args.guidance_scale if labels is not None else None,
-                "mobilenet_resolution": args.eval_feature_resolution,
-            }
-            scores = {**settings, **mode_settings, **scores}
-            flat = {
-                **scores["generated"],
-                **({"class-accuracy": scores["class-accuracy"]} if labels is not None else {}),
-            }
-            self.history.append({"global_step": global_step, **flat})
-            accelerator.log({f"eval/{k}": v for k, v in flat.items()}, step=global_step)
-            logger.info(f"Evaluation at step {global_step}: " + ", ".join(f"{k} {v:.4f}" for k, v in flat.items()))
-            metric = args.save_best_by
-            if metric is not None and is_better(metric, flat[metric], self.best and self.best["value"]):
-                self.best = {"metric": metric, "value": flat[metric], "global_step": global_step}
-                save_best_pipeline(pipeline, scores, args.output_dir)
-                logger.info(f"New best {metric} {flat[metric]:.4f}: pipeline saved to {args.output_dir}/{BEST_DIR}")
-        if ema_model is not None:
-            ema_model.restore(model.parameters())
-        model.train()
+        with sampling_pipeline(accelerator, unet, ema_model, noise_scheduler, conditioning) as pipeline:
+            # Every process makes `share` images so that the gathered tensors have one shape; the last process's extra
+            # images (past --eval_num_samples) are dropped after the gather.
+            share = math.ceil(args.eval_num_samples / accelerator.num_processes)
+            images = conditioning.evaluation_images(pipeline, share, accelerator.process_index * share)
+            images = accelerator.gather(images.to(accelerator.device).contiguous())[: args.eval_num_samples].cpu()
+            scores = None
+            if accelerator.is_main_process:
+                labels = conditioning.eval_labels(args.eval_num_samples)
+                scores = score(self.reference, images, labels, self.id2label, self.extractor)
+                figures, mode_settings = conditioning.evaluation_extras(images)
+                scores["generated"].update(figures)
+                settings = {
+                    "global_step": global_step,
+                    "num_samples": args.eval_num_samples,
+                    "seed": args.seed,
+                    "sampler": type(pipeline.scheduler).__name__,
+                    "num_inference_steps": args.num_inference_steps,
+                    "guidance_scale": args.guidance_scale if labels is not None else None,
+                    "mobilenet_resolution": args.eval_feature_resolution,
+                }
+                scores = {**settings, **mode_settings, **scores}
+                flat = {
+                    **scores["generated"],
+                    **({"class-accuracy": scores["class-accuracy"]} if labels is not None else {}),
+                }
+                self.history.append({"global_step": global_step, **flat})
+                accelerator.log({f"eval/{k}": v for k, v in flat.items()}, step=global_step)
+                logger.info(f"Evaluation at step {global_step}: " + ", ".join(f"{k} {v:.4f}" for k, v in flat.items()))
+                metric = args.save_best_by
+                if metric is not None and is_better(metric, flat[metric], self.best and self.best["value"]):
+                    self.best = {"metric": metric, "value": flat[metric], "global_step": global_step}
+                    save_best_pipeline(pipeline, scores, args.output_dir)
+                    logger.info(
+                        f"New best {metric} {flat[metric]:.4f}: pipeline saved to {args.output_dir}/{BEST_DIR}"
+                    )
         self.scores, self.last_step = scores, global_step
         return scores
 
