@@ -7,6 +7,7 @@ needs only torch, diffusers and gradio for diffkit pipelines (the Stable Diffusi
 
 import concurrent.futures
 import contextlib
+import html
 import inspect
 import logging
 import math
@@ -45,6 +46,12 @@ except ImportError:  # on a Hugging Face Space, where this file runs without dif
     DIFFKIT_INSTALLED = False
 
 logger = logging.getLogger(__name__)
+# `from_pipe`, which makes each edit request's pipeline, casts the modules to their own dtype, and diffusers then
+# warns that "There are modules in UNet2DConditionModel that should be kept in float32: []" even when that list is
+# empty: the log would repeat it on every edit.
+logging.getLogger("diffusers.models.modeling_utils").addFilter(
+    lambda record: "should be kept in float32: []" not in record.getMessage()
+)
 
 # The samplers a diffkit tab offers besides the saved one, built from the saved scheduler's config. DPM-Solver++ and
 # UniPC threshold their clean-image estimate to the data range, without which guided samples fall apart
@@ -56,14 +63,27 @@ SAMPLERS = {
     "UniPC": (UniPCMultistepScheduler, {"thresholding": True, "sample_max_value": 1.0}),
 }
 SAVED_SAMPLER = "as saved"
-MAX_STEPS = 1000
 MAX_GUIDANCE_SCALE = 20.0
 # Requests share one queue slot so that two browser sessions never run models at once (they would split the cores).
 MODEL_QUEUE = "models"
 # The gallery shows a new set of predicted clean images at most this often while "Show the denoising" is on.
 PREVIEW_INTERVAL_S = 0.2
-CSS = ".diffkit-gallery img { image-rendering: pixelated; }"
+CSS = """
+.diffkit-gallery img, .diffkit-edited img { image-rendering: pixelated; }
+.diffkit-error { color: var(--error-text-color); font-weight: 600; }
+"""
 EDIT_TASKS = ("inpaint", "img2img", "denoise")
+# What the image editor's label asks for in each edit task.
+EDITOR_LABELS = {
+    "inpaint": "Image (paint over what to fill)",
+    "img2img": "Image to redraw",
+    "denoise": "Image to denoise",
+}
+# The inpainting brush: a see-through colour, so that the image shows through the paint and a white stroke of the
+# image cannot be mistaken for it (the mask is wherever the paint layer is not transparent), and a radius of this
+# fraction of the image's side (2 px on a 28 px digit; Gradio's own default covered a whole digit).
+MASK_BRUSH_COLOUR = ("#ff3b30", 0.5)
+MASK_BRUSH_FRACTION = 1 / 16
 DEFAULT_STRENGTH = 0.6
 DEFAULT_NOISE_LEVEL = 0.2
 # The largest noise level the slider offers (images in [-1, 1]); the pipeline refuses one beyond its schedule.
@@ -282,9 +302,20 @@ def scheduler_choice(saved_scheduler, sampler: str, samplers: Dict):
     return scheduler_class.from_config(saved_scheduler.config, **settings)
 
 
-def sampling_controls(saved_name: str, default_steps: int):
-    """The steps slider, sampler dropdown, seed box and "Show the denoising" checkbox of a diffkit tab."""
-    num_inference_steps = gr.Slider(1, MAX_STEPS, value=default_steps, step=1, precision=0, label="Steps")
+def sampling_controls(saved_scheduler, default_steps: int):
+    """The steps box, sampler dropdown, seed box and "Show the denoising" checkbox of a diffkit tab."""
+    saved_name = type(saved_scheduler).__name__
+    max_steps = saved_scheduler.config.num_train_timesteps
+    # a number box: on a slider up to the schedule's length, the usual 10-50 steps would be a sliver at its left end
+    num_inference_steps = gr.Number(
+        default_steps,
+        minimum=1,
+        maximum=max_steps,
+        step=1,
+        precision=0,
+        label="Steps",
+        info=f"1-{max_steps}; {default_steps} is the model's default.",
+    )
     sampler = gr.Dropdown(
         [SAVED_SAMPLER, *SAMPLERS],
         value=SAVED_SAMPLER,
@@ -294,6 +325,60 @@ def sampling_controls(saved_name: str, default_steps: int):
     seed = gr.Number(0, precision=0, minimum=0, label="Seed", info="Image i uses seed + i.")
     show_denoising = gr.Checkbox(False, label="Show the denoising")
     return num_inference_steps, sampler, seed, show_denoising
+
+
+def error_info(message: str) -> str:
+    """The info line that shows an error in the page (in red, see `CSS`), where it stays until the next request."""
+    return f'<span class="diffkit-error">Error: {html.escape(message)}</span>'
+
+
+def kept_on_error(handler, num_outputs: int):
+    """`handler` for the page: a readable error (`gr.Error`) keeps the images shown, skipping every output but the
+    last, the info line, which shows the message."""
+
+    def page_handler(*values):
+        try:
+            if inspect.isgeneratorfunction(handler):
+                yield from handler(*values)
+            else:
+                yield handler(*values)
+        except gr.Error as error:
+            yield (*[gr.skip()] * (num_outputs - 1), error_info(error.message))
+
+    page_handler.__signature__ = inspect.signature(handler)  # Gradio reads it for the progress tracker
+    page_handler.__name__ = handler.__name__
+    return page_handler
+
+
+def report_bounds_to_the_client(control):
+    """Make `control` report a value outside its range or choices, which only an API client can send (the page's
+    controls keep to them), to that client with the control's label, and without a traceback in the server's log."""
+    check = control.preprocess
+
+    def preprocess(payload):
+        try:
+            return check(payload)
+        except gr.Error as error:
+            raise gr.Error(f"{control.label}: {error.message}", print_exception=False) from None
+
+    control.preprocess = preprocess
+
+
+def connect_button(button, function, controls: Dict, outputs: List, api_name: str):
+    r"""
+    Run `function(inputs, progress)` when `button` is pressed and as the API endpoint `api_name`, one request at a
+    time across the app; `inputs` holds the request's values by the names of `controls` (see `named_handler`).
+
+    In the page, a bad input keeps the images shown and puts its message in the info line (the last of `outputs`),
+    where it stays; an API client gets it as the request's error (`gradio_client`'s `AppError`).
+    """
+    handler = named_handler(function, list(controls))
+    for control in controls.values():
+        report_bounds_to_the_client(control)
+    inputs, queue = list(controls.values()), dict(concurrency_id=MODEL_QUEUE, concurrency_limit=1)
+    button.click(kept_on_error(handler, len(outputs)), inputs, outputs, api_visibility="private", **queue)
+    # the endpoint is the same handler on a button never shown: a client's request fails with its error
+    gr.Button(visible=False).click(handler, inputs, outputs, api_name=api_name, **queue)
 
 
 def named_handler(function, names: List[str]):
@@ -358,7 +443,7 @@ def diffkit_tab(pipe, title: str, api_name: str, max_images: int):
                     info="0: unconditional, 1: conditional only, higher: follow the condition more closely.",
                     visible=kind != model_kinds.UNCONDITIONAL,
                 )
-                num_inference_steps, sampler, seed, show_denoising = sampling_controls(saved_name, default_steps)
+                num_inference_steps, sampler, seed, show_denoising = sampling_controls(saved_scheduler, default_steps)
                 button = gr.Button("Generate", variant="primary")
                 with gr.Accordion("Edit an image: inpaint, img2img, denoise", open=False):
                     edit_task = gr.Radio(
@@ -368,12 +453,18 @@ def diffkit_tab(pipe, title: str, api_name: str, max_images: int):
                         info="inpaint: fill what you paint; img2img: redraw towards the condition above; denoise: "
                         "remove Gaussian noise of the given level.",
                     )
+                    sample_size = pipe.unet.config.sample_size
+                    side = min(sample_size) if isinstance(sample_size, (list, tuple)) else sample_size
                     editor = gr.ImageEditor(
                         type="pil",
                         format="png",
-                        label="Image (inpaint: paint over what to fill)",
+                        label=EDITOR_LABELS["inpaint"],
                         sources=["upload", "clipboard"],
-                        brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"),
+                        brush=gr.Brush(
+                            default_size=max(1, round(side * MASK_BRUSH_FRACTION)),
+                            colors=[MASK_BRUSH_COLOUR],
+                            color_mode="fixed",
+                        ),
                         layers=False,
                         transforms=(),
                     )
@@ -382,18 +473,25 @@ def diffkit_tab(pipe, title: str, api_name: str, max_images: int):
                         1,
                         value=DEFAULT_STRENGTH,
                         step=0.05,
-                        label="Strength (img2img)",
+                        label="Strength",
                         info="0 keeps the image, 1 redraws it from noise.",
+                        visible=False,
                     )
                     noise_level = gr.Slider(
                         0,
                         MAX_NOISE_LEVEL,
                         value=DEFAULT_NOISE_LEVEL,
                         step=0.01,
-                        label="Noise level (denoise)",
+                        label="Noise level",
                         info="The noise's standard deviation, images in [-1, 1] (sigma / 127.5 for 8-bit pixels).",
+                        visible=False,
                     )
                     edit_button = gr.Button("Edit", variant="primary")
+                    # beside the button that made them: the gallery at the top is out of view from here
+                    edit_gallery = gr.Gallery(
+                        label="Edited images", format="png", columns=4, elem_classes=["diffkit-edited"]
+                    )
+                    edit_info = gr.Markdown()
             with gr.Column():
                 gallery = gr.Gallery(label="Images", format="png", columns=4, elem_classes=["diffkit-gallery"])
                 info = gr.Markdown()
@@ -472,21 +570,25 @@ def diffkit_tab(pipe, title: str, api_name: str, max_images: int):
         "show_denoising": show_denoising,
     }
     edit_controls = {**controls, "image": editor, "task": edit_task, "strength": strength, "noise_level": noise_level}
-    button.click(
-        named_handler(generate, list(controls)),
-        inputs=list(controls.values()),
-        outputs=[gallery, info],
-        api_name=api_name,
-        concurrency_id=MODEL_QUEUE,
-        concurrency_limit=1,
+    connect_button(button, generate, controls, [gallery, info], api_name)
+    connect_button(
+        edit_button, edit, edit_controls, [edit_gallery, edit_info], api_name.replace("generate_", "edit_", 1)
     )
-    edit_button.click(
-        named_handler(edit, list(edit_controls)),
-        inputs=list(edit_controls.values()),
-        outputs=[gallery, info],
-        api_name=api_name.replace("generate_", "edit_", 1),
-        concurrency_id=MODEL_QUEUE,
-        concurrency_limit=1,
+
+    def show_the_task_s_controls(task):
+        return (
+            gr.update(visible=task == "img2img"),
+            gr.update(visible=task == "denoise"),
+            gr.update(label=EDITOR_LABELS.get(task, EDITOR_LABELS["inpaint"])),
+        )
+
+    edit_task.change(
+        show_the_task_s_controls,
+        edit_task,
+        [strength, noise_level, editor],
+        api_visibility="private",
+        queue=False,
+        show_progress="hidden",
     )
 
 
@@ -535,7 +637,7 @@ def super_resolution_tab(pipe, title: str, api_name: str, max_images: int):
                     info="On the class: 1 is the conditional prediction alone.",
                     visible=class_conditional,
                 )
-                num_inference_steps, sampler, seed, show_denoising = sampling_controls(saved_name, default_steps)
+                num_inference_steps, sampler, seed, show_denoising = sampling_controls(saved_scheduler, default_steps)
                 button = gr.Button("Upscale", variant="primary")
             with gr.Column():
                 gallery = gr.Gallery(label="Images", format="png", columns=4, elem_classes=["diffkit-gallery"])
@@ -584,14 +686,7 @@ def super_resolution_tab(pipe, title: str, api_name: str, max_images: int):
         "seed": seed,
         "show_denoising": show_denoising,
     }
-    button.click(
-        named_handler(upscale, list(named_inputs)),
-        inputs=list(named_inputs.values()),
-        outputs=[gallery, info],
-        api_name=api_name,
-        concurrency_id=MODEL_QUEUE,
-        concurrency_limit=1,
-    )
+    connect_button(button, upscale, named_inputs, [gallery, info], api_name)
 
 
 def stable_diffusion_controls(saved_scheduler, max_images: int):
@@ -711,14 +806,7 @@ def stable_diffusion_tab(pipe, title: str, api_name: str, max_images: int, canny
         named_inputs = {"prompt": prompt, "negative_prompt": negative_prompt, "width": width, "height": height}
         outputs = [gallery, info]
     named_inputs.update(controls)
-    button.click(
-        named_handler(generate, list(named_inputs)),
-        list(named_inputs.values()),
-        outputs,
-        api_name=api_name,
-        concurrency_id=MODEL_QUEUE,
-        concurrency_limit=1,
-    )
+    connect_button(button, generate, named_inputs, outputs, api_name)
 
 
 def stable_diffusion_edit_tab(pipe, title: str, api_name: str, max_images: int, task: str):
@@ -737,7 +825,7 @@ def stable_diffusion_edit_tab(pipe, title: str, api_name: str, max_images: int, 
                     format="png",
                     label="Image (paint over what to re-draw)" if inpaint else "Image",
                     sources=["upload", "clipboard"],
-                    brush=gr.Brush(colors=["#ffffff"], color_mode="fixed") if inpaint else False,
+                    brush=gr.Brush(colors=[MASK_BRUSH_COLOUR], color_mode="fixed") if inpaint else False,
                     layers=False,
                     transforms=(),
                 )
@@ -779,14 +867,7 @@ def stable_diffusion_edit_tab(pipe, title: str, api_name: str, max_images: int, 
 
     named_inputs = {"image": editor, "prompt": prompt, "negative_prompt": negative_prompt, "strength": strength}
     named_inputs.update(mask_blur=mask_blur, **controls)
-    button.click(
-        named_handler(edit, list(named_inputs)),
-        list(named_inputs.values()),
-        [gallery, info],
-        api_name=api_name,
-        concurrency_id=MODEL_QUEUE,
-        concurrency_limit=1,
-    )
+    connect_button(button, edit, named_inputs, [gallery, info], api_name)
 
 
 def upscaler_tab(pipe, title: str, api_name: str, max_images: int):
@@ -882,14 +963,7 @@ def upscaler_tab(pipe, title: str, api_name: str, max_images: int):
         "guidance_scale": guidance_scale,
         "seed": seed,
     }
-    button.click(
-        named_handler(upscale, list(named_inputs)),
-        list(named_inputs.values()),
-        [gallery, info],
-        api_name=api_name,
-        concurrency_id=MODEL_QUEUE,
-        concurrency_limit=1,
-    )
+    connect_button(button, upscale, named_inputs, [gallery, info], api_name)
 
 
 def build_demo(

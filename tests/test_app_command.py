@@ -1,7 +1,10 @@
 """`diffkit-app` as a user starts it: its arguments, what it listens on, and a real browser on its page."""
 
+import contextlib
+import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
-from gradio_client import Client
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
 from PIL import Image
 
 from diffkit import app, demo
@@ -92,7 +96,7 @@ def pipeline_folder(tmp_path_factory):
 def served_app(pipeline_folder, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("app-log") / "app.log"
     process, url = start_app(["--pipeline", pipeline_folder, "--num_threads", "1"], log_path)
-    yield process, url
+    yield process, url, log_path
     stop_app(process)
 
 
@@ -181,7 +185,7 @@ def test_a_folder_with_code_diffkit_lacks_needs_trust_remote_code(pipeline_folde
 
 @pytest.mark.slow
 def test_the_command_serves_on_loopback_with_its_thread_count(served_app, pipeline_folder):
-    process, url = served_app
+    process, url, _ = served_app
     port = int(url.rstrip("/").rsplit(":", 1)[1])
     assert listening_addresses(port) == ["0100007F"]  # 127.0.0.1 only, not 0.0.0.0
     with open(os.path.join(pipeline_folder, "model_index.json")) as f:
@@ -194,24 +198,41 @@ def test_the_command_serves_on_loopback_with_its_thread_count(served_app, pipeli
     assert "1 CPU thread." in info  # --num_threads 1 holds in the request's worker thread
 
 
-@pytest.mark.skipif(
+needs_chromium = pytest.mark.skipif(
     not os.path.exists(CHROMIUM),
     reason=f"no {CHROMIUM}: install Debian's chromium (apt-get install chromium), as .ci/run does, to run it",
 )
-@pytest.mark.slow
-def test_browser_picks_a_class_and_sees_the_images(served_app, pipeline_folder, tmp_path):
+
+
+@contextlib.contextmanager
+def browser_page(url: str, height: int = 900):
+    """A page of a headless chromium, 1280 pixels wide, opened at `url`."""
     from playwright.sync_api import sync_playwright
 
-    _, url = served_app
-    with open(os.path.join(pipeline_folder, "model_index.json")) as f:
-        labels = list(json.load(f)["id2label"].values())
-    wanted = labels[min(7, len(labels) - 1)]
-    screenshot = tmp_path / "app.png"
     with sync_playwright() as playwright:
         # Playwright's own browser download is not reachable here: drive Debian's chromium instead
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page = browser.new_page(viewport={"width": 1280, "height": height})
         page.goto(url)
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
+def model_labels(pipeline_folder):
+    with open(os.path.join(pipeline_folder, "model_index.json")) as f:
+        return list(json.load(f)["id2label"].values())
+
+
+@needs_chromium
+@pytest.mark.slow
+def test_browser_picks_a_class_and_sees_the_images(served_app, pipeline_folder, tmp_path):
+    _, url, _ = served_app
+    labels = model_labels(pipeline_folder)
+    wanted = labels[min(7, len(labels) - 1)]
+    screenshot = tmp_path / "app.png"
+    with browser_page(url) as page:
         classes = page.get_by_label("Classes")
         # replace the preselected class by the wanted one
         page.locator(".token-remove").first.click()
@@ -224,13 +245,118 @@ def test_browser_picks_a_class_and_sees_the_images(served_app, pipeline_folder, 
         page.wait_for_selector("text=/images of \\d+x\\d+ in/", timeout=120_000)
         captions = page.locator(".diffkit-gallery").inner_text()
         page.screenshot(path=str(screenshot), full_page=True)
-        browser.close()
     assert images_shown(captions, wanted) == 4
     assert Image.open(screenshot).size[0] == 1280
     if SCREENSHOT_COPY:
         shutil.copyfile(screenshot, SCREENSHOT_COPY)
 
 
+@needs_chromium
+@pytest.mark.slow
+def test_browser_error_keeps_the_images_and_its_message(served_app, pipeline_folder):
+    _, url, _ = served_app
+    first_label = model_labels(pipeline_folder)[0]
+    with browser_page(url) as page:
+        page.get_by_role("button", name="Generate").click()
+        page.wait_for_selector("text=/images of \\d+x\\d+ in/", timeout=120_000)
+        page.locator(".token-remove").first.click()  # no class left: a bad request
+        page.get_by_role("button", name="Generate").click()
+        message = page.locator(".diffkit-error")
+        message.wait_for(timeout=60_000)
+        page.wait_for_timeout(3_000)  # longer than a toast would have stayed
+        captions = page.locator(".diffkit-gallery").inner_text()
+        assert "Error: class_labels must name at least one class" in message.inner_text()
+        assert message.is_visible()
+        assert page.locator(".diffkit-gallery img").count() == 4
+    assert images_shown(captions, first_label) == 4
+
+
+def editor_zoom(page) -> float:
+    """The image editor's zoom, as a factor, from the percentage its toolbar shows."""
+    return float(page.get_by_text(re.compile(r"^\d+%$")).first.inner_text().rstrip("%")) / 100
+
+
+@needs_chromium
+@pytest.mark.slow
+def test_browser_edits_a_few_painted_pixels_and_shows_them_by_the_edit_button(served_app, pipeline_folder, tmp_path):
+    _, url, _ = served_app
+    side = UNet2DConditionModel.load_config(pipeline_folder, subfolder="unet")["sample_size"]
+    grey = np.full((side, side), 128, dtype=np.uint8)  # an inpainted pixel differs from it, black or white
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    painted_row, painted_column = (side * 3) // 4, side // 4
+    with browser_page(url, height=1400) as page:
+        page.get_by_text("Edit an image").click()
+        # each task shows the controls it uses
+        strength, noise_level = page.get_by_label("Strength"), page.get_by_label("Noise level")
+        assert not strength.is_visible() and not noise_level.is_visible()
+        page.get_by_label("img2img").check()
+        page.get_by_text("Image to redraw").wait_for()
+        assert strength.first.is_visible() and not noise_level.is_visible()
+        page.get_by_label("denoise").check()
+        page.get_by_text("Image to denoise").wait_for()
+        assert noise_level.first.is_visible() and not strength.is_visible()
+        page.get_by_label("inpaint").check()
+        page.get_by_text("Image (paint over what to fill)").wait_for()
+        with page.expect_file_chooser() as chooser:
+            page.get_by_label("Upload", exact=True).click()
+        chooser.value.set_files(str(tmp_path / "grey.png"))
+        page.wait_for_timeout(2_000)  # the editor zooms the image to fit, then selects the brush
+        # one short stroke on one pixel of the image, which the editor centres on its canvas
+        canvas = page.locator("canvas").first.bounding_box()
+        pixel = editor_zoom(page)
+        left = canvas["x"] + canvas["width"] / 2 - side * pixel / 2
+        top = canvas["y"] + canvas["height"] / 2 - side * pixel / 2
+        x, y = left + (painted_column + 0.5) * pixel, top + (painted_row + 0.5) * pixel
+        page.mouse.move(x, y)
+        page.mouse.down()
+        page.mouse.move(x + 1, y)
+        page.mouse.up()
+        edit_button = page.get_by_role("button", name="Edit", exact=True)
+        edit_button.click()
+        page.wait_for_selector("text=/inpaint: \\w+Scheduler/", timeout=120_000)
+        edited = page.locator(".diffkit-edited img")
+        sources = [edited.nth(i).get_attribute("src") for i in range(edited.count())]
+        # the results lie just below the Edit button, in view; the gallery at the top got none of them
+        assert 0 < edited.first.bounding_box()["y"] - edit_button.bounding_box()["y"] < 300
+        assert page.locator(".diffkit-gallery img").count() == 0
+    assert len(sources) == 4
+    radius = max(1, round(side * demo.MASK_BRUSH_FRACTION))
+    for source in sources:
+        with urllib.request.urlopen(source) as response:
+            image = np.asarray(Image.open(io.BytesIO(response.read())))
+        rows, columns = np.nonzero(image != grey)
+        # only pixels under the stroke changed: a few, not the whole digit as the old 25 px brush painted
+        assert 0 < len(rows) <= (2 * radius + 2) ** 2
+        assert np.abs(rows - painted_row).max() <= radius + 1 and np.abs(columns - painted_column).max() <= radius + 1
+
+
 def images_shown(captions: str, label: str) -> int:
     """How many gallery captions name `label` (each reads 'label · seed N')."""
     return sum(line.strip().startswith(f"{label} · seed") for line in captions.splitlines())
+
+
+@pytest.mark.slow
+def test_the_server_log_stays_quiet_on_edits_and_out_of_range_values(served_app, pipeline_folder, tmp_path):
+    _, url, log_path = served_app
+    side = UNet2DConditionModel.load_config(pipeline_folder, subfolder="unet")["sample_size"]
+    Image.fromarray(np.zeros((side, side), dtype=np.uint8)).save(tmp_path / "digit.png")
+    layer = np.zeros((side, side, 4), dtype=np.uint8)
+    layer[side // 2 :] = 255
+    Image.fromarray(layer, "RGBA").save(tmp_path / "painted.png")
+    image = handle_file(str(tmp_path / "digit.png"))
+    editor = {"background": image, "layers": [handle_file(str(tmp_path / "painted.png"))], "composite": image}
+    client = Client(url, verbose=False)
+    api_name = "/" + api_name_for(pipeline_title(pipeline_folder), [], prefix="edit_")
+    with open(os.path.join(pipeline_folder, "model_index.json")) as f:
+        label = list(json.load(f)["id2label"].values())[0]
+    settings = [[label], 1, 3.0, 2, SAVED_SAMPLER, 0, False]
+    for _ in range(2):
+        gallery, _ = client.predict(*settings, editor, "inpaint", 0.6, 0.2, api_name=api_name)
+        assert len(gallery) == 1
+    too_many_images = [[label], 10_000, *settings[2:]]
+    with pytest.raises(AppError, match="Images: Value 10000 is greater than maximum value"):
+        client.predict(*too_many_images, editor, "inpaint", 0.6, 0.2, api_name=api_name)
+    with pytest.raises(AppError, match="Strength: Value 2.0 is greater than maximum value 1"):
+        client.predict(*settings, editor, "img2img", 2.0, 0.2, api_name=api_name)
+    log = open(log_path).read()
+    assert "should be kept in float32" not in log and "Traceback" not in log, log[-3000:]
