@@ -200,6 +200,8 @@ class ClassConditionalImagePipeline(DiffusionPipeline):
                 f"({len(label_ids)} labels x {num_images_per_label} images per label): pass one generator per image "
                 "or a single generator."
             )
+        # Copied from pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.check_inputs
+        # lines "if output_type not in OUTPUT_TYPES:" to "f"{self._callback_tensor_inputs}.""
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, but is {output_type!r}.")
         unknown_inputs = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
@@ -381,20 +383,18 @@ class ClassConditionalImagePipeline(DiffusionPipeline):
 
         # 4. Denoising loop
         for i, t in enumerate(self.progress_bar(timesteps)):
-            # 4.1 expand the latents when both guidance branches run in one pass
-            branches = len(model_class_ids) // batch_size
+            # expand the latents when both guidance branches run in one pass
+            branches = len(encoder_hidden_states) // batch_size
             latent_model_input = torch.cat([latents] * branches) if branches > 1 else latents
             latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
 
-            # 4.2 predict the model output (noise or velocity, as the scheduler was trained)
+            # predict the model output and apply classifier-free guidance
             model_output = self.unet(latent_model_input, t, encoder_hidden_states=encoder_hidden_states).sample
-
-            # 4.3 classifier-free guidance
             if branches > 1:
                 model_output_uncond, model_output_cond = model_output.chunk(2)
                 model_output = model_output_uncond + guidance_scale * (model_output_cond - model_output_uncond)
 
-            # 4.4 compute the previous sample: x_t -> x_t-1
+            # compute the previous sample: x_t -> x_t-1
             step_output = self.scheduler.step(model_output, t, latents, **extra_step_kwargs)
             if "pred_original_sample" in callback_on_step_end_tensor_inputs:
                 pred_original_sample = getattr(step_output, "pred_original_sample", None)

@@ -372,6 +372,8 @@ class SuperResolutionPipeline(DiffusionPipeline):
                 "`class_labels` was given, but this stage was trained without class labels; drop it (the image "
                 "alone conditions it)."
             )
+        # Copied from pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.check_inputs
+        # lines "if output_type not in OUTPUT_TYPES:" to "f"{self._callback_tensor_inputs}.""
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, but is {output_type!r}.")
         unknown_inputs = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
@@ -568,20 +570,22 @@ class SuperResolutionPipeline(DiffusionPipeline):
 
         # 5. Denoising loop
         for i, t in enumerate(self.progress_bar(timesteps)):
-            # 5.1 the noisy image (once per guidance branch), beside the augmented upsampled input
+            # the noisy image (once per guidance branch), beside the augmented upsampled input
             latent_model_input = torch.cat([latents] * branches) if branches > 1 else latents
             latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
             latent_model_input = torch.cat([latent_model_input, condition_image], dim=1)
 
-            # 5.2 predict the model output (noise or velocity, as the scheduler was trained)
+            # predict the model output (noise or velocity, as the scheduler was trained)
             model_output = self.unet(latent_model_input, t, **unet_kwargs).sample
 
-            # 5.3 classifier-free guidance on the label
+            # classifier-free guidance on the label
             if branches > 1:
                 model_output_uncond, model_output_cond = model_output.chunk(2)
                 model_output = model_output_uncond + guidance_scale * (model_output_cond - model_output_uncond)
 
-            # 5.4 compute the previous sample: x_t -> x_t-1
+            # Copied from pipelines.pipeline_class_conditional_image.ClassConditionalImagePipeline.__call__
+            # lines "# compute the previous sample" to "latents = callback_outputs.pop"
+            # compute the previous sample: x_t -> x_t-1
             step_output = self.scheduler.step(model_output, t, latents, **extra_step_kwargs)
             if "pred_original_sample" in callback_on_step_end_tensor_inputs:
                 pred_original_sample = getattr(step_output, "pred_original_sample", None)

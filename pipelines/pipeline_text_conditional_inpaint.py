@@ -263,6 +263,8 @@ class TextConditionalInpaintPipeline(DiffusionPipeline):
                 f"images are requested ({batch_size} prompts x {num_images_per_prompt} images per prompt): pass one "
                 "generator per image or a single generator."
             )
+        # Copied from pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.check_inputs
+        # lines "if output_type not in OUTPUT_TYPES:" to "f"{self._callback_tensor_inputs}.""
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, but is {output_type!r}.")
         unknown_inputs = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
@@ -644,6 +646,8 @@ class TextConditionalInpaintPipeline(DiffusionPipeline):
         original, mask = self.prepare_known_image(image, mask_image, num_prompts, num_images_per_prompt, device)
 
         # 2. Encode the prompts; the unconditional branch uses the negative prompts, or the empty prompt
+        # Copied from pipelines.pipeline_text_conditional_image.TextConditionalImagePipeline.__call__
+        # lines "prompt_embeds, negative_prompt_embeds = self.encode_prompt(" to "encoder_hidden_states = torch.cat("
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
             prompt,
             device,
@@ -653,6 +657,8 @@ class TextConditionalInpaintPipeline(DiffusionPipeline):
             prompt_embeds=prompt_embeds,
             negative_prompt_embeds=negative_prompt_embeds,
         )
+        # Guidance scale 1 is the conditional prediction alone and 0 the unconditional one: evaluate only the
+        # branch that is needed. Otherwise both branches run in one batched forward pass.
         if guidance_scale == 1:
             encoder_hidden_states = prompt_embeds
         elif guidance_scale == 0:
@@ -673,24 +679,26 @@ class TextConditionalInpaintPipeline(DiffusionPipeline):
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator)
 
         # 5. Denoising loop
-        for n, i in enumerate(self.progress_bar(step_order)):
-            t = timesteps[i]
-            # 5.1 resampling: jumped back, so noise the sample from the level after the last step up to this one's
-            if n > 0 and i <= step_order[n - 1]:
-                latents = self.jump_back(latents, timesteps, step_order[n - 1] + 1, i, generator)
+        for i, index in enumerate(self.progress_bar(step_order)):
+            t = timesteps[index]
+            # resampling: jumped back, so noise the sample from the level after the last step up to this one's
+            if i > 0 and index <= step_order[i - 1]:
+                latents = self.jump_back(latents, timesteps, step_order[i - 1] + 1, index, generator)
 
-            # 5.2 expand the latents when both guidance branches run in one pass
+            # Copied from pipelines.pipeline_class_conditional_image.ClassConditionalImagePipeline.__call__
+            # lines "# expand the latents when both" to "latents = step_output.prev_sample"
+            # expand the latents when both guidance branches run in one pass
             branches = len(encoder_hidden_states) // batch_size
             latent_model_input = torch.cat([latents] * branches) if branches > 1 else latents
             latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
 
-            # 5.3 predict the model output and apply classifier-free guidance
+            # predict the model output and apply classifier-free guidance
             model_output = self.unet(latent_model_input, t, encoder_hidden_states=encoder_hidden_states).sample
             if branches > 1:
                 model_output_uncond, model_output_cond = model_output.chunk(2)
                 model_output = model_output_uncond + guidance_scale * (model_output_cond - model_output_uncond)
 
-            # 5.4 compute the previous sample: x_t -> x_t-1
+            # compute the previous sample: x_t -> x_t-1
             step_output = self.scheduler.step(model_output, t, latents, **extra_step_kwargs)
             if "pred_original_sample" in callback_on_step_end_tensor_inputs:
                 pred_original_sample = getattr(step_output, "pred_original_sample", None)
@@ -698,14 +706,16 @@ class TextConditionalInpaintPipeline(DiffusionPipeline):
                     pred_original_sample = self.predict_original_sample(model_output, t, latents)
             latents = step_output.prev_sample
 
-            # 5.5 put back the known part, noised to the level the next step expects (the clean image after the last)
-            latents = self.paste_known_part(latents, original, noise, mask, timesteps, i)
+            # put back the known part, noised to the level the next step expects (the clean image after the last)
+            latents = self.paste_known_part(latents, original, noise, mask, timesteps, index)
 
+            # Copied from pipelines.pipeline_class_conditional_image.ClassConditionalImagePipeline.__call__
+            # lines "if callback_on_step_end is not None:" to "latents = callback_outputs.pop"
             if callback_on_step_end is not None:
                 callback_kwargs = {}
                 for k in callback_on_step_end_tensor_inputs:
                     callback_kwargs[k] = locals()[k]
-                callback_outputs = callback_on_step_end(self, n, t, callback_kwargs)
+                callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
                 latents = callback_outputs.pop("latents", latents)
 
         # 6. Post-process from [-1, 1] to [0, 1]; the known part is the input itself

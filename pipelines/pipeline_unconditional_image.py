@@ -228,11 +228,13 @@ class UnconditionalImagePipeline(DiffusionPipeline):
 
         # 3. Denoising loop
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            # 3.1 predict the model output (noise, sample or velocity, as the scheduler was trained)
+            # predict the model output (noise, sample or velocity, as the scheduler was trained)
             model_input = self.scheduler.scale_model_input(latents, t)
             model_output = self.unet(model_input, t).sample
 
-            # 3.2 compute the previous sample: x_t -> x_t-1
+            # Copied from pipelines.pipeline_class_conditional_image.ClassConditionalImagePipeline.__call__
+            # lines "# compute the previous sample" to "latents = callback_outputs.pop"
+            # compute the previous sample: x_t -> x_t-1
             step_output = self.scheduler.step(model_output, t, latents, **extra_step_kwargs)
             if "pred_original_sample" in callback_on_step_end_tensor_inputs:
                 pred_original_sample = getattr(step_output, "pred_original_sample", None)

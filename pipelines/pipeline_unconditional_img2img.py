@@ -263,6 +263,8 @@ class UnconditionalImg2ImgPipeline(DiffusionPipeline):
                 f"`generator` is a list of {len(generator)} generators, but {batch_size} images are requested: pass "
                 "one generator per image or a single generator."
             )
+        # Copied from pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.check_inputs
+        # lines "if output_type not in OUTPUT_TYPES:" to "f"{self._callback_tensor_inputs}.""
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, but is {output_type!r}.")
         unknown_inputs = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
@@ -404,11 +406,13 @@ class UnconditionalImg2ImgPipeline(DiffusionPipeline):
 
         # 3. Denoising loop
         for i, t in enumerate(self.progress_bar(timesteps)):
-            # 3.1 predict the model output (noise, sample or velocity, as the scheduler was trained)
+            # predict the model output (noise, sample or velocity, as the scheduler was trained)
             model_input = self.scheduler.scale_model_input(latents, t)
             model_output = self.unet(model_input, t).sample
 
-            # 3.2 compute the previous sample: x_t -> x_t-1
+            # Copied from pipelines.pipeline_class_conditional_image.ClassConditionalImagePipeline.__call__
+            # lines "# compute the previous sample" to "latents = callback_outputs.pop"
+            # compute the previous sample: x_t -> x_t-1
             step_output = self.scheduler.step(model_output, t, latents, **extra_step_kwargs)
             if "pred_original_sample" in callback_on_step_end_tensor_inputs:
                 pred_original_sample = getattr(step_output, "pred_original_sample", None)

@@ -264,6 +264,8 @@ class UnconditionalInpaintPipeline(DiffusionPipeline):
                 f"`generator` is a list of {len(generator)} generators, but {batch_size} images are requested: pass "
                 "one generator per image or a single generator."
             )
+        # Copied from pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.check_inputs
+        # lines "if output_type not in OUTPUT_TYPES:" to "f"{self._callback_tensor_inputs}.""
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, but is {output_type!r}.")
         unknown_inputs = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
@@ -460,17 +462,19 @@ class UnconditionalInpaintPipeline(DiffusionPipeline):
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator)
 
         # 4. Denoising loop
-        for n, i in enumerate(self.progress_bar(step_order)):
-            t = timesteps[i]
-            # 4.1 resampling: jumped back, so noise the sample from the level after the last step up to this one's
-            if n > 0 and i <= step_order[n - 1]:
-                latents = self.jump_back(latents, timesteps, step_order[n - 1] + 1, i, generator)
+        for i, index in enumerate(self.progress_bar(step_order)):
+            t = timesteps[index]
+            # resampling: jumped back, so noise the sample from the level after the last step up to this one's
+            if i > 0 and index <= step_order[i - 1]:
+                latents = self.jump_back(latents, timesteps, step_order[i - 1] + 1, index, generator)
 
-            # 4.2 predict the model output (noise, sample or velocity, as the scheduler was trained)
+            # predict the model output (noise, sample or velocity, as the scheduler was trained)
             model_input = self.scheduler.scale_model_input(latents, t)
             model_output = self.unet(model_input, t).sample
 
-            # 4.3 compute the previous sample: x_t -> x_t-1
+            # Copied from pipelines.pipeline_class_conditional_image.ClassConditionalImagePipeline.__call__
+            # lines "# compute the previous sample" to "latents = step_output.prev_sample"
+            # compute the previous sample: x_t -> x_t-1
             step_output = self.scheduler.step(model_output, t, latents, **extra_step_kwargs)
             if "pred_original_sample" in callback_on_step_end_tensor_inputs:
                 pred_original_sample = getattr(step_output, "pred_original_sample", None)
@@ -478,14 +482,16 @@ class UnconditionalInpaintPipeline(DiffusionPipeline):
                     pred_original_sample = self.predict_original_sample(model_output, t, latents)
             latents = step_output.prev_sample
 
-            # 4.4 put back the known part, noised to the level the next step expects (the clean image after the last)
-            latents = self.paste_known_part(latents, original, noise, mask, timesteps, i)
+            # put back the known part, noised to the level the next step expects (the clean image after the last)
+            latents = self.paste_known_part(latents, original, noise, mask, timesteps, index)
 
+            # Copied from pipelines.pipeline_class_conditional_image.ClassConditionalImagePipeline.__call__
+            # lines "if callback_on_step_end is not None:" to "latents = callback_outputs.pop"
             if callback_on_step_end is not None:
                 callback_kwargs = {}
                 for k in callback_on_step_end_tensor_inputs:
                     callback_kwargs[k] = locals()[k]
-                callback_outputs = callback_on_step_end(self, n, t, callback_kwargs)
+                callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
                 latents = callback_outputs.pop("latents", latents)
 
         # 5. Post-process from [-1, 1] to [0, 1]; the known part is the input itself

@@ -13,6 +13,14 @@ they go on the next comment line, which starts with `# with`:
     # Copied from pipelines.pipeline_class_conditional_inpaint.ClassConditionalInpaintPipeline.check_image_inputs
     # with class_labels->prompt, labels->prompts, label->prompt
 
+A part of a function is copied as a block, so that a denoising loop stays written out in each `__call__`: a
+`# lines "FIRST" to "LAST"` line after the mark names the source's lines from the first that starts with FIRST to
+the next that starts with LAST (stripped of indentation), and the copy runs from the line below the comments to its
+own next line that starts with LAST (after the replacements):
+
+    # Copied from pipelines.pipeline_class_conditional_image.ClassConditionalImagePipeline.__call__
+    # lines "step_output =" to "latents = callback_outputs"
+
 Run from the repository root:
 
     python -m tests.check_copies          # lists every copy that differs from its source, with a diff; exit code 1
@@ -35,6 +43,7 @@ CHECKED_FOLDERS = ("pipelines", "training", "model_cards", "diffkit", "benchmark
 MARK = "# Copied from "
 COPIED_FROM = re.compile(r"^\s*# Copied from (?P<reference>[\w.]+)(?:\s+with\s+(?P<replacements>\S.*))?$")
 REPLACEMENTS_LINE = re.compile(r"^\s*# with (?P<replacements>\S.*)$")
+BLOCK_LINE = re.compile(r'^\s*# lines "(?P<first>.+?)" to "(?P<last>.+)"$')
 
 
 @dataclass
@@ -43,8 +52,9 @@ class Copy:
     mark_line: int  # 1-based line of the `# Copied from` comment
     reference: str
     replacements: List[Tuple[str, str]]
-    start: int  # 0-based first line of the copied definition (its `def` / `class` line)
+    start: int  # 0-based first line of the copied definition (its `def` / `class` line) or block
     end: int  # 0-based line after its last line
+    block: Optional[Tuple[str, str]] = None  # a block's first and last lines' beginnings, in the source
 
 
 def parse_replacements(text: Optional[str], where: str) -> List[Tuple[str, str]]:
@@ -97,19 +107,50 @@ def find_copies(relative_file: str, root: str = REPO_ROOT) -> List[Copy]:
                 f"alone on its line: {line.strip()!r}."
             )
         following = index + 1
+        block = following < len(lines) and BLOCK_LINE.match(lines[following].rstrip("\n"))
+        if block:
+            following += 1
         replacements_text = match.group("replacements")
         continued = following < len(lines) and REPLACEMENTS_LINE.match(lines[following].rstrip("\n"))
         if continued and replacements_text is None:
             replacements_text = continued.group("replacements")
             following += 1
+        replacements = parse_replacements(replacements_text, where)
+        reference = match.group("reference")
+        if block:
+            last = replace_all(block.group("last"), replacements)
+            end = next((i + 1 for i in range(following, len(lines)) if lines[i].strip().startswith(last)), None)
+            if end is None:
+                raise ValueError(f"{where}: no line below the mark starts with {last!r}, the block's last line.")
+            copies.append(Copy(relative_file, index + 1, reference, replacements, following, end, block.groups()))
+            continue
         while following < len(lines) and lines[following].lstrip().startswith("@"):
             following += 1
         if following not in by_start:
             raise ValueError(f"{where}: '# Copied from' must stand right above a `def` or `class`.")
         start, end = definition_lines(by_start[following])
-        replacements = parse_replacements(replacements_text, where)
-        copies.append(Copy(relative_file, index + 1, match.group("reference"), replacements, start, end))
+        copies.append(Copy(relative_file, index + 1, reference, replacements, start, end))
     return copies
+
+
+def replace_all(text: str, replacements: List[Tuple[str, str]]) -> str:
+    for old, new in replacements:
+        text = text.replace(old, new)
+    return text
+
+
+def block_of(text: str, block: Tuple[str, str], where: str) -> str:
+    """The lines of `text` from the first that starts with `block[0]` (indentation aside) to the next that starts
+    with `block[1]`."""
+    lines = text.splitlines(keepends=True)
+    first, last = block
+    starts = [i for i, line in enumerate(lines) if line.strip().startswith(first)]
+    if len(starts) != 1:
+        raise ValueError(f"{where}: {len(starts)} lines of the source start with {first!r}; one must.")
+    end = next((i + 1 for i in range(starts[0], len(lines)) if lines[i].strip().startswith(last)), None)
+    if end is None:
+        raise ValueError(f"{where}: no line of the source after {first!r} starts with {last!r}.")
+    return textwrap.dedent("".join(lines[starts[0] : end]))
 
 
 def source_text(reference: str, where: str, root: str = REPO_ROOT) -> str:
@@ -135,10 +176,11 @@ def source_text(reference: str, where: str, root: str = REPO_ROOT) -> str:
 
 
 def expected_text(copy: Copy, indent: str, root: str = REPO_ROOT) -> str:
-    text = source_text(copy.reference, f"{copy.file}:{copy.mark_line}", root)
-    for old, new in copy.replacements:
-        text = text.replace(old, new)
-    return textwrap.indent(text, indent, lambda line: line.strip() != "")
+    where = f"{copy.file}:{copy.mark_line}"
+    text = source_text(copy.reference, where, root)
+    if copy.block:
+        text = block_of(text, copy.block, where)
+    return textwrap.indent(replace_all(text, copy.replacements), indent, lambda line: line.strip() != "")
 
 
 def check_file(relative_file: str, fix: bool, root: str = REPO_ROOT) -> List[str]:

@@ -89,3 +89,60 @@ def test_the_command_exits_1_on_drift_and_0_once_fixed(tmp_path, capsys):
     assert "1 marked copies differ from their sources: run `python -m tests.check_copies --fix`" in out
     assert main(["--fix"], root=str(tmp_path)) == 0
     assert main([], root=str(tmp_path)) == 0
+
+
+LOOP_SOURCE = """
+class Source:
+    def __call__(self, steps):
+        total = 0
+        for step in range(steps):
+            # add the step, then double
+            total += step
+            total *= 2
+            if total > 100:
+                total = 100
+        return total
+"""
+LOOP_COPY = """
+class Copy:
+    def __call__(self, num_steps):
+        total = 1
+        for step in range(num_steps):
+            # Copied from pipelines.source.Source.__call__
+            # lines "# add the step" to "total = 100"
+            # add the step, then double
+            total += step
+            total *= 2
+            if total > 100:
+                total = 100
+            total -= 1
+        return total
+"""
+
+
+def test_a_block_of_a_loop_is_checked_and_fixed_as_a_copy(tmp_path):
+    (tmp_path / "pipelines").mkdir()
+    (tmp_path / "pipelines" / "source.py").write_text(textwrap.dedent(LOOP_SOURCE))
+    (tmp_path / "pipelines" / "copy.py").write_text(textwrap.dedent(LOOP_COPY))
+    [copy] = find_copies("pipelines/copy.py", root=str(tmp_path))
+    assert (copy.start, copy.end) == (7, 12)  # from the line below the marks to the one that starts "total = 100"
+    assert check_copies(root=str(tmp_path)) == []
+
+    drifted = LOOP_COPY.replace("total *= 2", "total *= 3")
+    (tmp_path / "pipelines" / "copy.py").write_text(textwrap.dedent(drifted))
+    [problem] = check_copies(root=str(tmp_path))
+    assert "-            total *= 2\n+            total *= 3" in problem
+    check_copies(fix=True, root=str(tmp_path))
+    # the fix rewrites the block only: the lines around it stay the copy's own
+    assert (tmp_path / "pipelines" / "copy.py").read_text() == textwrap.dedent(LOOP_COPY)
+
+
+def test_a_block_whose_ends_are_not_found_is_an_error(tmp_path):
+    (tmp_path / "pipelines").mkdir()
+    (tmp_path / "pipelines" / "source.py").write_text(textwrap.dedent(LOOP_SOURCE))
+    (tmp_path / "pipelines" / "copy.py").write_text(textwrap.dedent(LOOP_COPY.replace('"total = 100"', '"total = 7"')))
+    with pytest.raises(ValueError, match="no line below the mark starts with 'total = 7'"):
+        check_copies(root=str(tmp_path))
+    (tmp_path / "pipelines" / "copy.py").write_text(textwrap.dedent(LOOP_COPY.replace('"# add the step"', '"tot"')))
+    with pytest.raises(ValueError, match="4 lines of the source start with 'tot'; one must"):
+        check_copies(root=str(tmp_path))
