@@ -3,8 +3,8 @@
     python -m benchmarks.bench_editing out [--unconditional out-uncond] [--num_per_class 50] [--results_dir DIR]
 
 `out` is the default job (`accelerate launch training/train.py --output_dir out`); `--unconditional` names a run
-trained with `--conditioning none` on the same data, for the side-by-side with diffusers' `RePaintPipeline`. The
-source images are `--num_per_class` real digits of each class from the run's own data (the embedded digits have no
+trained with `--conditioning unconditional` on the same data, for the side-by-side with diffusers' `RePaintPipeline`.
+The source images are `--num_per_class` real digits of each class from the run's own data (the embedded digits have no
 held-out split, so the model has seen them). Scores come from `training.evaluate`: its classifier (class accuracy)
 and MobileNetV2 features (FID-MobileNetV2, beside the real-vs-real floor at the same count).
 
@@ -68,7 +68,9 @@ FIGURE_SWEEP_DIGITS = 3
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("output_dir", help="A class-conditional training run (the default job's --output_dir).")
-    parser.add_argument("--unconditional", default=None, help="A --conditioning none run, for the RePaint rows.")
+    parser.add_argument(
+        "--unconditional", default=None, help="A --conditioning unconditional run, for the RePaint rows."
+    )
     parser.add_argument("--num_per_class", type=int, default=50, help="Source digits per class.")
     parser.add_argument("--matrix_per_class", type=int, default=5, help="Sources per digit for the other-label rows.")
     parser.add_argument("--repaint_images", type=int, default=50, help="Digits for the RePaint side-by-side.")

@@ -3,7 +3,7 @@
     python -m benchmarks.bench_super_resolution --fashion_x2 OUT --fashion_x4 OUT --mnist_x2 OUT --mnist_x4 OUT \\
         --base OUT_BASE14 --cascade_stage OUT_SR --default_job OUT [--num_images 500] [--results_dir DIR]
 
-Each `OUT` is a training run: the stages were trained with `--conditioning low_resolution --low_resolution 14` (x2)
+Each `OUT` is a training run: the stages were trained with `--conditioning super_resolution --low_resolution 14` (x2)
 or `7` (x4), on `--dataset fashion-mnist` or on the default digits; `--base` is a class-conditional run at
 `--resolution 14` and `--default_job` the default job at 28 px. Any of them may be left out.
 

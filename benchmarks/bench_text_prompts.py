@@ -19,6 +19,8 @@ import torch
 from diffusers.utils import make_image_grid
 
 from diffkit import TextConditionalImagePipeline
+from diffkit.pipelines import model_kinds
+from diffkit.training.arguments import conditioning_kind
 from diffkit.training.dataset_loading import MNIST_CAPTION_TEMPLATES, MNIST_LABEL_NAMES
 from diffkit.training.evaluate import real_images, train_classifier
 
@@ -32,7 +34,9 @@ def main():
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("output_dir", help="The --output_dir of a `--conditioning text` run on the embedded digits.")
+    parser.add_argument(
+        "output_dir", help="The --output_dir of a `--conditioning text_conditional` run on the embedded digits."
+    )
     parser.add_argument("--num_images_per_prompt", type=int, default=20, help="Images per prompt.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of image i of each prompt is seed + i.")
     parser.add_argument("--results_dir", default=os.path.join("benchmarks", "results"), help="Where results go.")
@@ -40,7 +44,8 @@ def main():
 
     with open(os.path.join(args.output_dir, "training_config.json"), encoding="utf-8") as f:
         training_config = json.load(f)
-    if training_config["args"]["conditioning"] != "text" or training_config["args"].get("dataset_name"):
+    conditioning = conditioning_kind(training_config["args"]["conditioning"])
+    if conditioning != model_kinds.TEXT_CONDITIONAL or training_config["args"].get("dataset_name"):
         raise ValueError(f"{args.output_dir!r} is not a text-conditional run on the embedded digits.")
     images, labels = real_images(training_config)
     classifier, held_out = train_classifier(images, labels, len(MNIST_LABEL_NAMES), CLASSIFIER_EPOCHS)

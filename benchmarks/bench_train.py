@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from diffkit.pipelines import model_kinds
 from diffkit.training.conditioning import ClassConditioning
 from diffkit.training.dataset_loading import (
     INDEX_COLUMN,
@@ -131,7 +132,7 @@ def main():
         ours = loader(decoded, TrainTransform(resolution, False, True, 0), args.num_workers)
         num_classes = dataset.features["label"].num_classes
         torch.manual_seed(0)
-        model_args = SimpleNamespace(conditioning="class", model_config_name_or_path=None)
+        model_args = SimpleNamespace(conditioning=model_kinds.CLASS_CONDITIONAL, model_config_name_or_path=None)
         conditioning = ClassConditioning(model_args, num_classes, id2label=None)
         unet = build_unet(model_args, conditioning, 1 if image_mode == "L" else 3, resolution)
         rates = {

@@ -7,6 +7,9 @@ from typing import Optional
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from diffkit.pipelines import model_kinds
+from diffkit.training.arguments import conditioning_kind
+
 # `model_cards/` is installed as package data (see pyproject.toml), so the templates are found in any install.
 PIPELINE_TEMPLATE = "diffkit_pipeline.md"
 SAMPLE_LABELS_IN_USAGE = 2
@@ -17,12 +20,12 @@ REPOSITORY_URL_LABELS = ("repository", "source", "homepage")
 # What each --conditioning mode is called in the card and its tags, and the Hub pipeline tag where it is not
 # unconditional-image-generation.
 CONDITIONING_KINDS = {
-    "class": "class-conditional",
-    "text": "text-to-image",
-    "none": "unconditional",
-    "low_resolution": "super-resolution",
+    model_kinds.CLASS_CONDITIONAL: "class-conditional",
+    model_kinds.TEXT_CONDITIONAL: "text-to-image",
+    model_kinds.UNCONDITIONAL: "unconditional",
+    model_kinds.SUPER_RESOLUTION: "super-resolution",
 }
-PIPELINE_TAGS = {"text": "text-to-image", "low_resolution": "image-to-image"}
+PIPELINE_TAGS = {model_kinds.TEXT_CONDITIONAL: "text-to-image", model_kinds.SUPER_RESOLUTION: "image-to-image"}
 
 
 def repository_url() -> Optional[str]:
@@ -69,9 +72,11 @@ def render_model_card(
         metrics: the run's `metrics.json` (training with --eval_steps), shown as an evaluation table when given.
     """
     args, data, run = training_config["args"], training_config["data"], training_config["run"]
-    conditioning = args["conditioning"]
-    super_resolution = conditioning == "low_resolution"
-    class_conditional = conditioning == "class" or (super_resolution and args.get("use_class_labels"))
+    conditioning = conditioning_kind(args["conditioning"])  # runs before the kinds' names say "class", ...
+    super_resolution = conditioning == model_kinds.SUPER_RESOLUTION
+    class_conditional = conditioning == model_kinds.CLASS_CONDITIONAL or (
+        super_resolution and args.get("use_class_labels")
+    )
     names = list((data["id2label"] or {}).values()) if class_conditional else []
     kind = CONDITIONING_KINDS[conditioning]
     tags = ["diffkit", "diffusers", "ddpm", kind]
@@ -106,7 +111,7 @@ def render_model_card(
             f"One row per class ({', '.join(names)}), {args['num_inference_steps']} steps at guidance scale "
             f"{args['guidance_scale']}, seed {args['seed']}."
         )
-    elif conditioning == "text":
+    elif conditioning == model_kinds.TEXT_CONDITIONAL:
         prompts = data.get("sample_prompts") or ["a photo"]
         usage_call = (
             f"images = pipe({prompts[:SAMPLE_LABELS_IN_USAGE]!r}, generator=torch.Generator().manual_seed(0)).images"

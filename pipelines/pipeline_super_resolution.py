@@ -489,7 +489,7 @@ class SuperResolutionPipeline(DiffusionPipeline):
         >>> import torch
         >>> from diffkit import SuperResolutionPipeline
 
-        >>> # sr/ is the --output_dir of `diffkit-train --conditioning low_resolution --low_resolution 14`
+        >>> # sr/ is the --output_dir of `diffkit-train --conditioning super_resolution --low_resolution 14`
         >>> pipe = SuperResolutionPipeline.from_pretrained("sr/")  # doctest: +SKIP
         >>> from PIL import Image
 

@@ -383,7 +383,8 @@ class TextConditionalImagePipeline(DiffusionPipeline):
         >>> import torch
         >>> from diffkit import TextConditionalImagePipeline
 
-        >>> # out/ is the --output_dir of a `--conditioning text` training run (not run by doctest: it needs training)
+        >>> # out/ is the --output_dir of a `--conditioning text_conditional` training run (not run by doctest: it
+        >>> # needs training)
         >>> pipe = TextConditionalImagePipeline.from_pretrained("out/")  # doctest: +SKIP
         >>> images = pipe(
         ...     ["a handwritten seven", "the digit 3"], negative_prompt="a blurry digit",

@@ -86,7 +86,7 @@ class TextConditionalInpaintPipeline(DiffusionPipeline):
 
     Args:
         unet ([`~diffusers.UNet2DConditionModel`]):
-            The denoising model of a `--conditioning text` diffkit run.
+            The denoising model of a `--conditioning text_conditional` diffkit run.
         scheduler ([`~diffusers.SchedulerMixin`]):
             Any diffusers scheduler made from the training scheduler's config.
         text_encoder ([`~transformers.PreTrainedModel`]):

@@ -24,7 +24,11 @@ PROTOCOL = (
 
 def test_every_conditioning_choice_has_a_class_with_the_whole_protocol():
     choices = next(a.choices for a in build_parser()._actions if a.dest == "conditioning")
-    assert list(choices) == list(CONDITIONINGS) == ["none", "class", "text", "low_resolution"]
+    assert (
+        list(choices)
+        == list(CONDITIONINGS)
+        == ["unconditional", "class_conditional", "text_conditional", "super_resolution"]
+    )
     for name, mode in CONDITIONINGS.items():
         assert mode.name == name
         for method in PROTOCOL:

@@ -346,7 +346,7 @@ SR = ["--conditioning", "low_resolution"]
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--low_resolution", "14"], "`--low_resolution` only applies to --conditioning low_resolution"),
+        (["--low_resolution", "14"], "`--low_resolution` only applies to --conditioning super_resolution"),
         (["--conditioning", "none", "--use_class_labels"], "`--use_class_labels` only applies to --conditioning"),
         (SR, "needs `--low_resolution N`"),
         ([*SR, "--low_resolution", "2", "--resolution", "8"], "`--low_resolution` must be at least 4"),

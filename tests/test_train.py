@@ -48,7 +48,7 @@ def test_train_class_conditional_with_accelerate_launch(tmp_path):
     assert model_index["id2label"] == {str(i): name for i, name in enumerate(MNIST_LABEL_NAMES)}
 
     config = json.loads((output_dir / TRAINING_CONFIG_NAME).read_text())
-    assert config["args"]["conditioning"] == "class" and config["args"]["max_train_steps"] == 3
+    assert config["args"]["conditioning"] == "class_conditional" and config["args"]["max_train_steps"] == 3
     assert config["data"]["num_images"] == 40 and config["data"]["num_channels"] == 1
     assert config["run"]["global_step"] == 3 and np.isfinite(config["run"]["final_loss"])
 
@@ -209,7 +209,7 @@ def digit_images(n=4):
     [
         ("missing_folder", "`--train_data_dir` '.*missing' is not a folder"),
         ("empty_folder", "`--train_data_dir` '.*empty' holds no images"),
-        ("folder_without_classes", "`--conditioning class` needs labels, but `--train_data_dir`"),
+        ("folder_without_classes", "`--conditioning class_conditional` needs labels, but `--train_data_dir`"),
         ("hub_without_image_column", "`--image_column` 'image' is not a column of `--dataset_name`"),
         ("hub_without_label_column", "`--label_column` 'label' is not a column of `--dataset_name`"),
         ("hub_float_labels", "`--label_column` 'label' has type .*float.*, which is not class-like"),
@@ -279,6 +279,30 @@ def test_a_run_made_before_a_flag_existed_is_still_the_same_run(tmp_path):
     parse_args(["--output_dir", str(output_dir)])
     with pytest.raises(ValueError, match=r"holds a different run \(--max_noise_level 0.5 -> 0.3\)"):
         parse_args(["--output_dir", str(output_dir), "--conditioning", "class", "--max_noise_level", "0.3"])
+
+
+@pytest.mark.parametrize(
+    "former, kind",
+    [
+        ("none", "unconditional"),
+        ("class", "class_conditional"),
+        ("text", "text_conditional"),
+        ("low_resolution", "super_resolution"),
+    ],
+)
+def test_conditioning_takes_the_kinds_names_and_its_former_ones(tmp_path, former, kind):
+    """`--conditioning` names the kinds of model as the pipelines and tools do; the former names still parse, and a
+    run saved with one is the same run as the kind's name today (so it resumes)."""
+    extra = ["--low_resolution", "14"] if kind == "super_resolution" else []
+    output_dir = tmp_path / "out"
+    assert parse_args(["--output_dir", str(output_dir), "--conditioning", former, *extra]).conditioning == kind
+    output_dir.mkdir()
+    older = run_config(parse_args(["--output_dir", str(output_dir), "--conditioning", kind, *extra]))
+    (output_dir / TRAINING_CONFIG_NAME).write_text(json.dumps({"args": {**older, "conditioning": former}}))
+    assert parse_args(["--output_dir", str(output_dir), "--conditioning", kind, *extra]).conditioning == kind
+    other = "unconditional" if kind != "unconditional" else "class_conditional"
+    with pytest.raises(ValueError, match=rf"holds a different run \(--conditioning '{kind}' -> '{other}'\)"):
+        parse_args(["--output_dir", str(output_dir), "--conditioning", other, *extra])
 
 
 def test_output_dir_holding_foreign_files_is_refused(tmp_path):

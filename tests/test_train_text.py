@@ -115,9 +115,15 @@ def test_embedded_captions_and_precomputed_embeddings(tiny_clip_folder):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--text_encoder", "x"], "`--text_encoder` only applies to --conditioning text"),
-        (["--precompute_text_embeddings"], "`--precompute_text_embeddings` only applies to --conditioning text"),
-        (["--conditioning", "text", "--eval_steps", "2"], "`--eval_steps` .* for --conditioning text it is not"),
+        (["--text_encoder", "x"], "`--text_encoder` only applies to --conditioning text_conditional"),
+        (
+            ["--precompute_text_embeddings"],
+            "`--precompute_text_embeddings` only applies to --conditioning text_conditional",
+        ),
+        (
+            ["--conditioning", "text", "--eval_steps", "2"],
+            "`--eval_steps` .* for --conditioning text_conditional it is not",
+        ),
         (["--conditioning", "text", "--max_text_length", "0"], "`--max_text_length` must be a positive integer"),
     ],
 )

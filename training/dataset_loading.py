@@ -21,11 +21,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from diffkit.pipelines import model_kinds
 from diffkit.training.arguments import EMBEDDED_DATASETS
 
 MNIST_LABEL_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-# Captions of the embedded data for `--conditioning text`, from their labels: image i gets phrasing i % 3, so each
-# class is seen in every phrasing. The first phrasing of each class is the prompt of the sample grid.
+# Captions of the embedded data for `--conditioning text_conditional`, from their labels: image i gets phrasing i % 3,
+# so each class is seen in every phrasing. The first phrasing of each class is the prompt of the sample grid.
 MNIST_CAPTION_TEMPLATES = ["a handwritten {name}", "the digit {digit}", "a picture of the number {name}"]
 # Fashion-MNIST's class names, in label order, as its authors list them.
 FASHION_MNIST_LABEL_NAMES = [
@@ -59,7 +60,8 @@ class TrainingData:
     id2label: Optional[Dict[int, str]]
     image_mode: str
     source: str
-    # For `--conditioning text`: the dataset has a `caption` column, and these prompts make the sample grid.
+    # For `--conditioning text_conditional`: the dataset has a `caption` column, and these prompts make the sample
+    # grid.
     sample_prompts: Optional[List[str]] = None
 
     @property
@@ -186,8 +188,8 @@ def check_caption_column(dataset, caption_column: str, source: str, fix: str):
 
     if caption_column not in dataset.column_names:
         raise ValueError(
-            f"`--conditioning text` needs captions, but `--caption_column` {caption_column!r} is not a column of the "
-            f"{source} (columns: {dataset.column_names}); {fix}"
+            f"`--conditioning text_conditional` needs captions, but `--caption_column` {caption_column!r} is not a "
+            f"column of the {source} (columns: {dataset.column_names}); {fix}"
         )
     feature = dataset.features[caption_column]
     if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
@@ -201,7 +203,7 @@ def check_train_data_dir(train_data_dir: str):
     if not os.path.isdir(train_data_dir):
         raise ValueError(
             f"`--train_data_dir` {train_data_dir!r} is not a folder; pass a folder of images, with one subfolder "
-            "per class for `--conditioning class`."
+            "per class for `--conditioning class_conditional`."
         )
     for _, _, files in os.walk(train_data_dir):
         if any(f.lower().endswith(IMAGE_EXTENSIONS) for f in files):
@@ -231,21 +233,32 @@ def label_names_of(dataset, label_column: str, flag: str) -> Dict[int, str]:
     raise ValueError(
         f"{flag} {label_column!r} has type {feature}, which is not class-like: class conditioning needs a "
         "`ClassLabel` or integer column. Pass the right `--label_column`, or cast it with "
-        "`dataset.class_encode_column(...)` for string labels, or train with `--conditioning none`."
+        "`dataset.class_encode_column(...)` for string labels, or train with `--conditioning unconditional`."
     )
 
 
 def uses_class_labels(args) -> bool:
-    """Whether the run reads class labels: --conditioning class, or a super-resolution stage with labels."""
-    return args.conditioning == "class" or (args.conditioning == "low_resolution" and args.use_class_labels)
+    """Whether the run reads class labels: --conditioning class_conditional, or a super-resolution stage with
+    labels."""
+    return args.conditioning == model_kinds.CLASS_CONDITIONAL or (
+        args.conditioning == model_kinds.SUPER_RESOLUTION and args.use_class_labels
+    )
 
 
 def label_flag(args) -> str:
-    return "--conditioning class" if args.conditioning == "class" else "--use_class_labels"
+    return (
+        "--conditioning class_conditional"
+        if args.conditioning == model_kinds.CLASS_CONDITIONAL
+        else "--use_class_labels"
+    )
 
 
 def label_free_fix(args) -> str:
-    return "--conditioning none" if args.conditioning == "class" else "drop --use_class_labels"
+    return (
+        "--conditioning unconditional"
+        if args.conditioning == model_kinds.CLASS_CONDITIONAL
+        else "drop --use_class_labels"
+    )
 
 
 def load_training_data(args) -> TrainingData:
@@ -266,7 +279,7 @@ def load_training_data(args) -> TrainingData:
                 "subfolders: put each class's images in a subfolder named after it, or train without labels "
                 f"({label_free_fix(args)})."
             )
-        if args.conditioning == "text":
+        if args.conditioning == model_kinds.TEXT_CONDITIONAL:
             check_caption_column(
                 dataset,
                 args.caption_column,
@@ -291,7 +304,7 @@ def load_training_data(args) -> TrainingData:
                 f"`--dataset_name` {args.dataset_name!r}; its columns are {dataset.column_names}. Pass the right "
                 f"`--label_column` or train without labels ({label_free_fix(args)})."
             )
-        if args.conditioning == "text":
+        if args.conditioning == model_kinds.TEXT_CONDITIONAL:
             check_caption_column(dataset, args.caption_column, source, "pass the right --caption_column.")
     else:
         dataset = load_embedded_dataset(args.dataset)
@@ -311,7 +324,7 @@ def load_training_data(args) -> TrainingData:
         )
 
     id2label, sample_prompts = None, None
-    if args.conditioning == "text":
+    if args.conditioning == model_kinds.TEXT_CONDITIONAL:
         if args.train_data_dir is None and args.dataset_name is None:
             # Captions from the labels; the labels stay, so that samples can be checked against them.
             captions = embedded_captions(dataset["label"], args.dataset)

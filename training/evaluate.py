@@ -35,6 +35,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from diffkit import ClassConditionalImagePipeline, UnconditionalImagePipeline
+from diffkit.pipelines import model_kinds
+from diffkit.training.arguments import conditioning_kind
 from diffkit.training.dataset_loading import crop_square, load_training_data, resize_shorter_side
 from diffkit.training.feature_extractors import MobileNetV2Features
 from diffkit.training.metrics import (
@@ -476,7 +478,8 @@ def evaluate(
     """
     with open(os.path.join(output_dir, "training_config.json"), encoding="utf-8") as f:
         training_config = json.load(f)
-    class_conditional = training_config["args"]["conditioning"] == "class"
+    conditioning = conditioning_kind(training_config["args"]["conditioning"])  # or its name in earlier runs
+    class_conditional = conditioning == model_kinds.CLASS_CONDITIONAL
     if metrics is not None:
         check_metrics(metrics, class_conditional)
     pipeline_class = ClassConditionalImagePipeline if class_conditional else UnconditionalImagePipeline

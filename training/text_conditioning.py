@@ -1,5 +1,5 @@
-"""Text conditioning for `training/train.py --conditioning text`: the frozen text encoder, caption dropout and
-precomputed caption embeddings.
+"""Text conditioning for `training/train.py --conditioning text_conditional`: the frozen text encoder, caption dropout
+and precomputed caption embeddings.
 
 The text encoder is any `transformers` encoder with its tokenizer: CLIP text models (from a CLIP checkpoint, a
 CLIP text checkpoint, or the `text_encoder`/`tokenizer` subfolders of a Stable Diffusion or diffkit pipeline

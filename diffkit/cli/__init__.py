@@ -22,33 +22,33 @@ def save_png(image: Image.Image, path: str, parameters: dict):
 
 
 def conditioning_of(kind: str, config: dict):
-    """What the model is conditioned on: "class" (a class model, or a stage trained with class labels), "text", or
-    None."""
+    """What the model is conditioned on, as the kind that is conditioned so: `CLASS_CONDITIONAL` (a class model, or a
+    stage trained with class labels), `TEXT_CONDITIONAL`, or None."""
     if kind == CLASS_CONDITIONAL or (kind == SUPER_RESOLUTION and config.get("num_classes")):
-        return "class"
-    return "text" if kind == TEXT_CONDITIONAL else None
+        return CLASS_CONDITIONAL
+    return TEXT_CONDITIONAL if kind == TEXT_CONDITIONAL else None
 
 
 def check_conditioning(args, conditioning, model_argument: str):
     """The condition flags that the model takes: `--class` for class models, `--prompt` for text models. The model
     is the value of `model_argument` (`--pipeline`, `--model`), which the messages name."""
     model = getattr(args, model_argument.lstrip("-"))
-    if conditioning == "class" and args.class_labels is None:
+    if conditioning == CLASS_CONDITIONAL and args.class_labels is None:
         raise ValueError(f"`{model_argument}` {model!r} is class-conditional: pass `--class` (e.g. --class seven).")
-    if conditioning == "text" and args.prompt is None:
+    if conditioning == TEXT_CONDITIONAL and args.prompt is None:
         raise ValueError(
             f"`{model_argument}` {model!r} is text-conditional: pass `--prompt` (e.g. --prompt 'a handwritten eight')."
         )
-    described = f"{conditioning}-conditional" if conditioning else "unconditional"
-    if conditioning != "class" and args.class_labels is not None:
+    described = conditioning.replace("_", "-") if conditioning else "unconditional"
+    if conditioning != CLASS_CONDITIONAL and args.class_labels is not None:
         raise ValueError(
             f"`--class` needs a class-conditional model, but `{model_argument}` {model!r} is {described}."
         )
-    if conditioning != "text" and args.prompt is not None:
+    if conditioning != TEXT_CONDITIONAL and args.prompt is not None:
         raise ValueError(
             f"`--prompt` needs a text-conditional model, but `{model_argument}` {model!r} is {described}."
         )
-    if getattr(args, "negative_prompt", None) is not None and conditioning != "text":
+    if getattr(args, "negative_prompt", None) is not None and conditioning != TEXT_CONDITIONAL:
         raise ValueError(
             f"`--negative_prompt` needs a text-conditional model, but `{model_argument}` {model!r} is not."
         )

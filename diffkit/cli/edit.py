@@ -8,7 +8,7 @@
     diffkit-edit upscale --pipeline out-sr --image digit-14px.png --out edits
 
 Class-conditional models take `--class`, text-conditional ones `--prompt`, unconditional ones neither. `upscale` takes
-a super-resolution stage (trained with `--conditioning low_resolution`), the other tasks a generation model.
+a super-resolution stage (trained with `--conditioning super_resolution`), the other tasks a generation model.
 (`python -m diffkit.cli.edit ...` is the same command.) Every image is saved atomically as a PNG whose text
 chunk `parameters` holds the edit's settings as JSON. Files and flags are checked before the model is loaded.
 """
@@ -20,10 +20,12 @@ from PIL import Image, UnidentifiedImageError
 
 from diffkit.cli import check_conditioning, conditioning_of, label_argument, save_png
 from diffkit.pipelines.model_kinds import (
+    CLASS_CONDITIONAL,
     DIFFKIT_KINDS,
     IMG2IMG,
     INPAINT,
     SUPER_RESOLUTION,
+    TEXT_CONDITIONAL,
     UPSCALE,
     pipeline_class,
     saved_class_name,
@@ -50,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=TASKS,
         help="inpaint: fill the mask; img2img: redraw towards a class or "
         "prompt (SDEdit); denoise: remove Gaussian noise of a known standard deviation; upscale: "
-        "super-resolution with a stage trained by --conditioning low_resolution.",
+        "super-resolution with a stage trained by --conditioning super_resolution.",
     )
     parser.add_argument(
         "--pipeline",
@@ -202,8 +204,8 @@ def check_task(args, kind: str, config: dict):
     """`upscale` takes a super-resolution stage, and a stage takes nothing else; its noise level fits its training."""
     if args.task == UPSCALE and kind != SUPER_RESOLUTION:
         raise ValueError(
-            f"`upscale` needs a super-resolution stage (trained with --conditioning low_resolution), but `--pipeline` "
-            f"{args.pipeline!r} holds a {saved_class_name(config)}."
+            f"`upscale` needs a super-resolution stage (trained with --conditioning super_resolution), but "
+            f"`--pipeline` {args.pipeline!r} holds a {saved_class_name(config)}."
         )
     if args.task != UPSCALE and kind == SUPER_RESOLUTION:
         raise ValueError(
@@ -239,14 +241,14 @@ def main(argv=None):
     pipe.to(device)
     # The generator lives on the CPU so that a seed gives the same images on any device.
     kwargs = dict(num_inference_steps=args.steps, generator=torch.Generator("cpu").manual_seed(args.seed))
-    if conditioning == "class":
+    if conditioning == CLASS_CONDITIONAL:
         conditions = args.class_labels
         kwargs.update(
             class_labels=[label_argument(label) for label in args.class_labels],
             num_images_per_label=args.num_images,
             guidance_scale=args.guidance_scale,
         )
-    elif conditioning == "text":
+    elif conditioning == TEXT_CONDITIONAL:
         conditions = [f"prompt{index}" for index in range(len(args.prompt))]
         kwargs.update(
             prompt=args.prompt,
@@ -262,7 +264,7 @@ def main(argv=None):
         image = opened.copy()
     if args.task == "upscale":
         # One input, upscaled once per class (a class-conditional stage) and `--num_images` times each.
-        if conditioning == "class":
+        if conditioning == CLASS_CONDITIONAL:
             del kwargs["num_images_per_label"]
         images = pipe(
             image=[image] * len(conditions),
@@ -289,9 +291,9 @@ def main(argv=None):
         condition = conditions[index // args.num_images]
         path = os.path.join(args.out, f"{args.task}-{condition}-seed{args.seed}-{index % args.num_images}.png")
         # the condition of this image: its class, or its one prompt in place of the list
-        if conditioning == "class":
+        if conditioning == CLASS_CONDITIONAL:
             parameters["class_label"] = condition
-        elif conditioning == "text":
+        elif conditioning == TEXT_CONDITIONAL:
             parameters["prompt"] = args.prompt[index // args.num_images]
         save_png(edited, path, {**parameters, "image_index": index})
         print(path)

@@ -19,6 +19,8 @@ import logging
 import os
 from typing import Dict
 
+from diffkit.pipelines import model_kinds
+from diffkit.training.arguments import conditioning_kind
 from diffkit.training.metrics import ALL_METRICS
 
 # torch and the evaluation are imported once the arguments are parsed, so that `--help` answers at once.
@@ -80,11 +82,10 @@ def parse_args(argv=None):
             f"{args.output_dir!r} holds no training_config.json: pass the --output_dir of a finished training run."
         )
     with open(os.path.join(args.output_dir, "training_config.json"), encoding="utf-8") as f:
-        conditioning = json.load(f).get("args", {}).get("conditioning")
-    if conditioning == "text":
+        conditioning = conditioning_kind(json.load(f).get("args", {}).get("conditioning"))
+    if conditioning == model_kinds.TEXT_CONDITIONAL:
         raise ValueError(
-            f"{args.output_dir!r} holds a text-conditional run; `diffkit-evaluate` scores "
-            "class-conditional "
+            f"{args.output_dir!r} holds a text-conditional run; `diffkit-evaluate` scores class-conditional "
             "and unconditional runs (benchmarks/bench_text_prompts.py checks prompts of text runs)."
         )
     for name in ("num_samples", "batch_size", "feature_resolution", "classifier_epochs"):
@@ -95,7 +96,7 @@ def parse_args(argv=None):
     if args.metrics is not None:
         from diffkit.training.evaluate import check_metrics
 
-        check_metrics(args.metrics, conditioning == "class")
+        check_metrics(args.metrics, conditioning == model_kinds.CLASS_CONDITIONAL)
     return args
 
 
