@@ -299,7 +299,7 @@ def test_class_stage_trains_with_accelerate_launch_and_upscales(tmp_path):
         [*SR_RUN, "--use_class_labels", "--output_dir", str(output_dir), "--model_config_name_or_path", unet_config]
     )
     assert_launch_succeeded(result)
-    assert "low_resolution: 8 -> 16 px" in result.stderr
+    assert "super_resolution: 8 -> 16 px" in result.stderr
     model_index = json.loads((output_dir / "model_index.json").read_text())
     assert model_index["_class_name"] == ["pipeline_super_resolution", "SuperResolutionPipeline"]
     assert model_index["low_resolution"] == 8 and model_index["num_classes"] == 10
