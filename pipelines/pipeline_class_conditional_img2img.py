@@ -181,6 +181,7 @@ class ClassConditionalImg2ImgPipeline(DiffusionPipeline):
             or num_images_per_label < 1
         ):
             raise ValueError(f"`num_images_per_label` must be a positive integer, but is {num_images_per_label!r}.")
+        # the sampling settings, checked alike by every guided pipeline
         if (
             not isinstance(num_inference_steps, int)
             or isinstance(num_inference_steps, bool)

@@ -228,6 +228,10 @@ class TextConditionalImg2ImgPipeline(DiffusionPipeline):
             or num_images_per_prompt < 1
         ):
             raise ValueError(f"`num_images_per_prompt` must be a positive integer, but is {num_images_per_prompt!r}.")
+        # Copied from pipelines.pipeline_class_conditional_image.ClassConditionalImagePipeline.check_inputs
+        # lines "# the sampling settings" to ""samples, 1 purely conditional ones"
+        # with label->prompt
+        # the sampling settings, checked alike by every guided pipeline
         if (
             not isinstance(num_inference_steps, int)
             or isinstance(num_inference_steps, bool)
@@ -601,6 +605,8 @@ class TextConditionalImg2ImgPipeline(DiffusionPipeline):
             encoder_hidden_states = torch.cat([negative_prompt_embeds, prompt_embeds])
 
         # 2. Prepare the timesteps: the part of the schedule that `strength` or `noise_level` selects
+        # Copied from pipelines.pipeline_class_conditional_img2img.ClassConditionalImg2ImgPipeline.__call__
+        # lines "self.scheduler.set_timesteps(num_inference_steps, device=device)" to "self._num_timesteps = len(timesteps)"
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         if strength == 0 or noise_level == 0:
             timesteps = self.scheduler.timesteps[:0]
@@ -613,6 +619,8 @@ class TextConditionalImg2ImgPipeline(DiffusionPipeline):
 
         # 3. The starting sample: the image noised to the first step (img2img), or the noisy image itself, scaled
         # to the scheduler's form of a sample at that step (denoising)
+        # Copied from pipelines.pipeline_class_conditional_img2img.ClassConditionalImg2ImgPipeline.__call__
+        # lines "if len(timesteps) == 0:" to "extra_step_kwargs = self.prepare_extra_step_kwargs(generator)"
         if len(timesteps) == 0:
             latents = original
         elif noise_level is None:

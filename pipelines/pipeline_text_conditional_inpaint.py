@@ -238,6 +238,10 @@ class TextConditionalInpaintPipeline(DiffusionPipeline):
             or num_images_per_prompt < 1
         ):
             raise ValueError(f"`num_images_per_prompt` must be a positive integer, but is {num_images_per_prompt!r}.")
+        # Copied from pipelines.pipeline_class_conditional_image.ClassConditionalImagePipeline.check_inputs
+        # lines "# the sampling settings" to ""samples, 1 purely conditional ones"
+        # with label->prompt
+        # the sampling settings, checked alike by every guided pipeline
         if (
             not isinstance(num_inference_steps, int)
             or isinstance(num_inference_steps, bool)

@@ -381,6 +381,8 @@ class UnconditionalImg2ImgPipeline(DiffusionPipeline):
         original = original[per_image].to(device=device, dtype=self.unet.dtype)
 
         # 1. Prepare the timesteps: the part of the schedule that `strength` or `noise_level` selects
+        # Copied from pipelines.pipeline_class_conditional_img2img.ClassConditionalImg2ImgPipeline.__call__
+        # lines "self.scheduler.set_timesteps(num_inference_steps, device=device)" to "self._num_timesteps = len(timesteps)"
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         if strength == 0 or noise_level == 0:
             timesteps = self.scheduler.timesteps[:0]
@@ -393,6 +395,8 @@ class UnconditionalImg2ImgPipeline(DiffusionPipeline):
 
         # 2. The starting sample: the image noised to the first step (img2img), or the noisy image itself, scaled
         # to the scheduler's form of a sample at that step (denoising)
+        # Copied from pipelines.pipeline_class_conditional_img2img.ClassConditionalImg2ImgPipeline.__call__
+        # lines "if len(timesteps) == 0:" to "extra_step_kwargs = self.prepare_extra_step_kwargs(generator)"
         if len(timesteps) == 0:
             latents = original
         elif noise_level is None:
