@@ -606,7 +606,7 @@ class TextConditionalImg2ImgPipeline(DiffusionPipeline):
 
         # 2. Prepare the timesteps: the part of the schedule that `strength` or `noise_level` selects
         # Copied from pipelines.pipeline_class_conditional_img2img.ClassConditionalImg2ImgPipeline.__call__
-        # lines "self.scheduler.set_timesteps(num_inference_steps, device=device)" to "self._num_timesteps = len(timesteps)"
+        # lines "self.scheduler.set_timesteps(num_inference_steps" to "self._num_timesteps = len(timesteps)"
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         if strength == 0 or noise_level == 0:
             timesteps = self.scheduler.timesteps[:0]
