@@ -415,10 +415,12 @@ class ClassConditionalImg2ImgPipeline(DiffusionPipeline):
         return int(np.argmin(np.abs(np.log(ratios) - math.log(noise_level))))
 
     @property
+    # Copied from diffkit.pipelines.pipeline_class_conditional_image.ClassConditionalImagePipeline.guidance_scale
     def guidance_scale(self):
         return self._guidance_scale
 
     @property
+    # Copied from diffkit.pipelines.pipeline_class_conditional_image.ClassConditionalImagePipeline.num_timesteps
     def num_timesteps(self):
         return self._num_timesteps
 
@@ -583,6 +585,8 @@ class ClassConditionalImg2ImgPipeline(DiffusionPipeline):
                 latents = callback_outputs.pop("latents", latents)
 
         # 5. Post-process from [-1, 1] to [0, 1]
+        # Copied from pipelines.pipeline_class_conditional_image.ClassConditionalImagePipeline.__call__
+        # lines "image = self.postprocess_image(latents, output_type)" to "return ImagePipelineOutput(images=image)"
         image = self.postprocess_image(latents, output_type)
 
         self.maybe_free_model_hooks()

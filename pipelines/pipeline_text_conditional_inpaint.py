@@ -529,10 +529,12 @@ class TextConditionalInpaintPipeline(DiffusionPipeline):
         return ratio**0.5 * sample + (1 - ratio) ** 0.5 * noise
 
     @property
+    # Copied from diffkit.pipelines.pipeline_class_conditional_image.ClassConditionalImagePipeline.guidance_scale
     def guidance_scale(self):
         return self._guidance_scale
 
     @property
+    # Copied from diffkit.pipelines.pipeline_class_conditional_image.ClassConditionalImagePipeline.num_timesteps
     def num_timesteps(self):
         return self._num_timesteps
 
@@ -671,6 +673,8 @@ class TextConditionalInpaintPipeline(DiffusionPipeline):
             encoder_hidden_states = torch.cat([negative_prompt_embeds, prompt_embeds])
 
         # 3. Prepare the timesteps, and the order to run them in (each once, unless resampling repeats some)
+        # Copied from pipelines.pipeline_class_conditional_inpaint.ClassConditionalInpaintPipeline.__call__
+        # lines "self.scheduler.set_timesteps(num_inference_steps" to "latents = self.jump_back("
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
@@ -724,6 +728,8 @@ class TextConditionalInpaintPipeline(DiffusionPipeline):
 
         # 6. Post-process from [-1, 1] to [0, 1]; the known part is the input itself
         latents = mask * latents + (1 - mask) * original
+        # Copied from pipelines.pipeline_class_conditional_image.ClassConditionalImagePipeline.__call__
+        # lines "image = self.postprocess_image(latents, output_type)" to "return ImagePipelineOutput(images=image)"
         image = self.postprocess_image(latents, output_type)
 
         self.maybe_free_model_hooks()

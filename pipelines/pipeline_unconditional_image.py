@@ -250,6 +250,8 @@ class UnconditionalImagePipeline(DiffusionPipeline):
                 latents = callback_outputs.pop("latents", latents)
 
         # 4. Post-process from [-1, 1] to [0, 1]
+        # Copied from pipelines.pipeline_class_conditional_image.ClassConditionalImagePipeline.__call__
+        # lines "image = self.postprocess_image(latents, output_type)" to "return ImagePipelineOutput(images=image)"
         image = self.postprocess_image(latents, output_type)
 
         self.maybe_free_model_hooks()

@@ -365,6 +365,7 @@ class UnconditionalInpaintPipeline(DiffusionPipeline):
         return ratio**0.5 * sample + (1 - ratio) ** 0.5 * noise
 
     @property
+    # Copied from diffkit.pipelines.pipeline_class_conditional_image.ClassConditionalImagePipeline.num_timesteps
     def num_timesteps(self):
         return self._num_timesteps
 
@@ -496,6 +497,8 @@ class UnconditionalInpaintPipeline(DiffusionPipeline):
 
         # 5. Post-process from [-1, 1] to [0, 1]; the known part is the input itself
         latents = mask * latents + (1 - mask) * original
+        # Copied from pipelines.pipeline_class_conditional_image.ClassConditionalImagePipeline.__call__
+        # lines "image = self.postprocess_image(latents, output_type)" to "return ImagePipelineOutput(images=image)"
         image = self.postprocess_image(latents, output_type)
 
         self.maybe_free_model_hooks()
