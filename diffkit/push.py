@@ -137,6 +137,19 @@ def read_pipeline_folder(folder: str) -> dict:
     return model_index
 
 
+def push_folder(folder: str, repo_id: str, token: Optional[str] = None, what: str = "the folder") -> CommitInfo:
+    """Upload `folder` (say a trained VAE with its model card) to the model repo `repo_id`, without what stays local
+    (checkpoints, logs, validation images); return the commit."""
+    retry = f"{what} is still in {folder}; push it again with `hf upload {repo_id} {folder}`"
+    with explain_hub_errors(repo_id, retry):
+        return HfApi(token=token).upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            ignore_patterns=LOCAL_ONLY_PATTERNS,
+            commit_message=f"Upload {what} trained with diffkit",
+        )
+
+
 def push_pipeline_folder(
     folder: str,
     repo_id: str,

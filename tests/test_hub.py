@@ -558,3 +558,32 @@ def test_text_pipeline_pushed_from_training_loads_both_ways(hub, tiny_clip_folde
     images = np.load(tmp_path / "diffkit.npy")
     assert images.shape == (2, 16, 16, 1)
     np.testing.assert_array_equal(images, np.load(tmp_path / "remote_code.npy"))
+
+
+@pytest.mark.slow
+def test_a_vae_trained_with_push_to_hub_loads_from_the_hub(hub, tmp_path):
+    from .test_train_vae import TINY_VAE_RUN
+
+    repo_id = "diffkit-tests/tiny-vae"
+    env = hub_environment(hub, tmp_path)
+    result = run_accelerate_launch(
+        [*TINY_VAE_RUN, "--output_dir", str(tmp_path / "vae"), "--push_to_hub", "--hub_model_id", repo_id],
+        env=env,
+        script="train_vae.py",
+    )
+    assert_launch_succeeded(result)
+    files = hub.files(repo_id)
+    assert {"config.json", "diffusion_pytorch_model.safetensors", "reconstructions.png", "README.md"} <= set(files)
+    assert not [name for name in files if name.startswith("checkpoint-")]  # checkpoints stay local
+    # a fresh process, with only diffusers, loads it from the Hub by its id
+    loaded = run_python(
+        f"""
+        from diffusers import AutoencoderKL
+        vae = AutoencoderKL.from_pretrained({repo_id!r})
+        print("scaling_factor", vae.config.scaling_factor)
+        """,
+        env,
+    )
+    assert_ran(loaded)
+    saved = json.loads((tmp_path / "vae" / "config.json").read_text())["scaling_factor"]
+    assert f"scaling_factor {saved}" in loaded.stdout

