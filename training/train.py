@@ -518,10 +518,13 @@ def save_best_pipeline(pipeline, scores: dict, output_dir: str):
         shutil.rmtree(staging_dir, ignore_errors=True)
 
 
-def main(args):
-    # `accelerate launch --multi_gpu --num_processes N` on a machine without GPUs starts N processes, but unless the
-    # accelerate config says `use_cpu`, accelerate then joins them in no process group: each would train alone and
-    # overwrite the others' outputs. Join them over gloo (accelerate's MULTI_CPU mode) instead.
+def make_accelerator(args) -> Accelerator:
+    """The run's `Accelerator`, its processes checked to train together, and the logging set up.
+
+    `accelerate launch --multi_gpu --num_processes N` on a machine without GPUs starts N processes, but unless the
+    accelerate config says `use_cpu`, accelerate then joins them in no process group: each would train alone and
+    overwrite the others' outputs. They are joined over gloo (accelerate's MULTI_CPU mode) instead.
+    """
     launched_processes = int(os.environ.get("WORLD_SIZE", "1"))
     accelerator = Accelerator(
         cpu=launched_processes > 1 and not torch.cuda.is_available(),
@@ -551,12 +554,143 @@ def main(args):
             f"Training on the CPU with {torch.get_num_threads()} thread(s) per process on a {os.cpu_count()}-core "
             "machine: pass `accelerate launch --num_cpu_threads_per_process N` (or set OMP_NUM_THREADS) to use them."
         )
+    return accelerator
+
+
+def create_hub_repo_first(args, accelerator, what: str):
+    """The Hub repo that --push_to_hub pushes to, created (or checked) on the main process before any training: a
+    missing token or a refused repo must not surface only when the run is over."""
+    if not (args.push_to_hub and accelerator.is_main_process):
+        return None
+    hub_repo = create_hub_repo(hub_repo_id(args), private=args.hub_private_repo or None, token=args.hub_token)
+    logger.info(f"{what} will be pushed to {hub_repo} on {huggingface_hub.constants.ENDPOINT}.")
+    return hub_repo
+
+
+def square_resolution(args, data) -> int:
+    """--resolution, or the size of the first training image, which must then be square."""
+    if args.resolution is not None:
+        return args.resolution
+    width, height = data.dataset[0]["image"].size
+    if width != height:
+        raise ValueError(
+            f"The first training image is {width}x{height}, not square; pass --resolution to resize and crop."
+        )
+    return width
+
+
+def claim_output_dir(accelerator, args):
+    """Lock --output_dir for this run, clear what killed runs left half-written, and find the checkpoint to resume
+    from (None for a new run). Called once the data is known to be usable, so that bad input leaves no folder."""
+    output_dir_lock = hold_output_dir_for_run(accelerator, args.output_dir)
+    if accelerator.is_main_process:
+        remove_leftovers(args.output_dir)
+    accelerator.wait_for_everyone()
+    resume_dir = None
+    if args.resume_from_checkpoint is not None:
+        resume_dir = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
+        if resume_dir is None:
+            logger.info(f"No complete checkpoint in {args.output_dir}: starting a new run.")
+    return output_dir_lock, resume_dir
+
+
+def training_dataloader(args, decoded_dataset, resolution: int):
+    """The augmentation (its epoch set by `epoch_batches`) and the shuffled DataLoader of `decode_once` data."""
+    train_transform = TrainTransform(resolution, args.center_crop, args.random_flip, args.seed)
+    train_dataset = decoded_dataset.with_transform(train_transform)
+    train_dataloader = torch.utils.data.DataLoader(
+        train_dataset,
+        batch_size=args.train_batch_size,
+        shuffle=True,
+        num_workers=args.dataloader_num_workers,
+        drop_last=len(train_dataset) >= args.train_batch_size,
+    )
+    return train_transform, train_dataloader
+
+
+def step_counts(args, accelerator, train_dataloader):
+    """(batches per process, update steps per epoch, total steps, epochs) for this many processes, from the
+    unprepared dataloader.
+
+    accelerate.prepare shards the batches between the processes, one batch of every round of num_processes batches
+    to each: each process's share counts. A last, incomplete round is dropped when the dataloader drops its last
+    incomplete batch, and padded otherwise.
+    """
+    num_batches = len(train_dataloader)
+    if train_dataloader.drop_last:
+        batches_per_process = num_batches // accelerator.num_processes
+    else:
+        batches_per_process = math.ceil(num_batches / accelerator.num_processes)
+    if batches_per_process == 0:
+        raise ValueError(
+            f"The {len(train_dataloader.dataset)} training images give {num_batches} batch(es) of --train_batch_size "
+            f"{args.train_batch_size}, fewer than the {accelerator.num_processes} processes: lower --train_batch_size "
+            "or train on more images."
+        )
+    num_update_steps_per_epoch = math.ceil(batches_per_process / args.gradient_accumulation_steps)
+    max_train_steps = args.max_train_steps or args.num_epochs * num_update_steps_per_epoch
+    num_epochs = math.ceil(max_train_steps / num_update_steps_per_epoch)
+    return batches_per_process, num_update_steps_per_epoch, max_train_steps, num_epochs
+
+
+def resume_from(accelerator, resume_dir: str, ema_model, noise_generator, num_update_steps_per_epoch: int, args):
+    """Restore a checkpoint: the prepared objects' states, the EMA and the noise generator. Returns its training
+    state, the epoch to go on with and the batches of it to skip."""
+    accelerator.load_state(resume_dir)
+    load_checkpoint_extras(accelerator, resume_dir, ema_model, noise_generator)
+    training_state = read_training_state(resume_dir)
+    global_step = training_state["global_step"]
+    first_epoch = global_step // num_update_steps_per_epoch
+    batches_to_skip = (global_step % num_update_steps_per_epoch) * args.gradient_accumulation_steps
+    logger.info(f"Resumed from {resume_dir} at step {global_step} (epoch {first_epoch}, batch {batches_to_skip})")
+    return training_state, first_epoch, batches_to_skip
+
+
+def epoch_batches(accelerator, train_dataloader, train_transform, epoch: int, first_epoch: int, batches_to_skip: int):
+    """The batches of `epoch`: its own shuffle and augmentation, less those a resumed run has already trained on."""
+    train_transform.epoch = epoch
+    train_dataloader.set_epoch(epoch)
+    if epoch == first_epoch and batches_to_skip:
+        return accelerator.skip_first_batches(train_dataloader, batches_to_skip)
+    return train_dataloader
+
+
+def checkpoint_and_push(
+    args, accelerator, global_step: int, training_state: dict, ema_model, noise_generator, hub_repo
+):
+    """Write checkpoint-{global_step} (every process takes part) and, with --push_checkpoints, push it; a failed
+    checkpoint push is logged and training goes on."""
+    removed = save_checkpoint(
+        accelerator,
+        args.output_dir,
+        global_step,
+        training_state,
+        ema_model,
+        noise_generator,
+        args.checkpoints_total_limit,
+    )
+    removed_names = [os.path.basename(r) for r in removed]
+    logger.info(f"Saved checkpoint-{global_step}; removed {removed_names}")
+    if args.push_checkpoints and accelerator.is_main_process:
+        try:
+            push_checkpoint(
+                args.output_dir, f"checkpoint-{global_step}", removed_names, hub_repo, token=args.hub_token
+            )
+        except HubPushError as error:
+            logger.warning(f"Could not push checkpoint-{global_step}; training goes on. {error}")
+
+
+def init_trackers(accelerator, args, project: str):
+    """Start --report_to's trackers, with the run's flags (trackers take scalars: lists and unset flags as text)."""
+    if args.report_to is not None:
+        config = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in run_config(args).items()}
+        accelerator.init_trackers(project, config=config)
+
+
+def main(args):
+    accelerator = make_accelerator(args)
     set_seed(args.seed)
-    hub_repo = None
-    if args.push_to_hub and accelerator.is_main_process:
-        # Before any training: a missing token or a refused repo must not surface only when the run is over.
-        hub_repo = create_hub_repo(hub_repo_id(args), private=args.hub_private_repo or None, token=args.hub_token)
-        logger.info(f"The pipeline will be pushed to {hub_repo} on {huggingface_hub.constants.ENDPOINT}.")
+    hub_repo = create_hub_repo_first(args, accelerator, "The pipeline")
 
     # 1. Data
     data = load_training_data(args)
@@ -564,14 +698,7 @@ def main(args):
     if args.eval_steps and conditioning_class(args).evaluates_on_held_out_images:
         # A super-resolution stage is scored on upscaling images it never trained on: hold them out of the data.
         data, held_out_data = hold_out(data, args.eval_num_samples, args.seed)
-    resolution = args.resolution
-    if resolution is None:
-        width, height = data.dataset[0]["image"].size
-        if width != height:
-            raise ValueError(
-                f"The first training image is {width}x{height}, not square; pass --resolution to resize and crop."
-            )
-        resolution = width
+    resolution = square_resolution(args, data)
     if args.conditioning == LowResolutionConditioning.name:
         check_low_resolution(args.low_resolution, resolution, "the training images' size")
         width, height = data.dataset[0]["image"].size
@@ -589,27 +716,10 @@ def main(args):
         has_class_labels = conditioning_class(args).has_class_labels
         evaluation = TrainingEvaluation(args, accelerator, data, resolution, has_class_labels)
 
-    # Before anything is written to --output_dir (and once the data is known to be usable, so that a run with bad
-    # input leaves no folder behind): one live run per output folder, held by the main process for every rank.
-    output_dir_lock = hold_output_dir_for_run(accelerator, args.output_dir)
-    if accelerator.is_main_process:
-        remove_leftovers(args.output_dir)
-    accelerator.wait_for_everyone()
-    resume_dir = None
-    if args.resume_from_checkpoint is not None:
-        resume_dir = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
-        if resume_dir is None:
-            logger.info(f"No complete checkpoint in {args.output_dir}: starting a new run.")
-
-    train_transform = TrainTransform(resolution, args.center_crop, args.random_flip, args.seed)
-    train_dataset = decoded_dataset.with_transform(train_transform)
-    train_dataloader = torch.utils.data.DataLoader(
-        train_dataset,
-        batch_size=args.train_batch_size,
-        shuffle=True,
-        num_workers=args.dataloader_num_workers,
-        drop_last=len(train_dataset) >= args.train_batch_size,
-    )
+    # Before anything is written to --output_dir: one live run per output folder, held by the main process.
+    output_dir_lock, resume_dir = claim_output_dir(accelerator, args)
+    train_transform, train_dataloader = training_dataloader(args, decoded_dataset, resolution)
+    num_images = len(train_dataloader.dataset)
 
     # 2. Model, noise scheduler, optimiser
     conditioning = make_conditioning(args, data, accelerator.device, resolution, held_out_data)
@@ -645,23 +755,9 @@ def main(args):
         eps=args.adam_epsilon,
     )
 
-    # accelerate.prepare shards the batches between the processes, one batch of every round of num_processes
-    # batches to each: count each process's share. A last, incomplete round is dropped when the dataloader drops its
-    # last incomplete batch, and padded otherwise.
-    num_batches = len(train_dataloader)
-    if train_dataloader.drop_last:
-        batches_per_process = num_batches // accelerator.num_processes
-    else:
-        batches_per_process = math.ceil(num_batches / accelerator.num_processes)
-    if batches_per_process == 0:
-        raise ValueError(
-            f"The {len(train_dataset)} training images give {num_batches} batch(es) of --train_batch_size "
-            f"{args.train_batch_size}, fewer than the {accelerator.num_processes} processes: lower --train_batch_size "
-            "or train on more images."
-        )
-    num_update_steps_per_epoch = math.ceil(batches_per_process / args.gradient_accumulation_steps)
-    max_train_steps = args.max_train_steps or args.num_epochs * num_update_steps_per_epoch
-    num_epochs = math.ceil(max_train_steps / num_update_steps_per_epoch)
+    batches_per_process, num_update_steps_per_epoch, max_train_steps, num_epochs = step_counts(
+        args, accelerator, train_dataloader
+    )
     lr_scheduler = get_scheduler(
         args.lr_scheduler,
         optimizer=optimizer,
@@ -680,7 +776,7 @@ def main(args):
 
     total_batch_size = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     logger.info("***** Running training *****")
-    logger.info(f"  Data = {data.source}: {len(train_dataset)} images, {data.num_channels} channel(s), {resolution}px")
+    logger.info(f"  Data = {data.source}: {num_images} images, {data.num_channels} channel(s), {resolution}px")
     logger.info(f"  Conditioning = {conditioning.describe()}")
     num_parameters = sum(p.numel() for p in unet.parameters())
     logger.info(f"  UNet = {type(accelerator.unwrap_model(unet)).__name__}, {num_parameters:,} parameters")
@@ -690,24 +786,15 @@ def main(args):
     # 3. Resume
     global_step, first_epoch, batches_to_skip, recent_losses, previous_train_seconds = 0, 0, 0, [], 0.0
     if resume_dir is not None:
-        accelerator.load_state(resume_dir)
-        load_checkpoint_extras(accelerator, resume_dir, ema_model, noise_generator)
-        training_state = read_training_state(resume_dir)
+        training_state, first_epoch, batches_to_skip = resume_from(
+            accelerator, resume_dir, ema_model, noise_generator, num_update_steps_per_epoch, args
+        )
         global_step = training_state["global_step"]
         recent_losses = training_state["recent_losses"]
         previous_train_seconds = training_state["train_seconds"]
         if evaluation is not None:
             evaluation.load_state_dict(training_state)
-        first_epoch = global_step // num_update_steps_per_epoch
-        batches_to_skip = (global_step % num_update_steps_per_epoch) * args.gradient_accumulation_steps
-        logger.info(f"Resumed from {resume_dir} at step {global_step} (epoch {first_epoch}, batch {batches_to_skip})")
-
-    if args.report_to is not None:
-        # Trackers take scalars only: the flags that are lists or unset become strings.
-        accelerator.init_trackers(
-            "diffkit",
-            config={k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in run_config(args).items()},
-        )
+    init_trackers(accelerator, args, "diffkit")
 
     # 4. Training loop
     start_time = time.time()
@@ -720,12 +807,8 @@ def main(args):
             # A run resumed from the checkpoint of its final step has nothing left to train, only outputs to write.
             break
         unet.train()
-        train_transform.epoch = epoch
-        train_dataloader.set_epoch(epoch)
-        epoch_dataloader = train_dataloader
-        if epoch == first_epoch and batches_to_skip:
-            epoch_dataloader = accelerator.skip_first_batches(train_dataloader, batches_to_skip)
-        for step, batch in enumerate(epoch_dataloader):
+        batches = epoch_batches(accelerator, train_dataloader, train_transform, epoch, first_epoch, batches_to_skip)
+        for step, batch in enumerate(batches):
             if epoch == first_epoch and step == 0:
                 # Which examples each process starts on: in a multi-process run they must differ (one shard each).
                 logger.info(
@@ -805,27 +888,9 @@ def main(args):
                     }
                     if evaluation is not None:
                         training_state.update(evaluation.state_dict())
-                    removed = save_checkpoint(
-                        accelerator,
-                        args.output_dir,
-                        global_step,
-                        training_state,
-                        ema_model,
-                        noise_generator,
-                        args.checkpoints_total_limit,
+                    checkpoint_and_push(
+                        args, accelerator, global_step, training_state, ema_model, noise_generator, hub_repo
                     )
-                    logger.info(f"Saved checkpoint-{global_step}; removed {[os.path.basename(r) for r in removed]}")
-                    if args.push_checkpoints and accelerator.is_main_process:
-                        try:
-                            push_checkpoint(
-                                args.output_dir,
-                                f"checkpoint-{global_step}",
-                                [os.path.basename(r) for r in removed],
-                                hub_repo,
-                                token=args.hub_token,
-                            )
-                        except HubPushError as error:
-                            logger.warning(f"Could not push checkpoint-{global_step}; training goes on. {error}")
                 # Throughput counts training only, not the validation and checkpoint time above.
                 last_step_time = time.time()
             if global_step >= max_train_steps:
@@ -852,7 +917,7 @@ def main(args):
             "args": run_config(args),
             "data": {
                 "source": data.source,
-                "num_images": len(train_dataset),
+                "num_images": num_images,
                 "num_channels": data.num_channels,
                 "resolution": resolution,
                 "id2label": data.id2label,

@@ -15,7 +15,6 @@ card. Run `python training/train_vae.py --help` for every flag.
 import contextlib
 import importlib.util
 import json
-import logging
 import math
 import os
 import shutil
@@ -23,12 +22,10 @@ import tempfile
 import time
 from types import SimpleNamespace
 
-import huggingface_hub
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import set_seed
 from diffusers import AutoencoderKL
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -37,15 +34,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from diffkit.pipelines import model_kinds
-from diffkit.push import HubPushError, create_hub_repo, push_checkpoint, push_folder
-from diffkit.training.checkpointing import (
-    load_checkpoint_extras,
-    read_training_state,
-    resolve_checkpoint,
-    save_checkpoint,
-)
+from diffkit.push import push_folder
 from diffkit.training.dataset_loading import (
-    TrainTransform,
     decode_once,
     hold_out,
     load_embedded_dataset,
@@ -54,7 +44,7 @@ from diffkit.training.dataset_loading import (
 from diffkit.training.evaluate import real_images_from_data
 from diffkit.training.feature_extractors import MobileNetV2Features
 from diffkit.training.metrics import feature_statistics, frechet_distance
-from diffkit.training.output_lock import check_output_dir_free, hold_output_dir_for_run, release_output_dir
+from diffkit.training.output_lock import check_output_dir_free, release_output_dir
 from diffkit.training.reconstruction import psnr, reconstruction_grid, ssim
 from diffkit.training.train import (
     FINAL_LOSS_WINDOW,
@@ -65,11 +55,19 @@ from diffkit.training.train import (
     check_data_args,
     check_hub_args,
     check_output_dir,
-    hub_repo_id,
+    checkpoint_and_push,
+    claim_output_dir,
+    create_hub_repo_first,
+    epoch_batches,
+    init_trackers,
+    make_accelerator,
     release_process_group,
-    remove_leftovers,
     replace_outputs,
+    resume_from,
     run_config,
+    square_resolution,
+    step_counts,
+    training_dataloader,
 )
 from diffkit.training.vae_arguments import DEFAULT_BLOCK_OUT_CHANNELS, build_parser
 from diffkit.training.vae_losses import (
@@ -339,67 +337,22 @@ def render_vae_card(training_config: dict, repo_or_folder: str) -> ModelCard:
 
 
 def main(args):
-    # As train.py: processes launched without GPUs join over gloo instead of each training alone.
-    launched_processes = int(os.environ.get("WORLD_SIZE", "1"))
-    accelerator = Accelerator(
-        cpu=launched_processes > 1 and not torch.cuda.is_available(),
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        # The data order of each epoch depends only on --seed and the epoch, so a resumed run skips to its batch.
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
-        log_with=args.report_to,
-        project_config=ProjectConfiguration(
-            project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, args.logging_dir)
-        ),
-    )
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
-    logger.info(accelerator.state, main_process_only=False)
-    if accelerator.num_processes != launched_processes:
-        raise RuntimeError(
-            f"{launched_processes} processes were launched, but accelerate set up {accelerator.num_processes}; check "
-            "the accelerate config (`accelerate env`)."
-        )
+    accelerator = make_accelerator(args)
     set_seed(args.seed)
-    hub_repo = None
-    if args.push_to_hub and accelerator.is_main_process:
-        hub_repo = create_hub_repo(hub_repo_id(args), private=args.hub_private_repo or None, token=args.hub_token)
-        logger.info(f"The VAE will be pushed to {hub_repo} on {huggingface_hub.constants.ENDPOINT}.")
+    hub_repo = create_hub_repo_first(args, accelerator, "The VAE")
 
     # 1. Data: the training images, and the held-out ones that the figures and the grid use
     data = load_training_data(SimpleNamespace(**vars(args), conditioning=model_kinds.UNCONDITIONAL))
-    resolution = args.resolution
-    if resolution is None:
-        width, height = data.dataset[0]["image"].size
-        if width != height:
-            raise ValueError(
-                f"The first training image is {width}x{height}, not square; pass --resolution to resize and crop."
-            )
-        resolution = width
+    resolution = square_resolution(args, data)
     if args.pretrained_vae is None:
         check_resolution_fits(resolution, args.down_factor, "--resolution (by default the images' size)")
     data, held_out = held_out_images(args, data, resolution)
     with accelerator.main_process_first():
         decoded_dataset = decode_once(data.dataset, data.image_mode, resolution)
 
-    output_dir_lock = hold_output_dir_for_run(accelerator, args.output_dir)
-    if accelerator.is_main_process:
-        remove_leftovers(args.output_dir)
-    accelerator.wait_for_everyone()
-    resume_dir = None
-    if args.resume_from_checkpoint is not None:
-        resume_dir = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
-        if resume_dir is None:
-            logger.info(f"No complete checkpoint in {args.output_dir}: starting a new run.")
-
-    train_transform = TrainTransform(resolution, args.center_crop, args.random_flip, args.seed)
-    train_dataset = decoded_dataset.with_transform(train_transform)
-    train_dataloader = torch.utils.data.DataLoader(
-        train_dataset,
-        batch_size=args.train_batch_size,
-        shuffle=True,
-        num_workers=args.dataloader_num_workers,
-        drop_last=len(train_dataset) >= args.train_batch_size,
-    )
+    output_dir_lock, resume_dir = claim_output_dir(accelerator, args)
+    train_transform, train_dataloader = training_dataloader(args, decoded_dataset, resolution)
+    num_images = len(train_dataloader.dataset)
 
     # 2. Models, losses, optimisers
     vae = build_vae(args, data.num_channels, resolution)
@@ -426,20 +379,7 @@ def main(args):
     betas = (args.adam_beta1, args.adam_beta2)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.learning_rate, betas=betas)
 
-    num_batches = len(train_dataloader)
-    if train_dataloader.drop_last:
-        batches_per_process = num_batches // accelerator.num_processes
-    else:
-        batches_per_process = math.ceil(num_batches / accelerator.num_processes)
-    if batches_per_process == 0:
-        raise ValueError(
-            f"The {len(train_dataset)} training images give {num_batches} batch(es) of --train_batch_size "
-            f"{args.train_batch_size}, fewer than the {accelerator.num_processes} processes: lower --train_batch_size "
-            "or train on more images."
-        )
-    num_update_steps_per_epoch = math.ceil(batches_per_process / args.gradient_accumulation_steps)
-    max_train_steps = args.max_train_steps or args.num_epochs * num_update_steps_per_epoch
-    num_epochs = math.ceil(max_train_steps / num_update_steps_per_epoch)
+    _, num_update_steps_per_epoch, max_train_steps, num_epochs = step_counts(args, accelerator, train_dataloader)
     lr_scheduler = get_scheduler(
         "constant_with_warmup", optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes
     )
@@ -464,7 +404,7 @@ def main(args):
     total_batch_size = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     config = accelerator.unwrap_model(model).vae.config
     logger.info("***** Training the autoencoder *****")
-    logger.info(f"  Data = {data.source}: {len(train_dataset)} images ({len(held_out)} held out), {resolution}px")
+    logger.info(f"  Data = {data.source}: {num_images} images ({len(held_out)} held out), {resolution}px")
     logger.info(
         f"  AutoencoderKL = {sum(p.numel() for p in vae.parameters()):,} parameters, down factor "
         f"{2 ** (len(config.block_out_channels) - 1)}, {config.latent_channels} latent channels"
@@ -477,20 +417,13 @@ def main(args):
     # 3. Resume
     global_step, first_epoch, batches_to_skip, recent_losses, previous_train_seconds = 0, 0, 0, [], 0.0
     if resume_dir is not None:
-        accelerator.load_state(resume_dir)
-        load_checkpoint_extras(accelerator, resume_dir, ema_model, noise_generator)
-        training_state = read_training_state(resume_dir)
+        training_state, first_epoch, batches_to_skip = resume_from(
+            accelerator, resume_dir, ema_model, noise_generator, num_update_steps_per_epoch, args
+        )
         global_step = training_state["global_step"]
         recent_losses = training_state["recent_losses"]
         previous_train_seconds = training_state["train_seconds"]
-        first_epoch = global_step // num_update_steps_per_epoch
-        batches_to_skip = (global_step % num_update_steps_per_epoch) * args.gradient_accumulation_steps
-        logger.info(f"Resumed from {resume_dir} at step {global_step} (epoch {first_epoch}, batch {batches_to_skip})")
-    if args.report_to is not None:
-        accelerator.init_trackers(
-            "diffkit-vae",
-            config={k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in run_config(args).items()},
-        )
+    init_trackers(accelerator, args, "diffkit-vae")
 
     # 4. Training loop
     start_time = time.time()
@@ -502,12 +435,9 @@ def main(args):
         if global_step >= max_train_steps:
             break
         model.train()
-        train_transform.epoch = epoch
-        train_dataloader.set_epoch(epoch)
-        epoch_dataloader = train_dataloader
-        if epoch == first_epoch and batches_to_skip:
-            epoch_dataloader = accelerator.skip_first_batches(train_dataloader, batches_to_skip)
-        for batch in epoch_dataloader:
+        for batch in epoch_batches(
+            accelerator, train_dataloader, train_transform, epoch, first_epoch, batches_to_skip
+        ):
             images = batch["pixel_values"]
             adversarial = discriminator is not None and global_step >= args.disc_start
             with accelerator.accumulate(*models):
@@ -570,24 +500,9 @@ def main(args):
                         "recent_losses": recent_losses,
                         "train_seconds": previous_train_seconds + time.time() - start_time,
                     }
-                    removed = save_checkpoint(
-                        accelerator,
-                        args.output_dir,
-                        global_step,
-                        training_state,
-                        ema_model,
-                        noise_generator,
-                        args.checkpoints_total_limit,
+                    checkpoint_and_push(
+                        args, accelerator, global_step, training_state, ema_model, noise_generator, hub_repo
                     )
-                    logger.info(f"Saved checkpoint-{global_step}; removed {[os.path.basename(r) for r in removed]}")
-                    if args.push_checkpoints and accelerator.is_main_process:
-                        try:
-                            names = [os.path.basename(r) for r in removed]
-                            push_checkpoint(
-                                args.output_dir, f"checkpoint-{global_step}", names, hub_repo, args.hub_token
-                            )
-                        except HubPushError as error:
-                            logger.warning(f"Could not push checkpoint-{global_step}; training goes on. {error}")
             if global_step >= max_train_steps:
                 break
     progress_bar.close()
@@ -613,7 +528,7 @@ def main(args):
             "args": run_config(args),
             "data": {
                 "source": data.source,
-                "num_images": len(train_dataset),
+                "num_images": num_images,
                 "num_channels": data.num_channels,
                 "resolution": resolution,
             },
