@@ -163,21 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="What the UNet predicts: the noise ('epsilon') or the velocity ('v_prediction').",
     )
 
-    train = parser.add_argument_group("optimisation")
-    train.add_argument("--train_batch_size", type=int, default=64, help="Batch size per device.")
-    train.add_argument(
-        "--num_epochs", type=int, default=12, help="Passes over the data; ignored if --max_train_steps is set."
-    )
-    train.add_argument(
-        "--max_train_steps",
-        type=int,
-        default=None,
-        help="Total optimisation steps; overrides --num_epochs.",
-    )
-    train.add_argument(
-        "--gradient_accumulation_steps", type=int, default=1, help="Batches accumulated per optimisation step."
-    )
-    train.add_argument("--learning_rate", type=float, default=2e-3, help="Peak learning rate of AdamW.")
+    train = add_optimisation_arguments(parser, num_epochs=12, learning_rate=2e-3)
     train.add_argument(
         "--lr_scheduler",
         type=str,
@@ -375,6 +361,27 @@ def add_data_arguments(parser: argparse.ArgumentParser):
     data.add_argument(
         "--dataloader_num_workers", type=int, default=0, help="Subprocesses for data loading; 0 loads in the main one."
     )
+
+
+def add_optimisation_arguments(parser: argparse.ArgumentParser, num_epochs: int, learning_rate: float):
+    """The "optimisation" group with the flags every training script has (its own defaults of `num_epochs` and
+    `learning_rate`); returns the group for the script's own."""
+    train = parser.add_argument_group("optimisation")
+    train.add_argument("--train_batch_size", type=int, default=64, help="Batch size per device.")
+    train.add_argument(
+        "--num_epochs", type=int, default=num_epochs, help="Passes over the data; ignored if --max_train_steps is set."
+    )
+    train.add_argument(
+        "--max_train_steps",
+        type=int,
+        default=None,
+        help="Total optimisation steps; overrides --num_epochs.",
+    )
+    train.add_argument(
+        "--gradient_accumulation_steps", type=int, default=1, help="Batches accumulated per optimisation step."
+    )
+    train.add_argument("--learning_rate", type=float, default=learning_rate, help="Peak learning rate of AdamW.")
+    return train
 
 
 def add_ema_arguments(parser: argparse.ArgumentParser, model: str, used_by: str):

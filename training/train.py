@@ -633,9 +633,11 @@ def step_counts(args, accelerator, train_dataloader):
     return batches_per_process, num_update_steps_per_epoch, max_train_steps, num_epochs
 
 
-def resume_from(accelerator, resume_dir: str, ema_model, noise_generator, num_update_steps_per_epoch: int, args):
+def resume_from(accelerator, resume_dir, ema_model, noise_generator, num_update_steps_per_epoch: int, args):
     """Restore a checkpoint: the prepared objects' states, the EMA and the noise generator. Returns its training
-    state, the epoch to go on with and the batches of it to skip."""
+    state, the epoch to go on with and the batches of it to skip; for a new run (`resume_dir` None), step 0."""
+    if resume_dir is None:
+        return {"global_step": 0, "recent_losses": [], "train_seconds": 0.0}, 0, 0
     accelerator.load_state(resume_dir)
     load_checkpoint_extras(accelerator, resume_dir, ema_model, noise_generator)
     training_state = read_training_state(resume_dir)
@@ -784,16 +786,13 @@ def main(args):
     logger.info(f"  Total batch size (parallel, distributed & accumulation) = {total_batch_size}")
 
     # 3. Resume
-    global_step, first_epoch, batches_to_skip, recent_losses, previous_train_seconds = 0, 0, 0, [], 0.0
-    if resume_dir is not None:
-        training_state, first_epoch, batches_to_skip = resume_from(
-            accelerator, resume_dir, ema_model, noise_generator, num_update_steps_per_epoch, args
-        )
-        global_step = training_state["global_step"]
-        recent_losses = training_state["recent_losses"]
-        previous_train_seconds = training_state["train_seconds"]
-        if evaluation is not None:
-            evaluation.load_state_dict(training_state)
+    training_state, first_epoch, batches_to_skip = resume_from(
+        accelerator, resume_dir, ema_model, noise_generator, num_update_steps_per_epoch, args
+    )
+    global_step, recent_losses = training_state["global_step"], training_state["recent_losses"]
+    previous_train_seconds = training_state["train_seconds"]
+    if resume_dir is not None and evaluation is not None:
+        evaluation.load_state_dict(training_state)
     init_trackers(accelerator, args, "diffkit")
 
     # 4. Training loop
@@ -983,9 +982,9 @@ def release_process_group():
             torch.distributed.destroy_process_group()
 
 
-def cli(args=None):
-    """Run training on `args` parsed from the command line (parsed here when None), and leave no process group
-    behind: `accelerate launch training/train.py`, `python -m diffkit.training.train` and `diffkit-train`."""
+def run_script(main, parse_args, validate_args, args=None):
+    """Run `main` on `args` parsed from the command line (parsed here when None, validated otherwise), and leave no
+    process group behind, whatever happens."""
     try:
         if args is None:
             args = parse_args()
@@ -994,6 +993,12 @@ def cli(args=None):
         main(args)
     finally:
         release_process_group()
+
+
+def cli(args=None):
+    """Training, as `accelerate launch training/train.py`, `python -m diffkit.training.train` and `diffkit-train`
+    run it."""
+    run_script(main, parse_args, validate_args, args)
 
 
 if __name__ == "__main__":

@@ -61,10 +61,10 @@ from diffkit.training.train import (
     epoch_batches,
     init_trackers,
     make_accelerator,
-    release_process_group,
     replace_outputs,
     resume_from,
     run_config,
+    run_script,
     square_resolution,
     step_counts,
     training_dataloader,
@@ -415,14 +415,11 @@ def main(args):
     logger.info(f"  Num epochs = {num_epochs}, total optimisation steps = {max_train_steps}")
 
     # 3. Resume
-    global_step, first_epoch, batches_to_skip, recent_losses, previous_train_seconds = 0, 0, 0, [], 0.0
-    if resume_dir is not None:
-        training_state, first_epoch, batches_to_skip = resume_from(
-            accelerator, resume_dir, ema_model, noise_generator, num_update_steps_per_epoch, args
-        )
-        global_step = training_state["global_step"]
-        recent_losses = training_state["recent_losses"]
-        previous_train_seconds = training_state["train_seconds"]
+    training_state, first_epoch, batches_to_skip = resume_from(
+        accelerator, resume_dir, ema_model, noise_generator, num_update_steps_per_epoch, args
+    )
+    global_step, recent_losses = training_state["global_step"], training_state["recent_losses"]
+    previous_train_seconds = training_state["train_seconds"]
     init_trackers(accelerator, args, "diffkit-vae")
 
     # 4. Training loop
@@ -576,15 +573,8 @@ def main(args):
 
 
 def cli(args=None):
-    """Run on `args` parsed from the command line (parsed here when None), and leave no process group behind."""
-    try:
-        if args is None:
-            args = parse_args()
-        else:
-            validate_args(args)
-        main(args)
-    finally:
-        release_process_group()
+    """VAE training, as `accelerate launch training/train_vae.py` runs it."""
+    run_script(main, parse_args, validate_args, args)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from diffkit.training.arguments import (
     add_data_arguments,
     add_ema_arguments,
     add_hub_arguments,
+    add_optimisation_arguments,
     add_watch_arguments,
 )
 
@@ -118,21 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Learning rate of the discriminator's AdamW; defaults to --learning_rate.",
     )
 
-    train = parser.add_argument_group("optimisation")
-    train.add_argument("--train_batch_size", type=int, default=64, help="Batch size per device.")
-    train.add_argument(
-        "--num_epochs", type=int, default=4, help="Passes over the data; ignored if --max_train_steps is set."
-    )
-    train.add_argument(
-        "--max_train_steps",
-        type=int,
-        default=None,
-        help="Total optimisation steps; overrides --num_epochs.",
-    )
-    train.add_argument(
-        "--gradient_accumulation_steps", type=int, default=1, help="Batches accumulated per optimisation step."
-    )
-    train.add_argument("--learning_rate", type=float, default=1e-3, help="Peak learning rate of AdamW.")
+    train = add_optimisation_arguments(parser, num_epochs=4, learning_rate=1e-3)
     train.add_argument("--lr_warmup_steps", type=int, default=50, help="Linear warm-up steps of the learning rate.")
     train.add_argument("--adam_beta1", type=float, default=0.5, help="AdamW beta1 (0.5, as GAN training uses).")
     train.add_argument("--adam_beta2", type=float, default=0.9, help="AdamW beta2.")
