@@ -38,7 +38,7 @@ TINY_VAE_RUN = [
     "--max_train_samples", "80", "--num_held_out", "16", "--train_batch_size", "16", "--max_train_steps", "6",
     "--block_out_channels", "8", "16", "16", "--norm_num_groups", "8", "--latent_channels", "2",
     "--disc_start", "2", "--checkpointing_steps", "3", "--random_flip", "--lr_warmup_steps", "1",
-    "--ema_decay", "0.9",
+    "--ema_decay", "0.9", "--validation_steps", "3",
 ]  # fmt: skip
 
 
@@ -67,6 +67,10 @@ def test_accelerate_launch_trains_a_vae_that_from_pretrained_loads(trained_vae):
     # the grid: 16 held-out digits in rows of 8, each row above its reconstructions
     grid = Image.open(output_dir / RECONSTRUCTIONS_NAME)
     assert grid.size == (GRID_COLUMNS * 28, 2 * GRID_IMAGES // GRID_COLUMNS * 28)
+    # --validation_steps 3: a grid of the same layout at step 3 and at step 6
+    validation = sorted(p.name for p in (output_dir / "validation").iterdir())
+    assert validation == ["step-3.png", "step-6.png"]
+    assert Image.open(output_dir / "validation" / "step-3.png").size == grid.size
     card = (output_dir / "README.md").read_text()
     assert f"| {figures['psnr']} | {figures['ssim']} |" in card and "scaling_factor" in card
 
@@ -209,3 +213,15 @@ def test_every_flag_has_help_and_the_shared_groups_are_train_py_s():
     groups = {group.title: [a.dest for a in group._group_actions] for group in parser._action_groups}
     train_groups = {group.title: [a.dest for a in group._group_actions] for group in train_parser()._action_groups}
     assert all(groups[title] == train_groups[title] for title in shared)
+
+
+@pytest.mark.slow
+def test_shift_factor_centres_the_latents_before_scaling(tmp_path):
+    output_dir = tmp_path / "shifted"
+    run = [*TINY_VAE_RUN, "--max_train_steps", "2", "--shift_factor", "--output_dir", str(output_dir)]
+    assert_launch_succeeded(run_accelerate_launch(run, script="train_vae.py"))
+    vae = AutoencoderKL.from_pretrained(output_dir)
+    config = json.loads((output_dir / "training_config.json").read_text())["vae"]
+    assert vae.config.shift_factor == config["shift_factor"] == round(config["latent_mean"], 5)
+    assert vae.config.scaling_factor == round(1 / config["latent_std"], 5)
+    assert "`shift_factor`" in (output_dir / "README.md").read_text()
