@@ -4,6 +4,8 @@ exact resume, bad input; and the loss terms and reconstruction metrics it uses."
 import importlib.util
 import json
 import shutil
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -30,7 +32,7 @@ from diffkit.training.train_vae import (
 from diffkit.training.vae_losses import MobileNetV2Perceptual, PatchDiscriminator, hinge_discriminator_loss
 
 from .test_checkpointing import assert_same_weights
-from .utils import assert_launch_succeeded, run_accelerate_launch
+from .utils import REPO_ROOT, assert_launch_succeeded, run_accelerate_launch
 
 # A VAE small enough to train in seconds on 2 CPU cores, on 64 digits with 16 held out; every loss term is on,
 # the discriminator from step 2, and EMA, so that resume has every piece of state to restore.
@@ -225,3 +227,25 @@ def test_shift_factor_centres_the_latents_before_scaling(tmp_path):
     assert vae.config.shift_factor == config["shift_factor"] == round(config["latent_mean"], 5)
     assert vae.config.scaling_factor == round(1 / config["latent_std"], 5)
     assert "`shift_factor`" in (output_dir / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_two_processes_train_one_vae_with_the_discriminator_over_gloo(tmp_path):
+    output_dir = tmp_path / "two"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--num_cpu_threads_per_process", "1", "--main_process_port", "0",
+        "training/train_vae.py", *TINY_VAE_RUN, "--train_batch_size", "8", "--output_dir", str(output_dir),
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    assert "DistributedType.MULTI_CPU" in output and "terminate called" not in output
+    run = json.loads((output_dir / "training_config.json").read_text())["run"]
+    assert run["num_processes"] == 2 and run["total_batch_size"] == 16 and run["global_step"] == 6
+    checkpoint = {p.name for p in (output_dir / "checkpoint-6").iterdir()}
+    # both processes' states, and the discriminator's weights and optimiser beside the autoencoder's
+    assert {"noise_generator_0.safetensors", "noise_generator_1.safetensors", "model_1.safetensors"} <= checkpoint
+    assert {"optimizer.bin", "optimizer_1.bin"} <= checkpoint
+    AutoencoderKL.from_pretrained(output_dir)
