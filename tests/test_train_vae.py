@@ -32,7 +32,7 @@ from diffkit.training.train_vae import (
 from diffkit.training.vae_losses import MobileNetV2Perceptual, PatchDiscriminator, hinge_discriminator_loss
 
 from .test_checkpointing import assert_same_weights
-from .utils import REPO_ROOT, assert_launch_succeeded, run_accelerate_launch
+from .utils import REPO_ROOT, assert_launch_succeeded, free_port, run_accelerate_launch
 
 # A VAE small enough to train in seconds on 2 CPU cores, on 64 digits with 16 held out; every loss term is on,
 # the discriminator from step 2, and EMA, so that resume has every piece of state to restore.
@@ -232,10 +232,11 @@ def test_shift_factor_centres_the_latents_before_scaling(tmp_path):
 @pytest.mark.slow
 def test_two_processes_train_one_vae_with_the_discriminator_over_gloo(tmp_path):
     output_dir = tmp_path / "two"
+    # a free port of our own: with `--main_process_port 0` the floor version of accelerate (1.1) never rendezvouses
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--num_cpu_threads_per_process", "1", "--main_process_port", "0",
+        "--num_cpu_threads_per_process", "1", "--main_process_port", str(free_port()),
         "training/train_vae.py", *TINY_VAE_RUN, "--train_batch_size", "8", "--output_dir", str(output_dir),
     ]  # fmt: skip
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
