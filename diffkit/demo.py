@@ -352,8 +352,11 @@ def kept_on_error(handler, num_outputs: int):
 
 def report_bounds_to_the_client(control):
     """Make `control` report a value outside its range or choices, which only an API client can send (the page's
-    controls keep to them), to that client with the control's label, and without a traceback in the server's log."""
+    controls keep to them), to that client with the control's label, and without a traceback in the server's log.
+    A control that several events read (a tab's generate and edit buttons) is changed once."""
     check = control.preprocess
+    if getattr(check, "reports_bounds_to_the_client", False):
+        return
 
     def preprocess(payload):
         try:
@@ -361,6 +364,7 @@ def report_bounds_to_the_client(control):
         except gr.Error as error:
             raise gr.Error(f"{control.label}: {error.message}", print_exception=False) from None
 
+    preprocess.reports_bounds_to_the_client = True
     control.preprocess = preprocess
 
 
