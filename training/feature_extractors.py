@@ -85,10 +85,14 @@ class MobileNetV2Features(nn.Module):
         model.load_state_dict(torch.load(weights_file, map_location="cpu", weights_only=True), strict=True)
         return model.eval().requires_grad_(False)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """`images`: (N, C, H, W) in [0, 1], with C = 1 (grey, repeated) or 3 (RGB)."""
+    def network_input(self, images: torch.Tensor) -> torch.Tensor:
+        """`images` (N, C, H, W) in [0, 1], C = 1 (grey, repeated) or 3 (RGB), as the network takes them: RGB at
+        `resolution`, normalised with ImageNet's statistics."""
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
         images = F.interpolate(images.float(), size=self.resolution, mode="bilinear", antialias=True)
-        features = self.features((images - self.mean) / self.std)
-        return features.mean(dim=(2, 3))
+        return (images - self.mean) / self.std
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """`images`: (N, C, H, W) in [0, 1], with C = 1 (grey, repeated) or 3 (RGB)."""
+        return self.features(self.network_input(images)).mean(dim=(2, 3))

@@ -112,13 +112,7 @@ def validate_args(args):
     optional_positive = ("max_train_steps", "max_train_samples", "resolution")
     optional_positive += ("checkpointing_steps", "checkpoints_total_limit", "validation_steps", "eval_steps")
     positive += ["eval_batch_size", "eval_feature_resolution"]
-    positive += [name for name in optional_positive if getattr(args, name) is not None]
-    for name in positive:
-        if getattr(args, name) < 1:
-            raise ValueError(f"`--{name}` must be a positive integer, but is {getattr(args, name)}.")
-    for name in ("lr_warmup_steps", "dataloader_num_workers", "seed"):
-        if getattr(args, name) < 0:
-            raise ValueError(f"`--{name}` must be >= 0, but is {getattr(args, name)}.")
+    check_counts(args, positive, optional_positive)
     if not 0 <= args.condition_dropout < 1:
         raise ValueError(
             f"`--condition_dropout` must be in [0, 1), but is {args.condition_dropout}; 0.1 is usual, and 0 "
@@ -173,6 +167,17 @@ def validate_args(args):
     check_hub_args(args)
     check_output_dir_free(args.output_dir)
     check_output_dir(args)
+
+
+def check_counts(args, positive, optional_positive):
+    """The flags that count something: those in `positive` (and those in `optional_positive` that are given) at
+    least 1; the warm-up steps, data workers and seed at least 0."""
+    for name in [*positive, *(name for name in optional_positive if getattr(args, name) is not None)]:
+        if getattr(args, name) < 1:
+            raise ValueError(f"`--{name}` must be a positive integer, but is {getattr(args, name)}.")
+    for name in ("lr_warmup_steps", "dataloader_num_workers", "seed"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"`--{name}` must be >= 0, but is {getattr(args, name)}.")
 
 
 def check_data_args(args):

@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from types import SimpleNamespace
 
 import torch
@@ -52,6 +53,7 @@ from diffkit.training.train import (
     STAGING_PREFIX,
     TRAINING_CONFIG_NAME,
     VALIDATION_DIR,
+    check_counts,
     check_data_args,
     check_hub_args,
     check_output_dir,
@@ -104,13 +106,7 @@ def validate_args(args):
     positive += ["layers_per_block", "norm_num_groups", "ema_update_every"]
     optional_positive = ("max_train_steps", "max_train_samples", "resolution", "checkpointing_steps")
     optional_positive += ("checkpoints_total_limit", "validation_steps")
-    positive += [name for name in optional_positive if getattr(args, name) is not None]
-    for name in positive:
-        if getattr(args, name) < 1:
-            raise ValueError(f"`--{name}` must be a positive integer, but is {getattr(args, name)}.")
-    for name in ("lr_warmup_steps", "dataloader_num_workers", "seed"):
-        if getattr(args, name) < 0:
-            raise ValueError(f"`--{name}` must be >= 0, but is {getattr(args, name)}.")
+    check_counts(args, positive, optional_positive)
     if args.num_held_out < GRID_IMAGES:
         raise ValueError(
             f"`--num_held_out` must be at least {GRID_IMAGES} (the reconstruction grid shows that many), but is "
@@ -515,9 +511,10 @@ def main(args):
         vae = accelerator.unwrap_model(model).vae.eval()
         if ema_model is not None:
             ema_model.copy_to(vae.parameters())
-        training_images = real_images_from_data(data, resolution)[0]
-        chosen = torch.randperm(len(training_images), generator=torch.Generator().manual_seed(args.seed))
-        mean, std = latent_statistics(vae, training_images[chosen[:SCALING_IMAGES]], args.seed)
+        # decoded again only for the images measured, drawn with --seed
+        chosen = torch.randperm(len(data.dataset), generator=torch.Generator().manual_seed(args.seed))
+        measured = replace(data, dataset=data.dataset.select(chosen[:SCALING_IMAGES].tolist()))
+        mean, std = latent_statistics(vae, real_images_from_data(measured, resolution)[0], args.seed)
         # diffusers scales latents as (z - shift_factor) * scaling_factor: unit variance, and centred with a shift
         shift_factor = round(mean, 5) if args.shift_factor else None
         vae.register_to_config(scaling_factor=round(1 / std, 5), shift_factor=shift_factor)

@@ -44,12 +44,7 @@ class MobileNetV2Perceptual(nn.Module):
 
     def activations(self, images: torch.Tensor):
         """The activations at `self.layers` of `images` in [-1, 1] (N, C, H, W), C = 1 or 3."""
-        images = (images.float() + 1) / 2
-        if images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)
-        resolution = self.features.resolution
-        images = F.interpolate(images, size=resolution, mode="bilinear", antialias=True, align_corners=False)
-        x = (images - self.features.mean) / self.features.std
+        x = self.features.network_input((images.float() + 1) / 2)
         found = []
         for index, layer in enumerate(self.features.features):
             x = layer(x)
