@@ -12,7 +12,7 @@ import shutil
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DConditionModel
+from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DConditionModel
 from diffusers.utils.torch_utils import randn_tensor
 
 OUTPUT_TYPES = ("pil", "np", "pt")
@@ -56,9 +56,14 @@ class ClassConditionalImagePipeline(DiffusionPipeline):
             JSON stores them. Defaults to the ids themselves.
         guidance_scale (`float`, *optional*, defaults to 4.0):
             The guidance scale used when `__call__` is not given one. Registered in `model_index.json`.
+        vae ([`~diffusers.AutoencoderKL`], *optional*):
+            For a latent diffusion model: the UNet then denoises the VAE's latents (`unet.config.sample_size` is the
+            latent side), which the VAE decodes into images at the end, with the `scaling_factor` and `shift_factor`
+            of its config. Without it the UNet denoises pixels.
     """
 
-    model_cpu_offload_seq = "unet"
+    model_cpu_offload_seq = "unet->vae"
+    _optional_components = ["vae"]
     _callback_tensor_inputs = ["latents", "model_output", "pred_original_sample"]
 
     def __init__(
@@ -69,9 +74,10 @@ class ClassConditionalImagePipeline(DiffusionPipeline):
         null_class_id: Optional[int] = None,
         id2label: Optional[Dict[str, str]] = None,
         guidance_scale: float = 4.0,
+        vae: Optional[AutoencoderKL] = None,
     ):
         super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
         if num_classes is None:
             num_classes = unet.config.encoder_hid_dim - 1
         if null_class_id is None:
@@ -263,6 +269,14 @@ class ClassConditionalImagePipeline(DiffusionPipeline):
         # Sigma-based schedulers (Euler, Heun) start from noise of std `init_noise_sigma`; it is 1.0 for DDPM/DDIM.
         return latents * self.scheduler.init_noise_sigma
 
+    # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.decode_latents
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """The VAE's images in [-1, 1] of scaled latents, as Stable Diffusion scales them:
+        `latents = (vae.encode(x).latent_dist.sample() - shift_factor) * scaling_factor`."""
+        shift_factor = getattr(self.vae.config, "shift_factor", None) or 0.0
+        latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor + shift_factor
+        return self.vae.decode(latents).sample
+
     # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.postprocess_image
     def postprocess_image(self, sample: torch.Tensor, output_type: str):
         """Images in [0, 1] from samples in the model's range [-1, 1]: PIL images, a numpy array or a tensor."""
@@ -410,7 +424,9 @@ class ClassConditionalImagePipeline(DiffusionPipeline):
                 callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
                 latents = callback_outputs.pop("latents", latents)
 
-        # 5. Post-process from [-1, 1] to [0, 1]
+        # 5. Decode the latents (a latent model), and post-process from [-1, 1] to [0, 1]
+        if self.vae is not None:
+            latents = self.decode_latents(latents)
         image = self.postprocess_image(latents, output_type)
 
         self.maybe_free_model_hooks()

@@ -13,7 +13,7 @@ import shutil
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
-from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DConditionModel
+from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DConditionModel
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -84,9 +84,14 @@ class TextConditionalImagePipeline(DiffusionPipeline):
             Tokens per prompt (longer prompts are cut with a warning). Registered in `model_index.json`.
         guidance_scale (`float`, *optional*, defaults to 4.0):
             The guidance scale used when `__call__` is not given one. Registered in `model_index.json`.
+        vae ([`~diffusers.AutoencoderKL`], *optional*):
+            For a latent diffusion model: the UNet then denoises the VAE's latents (`unet.config.sample_size` is the
+            latent side), which the VAE decodes into images at the end, with the `scaling_factor` and `shift_factor`
+            of its config. Without it the UNet denoises pixels.
     """
 
-    model_cpu_offload_seq = "text_encoder->unet"
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+    _optional_components = ["vae"]
     _callback_tensor_inputs = ["latents", "model_output", "pred_original_sample", "prompt_embeds"]
 
     def __init__(
@@ -97,9 +102,10 @@ class TextConditionalImagePipeline(DiffusionPipeline):
         tokenizer: PreTrainedTokenizerBase,
         max_text_length: int = DEFAULT_MAX_TEXT_LENGTH,
         guidance_scale: float = 4.0,
+        vae: Optional[AutoencoderKL] = None,
     ):
         super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer)
+        self.register_modules(unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer, vae=vae)
         self.register_to_config(max_text_length=max_text_length, guidance_scale=guidance_scale)
 
     # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.save_config
@@ -313,6 +319,14 @@ class TextConditionalImagePipeline(DiffusionPipeline):
         # Sigma-based schedulers (Euler, Heun) start from noise of std `init_noise_sigma`; it is 1.0 for DDPM/DDIM.
         return latents * self.scheduler.init_noise_sigma
 
+    # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.decode_latents
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """The VAE's images in [-1, 1] of scaled latents, as Stable Diffusion scales them:
+        `latents = (vae.encode(x).latent_dist.sample() - shift_factor) * scaling_factor`."""
+        shift_factor = getattr(self.vae.config, "shift_factor", None) or 0.0
+        latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor + shift_factor
+        return self.vae.decode(latents).sample
+
     # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.postprocess_image
     def postprocess_image(self, sample: torch.Tensor, output_type: str):
         """Images in [0, 1] from samples in the model's range [-1, 1]: PIL images, a numpy array or a tensor."""
@@ -485,9 +499,11 @@ class TextConditionalImagePipeline(DiffusionPipeline):
                 callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
                 latents = callback_outputs.pop("latents", latents)
 
-        # 5. Post-process from [-1, 1] to [0, 1]
+        # 5. Decode the latents (a latent model), and post-process from [-1, 1] to [0, 1]
         # Copied from pipelines.pipeline_class_conditional_image.ClassConditionalImagePipeline.__call__
-        # lines "image = self.postprocess_image(latents, output_type)" to "return ImagePipelineOutput(images=image)"
+        # lines "if self.vae is not None:" to "return ImagePipelineOutput(images=image)"
+        if self.vae is not None:
+            latents = self.decode_latents(latents)
         image = self.postprocess_image(latents, output_type)
 
         self.maybe_free_model_hooks()

@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DConditionModel
+from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DConditionModel
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -87,9 +87,14 @@ class TextConditionalImg2ImgPipeline(DiffusionPipeline):
             Tokens per prompt (longer prompts are cut with a warning).
         guidance_scale (`float`, *optional*, defaults to 4.0):
             The guidance scale used when `__call__` is not given one.
+        vae ([`~diffusers.AutoencoderKL`], *optional*):
+            For a latent diffusion model: the UNet then denoises the VAE's latents (`unet.config.sample_size` is the
+            latent side), which the VAE decodes into images at the end, with the `scaling_factor` and `shift_factor`
+            of its config. Without it the UNet denoises pixels.
     """
 
-    model_cpu_offload_seq = "text_encoder->unet"
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+    _optional_components = ["vae"]
     _callback_tensor_inputs = ["latents", "model_output", "pred_original_sample", "prompt_embeds"]
 
     # Copied from diffkit.pipelines.pipeline_text_conditional_image.TextConditionalImagePipeline.__init__
@@ -101,9 +106,10 @@ class TextConditionalImg2ImgPipeline(DiffusionPipeline):
         tokenizer: PreTrainedTokenizerBase,
         max_text_length: int = DEFAULT_MAX_TEXT_LENGTH,
         guidance_scale: float = 4.0,
+        vae: Optional[AutoencoderKL] = None,
     ):
         super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer)
+        self.register_modules(unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer, vae=vae)
         self.register_to_config(max_text_length=max_text_length, guidance_scale=guidance_scale)
 
     # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.save_config
@@ -319,6 +325,14 @@ class TextConditionalImg2ImgPipeline(DiffusionPipeline):
         # Sigma-based schedulers (Euler, Heun) start from noise of std `init_noise_sigma`; it is 1.0 for DDPM/DDIM.
         return latents * self.scheduler.init_noise_sigma
 
+    # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.decode_latents
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """The VAE's images in [-1, 1] of scaled latents, as Stable Diffusion scales them:
+        `latents = (vae.encode(x).latent_dist.sample() - shift_factor) * scaling_factor`."""
+        shift_factor = getattr(self.vae.config, "shift_factor", None) or 0.0
+        latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor + shift_factor
+        return self.vae.decode(latents).sample
+
     # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.postprocess_image
     def postprocess_image(self, sample: torch.Tensor, output_type: str):
         """Images in [0, 1] from samples in the model's range [-1, 1]: PIL images, a numpy array or a tensor."""
@@ -331,7 +345,7 @@ class TextConditionalImg2ImgPipeline(DiffusionPipeline):
     # Copied from diffkit.pipelines.pipeline_class_conditional_inpaint.ClassConditionalInpaintPipeline.prepare_image
     def prepare_image(self, image, argument: str = "image") -> torch.Tensor:
         r"""
-        An image as the model's input, shape `(1, channels, sample_size, sample_size)` in [-1, 1].
+        An image as the model's input, shape `(1, channels, height, width)` in [-1, 1] (see `image_size`).
 
         `image` is a `PIL.Image`, a numpy array (`(H, W)` or `(H, W, C)`, uint8 in [0, 255] or float in [0, 1]) or a
         torch tensor (`(C, H, W)` or `(1, C, H, W)`, float in [0, 1], as `output_type="pt"` returns). An RGB image
@@ -340,15 +354,15 @@ class TextConditionalImg2ImgPipeline(DiffusionPipeline):
         it differs.
         """
         pil_image = self.to_pil(image, argument)
-        channels = self.unet.config.in_channels
+        channels = self.image_channels()
         if channels not in (1, 3):
-            raise ValueError(f"`{argument}` cannot feed a UNet with {channels} input channels (1 or 3 are supported).")
+            raise ValueError(f"`{argument}` cannot feed a model of {channels}-channel images (1 or 3 are supported).")
         mode = "L" if channels == 1 else "RGB"
         if pil_image.mode != mode:
             if mode == "L":
                 logger.info(f"`{argument}` is {pil_image.mode}; the model takes 1 channel, so it becomes grey.")
             pil_image = pil_image.convert(mode)
-        size = self.sample_size()
+        size = self.image_size()
         if pil_image.size != (size[1], size[0]):
             pil_image = pil_image.resize((size[1], size[0]), PIL.Image.BICUBIC)
         array = np.asarray(pil_image, dtype=np.float32) / 255.0
@@ -396,6 +410,28 @@ class TextConditionalImg2ImgPipeline(DiffusionPipeline):
         sample_size = self.unet.config.sample_size
         return (sample_size, sample_size) if isinstance(sample_size, int) else tuple(sample_size)
 
+    # Copied from diffkit.pipelines.pipeline_class_conditional_inpaint.ClassConditionalInpaintPipeline.image_size
+    def image_size(self) -> Tuple[int, int]:
+        """The images' (height, width): the UNet's sample size, times the VAE's down factor for a latent model."""
+        height, width = self.sample_size()
+        if self.vae is None:
+            return height, width
+        down_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return height * down_factor, width * down_factor
+
+    # Copied from diffkit.pipelines.pipeline_class_conditional_inpaint.ClassConditionalInpaintPipeline.image_channels
+    def image_channels(self) -> int:
+        """The images' channels: the UNet's, or for a latent model the VAE's."""
+        return self.unet.config.in_channels if self.vae is None else self.vae.config.in_channels
+
+    # Copied from diffkit.pipelines.pipeline_class_conditional_inpaint.ClassConditionalInpaintPipeline.encode_images
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """The scaled latents of `images` in [-1, 1], as `decode_latents` reads them: the mode of the VAE's latent
+        distribution, so that an image always has the same latents."""
+        shift_factor = getattr(self.vae.config, "shift_factor", None) or 0.0
+        latents = self.vae.encode(images.to(self.vae.dtype)).latent_dist.mode()
+        return ((latents - shift_factor) * self.vae.config.scaling_factor).to(self.unet.dtype)
+
     # Copied from pipelines.pipeline_class_conditional_img2img.ClassConditionalImg2ImgPipeline.check_image_inputs
     # with class_labels->prompt, labels->prompts, label->prompt
     def check_image_inputs(self, image, num_prompts: int, strength, noise_level, num_inference_steps):
@@ -436,6 +472,11 @@ class TextConditionalImg2ImgPipeline(DiffusionPipeline):
             raise ValueError(
                 f"`noise_level` must be a number >= 0 (the noise's standard deviation, images in [-1, 1]), but is "
                 f"{noise_level!r}."
+            )
+        if noise_level is not None and self.vae is not None:
+            raise ValueError(
+                f"`noise_level` {noise_level!r} removes noise from pixels, which this latent model (it has a `vae`) "
+                "cannot do in its latents: pass `strength` instead (e.g. 0.3), which redraws the image."
             )
 
     # Copied from diffkit.pipelines.pipeline_class_conditional_img2img.ClassConditionalImg2ImgPipeline.noise_to_signal
@@ -580,6 +621,11 @@ class TextConditionalImg2ImgPipeline(DiffusionPipeline):
         batch_size = num_prompts * num_images_per_prompt
         per_image = torch.arange(num_prompts).repeat_interleave(num_images_per_prompt)
         original = original[per_image % len(original)].to(device=device, dtype=self.unet.dtype)
+        # Copied from pipelines.pipeline_class_conditional_img2img.ClassConditionalImg2ImgPipeline.__call__
+        # lines "# a latent model edits the image's latents" to "original = self.encode_images"
+        # a latent model edits the image's latents
+        if self.vae is not None:
+            original = self.encode_images(original)
         if isinstance(prompt, str):
             prompt = [prompt]
         if isinstance(negative_prompt, str):
@@ -664,9 +710,11 @@ class TextConditionalImg2ImgPipeline(DiffusionPipeline):
                 callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
                 latents = callback_outputs.pop("latents", latents)
 
-        # 5. Post-process from [-1, 1] to [0, 1]
+        # 5. Decode the latents (a latent model), and post-process from [-1, 1] to [0, 1]
         # Copied from pipelines.pipeline_class_conditional_image.ClassConditionalImagePipeline.__call__
-        # lines "image = self.postprocess_image(latents, output_type)" to "return ImagePipelineOutput(images=image)"
+        # lines "if self.vae is not None:" to "return ImagePipelineOutput(images=image)"
+        if self.vae is not None:
+            latents = self.decode_latents(latents)
         image = self.postprocess_image(latents, output_type)
 
         self.maybe_free_model_hooks()

@@ -11,7 +11,7 @@ import shutil
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
-from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DModel
+from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
 OUTPUT_TYPES = ("pil", "np", "pt")
@@ -31,14 +31,19 @@ class UnconditionalImagePipeline(DiffusionPipeline):
         scheduler ([`~diffusers.SchedulerMixin`]):
             Any diffusers scheduler made from the training scheduler's config, e.g.
             `DDIMScheduler.from_config(pipe.scheduler.config)`.
+        vae ([`~diffusers.AutoencoderKL`], *optional*):
+            For a latent diffusion model: the UNet then denoises the VAE's latents (`unet.config.sample_size` is the
+            latent side), which the VAE decodes into images at the end, with the `scaling_factor` and `shift_factor`
+            of its config. Without it the UNet denoises pixels.
     """
 
-    model_cpu_offload_seq = "unet"
+    model_cpu_offload_seq = "unet->vae"
+    _optional_components = ["vae"]
     _callback_tensor_inputs = ["latents", "model_output", "pred_original_sample"]
 
-    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin):
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, vae: Optional[AutoencoderKL] = None):
         super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
 
     def save_config(self, save_directory: Union[str, os.PathLike], **kwargs):
         r"""
@@ -147,6 +152,13 @@ class UnconditionalImagePipeline(DiffusionPipeline):
         # Sigma-based schedulers (Euler, Heun) start from noise of std `init_noise_sigma`; it is 1.0 for DDPM/DDIM.
         return latents * self.scheduler.init_noise_sigma
 
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """The VAE's images in [-1, 1] of scaled latents, as Stable Diffusion scales them:
+        `latents = (vae.encode(x).latent_dist.sample() - shift_factor) * scaling_factor`."""
+        shift_factor = getattr(self.vae.config, "shift_factor", None) or 0.0
+        latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor + shift_factor
+        return self.vae.decode(latents).sample
+
     def postprocess_image(self, sample: torch.Tensor, output_type: str):
         """Images in [0, 1] from samples in the model's range [-1, 1]: PIL images, a numpy array or a tensor."""
         image = (sample / 2 + 0.5).clamp(0, 1)
@@ -249,9 +261,11 @@ class UnconditionalImagePipeline(DiffusionPipeline):
                 callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
                 latents = callback_outputs.pop("latents", latents)
 
-        # 4. Post-process from [-1, 1] to [0, 1]
+        # 4. Decode the latents (a latent model), and post-process from [-1, 1] to [0, 1]
         # Copied from pipelines.pipeline_class_conditional_image.ClassConditionalImagePipeline.__call__
-        # lines "image = self.postprocess_image(latents, output_type)" to "return ImagePipelineOutput(images=image)"
+        # lines "if self.vae is not None:" to "return ImagePipelineOutput(images=image)"
+        if self.vae is not None:
+            latents = self.decode_latents(latents)
         image = self.postprocess_image(latents, output_type)
 
         self.maybe_free_model_hooks()

@@ -14,7 +14,15 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    DiffusionPipeline,
+    ImagePipelineOutput,
+    SchedulerMixin,
+    UNet2DModel,
+)
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -39,15 +47,20 @@ class UnconditionalInpaintPipeline(DiffusionPipeline):
             The denoising model; its `sample_size` and `in_channels` fix the size and channels of the images.
         scheduler ([`~diffusers.SchedulerMixin`]):
             Any diffusers scheduler made from the training scheduler's config.
+        vae ([`~diffusers.AutoencoderKL`], *optional*):
+            For a latent diffusion model: the UNet then denoises the VAE's latents (`unet.config.sample_size` is the
+            latent side), which the VAE decodes into images at the end, with the `scaling_factor` and `shift_factor`
+            of its config. Without it the UNet denoises pixels.
     """
 
-    model_cpu_offload_seq = "unet"
+    model_cpu_offload_seq = "unet->vae"
+    _optional_components = ["vae"]
     _callback_tensor_inputs = ["latents", "model_output", "pred_original_sample"]
 
     # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.__init__
-    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin):
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, vae: Optional[AutoencoderKL] = None):
         super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
 
     # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.save_config
     def save_config(self, save_directory: Union[str, os.PathLike], **kwargs):
@@ -133,6 +146,14 @@ class UnconditionalInpaintPipeline(DiffusionPipeline):
         # Sigma-based schedulers (Euler, Heun) start from noise of std `init_noise_sigma`; it is 1.0 for DDPM/DDIM.
         return latents * self.scheduler.init_noise_sigma
 
+    # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.decode_latents
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """The VAE's images in [-1, 1] of scaled latents, as Stable Diffusion scales them:
+        `latents = (vae.encode(x).latent_dist.sample() - shift_factor) * scaling_factor`."""
+        shift_factor = getattr(self.vae.config, "shift_factor", None) or 0.0
+        latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor + shift_factor
+        return self.vae.decode(latents).sample
+
     # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.postprocess_image
     def postprocess_image(self, sample: torch.Tensor, output_type: str):
         """Images in [0, 1] from samples in the model's range [-1, 1]: PIL images, a numpy array or a tensor."""
@@ -145,7 +166,7 @@ class UnconditionalInpaintPipeline(DiffusionPipeline):
     # Copied from diffkit.pipelines.pipeline_class_conditional_inpaint.ClassConditionalInpaintPipeline.prepare_image
     def prepare_image(self, image, argument: str = "image") -> torch.Tensor:
         r"""
-        An image as the model's input, shape `(1, channels, sample_size, sample_size)` in [-1, 1].
+        An image as the model's input, shape `(1, channels, height, width)` in [-1, 1] (see `image_size`).
 
         `image` is a `PIL.Image`, a numpy array (`(H, W)` or `(H, W, C)`, uint8 in [0, 255] or float in [0, 1]) or a
         torch tensor (`(C, H, W)` or `(1, C, H, W)`, float in [0, 1], as `output_type="pt"` returns). An RGB image
@@ -154,15 +175,15 @@ class UnconditionalInpaintPipeline(DiffusionPipeline):
         it differs.
         """
         pil_image = self.to_pil(image, argument)
-        channels = self.unet.config.in_channels
+        channels = self.image_channels()
         if channels not in (1, 3):
-            raise ValueError(f"`{argument}` cannot feed a UNet with {channels} input channels (1 or 3 are supported).")
+            raise ValueError(f"`{argument}` cannot feed a model of {channels}-channel images (1 or 3 are supported).")
         mode = "L" if channels == 1 else "RGB"
         if pil_image.mode != mode:
             if mode == "L":
                 logger.info(f"`{argument}` is {pil_image.mode}; the model takes 1 channel, so it becomes grey.")
             pil_image = pil_image.convert(mode)
-        size = self.sample_size()
+        size = self.image_size()
         if pil_image.size != (size[1], size[0]):
             pil_image = pil_image.resize((size[1], size[0]), PIL.Image.BICUBIC)
         array = np.asarray(pil_image, dtype=np.float32) / 255.0
@@ -174,9 +195,9 @@ class UnconditionalInpaintPipeline(DiffusionPipeline):
     # Copied from diffkit.pipelines.pipeline_class_conditional_inpaint.ClassConditionalInpaintPipeline.prepare_mask
     def prepare_mask(self, mask_image, image_size: Tuple[int, int]) -> torch.Tensor:
         r"""
-        The mask as `(1, 1, sample_size, sample_size)` of 0 (keep) and 1 (fill), from `mask_image` of the same size
-        as the image (PIL / numpy / torch like `image`; any channels are averaged). It is resized with nearest
-        neighbour and a soft mask is binarised at 0.5.
+        The mask as `(1, 1, height, width)` of 0 (keep) and 1 (fill) at the images' size (see `image_size`), from
+        `mask_image` of the same size as the image (PIL / numpy / torch like `image`; any channels are averaged). It
+        is resized with nearest neighbour and a soft mask is binarised at 0.5.
         """
         pil_mask = self.to_pil(mask_image, "mask_image")
         if pil_mask.size != image_size:
@@ -186,7 +207,7 @@ class UnconditionalInpaintPipeline(DiffusionPipeline):
                 "pass a mask of the image's size (both are then resized to the model's size together)."
             )
         pil_mask = pil_mask.convert("L")
-        size = self.sample_size()
+        size = self.image_size()
         if pil_mask.size != (size[1], size[0]):
             pil_mask = pil_mask.resize((size[1], size[0]), PIL.Image.NEAREST)
         mask = torch.from_numpy(np.asarray(pil_mask, dtype=np.float32) / 255.0)[None, None]
@@ -230,6 +251,34 @@ class UnconditionalInpaintPipeline(DiffusionPipeline):
     def sample_size(self) -> Tuple[int, int]:
         sample_size = self.unet.config.sample_size
         return (sample_size, sample_size) if isinstance(sample_size, int) else tuple(sample_size)
+
+    # Copied from diffkit.pipelines.pipeline_class_conditional_inpaint.ClassConditionalInpaintPipeline.image_size
+    def image_size(self) -> Tuple[int, int]:
+        """The images' (height, width): the UNet's sample size, times the VAE's down factor for a latent model."""
+        height, width = self.sample_size()
+        if self.vae is None:
+            return height, width
+        down_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return height * down_factor, width * down_factor
+
+    # Copied from diffkit.pipelines.pipeline_class_conditional_inpaint.ClassConditionalInpaintPipeline.image_channels
+    def image_channels(self) -> int:
+        """The images' channels: the UNet's, or for a latent model the VAE's."""
+        return self.unet.config.in_channels if self.vae is None else self.vae.config.in_channels
+
+    # Copied from diffkit.pipelines.pipeline_class_conditional_inpaint.ClassConditionalInpaintPipeline.encode_images
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """The scaled latents of `images` in [-1, 1], as `decode_latents` reads them: the mode of the VAE's latent
+        distribution, so that an image always has the same latents."""
+        shift_factor = getattr(self.vae.config, "shift_factor", None) or 0.0
+        latents = self.vae.encode(images.to(self.vae.dtype)).latent_dist.mode()
+        return ((latents - shift_factor) * self.vae.config.scaling_factor).to(self.unet.dtype)
+
+    # Copied from diffkit.pipelines.pipeline_class_conditional_inpaint.ClassConditionalInpaintPipeline.latent_mask
+    def latent_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """`mask` on the latent grid of a latent model: a latent cell is filled where any pixel of its patch is, so
+        that the generated latents cover every pixel to fill."""
+        return torch.nn.functional.adaptive_max_pool2d(mask.float(), self.sample_size()).to(mask.dtype)
 
     def check_inputs(
         self,
@@ -449,6 +498,12 @@ class UnconditionalInpaintPipeline(DiffusionPipeline):
         # 1. The known image and the mask, one per output image (image by image)
         num_given = batch_size // num_images_per_image
         original, mask = self.prepare_known_image(image, mask_image, num_given, num_images_per_image, device)
+        # Copied from pipelines.pipeline_class_conditional_inpaint.ClassConditionalInpaintPipeline.__call__
+        # lines "# a latent model fills the image's latents" to "known, known_mask = self.encode_images"
+        # a latent model fills the image's latents, in the latent cells that hold any pixel to fill
+        known, known_mask = original, mask
+        if self.vae is not None:
+            known, known_mask = self.encode_images(original), self.latent_mask(mask)
 
         # 2. Sample the initial noise (before the timesteps are set, as UnconditionalImagePipeline does); the same
         # noise noises the known part at every step, so a mask of ones gives exactly that pipeline's images
@@ -484,7 +539,7 @@ class UnconditionalInpaintPipeline(DiffusionPipeline):
             latents = step_output.prev_sample
 
             # put back the known part, noised to the level the next step expects (the clean image after the last)
-            latents = self.paste_known_part(latents, original, noise, mask, timesteps, index)
+            latents = self.paste_known_part(latents, known, noise, known_mask, timesteps, index)
 
             # Copied from pipelines.pipeline_class_conditional_image.ClassConditionalImagePipeline.__call__
             # lines "if callback_on_step_end is not None:" to "latents = callback_outputs.pop"
@@ -495,7 +550,10 @@ class UnconditionalInpaintPipeline(DiffusionPipeline):
                 callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
                 latents = callback_outputs.pop("latents", latents)
 
-        # 5. Post-process from [-1, 1] to [0, 1]; the known part is the input itself
+        # 5. Decode the latents (a latent model), put back the known pixels (the input itself), and post-process
+        # from [-1, 1] to [0, 1]
+        if self.vae is not None:
+            latents = self.decode_latents(latents)
         latents = mask * latents + (1 - mask) * original
         # Copied from pipelines.pipeline_class_conditional_image.ClassConditionalImagePipeline.__call__
         # lines "image = self.postprocess_image(latents, output_type)" to "return ImagePipelineOutput(images=image)"

@@ -147,6 +147,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="A UNet config (config.json, a folder holding one, or a Hub id) to train instead of the small default "
         "UNet. Channels, sample size and label dimension are set from the data.",
     )
+    model.add_argument(
+        "--vae",
+        "--pretrained_vae_model_name_or_path",
+        dest="vae",
+        type=str,
+        default=None,
+        help="Train in the latent space of this frozen AutoencoderKL (latent diffusion): an output folder of "
+        "training/train_vae.py, any AutoencoderKL folder or Hub repo, or a Stable Diffusion one with --vae_subfolder "
+        "vae. Each training image is encoded once before training; the UNet learns to denoise its latents, scaled "
+        "by the scaling_factor (and shift_factor) of the VAE's config, and the saved pipeline decodes them. For "
+        "--conditioning unconditional, class_conditional and text_conditional. Without --resolution, images are "
+        "resized up to the nearest side whose latents the UNet can halve (e.g. 28 -> 32 px).",
+    )
+    model.add_argument(
+        "--vae_subfolder", type=str, default=None, help="The subfolder of --vae that holds the VAE (e.g. 'vae')."
+    )
     model.add_argument("--num_train_timesteps", type=int, default=1000, help="Diffusion steps of the DDPMScheduler.")
     model.add_argument(
         "--beta_schedule",

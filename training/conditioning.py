@@ -87,6 +87,8 @@ class Unconditional:
     default_unet_config = DEFAULT_UNCONDITIONAL_UNET_CONFIG
     has_class_labels = False
     evaluates_on_held_out_images = False
+    # The VAE of a latent run (see `make_conditioning`); its pipeline decodes the latents the UNet denoises.
+    vae = None
 
     def __init__(self, args, num_classes: int = 0):
         self.args = args
@@ -99,7 +101,7 @@ class Unconditional:
         return noisy_images, {}
 
     def build_pipeline(self, unet, scheduler):
-        return UnconditionalImagePipeline(unet=unet, scheduler=scheduler)
+        return UnconditionalImagePipeline(unet=unet, scheduler=scheduler, vae=self.vae)
 
     def sample_grid(self, pipeline, generator: torch.Generator):
         columns = self.args.num_samples_per_class
@@ -135,6 +137,7 @@ class ClassConditioning:
     default_unet_config = DEFAULT_CONDITIONAL_UNET_CONFIG
     has_class_labels = True
     evaluates_on_held_out_images = False
+    vae = None
 
     def __init__(self, args, num_classes: int, id2label: Dict[int, str]):
         self.args = args
@@ -160,6 +163,7 @@ class ClassConditioning:
             num_classes=self.num_classes,
             id2label=self.id2label,
             guidance_scale=self.args.guidance_scale,
+            vae=self.vae,
         )
 
     def sample_grid(self, pipeline, generator: torch.Generator):
@@ -198,6 +202,7 @@ class TextConditioning:
     default_unet_config = DEFAULT_CONDITIONAL_UNET_CONFIG
     has_class_labels = False
     evaluates_on_held_out_images = False
+    vae = None
 
     def __init__(
         self,
@@ -261,6 +266,7 @@ class TextConditioning:
             tokenizer=self.tokenizer,
             max_text_length=self.max_text_length,
             guidance_scale=self.args.guidance_scale,
+            vae=self.vae,
         )
 
     def sample_grid(self, pipeline, generator: torch.Generator):
@@ -306,6 +312,8 @@ class LowResolutionConditioning:
     has_class_labels = False
     # --eval_steps scores its upscalings of held-out training images, not samples from noise
     evaluates_on_held_out_images = True
+    # A super-resolution stage works in pixels (train.py refuses --vae for it).
+    vae = None
 
     def __init__(
         self,
@@ -526,14 +534,18 @@ def text_length(args, tokenizer) -> int:
     return min(args.max_text_length, tokenizer.model_max_length)
 
 
-def make_conditioning(args, data, device, resolution: int, held_out_data=None):
+def make_conditioning(args, data, device, resolution: int, held_out_data=None, vae=None):
     """The conditioning object of `--conditioning` for the training data `data` at `resolution` (a text encoder goes
-    on `device`; a super-resolution stage is evaluated on `held_out_data`)."""
+    on `device`; a super-resolution stage is evaluated on `held_out_data`), whose pipeline decodes with `vae` (a latent
+    run)."""
     mode = conditioning_class(args)
     if mode is TextConditioning:
-        return TextConditioning.load(args, data, device)
-    if mode is ClassConditioning:
-        return ClassConditioning(args, data.num_classes, data.id2label)
-    if issubclass(mode, LowResolutionConditioning):
-        return mode.from_data(args, data, resolution, held_out_data)
-    return Unconditional(args, data.num_classes)
+        conditioning = TextConditioning.load(args, data, device)
+    elif mode is ClassConditioning:
+        conditioning = ClassConditioning(args, data.num_classes, data.id2label)
+    elif issubclass(mode, LowResolutionConditioning):
+        conditioning = mode.from_data(args, data, resolution, held_out_data)
+    else:
+        conditioning = Unconditional(args, data.num_classes)
+    conditioning.vae = vae
+    return conditioning

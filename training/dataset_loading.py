@@ -393,33 +393,39 @@ def decode_once(dataset, image_mode: str, resolution: int):
 
 
 class TrainTransform:
-    """Batch transform for `Dataset.with_transform` on `decode_once` data: `pixel_values` in [-1, 1], `labels`.
+    """Batch transform for `Dataset.with_transform` on `decode_once` data: `pixel_values` in [-1, 1], `labels`, and
+    `flipped` (which images the random flip mirrored).
 
     Random crops and flips are drawn from a generator seeded by `(seed, epoch, example index)` rather than from any
     shared random state. They are therefore the same whatever the number of DataLoader workers or processes, and a
     run resumed from a checkpoint sees exactly the augmentations the uninterrupted run would. The training loop sets
-    `epoch` before each pass over the data (DataLoader workers start afterwards and see the new value).
+    `epoch` before each pass over the data (DataLoader workers start afterwards and see the new value). A latent run
+    (`with_pixels=False`) reads only `flipped` and the conditions: its images were encoded once.
     """
 
-    def __init__(self, resolution: int, center_crop: bool, random_flip: bool, seed: int):
+    def __init__(self, resolution: int, center_crop: bool, random_flip: bool, seed: int, with_pixels: bool = True):
         self.resolution = resolution
         self.center_crop = center_crop
         self.random_flip = random_flip
         self.seed = seed
+        self.with_pixels = with_pixels
         self.epoch = 0
 
     def __call__(self, examples):
-        arrays = []
+        arrays, flips = [], []
         for raw, shape, index in zip(examples[PIXELS_COLUMN], examples[PIXELS_SHAPE_COLUMN], examples[INDEX_COLUMN]):
             rng = np.random.default_rng((self.seed, self.epoch, index))
             crop_position = None if self.center_crop else tuple(rng.random(2))
+            flips.append(self.random_flip and rng.random() < 0.5)
+            if not self.with_pixels:
+                continue
             array = crop_square(np.frombuffer(raw, dtype=np.uint8).reshape(shape), self.resolution, crop_position)
-            if self.random_flip and rng.random() < 0.5:
-                array = array[:, ::-1]
-            arrays.append(array)
-        # One conversion for the whole batch: uint8 HWC -> float NCHW in [-1, 1]
-        pixel_values = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        batch = {"pixel_values": pixel_values.contiguous(), INDEX_COLUMN: torch.tensor(examples[INDEX_COLUMN])}
+            arrays.append(array[:, ::-1] if flips[-1] else array)
+        batch = {INDEX_COLUMN: torch.tensor(examples[INDEX_COLUMN]), "flipped": torch.tensor(flips)}
+        if self.with_pixels:
+            # One conversion for the whole batch: uint8 HWC -> float NCHW in [-1, 1]
+            pixel_values = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+            batch["pixel_values"] = pixel_values.contiguous()
         if "label" in examples:
             batch["labels"] = torch.tensor(examples["label"], dtype=torch.long)
         if "caption" in examples:

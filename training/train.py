@@ -73,6 +73,15 @@ from diffkit.training.evaluate import (
     write_metrics,
 )
 from diffkit.training.feature_extractors import MobileNetV2Features
+from diffkit.training.latents import (
+    check_latent_resolution,
+    check_vae_args,
+    down_factor_of,
+    encode_training_images,
+    fitting_resolution,
+    latent_data_config,
+    load_vae,
+)
 from diffkit.training.losses import min_snr_loss_weights, offset_noise, perturbed_input_noise
 from diffkit.training.metrics import PRECISION_RECALL_K
 from diffkit.training.output_lock import (
@@ -162,8 +171,10 @@ def validate_args(args):
         )
     if args.max_grad_norm <= 0:
         raise ValueError(f"`--max_grad_norm` must be positive, but is {args.max_grad_norm}.")
-    if args.resolution is not None:
-        check_resolution(args.resolution, base_unet_config(args))
+    unet_config = base_unet_config(args)
+    check_vae_args(args, unet_config, unet_down_factor(unet_config))
+    if args.resolution is not None and args.vae is None:
+        check_resolution(args.resolution, unet_config)
     check_hub_args(args)
     check_output_dir_free(args.output_dir)
     check_output_dir(args)
@@ -240,6 +251,23 @@ def run_config(args) -> dict:
     return {k: v for k, v in vars(args).items() if k not in NON_RUN_FLAGS}
 
 
+def latent_run_resolution(args, image_side: int, vae) -> int:
+    """The image side of a latent run: --resolution (checked to fit), or the images' side, resized up to the nearest
+    one whose latents the UNet can halve evenly."""
+    vae_down_factor, down_factor = down_factor_of(vae.config), unet_down_factor(base_unet_config(args))
+    if args.resolution is not None:
+        check_latent_resolution(args.resolution, vae_down_factor, down_factor, "--resolution")
+        return args.resolution
+    resolution = fitting_resolution(image_side, vae_down_factor, down_factor)
+    if resolution != image_side:
+        logger.info(
+            f"The {image_side}px images give latents that the UNet cannot halve evenly, so they are resized to "
+            f"{resolution}px ({resolution // vae_down_factor}x{resolution // vae_down_factor} latents); pass "
+            "--resolution to choose the size."
+        )
+    return resolution
+
+
 def check_output_dir(args, parser=None):
     """Refuse to resume from a checkpoint made with other flags, and an --output_dir that holds another run
     (`parser`, by default train.py's, gives the defaults of flags added since an older run)."""
@@ -307,9 +335,14 @@ def base_unet_config(args) -> dict:
     return load_unet_config(mode.unet_class, args.model_config_name_or_path)
 
 
+def unet_down_factor(unet_config: dict) -> int:
+    """How many times a UNet of `unet_config` shrinks its input at its lowest resolution."""
+    return 2 ** (len(unet_config["down_block_types"]) - 1)
+
+
 def check_resolution(resolution: int, unet_config: dict):
     num_down_blocks = len(unet_config["down_block_types"])
-    downsampling_factor = 2 ** (num_down_blocks - 1)
+    downsampling_factor = unet_down_factor(unet_config)
     if resolution % downsampling_factor != 0:
         raise ValueError(
             f"`--resolution` {resolution} cannot be halved evenly by the UNet's {num_down_blocks} down blocks: it "
@@ -374,7 +407,8 @@ def build_pipeline(unet, noise_scheduler, conditioning):
     # against 126.4) and FID-MobileNetV2 (60.2 against 62.1), where DPM-Solver++, UniPC and DDIM at 20 steps land
     # 19-28% below DDPM-1000's FD-classifier and far above its FID-MobileNetV2 (102-144), i.e. on other images.
     # `clip_sample` keeps its clean-image estimates in the data range [-1, 1].
-    inference_scheduler = DDPMScheduler.from_config(noise_scheduler.config, clip_sample=True)
+    # A latent model's samples are latents, which may lie outside [-1, 1]: only pixels are clipped.
+    inference_scheduler = DDPMScheduler.from_config(noise_scheduler.config, clip_sample=conditioning.vae is None)
     return conditioning.build_pipeline(unet, inference_scheduler)
 
 
@@ -599,9 +633,10 @@ def claim_output_dir(accelerator, args):
     return output_dir_lock, resume_dir
 
 
-def training_dataloader(args, decoded_dataset, resolution: int):
-    """The augmentation (its epoch set by `epoch_batches`) and the shuffled DataLoader of `decode_once` data."""
-    train_transform = TrainTransform(resolution, args.center_crop, args.random_flip, args.seed)
+def training_dataloader(args, decoded_dataset, resolution: int, with_pixels: bool = True):
+    """The augmentation (its epoch set by `epoch_batches`) and the shuffled DataLoader of `decode_once` data (without
+    the pixels, for a latent run)."""
+    train_transform = TrainTransform(resolution, args.center_crop, args.random_flip, args.seed, with_pixels)
     train_dataset = decoded_dataset.with_transform(train_transform)
     train_dataloader = torch.utils.data.DataLoader(
         train_dataset,
@@ -715,6 +750,11 @@ def main(args):
                 f"training image is only {width}x{height}: training on enlarged images would teach it to imitate "
                 "enlargement. Lower --resolution to the images' size or use larger images."
             )
+    vae = None
+    if args.vae is not None:
+        # A latent run: the frozen VAE, checked against the data, and the side its latents and the UNet both fit
+        vae = load_vae(args, data.num_channels, accelerator.device)
+        resolution = latent_run_resolution(args, resolution, vae)
     # The main process decodes first, so that the others read the cache it leaves (for datasets on disk).
     with accelerator.main_process_first():
         decoded_dataset = decode_once(data.dataset, data.image_mode, resolution)
@@ -725,12 +765,22 @@ def main(args):
 
     # Before anything is written to --output_dir: one live run per output folder, held by the main process.
     output_dir_lock, resume_dir = claim_output_dir(accelerator, args)
-    train_transform, train_dataloader = training_dataloader(args, decoded_dataset, resolution)
+    latent_distributions, model_channels, model_size = None, data.num_channels, resolution
+    if vae is not None:
+        latent_distributions, encode_seconds = encode_training_images(
+            accelerator, vae, decoded_dataset, resolution, args
+        )
+        model_channels, model_size = vae.config.latent_channels, resolution // down_factor_of(vae.config)
+        logger.info(
+            f"Encoded {len(decoded_dataset)} training images into {model_channels}x{model_size}x{model_size} latents "
+            f"in {encode_seconds:.1f}s" + (" (each also mirrored, for --random_flip)" if args.random_flip else "")
+        )
+    train_transform, train_dataloader = training_dataloader(args, decoded_dataset, resolution, with_pixels=vae is None)
     num_images = len(train_dataloader.dataset)
 
     # 2. Model, noise scheduler, optimiser
-    conditioning = make_conditioning(args, data, accelerator.device, resolution, held_out_data)
-    unet = build_unet(args, conditioning, data.num_channels, resolution)
+    conditioning = make_conditioning(args, data, accelerator.device, resolution, held_out_data, vae)
+    unet = build_unet(args, conditioning, model_channels, model_size)
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     if args.allow_tf32:
@@ -784,6 +834,10 @@ def main(args):
     total_batch_size = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     logger.info("***** Running training *****")
     logger.info(f"  Data = {data.source}: {num_images} images, {data.num_channels} channel(s), {resolution}px")
+    if vae is not None:
+        logger.info(
+            f"  Latent space = {args.vae}: {model_channels}x{model_size}x{model_size} latents of {resolution}px"
+        )
     logger.info(f"  Conditioning = {conditioning.describe()}")
     num_parameters = sum(p.numel() for p in unet.parameters())
     logger.info(f"  UNet = {type(accelerator.unwrap_model(unet)).__name__}, {num_parameters:,} parameters")
@@ -819,7 +873,12 @@ def main(args):
                     f"Process {accelerator.process_index} starts on examples {batch[INDEX_COLUMN].tolist()}",
                     main_process_only=False,
                 )
-            clean_images = batch["pixel_values"]
+            if latent_distributions is not None:
+                # A latent run: latents drawn from the posteriors encoded before training (the mirror image's where
+                # the augmentation flipped the image)
+                clean_images = latent_distributions.sample(batch[INDEX_COLUMN], batch["flipped"], noise_generator)
+            else:
+                clean_images = batch["pixel_values"]
             batch_size = clean_images.shape[0]
             noise = torch.randn(
                 clean_images.shape, generator=noise_generator, device=clean_images.device, dtype=clean_images.dtype
@@ -926,6 +985,7 @@ def main(args):
                 "resolution": resolution,
                 "id2label": data.id2label,
                 **conditioning.data_config(),
+                **({"latent": latent_data_config(args, vae.config, resolution, encode_seconds)} if vae else {}),
             },
             "run": {
                 "num_processes": accelerator.num_processes,

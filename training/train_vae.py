@@ -44,6 +44,7 @@ from diffkit.training.dataset_loading import (
 )
 from diffkit.training.evaluate import real_images_from_data
 from diffkit.training.feature_extractors import MobileNetV2Features
+from diffkit.training.latents import down_factor_of
 from diffkit.training.metrics import feature_statistics, frechet_distance
 from diffkit.training.output_lock import check_output_dir_free, release_output_dir
 from diffkit.training.reconstruction import psnr, reconstruction_grid, ssim
@@ -168,11 +169,6 @@ def block_out_channels(args):
 def blocks_for(down_factor: int) -> int:
     """The down blocks of an AutoencoderKL that shrinks images `down_factor` times: each but the last halves them."""
     return int(math.log2(down_factor)) + 1
-
-
-def down_factor_of(config) -> int:
-    """How many times an AutoencoderKL of `config` shrinks each side of the images."""
-    return 2 ** (len(config.block_out_channels) - 1)
 
 
 def check_resolution_fits(resolution: int, down_factor: int, what: str):
