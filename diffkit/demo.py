@@ -206,6 +206,16 @@ def image_generators(seed, num_images: int) -> List[torch.Generator]:
     return [torch.Generator("cpu").manual_seed(seed + i) for i in range(num_images)]
 
 
+def image_side(pipe) -> int:
+    """The side of a diffkit pipeline's images: the UNet's sample size, times the VAE's down factor for a latent
+    model."""
+    sample_size = pipe.unet.config.sample_size
+    side = min(sample_size) if isinstance(sample_size, (list, tuple)) else sample_size
+    if getattr(pipe, "vae", None) is not None:
+        side *= 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    return side
+
+
 def tensor_to_pil(images: torch.Tensor) -> List[Image.Image]:
     """(batch, channels, height, width) in [-1, 1] to PIL images (grey for one channel)."""
     pixels = ((images.float().cpu() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
@@ -251,7 +261,10 @@ def stream_pipeline(pipe, call_kwargs: Dict, captions: List[str], show_denoising
         preview_due = time.perf_counter() - last_preview[0] >= PREVIEW_INTERVAL_S or step_index + 1 == num_steps
         if show_denoising and preview_due:
             last_preview[0] = time.perf_counter()
-            frames = tensor_to_pil(callback_kwargs["pred_original_sample"])  # here, on the compute thread
+            prediction = callback_kwargs["pred_original_sample"]
+            if getattr(pipe, "vae", None) is not None:  # a latent model predicts latents: show their decoding
+                prediction = pipe.decode_latents(prediction)
+            frames = tensor_to_pil(prediction)  # here, on the compute thread
         events.put(("step", step_index + 1, num_steps, frames))
         return {}
 
@@ -449,16 +462,17 @@ def diffkit_tab(pipe, title: str, api_name: str, max_images: int):
                 )
                 num_inference_steps, sampler, seed, show_denoising = sampling_controls(saved_scheduler, default_steps)
                 button = gr.Button("Generate", variant="primary")
-                with gr.Accordion("Edit an image: inpaint, img2img, denoise", open=False):
+                # A latent model cannot remove pixel noise in its latents: it inpaints and redraws only.
+                tasks = [task for task in EDIT_TASKS if not (task == "denoise" and getattr(pipe, "vae", None))]
+                with gr.Accordion(f"Edit an image: {', '.join(tasks)}", open=False):
                     edit_task = gr.Radio(
-                        list(EDIT_TASKS),
+                        tasks,
                         value="inpaint",
                         label="Task",
-                        info="inpaint: fill what you paint; img2img: redraw towards the condition above; denoise: "
-                        "remove Gaussian noise of the given level.",
+                        info="inpaint: fill what you paint; img2img: redraw towards the condition above"
+                        + ("; denoise: remove Gaussian noise of the given level." if "denoise" in tasks else "."),
                     )
-                    sample_size = pipe.unet.config.sample_size
-                    side = min(sample_size) if isinstance(sample_size, (list, tuple)) else sample_size
+                    side = image_side(pipe)
                     editor = gr.ImageEditor(
                         type="pil",
                         format="png",

@@ -80,6 +80,9 @@ def render_model_card(
     names = list((data["id2label"] or {}).values()) if class_conditional else []
     kind = CONDITIONING_KINDS[conditioning]
     tags = ["diffkit", "diffusers", "ddpm", kind]
+    latent = data.get("latent")
+    if latent:
+        tags.append("latent-diffusion")
     dataset_id = args.get("dataset_name")
     if dataset_id is None and args.get("train_data_dir") is None:
         dataset_id = EMBEDDED_DATASET_HUB_IDS.get(args.get("dataset"))
@@ -153,6 +156,18 @@ def render_model_card(
         diffkit_name=f"[diffkit]({url})" if (url := repository_url()) else "diffkit",
         install_instructions=install_instructions(url),
         evaluation=evaluation_section(metrics) if metrics else "",
+        latent_space=latent_space_text(latent) if latent else "",
+    )
+
+
+def latent_space_text(latent: dict) -> str:
+    """The card's description of a latent run's space: the VAE, its down factor, the latents and their scaling."""
+    vae = latent["vae"] + (f" (subfolder {latent['vae_subfolder']})" if latent.get("vae_subfolder") else "")
+    shift = f", shift_factor {latent['shift_factor']}" if latent.get("shift_factor") is not None else ""
+    return (
+        f"latents of {vae}, frozen (its copy is the pipeline's `vae`): {latent['latent_channels']}x"
+        f"{latent['latent_size']}x{latent['latent_size']}, {latent['down_factor']}x smaller per side, scaling_factor "
+        f"{latent['scaling_factor']}{shift}"
     )
 
 

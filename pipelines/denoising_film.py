@@ -60,6 +60,9 @@ class DenoisingFilm:
                 "`callback_on_step_end_tensor_inputs=film.tensor_inputs` with `callback_on_step_end=film`."
             )
         prediction = callback_kwargs["pred_original_sample"]
+        if getattr(pipe, "vae", None) is not None:
+            # a latent model predicts clean latents: the film shows the images they decode to
+            prediction = pipe.decode_latents(prediction)
         self.frames.append((prediction.detach().float().cpu() / 2 + 0.5).clamp(0, 1))
         self.timesteps.append(int(timestep))
         return {}  # nothing is changed

@@ -325,6 +325,10 @@ class ClassConditionalInpaintPipeline(DiffusionPipeline):
             pil_image = pil_image.convert(mode)
         size = self.image_size()
         if pil_image.size != (size[1], size[0]):
+            logger.info(
+                f"`{argument}` is {pil_image.size[0]}x{pil_image.size[1]}; the model makes {size[1]}x{size[0]} "
+                "images, so it is resized (bicubic)."
+            )
             pil_image = pil_image.resize((size[1], size[0]), PIL.Image.BICUBIC)
         array = np.asarray(pil_image, dtype=np.float32) / 255.0
         if array.ndim == 2:

@@ -246,3 +246,85 @@ def test_a_vae_does_not_change_a_pipeline_without_one(tiny_condition_unet):
     ).images
     torch.testing.assert_close(images, (final["latents"] / 2 + 0.5).clamp(0, 1))
     assert NUM_TEST_CLASSES == pipe.config.num_classes
+
+
+def test_the_denoising_film_shows_decoded_images_of_a_latent_model(class_pipe):
+    from diffkit import DenoisingFilm
+
+    film = DenoisingFilm(frame_scale=1)
+    images = class_pipe(
+        class_labels=[0],
+        num_inference_steps=3,
+        generator=generator(),
+        output_type="pt",
+        callback_on_step_end=film,
+        callback_on_step_end_tensor_inputs=film.tensor_inputs,
+    ).images
+    assert [tuple(frame.shape) for frame in film.frames] == [(1, 1, IMAGE_SIDE, IMAGE_SIDE)] * 3
+    assert film.strip().size == (3 * IMAGE_SIDE, IMAGE_SIDE)
+    # DDPM's last estimate is the final sample: the last frame is the image itself
+    torch.testing.assert_close(film.frames[-1], images)
+
+
+def test_diffkit_edit_takes_a_latent_folder_and_refuses_to_denoise_before_loading(class_pipe, tmp_path, monkeypatch):
+    from diffkit.cli.edit import main
+
+    class_pipe.save_pretrained(tmp_path / "model")
+    digit(side=12).save(tmp_path / "digit.png")  # another size: resized to the model's 16 px
+    mask = np.zeros((12, 12), dtype=np.uint8)
+    mask[6:] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    common = ["--pipeline", str(tmp_path / "model"), "--image", str(tmp_path / "digit.png"), "--steps", "2"]
+    main(["inpaint", *common, "--mask", str(tmp_path / "mask.png"), "--class", "1", "--out", str(tmp_path / "out")])
+    main(["img2img", *common, "--class", "1", "--strength", "0.5", "--out", str(tmp_path / "out")])
+    written = sorted(path.name for path in (tmp_path / "out").iterdir())
+    assert written == ["img2img-1-seed0-0.png", "inpaint-1-seed0-0.png"]
+    assert Image.open(tmp_path / "out" / "inpaint-1-seed0-0.png").size == (IMAGE_SIDE, IMAGE_SIDE)
+    loads = []
+    monkeypatch.setattr(ClassConditionalImagePipeline, "from_pretrained", lambda *a, **k: loads.append(a))
+    with pytest.raises(ValueError, match="`denoise` removes pixel noise, which `--pipeline` .* is a latent model"):
+        main(["denoise", *common, "--class", "1", "--noise_level", "0.2", "--out", str(tmp_path / "out")])
+    assert loads == []
+
+
+def test_the_web_demo_serves_a_latent_model_without_its_denoise_task(class_pipe, tmp_path):
+    from gradio_client import Client, handle_file
+
+    from diffkit.demo import SAVED_SAMPLER, build_demo
+
+    from .utils import free_port
+
+    demo = build_demo({"latent digits": class_pipe}, max_images=4).queue(default_concurrency_limit=1)
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
+        job = client.submit(["1"], 2, 3.0, 3, SAVED_SAMPLER, 0, True, api_name="/generate_latent_digits")
+        gallery, info = job.result()
+        assert info.startswith("2 images of 16x16")
+        first_preview = job.outputs()[0][0]  # the predicted clean images, decoded: pixels, not latents
+        assert np.asarray(Image.open(first_preview[0]["image"])).shape == (IMAGE_SIDE, IMAGE_SIDE)
+        digit().save(tmp_path / "digit.png")
+        layer = np.zeros((IMAGE_SIDE, IMAGE_SIDE, 4), dtype=np.uint8)
+        layer[8:] = 255
+        Image.fromarray(layer, "RGBA").save(tmp_path / "painted.png")
+        background = handle_file(str(tmp_path / "digit.png"))
+        editor = {
+            "background": background,
+            "layers": [handle_file(str(tmp_path / "painted.png"))],
+            "composite": background,
+        }
+        request = (["1"], 1, 3.0, 3, SAVED_SAMPLER, 0, False, editor)
+        gallery, info = client.predict(*request, "inpaint", 0.6, 0.2, api_name="/edit_latent_digits")
+        edited = np.asarray(Image.open(gallery[0]["image"]))
+        np.testing.assert_array_equal(edited[:8], np.asarray(digit())[:8])
+        with pytest.raises(
+            Exception, match="Task: Value: 'denoise' .* is not in the list of choices: \\['inpaint', 'img2img'\\]"
+        ):
+            client.predict(*request, "denoise", 0.6, 0.2, api_name="/edit_latent_digits")
+        config = client.view_api(print_info=False, return_format="dict")
+        task_parameter = next(
+            p for p in config["named_endpoints"]["/edit_latent_digits"]["parameters"] if p["parameter_name"] == "task"
+        )
+        assert task_parameter["type"]["enum"] == ["inpaint", "img2img"]
+    finally:
+        demo.close()

@@ -76,6 +76,9 @@ def test_accelerate_launch_trains_a_latent_pipeline_that_decodes_with_its_vae(la
     latent = config["data"]["latent"]
     assert latent["down_factor"] == 2 and latent["latent_size"] == LATENT_SIDE and latent["latent_channels"] == 2
     assert latent["scaling_factor"] == SCALING_FACTOR and latent["shift_factor"] == SHIFT_FACTOR
+    card = (output_dir / "README.md").read_text()
+    assert "- latent-diffusion" in card and "| space | latents of " in card
+    assert "scaling_factor 0.7, shift_factor 0.1" in card
     # the grid and the pipeline's images are in pixels, at the data's resolution
     from PIL import Image
 

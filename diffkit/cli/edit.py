@@ -211,6 +211,12 @@ def check_task(args, kind: str, config: dict):
         raise ValueError(
             f"`--pipeline` {args.pipeline!r} is a super-resolution stage: it can only `upscale`, not {args.task}."
         )
+    if args.task == "denoise" and (config.get("vae") or [None])[0] is not None:
+        raise ValueError(
+            f"`denoise` removes pixel noise, which `--pipeline` {args.pipeline!r} cannot: it is a latent model (it "
+            "has a `vae`), and pixel noise is not noise in its latents. Redraw the image with `img2img --strength "
+            "0.3` instead."
+        )
     if args.task == "upscale":
         with Image.open(args.image) as image:
             width, height = image.size
