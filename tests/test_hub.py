@@ -587,3 +587,52 @@ def test_a_vae_trained_with_push_to_hub_loads_from_the_hub(hub, tmp_path):
     assert_ran(loaded)
     saved = json.loads((tmp_path / "vae" / "config.json").read_text())["scaling_factor"]
     assert f"scaling_factor {saved}" in loaded.stdout
+
+
+@pytest.mark.slow
+def test_a_latent_pipeline_pushed_with_the_push_command_loads_without_diffkit(hub, tmp_path):
+    """A folder with a `vae` needs no special flag: diffkit-push uploads the VAE beside the UNet, and plain diffusers
+    loads the pipeline (and its VAE) as remote code, giving the same images."""
+    repo_id = "diffkit-tests/latent-tiny"
+    save = """
+        import sys, torch
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from diffkit import ClassConditionalImagePipeline
+        from tests.utils import TINY_CONDITION_UNET_CONFIG
+        torch.manual_seed(0)
+        config = {**TINY_CONDITION_UNET_CONFIG, "in_channels": 2, "out_channels": 2, "encoder_hid_dim": 11}
+        unet = UNet2DConditionModel(**config)  # 10 classes and the null label, as GENERATE asks for 3 and 7
+        vae = AutoencoderKL(
+            in_channels=1, out_channels=1, down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), latent_channels=2,
+            norm_num_groups=4, layers_per_block=1, scaling_factor=0.7,
+        )
+        pipe = ClassConditionalImagePipeline(unet, DDPMScheduler(), vae=vae)
+        pipe.save_pretrained(sys.argv[2])
+        """
+    folder = tmp_path / "latent"
+    assert_ran(run_python([save, GENERATE], hub_environment(hub, tmp_path), tmp_path / "saved.npy", folder))
+    push = subprocess.run(
+        [sys.executable, "-m", "diffkit.push", str(folder), repo_id],
+        cwd=REPO_ROOT,
+        env=hub_environment(hub, tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert_ran(push)
+    assert {"vae/config.json", "vae/diffusion_pytorch_model.safetensors"} <= set(hub.files(repo_id))
+    load = [
+        WITHOUT_DIFFKIT,
+        f"""
+        from diffusers import DiffusionPipeline
+        pipe = DiffusionPipeline.from_pretrained({repo_id!r}, trust_remote_code=True)
+        assert type(pipe.vae).__name__ == "AutoencoderKL", type(pipe.vae)
+        """,
+        GENERATE,
+    ]
+    result = run_python(load, hub_environment(hub, tmp_path / "loader"), tmp_path / "loaded.npy")
+    assert_ran(result)
+    loaded = np.load(tmp_path / "loaded.npy")
+    assert loaded.shape == (2, 16, 16, 1)  # 8x8 latents, decoded to 16 px
+    np.testing.assert_array_equal(loaded, np.load(tmp_path / "saved.npy"))

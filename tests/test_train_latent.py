@@ -293,3 +293,45 @@ def test_the_latent_flags_are_documented_as_diffusers_spells_them():
     args = build_parser().parse_args(["--pretrained_vae_model_name_or_path", "vae-out", "--vae_subfolder", "vae"])
     assert args.vae == "vae-out" and args.vae_subfolder == "vae"
     assert latents.LATENT_CONDITIONINGS == ("unconditional", "class_conditional", "text_conditional")
+
+
+def test_evaluation_during_a_latent_run_scores_decoded_images_and_keeps_the_vae(tmp_path, vae_folder, unet_config):
+    output_dir = tmp_path / "out"
+    run_in_process(
+        [
+            "--vae",
+            vae_folder,
+            "--model_config_name_or_path",
+            unet_config,
+            "--output_dir",
+            str(output_dir),
+            "--max_train_samples",
+            "40",
+            "--train_batch_size",
+            "8",
+            "--max_train_steps",
+            "2",
+            "--resolution",
+            "16",
+            "--num_inference_steps",
+            "2",
+            "--num_samples_per_class",
+            "1",
+            "--eval_steps",
+            "2",
+            "--eval_num_samples",
+            "12",
+            "--eval_batch_size",
+            "6",
+            "--eval_feature_resolution",
+            "32",
+            "--save_best_by",
+            "FD-classifier",
+        ]  # fmt: skip
+    )
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert metrics["num_samples"] == 12 and np.isfinite(metrics["generated"]["FID-MobileNetV2"])
+    # the images were scored in pixels: 16 px digits against the real ones at 16 px
+    assert 0 <= metrics["class-accuracy"] <= 1
+    best = ClassConditionalImagePipeline.from_pretrained(output_dir / "best")
+    assert best.vae is not None and best.vae.config.scaling_factor == SCALING_FACTOR

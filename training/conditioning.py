@@ -223,6 +223,11 @@ class TextConditioning:
         """Load `--text_encoder` onto `device` and, with `--precompute_text_embeddings`, encode every caption once."""
         text_encoder, tokenizer = load_text_encoder(args.text_encoder or DEFAULT_TEXT_ENCODER, args.cache_dir)
         text_encoder.to(device)
+        # What diffusers' StableDiffusionPipeline reads to encode prompts as `encode_text` does, so that a latent run
+        # also loads there: the tokenizer pads to `model_max_length` tokens, and the encoder gets the attention mask
+        # only when its config says `use_attention_mask`.
+        tokenizer.model_max_length = text_length(args, tokenizer)
+        text_encoder.config.use_attention_mask = True
         caption_embeddings = None
         if args.precompute_text_embeddings:
             caption_embeddings = CaptionEmbeddings(

@@ -38,7 +38,13 @@ from tqdm.auto import tqdm
 from diffkit.model_cards.card import render_model_card
 from diffkit.pipelines import model_kinds
 from diffkit.push import HubPushError, check_repo_id, create_hub_repo, push_checkpoint, push_pipeline_folder
-from diffkit.training.arguments import DEFAULT_MAX_NOISE_LEVEL, NON_RUN_FLAGS, build_parser, conditioning_kind
+from diffkit.training.arguments import (
+    DEFAULT_MAX_NOISE_LEVEL,
+    DEFAULT_TEXT_ENCODER,
+    NON_RUN_FLAGS,
+    build_parser,
+    conditioning_kind,
+)
 from diffkit.training.checkpointing import (
     is_partial_checkpoint,
     list_checkpoints,
@@ -90,6 +96,7 @@ from diffkit.training.output_lock import (
     hold_output_dir_for_run,
     release_output_dir,
 )
+from diffkit.training.text_conditioning import resolve_text_encoder
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -145,6 +152,8 @@ def validate_args(args):
                     f"`--{name}` only applies to --conditioning text_conditional, but --conditioning is "
                     f"{args.conditioning!r}."
                 )
+    if args.conditioning == model_kinds.TEXT_CONDITIONAL:
+        resolve_text_encoder(args.text_encoder or DEFAULT_TEXT_ENCODER)  # an embedded encoder's wheel is installed
     if args.max_text_length < 1:
         raise ValueError(f"`--max_text_length` must be a positive integer, but is {args.max_text_length}.")
     check_low_resolution_args(args)
