@@ -29,6 +29,7 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from diffkit.model_cards.card import render_model_card
+from diffkit.pipelines import model_kinds
 
 
 def hub_transport_errors() -> tuple:
@@ -128,6 +129,8 @@ def read_pipeline_folder(folder: str) -> dict:
     with open(model_index_file, encoding="utf-8") as f:
         model_index = json.load(f)
     class_name = model_index.get("_class_name")
+    if model_kinds.loads_as_stable_diffusion(model_index):
+        return model_index  # diffusers' own StableDiffusionPipeline loads it: no code needs to go with it
     if not (isinstance(class_name, list) and os.path.isfile(os.path.join(folder, f"{class_name[0]}.py"))):
         raise ValueError(
             f"{folder!r} holds a pipeline ({class_name!r}) without its code beside it, so people without diffkit "
@@ -173,7 +176,10 @@ def push_pipeline_folder(
     """
     model_index = read_pipeline_folder(folder)
     check_repo_id(repo_id)
-    module_name, class_name = model_index["_class_name"]
+    if model_kinds.loads_as_stable_diffusion(model_index):
+        module_name, class_name = model_kinds.PIPELINES[model_kinds.TEXT_CONDITIONAL][model_kinds.GENERATE]
+    else:
+        module_name, class_name = model_index["_class_name"]
     training_config_file = os.path.join(folder, TRAINING_CONFIG_NAME)
     training_config = None
     if os.path.isfile(training_config_file):
@@ -192,7 +198,13 @@ def push_pipeline_folder(
         )
         if training_config:
             card = render_model_card(
-                training_config, class_name, module_name, repo_id, SAMPLES_NAME, revision=commit.oid
+                training_config,
+                class_name,
+                module_name,
+                repo_id,
+                SAMPLES_NAME,
+                revision=commit.oid,
+                loads_as_stable_diffusion=model_kinds.loads_as_stable_diffusion(model_index),
             )
             api.upload_file(
                 path_or_fileobj=str(card).encode("utf-8"),

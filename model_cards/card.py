@@ -59,6 +59,7 @@ def render_model_card(
     samples_file: str,
     revision: Optional[str] = None,
     metrics: Optional[dict] = None,
+    loads_as_stable_diffusion: bool = False,
 ) -> ModelCard:
     """The model card of a finished run, described by the `training_config.json` written beside the weights.
 
@@ -70,6 +71,8 @@ def render_model_card(
         samples_file: the sample grid's file name, embedded as an image.
         revision: the Hub commit that holds the weights and code; the snippets pin it when given.
         metrics: the run's `metrics.json` (training with --eval_steps), shown as an evaluation table when given.
+        loads_as_stable_diffusion: the folder names `StableDiffusionPipeline` as its class (a text-conditional latent
+            model, see `TextConditionalImagePipeline.save_config`): the snippet for plain diffusers loads it so.
     """
     args, data, run = training_config["args"], training_config["data"], training_config["run"]
     conditioning = conditioning_kind(args["conditioning"])  # runs before the kinds' names say "class", ...
@@ -157,6 +160,7 @@ def render_model_card(
         install_instructions=install_instructions(url),
         evaluation=evaluation_section(metrics) if metrics else "",
         latent_space=latent_space_text(latent) if latent else "",
+        loads_as_stable_diffusion=loads_as_stable_diffusion,
     )
 
 

