@@ -176,7 +176,8 @@ def push_pipeline_folder(
     """
     model_index = read_pipeline_folder(folder)
     check_repo_id(repo_id)
-    if model_kinds.loads_as_stable_diffusion(model_index):
+    as_stable_diffusion = model_kinds.loads_as_stable_diffusion(model_index)
+    if as_stable_diffusion:
         module_name, class_name = model_kinds.PIPELINES[model_kinds.TEXT_CONDITIONAL][model_kinds.GENERATE]
     else:
         module_name, class_name = model_index["_class_name"]
@@ -204,7 +205,7 @@ def push_pipeline_folder(
                 repo_id,
                 SAMPLES_NAME,
                 revision=commit.oid,
-                loads_as_stable_diffusion=model_kinds.loads_as_stable_diffusion(model_index),
+                loads_as_stable_diffusion=as_stable_diffusion,
             )
             api.upload_file(
                 path_or_fileobj=str(card).encode("utf-8"),

@@ -10,7 +10,7 @@ the latents that the uninterrupted run would have.
 import math
 import os
 import time
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 from accelerate.logging import get_logger
@@ -58,13 +58,13 @@ def down_factor_of(config: dict) -> int:
     return 2 ** (len(config["block_out_channels"]) - 1)
 
 
-def check_vae_args(args, unet_config: dict, unet_down_factor: int) -> Optional[dict]:
+def check_vae_args(args, unet_config: dict, unet_down_factor: int):
     """The `--vae` flags: a conditioning that trains on latents, an AutoencoderKL, latents that a given UNet config
-    takes and a --resolution that the VAE and the UNet both divide. Returns the VAE's config (None without --vae)."""
+    takes and a --resolution that the VAE and the UNet both divide."""
     if args.vae is None:
         if args.vae_subfolder is not None:
             raise ValueError("`--vae_subfolder` only applies with --vae: add --vae, or drop --vae_subfolder.")
-        return None
+        return
     if args.conditioning not in LATENT_CONDITIONINGS:
         raise ValueError(
             f"`--vae` trains in a VAE's latent space, which --conditioning {args.conditioning!r} does not support "
@@ -83,7 +83,6 @@ def check_vae_args(args, unet_config: dict, unet_down_factor: int) -> Optional[d
         )
     if args.resolution is not None:
         check_latent_resolution(args.resolution, down_factor_of(config), unet_down_factor, "--resolution")
-    return config
 
 
 def check_latent_resolution(resolution: int, vae_down_factor: int, unet_down_factor: int, what: str):

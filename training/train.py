@@ -37,13 +37,7 @@ from tqdm.auto import tqdm
 
 from diffkit.model_cards.card import render_model_card
 from diffkit.pipelines import model_kinds
-from diffkit.push import (
-    HubPushError,
-    check_repo_id,
-    create_hub_repo,
-    push_checkpoint,
-    push_pipeline_folder,
-)
+from diffkit.push import HubPushError, check_repo_id, create_hub_repo, push_checkpoint, push_pipeline_folder
 from diffkit.training.arguments import (
     DEFAULT_MAX_NOISE_LEVEL,
     DEFAULT_TEXT_ENCODER,
@@ -86,7 +80,6 @@ from diffkit.training.evaluate import (
 )
 from diffkit.training.feature_extractors import MobileNetV2Features
 from diffkit.training.latents import (
-    check_latent_resolution,
     check_vae_args,
     down_factor_of,
     encode_training_images,
@@ -267,12 +260,11 @@ def run_config(args) -> dict:
 
 
 def latent_run_resolution(args, image_side: int, vae) -> int:
-    """The image side of a latent run: --resolution (checked to fit), or the images' side, resized up to the nearest
-    one whose latents the UNet can halve evenly."""
-    vae_down_factor, down_factor = down_factor_of(vae.config), unet_down_factor(base_unet_config(args))
+    """The image side of a latent run: --resolution (which `check_vae_args` checked to fit), or the images' side,
+    resized up to the nearest one whose latents the UNet can halve evenly."""
     if args.resolution is not None:
-        check_latent_resolution(args.resolution, vae_down_factor, down_factor, "--resolution")
         return args.resolution
+    vae_down_factor, down_factor = down_factor_of(vae.config), unet_down_factor(base_unet_config(args))
     resolution = fitting_resolution(image_side, vae_down_factor, down_factor)
     if resolution != image_side:
         logger.info(
@@ -424,8 +416,8 @@ def build_pipeline(unet, noise_scheduler, conditioning):
     # `clip_sample` keeps its clean-image estimates in the data range [-1, 1].
     # A latent model's samples are latents, which may lie outside [-1, 1]: only pixels are clipped. Its timesteps are
     # offset by one, as Stable Diffusion's are (`steps_offset=1`), which StableDiffusionPipeline would impose.
-    latent_settings = {} if conditioning.vae is None else {"clip_sample": False, "steps_offset": 1}
-    inference_scheduler = DDPMScheduler.from_config(noise_scheduler.config, **{"clip_sample": True, **latent_settings})
+    settings = {"clip_sample": True} if conditioning.vae is None else {"clip_sample": False, "steps_offset": 1}
+    inference_scheduler = DDPMScheduler.from_config(noise_scheduler.config, **settings)
     return conditioning.build_pipeline(unet, inference_scheduler)
 
 
@@ -1024,7 +1016,7 @@ def main(args):
                 metrics = {**evaluation.scores, "history": evaluation.history, "best": evaluation.best}
                 write_metrics(staging_dir, metrics)
             module_name = type(pipeline).__module__.rsplit(".", 1)[-1]
-            with open(os.path.join(staging_dir, "model_index.json")) as f:
+            with open(os.path.join(staging_dir, pipeline.config_name)) as f:
                 saved_as_stable_diffusion = model_kinds.loads_as_stable_diffusion(json.load(f))
             card = render_model_card(
                 training_config,

@@ -21,6 +21,7 @@ before any model is loaded.
 import argparse
 import os
 import warnings
+from typing import Optional
 
 from PIL import Image
 
@@ -230,8 +231,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.model = args.model or DEFAULT_MODELS[args.family]
     check_model_id(args.model, "--model")
     # a local folder says at once what it holds; a Hub repo is asked only when no task names the pipeline
-    args.kind = saved_model_kind(args.model) if args.family is None or os.path.isdir(args.model) else None
-    if args.kind == TEXT_CONDITIONAL and args.family in ("sd", "img2img") and saved_as_stable_diffusion(args.model):
+    config = saved_model_config(args.model) if args.family is None or os.path.isdir(args.model) else None
+    args.kind = None if config is None else model_kind(config)
+    if args.kind == TEXT_CONDITIONAL and args.family in ("sd", "img2img") and loads_as_stable_diffusion(config):
         args.kind = STABLE_DIFFUSION  # a text-conditional latent run is also a Stable Diffusion folder: run it so
     if args.kind in DIFFKIT_KINDS:
         return check_diffkit_sampling(args, parser)
@@ -271,20 +273,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def saved_as_stable_diffusion(model: str) -> bool:
-    """Whether the diffkit model in the folder `model` was saved as a Stable Diffusion folder."""
-    from diffusers import DiffusionPipeline
-
-    return loads_as_stable_diffusion(DiffusionPipeline.load_config(model))
-
-
-def saved_model_kind(model: str):
-    """The kind of model in `model` (see `model_kinds`) from its model_index.json, read before any weights load; None
-    when diffkit does not know it, or when there is no model_index.json to read (the loaders then say more)."""
+def saved_model_config(model: str) -> Optional[dict]:
+    """The model_index.json of `model` (its kind is `model_kind` of it), read before any weights load; None when there
+    is none to read (the loaders then say more)."""
     from diffusers import DiffusionPipeline
 
     try:
-        return model_kind(DiffusionPipeline.load_config(model))
+        return DiffusionPipeline.load_config(model)
     except OSError:
         return None
 
