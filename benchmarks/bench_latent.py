@@ -218,17 +218,18 @@ def vae_table(args):
         "measured it at the end of training:\n"
     )
     print(
-        "| VAE | data | side | latents | held-out images | PSNR (dB) | SSIM | rFID-MobileNetV2 (floor) "
-        "| steps of 64 | training (min) |"
+        "| VAE | data | side | latents | perceptual term | held-out images | PSNR (dB) | SSIM "
+        "| rFID-MobileNetV2 (floor) | steps of 64 | training (min) |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for folder in args.vae:
         config = read_training_config(folder)
         vae, figures, run = config["vae"], config["figures"], config["run"]
         latents = f"{vae['latent_channels']}x{vae['latent_size']}x{vae['latent_size']} (f={vae['down_factor']})"
         print(
             f"| {os.path.basename(os.path.normpath(folder))} | {config['args']['dataset']} | "
-            f"{config['data']['resolution']} px | {latents} | {figures['held_out_images']} | {figures['psnr']:.1f} | "
+            f"{config['data']['resolution']} px | {latents} | {config['args']['perceptual']} | "
+            f"{figures['held_out_images']} | {figures['psnr']:.1f} | "
             f"{figures['ssim']:.3f} | {figures['rfid_mobilenetv2']:.1f} ({figures['rfid_mobilenetv2_floor']:.1f}) | "
             f"{run['global_step']} | {run['train_seconds'] / 60:.1f} |"
         )

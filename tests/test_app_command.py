@@ -360,4 +360,27 @@ def test_the_server_log_stays_quiet_on_edits_and_out_of_range_values(served_app,
     with pytest.raises(AppError, match="Strength: Value 2.0 is greater than maximum value 1"):
         client.predict(*settings, editor, "img2img", 2.0, 0.2, api_name=api_name)
     log = open(log_path).read()
-    assert "should be kept in float32" not in log and "Traceback" not in log, log[-3000:]
+    assert "should be kept in float32" not in log and not server_errors(log), log[-3000:]
+
+
+def server_errors(log: str) -> list:
+    """The exception lines of the tracebacks in a server log, less the clients' disconnects: on a slow machine the
+    Gradio client may drop a streaming connection that the server then reports (starlette's ClientDisconnect),
+    which is no error of the app."""
+    lines = log.splitlines()
+    errors = []
+    for index, line in enumerate(lines):
+        if line.startswith("Traceback (most recent call last):"):
+            ending = next((x for x in lines[index + 1 :] if x.strip() and not x.startswith(" ")), "(cut off)")
+            if not ending.split(":")[0].endswith("ClientDisconnect"):
+                errors.append(ending)
+    return errors
+
+
+def test_server_errors_tell_app_errors_from_client_disconnects():
+    header = "Traceback (most recent call last):\n"
+    disconnect = header + '  File "x.py", line 1, in f\n    g()\nstarlette.requests.ClientDisconnect\n'
+    failure = header + '  File "app.py", line 2, in h\n    1 / 0\nZeroDivisionError: division by zero\n'
+    assert server_errors("INFO: started\n" + disconnect) == []
+    assert server_errors(disconnect + failure) == ["ZeroDivisionError: division by zero"]
+    assert server_errors('Traceback (most recent call last):\n  File "a.py", line 3') == ["(cut off)"]
