@@ -54,6 +54,7 @@ from diffkit.training.conditioning import ClassConditioning
 from diffkit.training.dataset_loading import load_fashion_mnist, load_mnist_5k
 from diffkit.training.evaluate import (
     RealReference,
+    disjoint_real_sets,
     extract_features,
     generate,
     prepare_real_reference,
@@ -253,8 +254,7 @@ def fashion_reference(resolution: int, num_samples: int, seed: int, classifier_e
     test_accuracy = (predicted == test_labels).float().mean().item()
     reference.classifier = classifier
     reference.classifier_held_out_accuracy = test_accuracy
-    order = torch.randperm(len(test_images), generator=torch.Generator().manual_seed(seed))
-    real, floor_set = test_images[order[:num_samples]], test_images[order[num_samples : 2 * num_samples]]
+    real, floor_set = disjoint_real_sets(test_images, num_samples, seed)
     reference.classifier_real, reference.classifier_reference = (
         extract_features(classifier.features, x) for x in (real, floor_set)
     )

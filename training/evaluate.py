@@ -221,6 +221,13 @@ def real_reference_key(images, labels, num_samples, seed, feature_resolution, cl
     return digest.hexdigest()[:32]
 
 
+def disjoint_real_sets(images: torch.Tensor, num_samples: int, seed: int):
+    """The two disjoint sets of `num_samples` real images that `prepare_real_reference` draws with `seed`: the set
+    generated images are compared with, and the reference set whose distance to it is the floor."""
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    return images[order[:num_samples]], images[order[num_samples : 2 * num_samples]]
+
+
 def prepare_real_reference(
     images: torch.Tensor,
     labels: Optional[torch.Tensor],
@@ -243,8 +250,7 @@ def prepare_real_reference(
             f"`num_samples` {num_samples} needs {2 * num_samples} real images (two disjoint real sets for the "
             f"real-vs-real reference), but the training data holds {len(images)}: lower it."
         )
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
-    real, reference = images[order[:num_samples]], images[order[num_samples : 2 * num_samples]]
+    real, reference = disjoint_real_sets(images, num_samples, seed)
     key = real_reference_key(images, labels, num_samples, seed, feature_resolution, classifier_epochs)
     folder = os.path.join(cache_dir or default_cache_dir(), REAL_REFERENCE_CACHE_DIR, key)
     if os.path.isfile(os.path.join(folder, "info.json")):
