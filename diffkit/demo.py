@@ -426,11 +426,24 @@ def named_handler(function, names: List[str]):
     return handler
 
 
+def saved_default_steps(pipe) -> int:
+    """The step count `pipe` samples with when none is given: its config's (a distilled student saves its few
+    steps), else its `__call__`'s default, else its pipeline file's `DEFAULT_NUM_INFERENCE_STEPS`."""
+    call_default = inspect.signature(pipe.__call__).parameters["num_inference_steps"].default
+    module_default = getattr(inspect.getmodule(type(pipe)), "DEFAULT_NUM_INFERENCE_STEPS", None)
+    return pipe.config.get("num_inference_steps") or call_default or module_default
+
+
+def guidance_range(pipe) -> tuple:
+    """The guidance scales the slider offers: a distilled student's trained range, else 0 to MAX_GUIDANCE_SCALE."""
+    return tuple(pipe.config.get("guidance_scale_range") or (0, MAX_GUIDANCE_SCALE))
+
+
 def diffkit_tab(pipe, title: str, api_name: str, max_images: int):
     """A tab that runs a diffkit pipeline: the controls its kind takes, a gallery, and the generate event."""
     kind = pipeline_kind(pipe)
     saved_scheduler = pipe.scheduler
-    default_steps = inspect.signature(pipe.__call__).parameters["num_inference_steps"].default
+    default_steps = saved_default_steps(pipe)
     saved_name = type(saved_scheduler).__name__
     with gr.Tab(title):
         gr.Markdown(f"**{title}**: {type(pipe).__name__}, {saved_name} saved with the model.")
@@ -452,8 +465,7 @@ def diffkit_tab(pipe, title: str, api_name: str, max_images: int):
                     condition_inputs["negative_prompt"] = gr.Textbox(label="Negative prompt", placeholder="(optional)")
                 num_images = gr.Slider(1, max_images, value=min(4, max_images), step=1, precision=0, label="Images")
                 guidance_scale = gr.Slider(
-                    0,
-                    MAX_GUIDANCE_SCALE,
+                    *guidance_range(pipe),
                     value=pipe.config.guidance_scale if kind != model_kinds.UNCONDITIONAL else 1,
                     step=0.5,
                     label="Guidance scale",
@@ -616,7 +628,7 @@ def super_resolution_tab(pipe, title: str, api_name: str, max_images: int):
     class_conditional = pipe.config.num_classes > 0
     saved_scheduler = pipe.scheduler
     saved_name = type(saved_scheduler).__name__
-    default_steps = inspect.signature(pipe.__call__).parameters["num_inference_steps"].default
+    default_steps = saved_default_steps(pipe)
     low, high = pipe.config.low_resolution, pipe.unet.config.sample_size
     label_names = list(pipe.config.id2label.values())
     with gr.Tab(title):

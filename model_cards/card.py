@@ -8,7 +8,7 @@ from typing import Optional
 from huggingface_hub import ModelCard, ModelCardData
 
 from diffkit.pipelines import model_kinds
-from diffkit.training.arguments import conditioning_kind
+from diffkit.training.arguments import conditioning_kind, model_training_args
 
 # `model_cards/` is installed as package data (see pyproject.toml), so the templates are found in any install.
 PIPELINE_TEMPLATE = "diffkit_pipeline.md"
@@ -25,6 +25,8 @@ CONDITIONING_KINDS = {
     model_kinds.UNCONDITIONAL: "unconditional",
     model_kinds.SUPER_RESOLUTION: "super-resolution",
 }
+# What the card calls each `training/distill.py --method`.
+METHOD_NAMES = {"consistency": "latent consistency distillation", "guidance": "guidance distillation"}
 PIPELINE_TAGS = {model_kinds.TEXT_CONDITIONAL: "text-to-image", model_kinds.SUPER_RESOLUTION: "image-to-image"}
 
 
@@ -75,10 +77,12 @@ def render_model_card(
             model, see `TextConditionalImagePipeline.save_config`): the snippet for plain diffusers loads it so.
     """
     args, data, run = training_config["args"], training_config["data"], training_config["run"]
-    conditioning = conditioning_kind(args["conditioning"])  # runs before the kinds' names say "class", ...
+    # What the model is (its kind and data) is in train.py's flags: a distilled student's are its teacher's.
+    model_args = model_training_args(training_config)
+    conditioning = conditioning_kind(model_args["conditioning"])  # runs before the kinds' names say "class", ...
     super_resolution = conditioning == model_kinds.SUPER_RESOLUTION
     class_conditional = conditioning == model_kinds.CLASS_CONDITIONAL or (
-        super_resolution and args.get("use_class_labels")
+        super_resolution and model_args.get("use_class_labels")
     )
     names = list((data["id2label"] or {}).values()) if class_conditional else []
     kind = CONDITIONING_KINDS[conditioning]
@@ -86,9 +90,11 @@ def render_model_card(
     latent = data.get("latent")
     if latent:
         tags.append("latent-diffusion")
-    dataset_id = args.get("dataset_name")
-    if dataset_id is None and args.get("train_data_dir") is None:
-        dataset_id = EMBEDDED_DATASET_HUB_IDS.get(args.get("dataset"))
+    if "teacher" in training_config:
+        tags.append(f"{training_config['args'].get('method', 'consistency')}-distillation")
+    dataset_id = model_args.get("dataset_name")
+    if dataset_id is None and model_args.get("train_data_dir") is None:
+        dataset_id = EMBEDDED_DATASET_HUB_IDS.get(model_args.get("dataset"))
     card_data = ModelCardData(
         library_name="diffusers",
         pipeline_tag=PIPELINE_TAGS.get(conditioning, "unconditional-image-generation"),
@@ -160,8 +166,38 @@ def render_model_card(
         install_instructions=install_instructions(url),
         evaluation=evaluation_section(metrics) if metrics else "",
         latent_space=latent_space_text(latent) if latent else "",
+        distillation=distillation_text(training_config) if "teacher" in training_config else "",
         loads_as_stable_diffusion=loads_as_stable_diffusion,
     )
+
+
+def distillation_text(training_config: dict) -> str:
+    """The card's section on a distilled student: its teacher, and the cost and steps of each."""
+    teacher, args, run = training_config["teacher"], training_config["args"], training_config["run"]
+    teacher_steps = teacher["args"].get("num_inference_steps")
+    guided = bool(args.get("guidance_scale_range"))
+    method = METHOD_NAMES[args.get("method", "consistency")]
+    lines = [
+        f"A few-step student of the diffkit model `{teacher['teacher']}`, made by {method} (`training/distill.py`): "
+        f"it samples with `LCMScheduler` in {args['num_inference_steps']} steps by default, one UNet evaluation per "
+        "step.",
+        "",
+        "| | teacher | student |",
+        "| --- | --- | --- |",
+        f"| optimisation steps | {teacher['global_step']} | {run['global_step']} |",
+        f"| wall time of the training loop | {teacher['train_seconds']} s | {run['train_seconds']} s |",
+        f"| default sampling | {teacher_steps} DDPM steps | {args['num_inference_steps']} LCM steps |",
+        f"| UNet evaluations per image | {2 * teacher_steps if guided else teacher_steps}"
+        f"{' (two guidance branches)' if guided else ''} | {args['num_inference_steps']} |",
+    ]
+    if guided:
+        low, high = args["guidance_scale_range"]
+        lines += [
+            "",
+            f"The student takes the guidance scale as an input (`guidance_scale` in [{low:g}, {high:g}], default "
+            f"{args['guidance_scale']:g}) instead of running a conditional and an unconditional branch.",
+        ]
+    return "\n".join(lines)
 
 
 def latent_space_text(latent: dict) -> str:

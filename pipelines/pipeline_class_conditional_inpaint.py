@@ -21,6 +21,7 @@ from diffusers import (
     DDPMScheduler,
     DiffusionPipeline,
     ImagePipelineOutput,
+    LCMScheduler,
     SchedulerMixin,
     UNet2DConditionModel,
 )
@@ -48,6 +49,28 @@ def one_hot_label_states(class_ids: torch.Tensor, num_classes: int, dtype: torch
     return states[:, None, :]
 
 
+# Copied from diffkit.pipelines.pipeline_class_conditional_image.guidance_scale_embedding
+def guidance_scale_embedding(guidance_scale: torch.Tensor, embedding_dim: int, dtype: torch.dtype) -> torch.Tensor:
+    r"""
+    The sinusoidal embedding of classifier-free guidance scales that a guidance-distilled UNet reads as
+    `timestep_cond` (its config has `time_cond_proj_dim=embedding_dim`): `(len(guidance_scale), embedding_dim)`.
+
+    As in diffusers' `LatentConsistencyModelPipeline.get_guidance_scale_embedding`, the embedded value is
+    `w = guidance_scale - 1` (so scale 1, the conditional prediction alone, embeds `w = 0`), multiplied by 1000 like a
+    timestep. `training/distill.py` trains the student with this same function.
+    """
+    w = (guidance_scale.float() - 1) * 1000.0
+    half_dim = embedding_dim // 2
+    frequencies = torch.exp(
+        torch.arange(half_dim, dtype=torch.float32, device=w.device) * -(math.log(10000.0) / (half_dim - 1))
+    )
+    angles = w[:, None] * frequencies[None, :]
+    embedding = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+    if embedding_dim % 2 == 1:
+        embedding = torch.nn.functional.pad(embedding, (0, 1))
+    return embedding.to(dtype)
+
+
 class ClassConditionalInpaintPipeline(DiffusionPipeline):
     r"""
     Pipeline for class-conditional inpainting with classifier-free guidance, on the UNet and scheduler of a
@@ -70,6 +93,11 @@ class ClassConditionalInpaintPipeline(DiffusionPipeline):
             Names of the classes by id.
         guidance_scale (`float`, *optional*, defaults to 4.0):
             The guidance scale used when `__call__` is not given one.
+        num_inference_steps (`int`, *optional*, defaults to 20):
+            The step count used when `__call__` is not given one (a distilled student saves its few steps).
+        guidance_scale_range (`List[float]`, *optional*):
+            For a guidance-distilled UNet (one with `time_cond_proj_dim`, made by `training/distill.py`): the
+            `[min, max]` guidance scales it was trained on, outside which `__call__` refuses to sample.
         vae ([`~diffusers.AutoencoderKL`], *optional*):
             For a latent diffusion model: the UNet then denoises the VAE's latents (`unet.config.sample_size` is the
             latent side), which the VAE decodes into images at the end, with the `scaling_factor` and `shift_factor`
@@ -89,6 +117,8 @@ class ClassConditionalInpaintPipeline(DiffusionPipeline):
         null_class_id: Optional[int] = None,
         id2label: Optional[Dict[str, str]] = None,
         guidance_scale: float = 4.0,
+        num_inference_steps: int = 20,
+        guidance_scale_range: Optional[List[float]] = None,
         vae: Optional[AutoencoderKL] = None,
     ):
         super().__init__()
@@ -104,6 +134,8 @@ class ClassConditionalInpaintPipeline(DiffusionPipeline):
             null_class_id=null_class_id,
             id2label={str(k): str(v) for k, v in id2label.items()},
             guidance_scale=guidance_scale,
+            num_inference_steps=num_inference_steps,
+            guidance_scale_range=None if guidance_scale_range is None else [float(s) for s in guidance_scale_range],
         )
 
     # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.save_config
@@ -218,6 +250,16 @@ class ClassConditionalInpaintPipeline(DiffusionPipeline):
                 f"`guidance_scale` must be a finite number >= 0, but is {guidance_scale!r}: 0 gives unconditional "
                 "samples, 1 purely conditional ones, and larger values follow the label more closely."
             )
+        # a guidance-distilled student, checked alike by every guided pipeline
+        guidance_scale_range = self.config.get("guidance_scale_range")
+        if self.unet.config.time_cond_proj_dim is not None and guidance_scale_range is not None:
+            low, high = guidance_scale_range
+            if not low <= guidance_scale <= high:
+                raise ValueError(
+                    f"`guidance_scale` {guidance_scale!r} is outside [{low}, {high}], the scales this distilled UNet "
+                    "was trained on (it takes the scale as an input instead of running two branches): choose one in "
+                    "that range, or distil again with a wider --guidance_scale_range."
+                )
         batch_size = len(label_ids) * num_images_per_label
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(
@@ -435,6 +477,12 @@ class ClassConditionalInpaintPipeline(DiffusionPipeline):
                 raise ValueError(f"`{name}` must be a positive integer, but is {value!r}.")
         if jump_n_sample == 1:
             return
+        if isinstance(self.scheduler, LCMScheduler):
+            raise ValueError(
+                f"`jump_n_sample` {jump_n_sample} resamples (RePaint), which a few-step consistency student cannot: "
+                "each of its LCMScheduler steps jumps to a clean estimate and noises it afresh, so there is no "
+                "short noising step to jump back along. Inpaint with `jump_n_sample=1`, or resample with the teacher."
+            )
         if jump_length >= num_inference_steps:
             raise ValueError(
                 f"`jump_length` {jump_length} leaves no step to jump back from with `num_inference_steps` "
@@ -527,7 +575,7 @@ class ClassConditionalInpaintPipeline(DiffusionPipeline):
         mask_image: Union[PIL.Image.Image, np.ndarray, torch.Tensor, List],
         class_labels: Union[int, str, Sequence[Union[int, str]]],
         num_images_per_label: int = 1,
-        num_inference_steps: int = 20,
+        num_inference_steps: Optional[int] = None,
         guidance_scale: Optional[float] = None,
         jump_length: int = 10,
         jump_n_sample: int = 1,
@@ -596,6 +644,8 @@ class ClassConditionalInpaintPipeline(DiffusionPipeline):
         """
         if guidance_scale is None:
             guidance_scale = self.config.guidance_scale
+        if num_inference_steps is None:
+            num_inference_steps = self.config.num_inference_steps
 
         # 0. Check inputs. Raise an error if not correct
         label_ids = self.check_inputs(
@@ -625,9 +675,14 @@ class ClassConditionalInpaintPipeline(DiffusionPipeline):
         # lines "class_ids = torch.tensor(label_ids" to "encoder_hidden_states = one_hot_label_states"
         class_ids = torch.tensor(label_ids, device=device).repeat_interleave(num_images_per_label)
         null_ids = torch.full_like(class_ids, self.config.null_class_id)
+        # A guidance-distilled UNet reads the scale through `timestep_cond` and needs the conditional branch only.
+        timestep_cond = None
+        if self.unet.config.time_cond_proj_dim is not None:
+            scales = torch.full((batch_size,), float(guidance_scale), device=device)
+            timestep_cond = guidance_scale_embedding(scales, self.unet.config.time_cond_proj_dim, self.unet.dtype)
         # Guidance scale 1 is the conditional prediction alone and 0 the unconditional one: evaluate only the
         # branch that is needed. Otherwise both branches run in one batched forward pass.
-        if guidance_scale == 1:
+        if guidance_scale == 1 or timestep_cond is not None:
             model_class_ids = class_ids
         elif guidance_scale == 0:
             model_class_ids = null_ids
@@ -662,7 +717,9 @@ class ClassConditionalInpaintPipeline(DiffusionPipeline):
             latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
 
             # predict the model output and apply classifier-free guidance
-            model_output = self.unet(latent_model_input, t, encoder_hidden_states=encoder_hidden_states).sample
+            model_output = self.unet(
+                latent_model_input, t, encoder_hidden_states=encoder_hidden_states, timestep_cond=timestep_cond
+            ).sample
             if branches > 1:
                 model_output_uncond, model_output_cond = model_output.chunk(2)
                 model_output = model_output_uncond + guidance_scale * (model_output_cond - model_output_uncond)

@@ -65,6 +65,28 @@ def encode_text(
     return hidden_states
 
 
+# Copied from diffkit.pipelines.pipeline_class_conditional_image.guidance_scale_embedding
+def guidance_scale_embedding(guidance_scale: torch.Tensor, embedding_dim: int, dtype: torch.dtype) -> torch.Tensor:
+    r"""
+    The sinusoidal embedding of classifier-free guidance scales that a guidance-distilled UNet reads as
+    `timestep_cond` (its config has `time_cond_proj_dim=embedding_dim`): `(len(guidance_scale), embedding_dim)`.
+
+    As in diffusers' `LatentConsistencyModelPipeline.get_guidance_scale_embedding`, the embedded value is
+    `w = guidance_scale - 1` (so scale 1, the conditional prediction alone, embeds `w = 0`), multiplied by 1000 like a
+    timestep. `training/distill.py` trains the student with this same function.
+    """
+    w = (guidance_scale.float() - 1) * 1000.0
+    half_dim = embedding_dim // 2
+    frequencies = torch.exp(
+        torch.arange(half_dim, dtype=torch.float32, device=w.device) * -(math.log(10000.0) / (half_dim - 1))
+    )
+    angles = w[:, None] * frequencies[None, :]
+    embedding = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+    if embedding_dim % 2 == 1:
+        embedding = torch.nn.functional.pad(embedding, (0, 1))
+    return embedding.to(dtype)
+
+
 class TextConditionalImg2ImgPipeline(DiffusionPipeline):
     r"""
     Pipeline for text-guided img2img editing (SDEdit) and denoising, on the components of a
@@ -87,6 +109,11 @@ class TextConditionalImg2ImgPipeline(DiffusionPipeline):
             Tokens per prompt (longer prompts are cut with a warning).
         guidance_scale (`float`, *optional*, defaults to 4.0):
             The guidance scale used when `__call__` is not given one.
+        num_inference_steps (`int`, *optional*, defaults to 20):
+            The step count used when `__call__` is not given one (a distilled student saves its few steps).
+        guidance_scale_range (`List[float]`, *optional*):
+            For a guidance-distilled UNet (one with `time_cond_proj_dim`, made by `training/distill.py`): the
+            `[min, max]` guidance scales it was trained on, outside which `__call__` refuses to sample.
         vae ([`~diffusers.AutoencoderKL`], *optional*):
             For a latent diffusion model: the UNet then denoises the VAE's latents (`unet.config.sample_size` is the
             latent side), which the VAE decodes into images at the end, with the `scaling_factor` and `shift_factor`
@@ -106,11 +133,18 @@ class TextConditionalImg2ImgPipeline(DiffusionPipeline):
         tokenizer: PreTrainedTokenizerBase,
         max_text_length: int = DEFAULT_MAX_TEXT_LENGTH,
         guidance_scale: float = 4.0,
+        num_inference_steps: int = 20,
+        guidance_scale_range: Optional[List[float]] = None,
         vae: Optional[AutoencoderKL] = None,
     ):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer, vae=vae)
-        self.register_to_config(max_text_length=max_text_length, guidance_scale=guidance_scale)
+        self.register_to_config(
+            max_text_length=max_text_length,
+            guidance_scale=guidance_scale,
+            num_inference_steps=num_inference_steps,
+            guidance_scale_range=None if guidance_scale_range is None else [float(s) for s in guidance_scale_range],
+        )
 
     # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.save_config
     def save_config(self, save_directory: Union[str, os.PathLike], **kwargs):
@@ -257,6 +291,18 @@ class TextConditionalImg2ImgPipeline(DiffusionPipeline):
                 f"`guidance_scale` must be a finite number >= 0, but is {guidance_scale!r}: 0 gives unconditional "
                 "samples, 1 purely conditional ones, and larger values follow the prompt more closely."
             )
+        # Copied from pipelines.pipeline_class_conditional_image.ClassConditionalImagePipeline.check_inputs
+        # lines "# a guidance-distilled student" to ""that range, or distil again"
+        # a guidance-distilled student, checked alike by every guided pipeline
+        guidance_scale_range = self.config.get("guidance_scale_range")
+        if self.unet.config.time_cond_proj_dim is not None and guidance_scale_range is not None:
+            low, high = guidance_scale_range
+            if not low <= guidance_scale <= high:
+                raise ValueError(
+                    f"`guidance_scale` {guidance_scale!r} is outside [{low}, {high}], the scales this distilled UNet "
+                    "was trained on (it takes the scale as an input instead of running two branches): choose one in "
+                    "that range, or distil again with a wider --guidance_scale_range."
+                )
         if isinstance(generator, list) and len(generator) != batch_size * num_images_per_prompt:
             raise ValueError(
                 f"`generator` is a list of {len(generator)} generators, but {batch_size * num_images_per_prompt} "
@@ -532,7 +578,7 @@ class TextConditionalImg2ImgPipeline(DiffusionPipeline):
         noise_level: Optional[float] = None,
         negative_prompt: Optional[Union[str, List[str]]] = None,
         num_images_per_prompt: int = 1,
-        num_inference_steps: int = 20,
+        num_inference_steps: Optional[int] = None,
         guidance_scale: Optional[float] = None,
         generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
         prompt_embeds: Optional[torch.Tensor] = None,
@@ -601,6 +647,8 @@ class TextConditionalImg2ImgPipeline(DiffusionPipeline):
         """
         if guidance_scale is None:
             guidance_scale = self.config.guidance_scale
+        if num_inference_steps is None:
+            num_inference_steps = self.config.num_inference_steps
 
         # 0. Check inputs. Raise an error if not correct
         num_prompts = self.check_inputs(
@@ -642,14 +690,19 @@ class TextConditionalImg2ImgPipeline(DiffusionPipeline):
             prompt,
             device,
             num_images_per_prompt,
-            do_classifier_free_guidance=guidance_scale != 1,
+            do_classifier_free_guidance=guidance_scale != 1 and self.unet.config.time_cond_proj_dim is None,
             negative_prompt=negative_prompt,
             prompt_embeds=prompt_embeds,
             negative_prompt_embeds=negative_prompt_embeds,
         )
         # Guidance scale 1 is the conditional prediction alone and 0 the unconditional one: evaluate only the
         # branch that is needed. Otherwise both branches run in one batched forward pass.
-        if guidance_scale == 1:
+        # A guidance-distilled UNet reads the scale through `timestep_cond` and needs the conditional branch only.
+        timestep_cond = None
+        if self.unet.config.time_cond_proj_dim is not None:
+            scales = torch.full((batch_size,), float(guidance_scale), device=device)
+            timestep_cond = guidance_scale_embedding(scales, self.unet.config.time_cond_proj_dim, self.unet.dtype)
+        if guidance_scale == 1 or timestep_cond is not None:
             encoder_hidden_states = prompt_embeds
         elif guidance_scale == 0:
             encoder_hidden_states = negative_prompt_embeds
@@ -694,7 +747,9 @@ class TextConditionalImg2ImgPipeline(DiffusionPipeline):
             latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
 
             # predict the model output and apply classifier-free guidance
-            model_output = self.unet(latent_model_input, t, encoder_hidden_states=encoder_hidden_states).sample
+            model_output = self.unet(
+                latent_model_input, t, encoder_hidden_states=encoder_hidden_states, timestep_cond=timestep_cond
+            ).sample
             if branches > 1:
                 model_output_uncond, model_output_cond = model_output.chunk(2)
                 model_output = model_output_uncond + guidance_scale * (model_output_cond - model_output_uncond)

@@ -17,6 +17,10 @@ from diffusers.utils.torch_utils import randn_tensor
 OUTPUT_TYPES = ("pil", "np", "pt")
 
 
+# The step count when neither the call nor the pipeline's config (a distilled student's) gives one.
+DEFAULT_NUM_INFERENCE_STEPS = 1000
+
+
 class UnconditionalImagePipeline(DiffusionPipeline):
     r"""
     Pipeline for unconditional image generation, called like [`diffusers.DDPMPipeline`].
@@ -35,15 +39,25 @@ class UnconditionalImagePipeline(DiffusionPipeline):
             For a latent diffusion model: the UNet then denoises the VAE's latents (`unet.config.sample_size` is the
             latent side), which the VAE decodes into images at the end, with the `scaling_factor` and `shift_factor`
             of its config. Without it the UNet denoises pixels.
+        num_inference_steps (`int`, *optional*):
+            The step count used when `__call__` is not given one: a distilled student's few steps (made by
+            `training/distill.py`). Registered in `model_index.json`.
     """
 
     model_cpu_offload_seq = "unet->vae"
     _optional_components = ["vae"]
     _callback_tensor_inputs = ["latents", "model_output", "pred_original_sample"]
 
-    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, vae: Optional[AutoencoderKL] = None):
+    def __init__(
+        self,
+        unet: UNet2DModel,
+        scheduler: SchedulerMixin,
+        vae: Optional[AutoencoderKL] = None,
+        num_inference_steps: Optional[int] = None,
+    ):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
+        self.register_to_config(num_inference_steps=num_inference_steps)
 
     def save_config(self, save_directory: Union[str, os.PathLike], **kwargs):
         r"""
@@ -172,7 +186,7 @@ class UnconditionalImagePipeline(DiffusionPipeline):
         self,
         batch_size: int = 1,
         generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
-        num_inference_steps: int = 1000,
+        num_inference_steps: Optional[int] = None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Optional[Callable[["UnconditionalImagePipeline", int, int, Dict], Dict]] = None,
@@ -186,7 +200,8 @@ class UnconditionalImagePipeline(DiffusionPipeline):
                 The number of images to generate.
             generator (`torch.Generator` or `List[torch.Generator]`, *optional*):
                 Generator(s) that make generation deterministic; a list gives one generator per image.
-            num_inference_steps (`int`, *optional*, defaults to 1000):
+            num_inference_steps (`int`, *optional*, defaults to `pipe.config.num_inference_steps` or 1000):
+                A distilled student saves its own few steps; otherwise:
                 The number of denoising steps. The default is `DDPMPipeline`'s, so that the two pipelines give the
                 same images for the same call. The class and text pipelines default to 20, which
                 benchmarks/bench_sampling.py measured for guided models; for unconditional models that figure has
@@ -227,6 +242,8 @@ class UnconditionalImagePipeline(DiffusionPipeline):
             [`~diffusers.ImagePipelineOutput`] or `tuple`: the generated images, as `.images` or as the tuple's first
             element.
         """
+        if num_inference_steps is None:
+            num_inference_steps = self.config.num_inference_steps or DEFAULT_NUM_INFERENCE_STEPS
         # 0. Check inputs. Raise an error if not correct
         self.check_inputs(batch_size, num_inference_steps, generator, output_type, callback_on_step_end_tensor_inputs)
 

@@ -24,6 +24,10 @@ logger = logging.get_logger(__name__)
 OUTPUT_TYPES = ("pil", "np", "pt")
 
 
+# The step count when neither the call nor the pipeline's config (a distilled student's) gives one.
+DEFAULT_NUM_INFERENCE_STEPS = 20
+
+
 class UnconditionalImg2ImgPipeline(DiffusionPipeline):
     r"""
     Pipeline for image-to-image (SDEdit) and denoising with an unconditional model, on the UNet and scheduler of an
@@ -48,9 +52,16 @@ class UnconditionalImg2ImgPipeline(DiffusionPipeline):
     _callback_tensor_inputs = ["latents", "model_output", "pred_original_sample"]
 
     # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.__init__
-    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, vae: Optional[AutoencoderKL] = None):
+    def __init__(
+        self,
+        unet: UNet2DModel,
+        scheduler: SchedulerMixin,
+        vae: Optional[AutoencoderKL] = None,
+        num_inference_steps: Optional[int] = None,
+    ):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
+        self.register_to_config(num_inference_steps=num_inference_steps)
 
     # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.save_config
     def save_config(self, save_directory: Union[str, os.PathLike], **kwargs):
@@ -359,7 +370,7 @@ class UnconditionalImg2ImgPipeline(DiffusionPipeline):
         strength: Optional[float] = None,
         noise_level: Optional[float] = None,
         num_images_per_image: int = 1,
-        num_inference_steps: int = 20,
+        num_inference_steps: Optional[int] = None,
         generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -379,7 +390,8 @@ class UnconditionalImg2ImgPipeline(DiffusionPipeline):
                 that noise level and adds no noise of its own. 0 returns the image unchanged.
             num_images_per_image (`int`, *optional*, defaults to 1):
                 Results made for each image; the output lists them image by image.
-            num_inference_steps (`int`, *optional*, defaults to 20):
+            num_inference_steps (`int`, *optional*, defaults to `pipe.config.num_inference_steps` or 20):
+                A distilled student saves its own few steps; otherwise:
                 Steps of the whole schedule; `strength` or `noise_level` selects the last part of it.
             generator (`torch.Generator` or `List[torch.Generator]`, *optional*):
                 Generator(s) that make the result deterministic; a list gives one generator per output image.
@@ -406,6 +418,8 @@ class UnconditionalImg2ImgPipeline(DiffusionPipeline):
         Returns:
             [`~diffusers.ImagePipelineOutput`] or `tuple`: the edited or denoised images.
         """
+        if num_inference_steps is None:
+            num_inference_steps = self.config.num_inference_steps or DEFAULT_NUM_INFERENCE_STEPS
         # 0. Check inputs. Raise an error if not correct
         batch_size = self.check_inputs(
             image,

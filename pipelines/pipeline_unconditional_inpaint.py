@@ -20,6 +20,7 @@ from diffusers import (
     DDPMScheduler,
     DiffusionPipeline,
     ImagePipelineOutput,
+    LCMScheduler,
     SchedulerMixin,
     UNet2DModel,
 )
@@ -32,6 +33,10 @@ OUTPUT_TYPES = ("pil", "np", "pt")
 # Resampling steps again through timesteps already taken: only schedulers whose step depends on the timestep alone
 # (no history of past steps, unlike DPM-Solver, UniPC or Euler) allow it.
 RESAMPLING_SCHEDULERS = (DDPMScheduler, DDIMScheduler)
+
+
+# The step count when neither the call nor the pipeline's config (a distilled student's) gives one.
+DEFAULT_NUM_INFERENCE_STEPS = 20
 
 
 class UnconditionalInpaintPipeline(DiffusionPipeline):
@@ -58,9 +63,16 @@ class UnconditionalInpaintPipeline(DiffusionPipeline):
     _callback_tensor_inputs = ["latents", "model_output", "pred_original_sample"]
 
     # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.__init__
-    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, vae: Optional[AutoencoderKL] = None):
+    def __init__(
+        self,
+        unet: UNet2DModel,
+        scheduler: SchedulerMixin,
+        vae: Optional[AutoencoderKL] = None,
+        num_inference_steps: Optional[int] = None,
+    ):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
+        self.register_to_config(num_inference_steps=num_inference_steps)
 
     # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.save_config
     def save_config(self, save_directory: Union[str, os.PathLike], **kwargs):
@@ -337,6 +349,12 @@ class UnconditionalInpaintPipeline(DiffusionPipeline):
                 raise ValueError(f"`{name}` must be a positive integer, but is {value!r}.")
         if jump_n_sample == 1:
             return
+        if isinstance(self.scheduler, LCMScheduler):
+            raise ValueError(
+                f"`jump_n_sample` {jump_n_sample} resamples (RePaint), which a few-step consistency student cannot: "
+                "each of its LCMScheduler steps jumps to a clean estimate and noises it afresh, so there is no "
+                "short noising step to jump back along. Inpaint with `jump_n_sample=1`, or resample with the teacher."
+            )
         if jump_length >= num_inference_steps:
             raise ValueError(
                 f"`jump_length` {jump_length} leaves no step to jump back from with `num_inference_steps` "
@@ -428,7 +446,7 @@ class UnconditionalInpaintPipeline(DiffusionPipeline):
         image: Union[PIL.Image.Image, np.ndarray, torch.Tensor, List],
         mask_image: Union[PIL.Image.Image, np.ndarray, torch.Tensor, List],
         num_images_per_image: int = 1,
-        num_inference_steps: int = 20,
+        num_inference_steps: Optional[int] = None,
         jump_length: int = 10,
         jump_n_sample: int = 1,
         generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
@@ -452,7 +470,8 @@ class UnconditionalInpaintPipeline(DiffusionPipeline):
                 image. Resized with nearest neighbour and binarised at 0.5.
             num_images_per_image (`int`, *optional*, defaults to 1):
                 Completions made for each image; the output lists them image by image.
-            num_inference_steps (`int`, *optional*, defaults to 20):
+            num_inference_steps (`int`, *optional*, defaults to `pipe.config.num_inference_steps` or 20):
+                A distilled student saves its own few steps; otherwise:
                 The number of denoising steps.
             jump_length (`int`, *optional*, defaults to 10):
                 With resampling, the steps jumped back each time (RePaint's `jump_length`).
@@ -486,6 +505,8 @@ class UnconditionalInpaintPipeline(DiffusionPipeline):
         Returns:
             [`~diffusers.ImagePipelineOutput`] or `tuple`: the completed images.
         """
+        if num_inference_steps is None:
+            num_inference_steps = self.config.num_inference_steps or DEFAULT_NUM_INFERENCE_STEPS
         # 0. Check inputs. Raise an error if not correct
         batch_size = self.check_inputs(
             image,

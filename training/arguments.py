@@ -59,6 +59,13 @@ def conditioning_kind(name: str) -> str:
     return FORMER_CONDITIONING_NAMES.get(name, name)
 
 
+def model_training_args(training_config: dict) -> dict:
+    """The `train.py` flags that say what a run's model is (its kind, its data): the run's own, or for a student of
+    `training/distill.py` (whose `training_config.json` names its teacher) the teacher's."""
+    teacher = training_config.get("teacher")
+    return teacher["args"] if teacher else training_config.get("args", {})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="diffkit-train",

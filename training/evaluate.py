@@ -36,7 +36,7 @@ from torch import nn
 
 from diffkit import ClassConditionalImagePipeline, UnconditionalImagePipeline
 from diffkit.pipelines import model_kinds
-from diffkit.training.arguments import conditioning_kind
+from diffkit.training.arguments import conditioning_kind, model_training_args
 from diffkit.training.dataset_loading import crop_square, load_training_data, resize_shorter_side
 from diffkit.training.feature_extractors import MobileNetV2Features
 from diffkit.training.metrics import (
@@ -126,7 +126,7 @@ def _train_classifier(images, labels, num_classes, epochs, seed):
 
 def real_images(training_config: dict):
     """The run's training images as a (N, C, R, R) tensor in [0, 1], centre-cropped, and their labels (or None)."""
-    args = SimpleNamespace(cache_dir=None, **training_config["args"])
+    args = SimpleNamespace(cache_dir=None, **model_training_args(training_config))
     return real_images_from_data(load_training_data(args), training_config["data"]["resolution"])
 
 
@@ -484,7 +484,8 @@ def evaluate(
     """
     with open(os.path.join(output_dir, "training_config.json"), encoding="utf-8") as f:
         training_config = json.load(f)
-    conditioning = conditioning_kind(training_config["args"]["conditioning"])  # or its name in earlier runs
+    # or its name in earlier runs; a distilled student's is its teacher's
+    conditioning = conditioning_kind(model_training_args(training_config)["conditioning"])
     class_conditional = conditioning == model_kinds.CLASS_CONDITIONAL
     if metrics is not None:
         check_metrics(metrics, class_conditional)

@@ -110,7 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="denoise (required there): the noise's standard deviation, images in [-1, 1] (sigma/127.5 for 8-bit "
         "pixel values). upscale: the noise conditioning augmentation level (default: the stage's).",
     )
-    parser.add_argument("--steps", type=int, default=20, help="Denoising steps of the whole schedule.")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="Denoising steps of the whole schedule; by default the model's saved default (20 for a trained model, "
+        "the few steps of a distilled student).",
+    )
     parser.add_argument(
         "--guidance_scale", type=float, default=None, help="Classifier-free guidance scale; default: the pipeline's."
     )
@@ -169,7 +175,7 @@ def parse_args(argv=None):
     if args.prompt is not None and not all(prompt.strip() for prompt in args.prompt):
         raise ValueError(f"`--prompt` must not be empty, but is {args.prompt!r}: describe what to edit towards.")
     for name in ("steps", "num_images", "jump_n_sample", "jump_length"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"`--{name}` must be a positive integer, but is {getattr(args, name)}.")
     if args.guidance_scale is not None and not args.guidance_scale >= 0:
         raise ValueError(f"`--guidance_scale` must be >= 0, but is {args.guidance_scale}.")

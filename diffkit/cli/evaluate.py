@@ -20,7 +20,7 @@ import os
 from typing import Dict
 
 from diffkit.pipelines import model_kinds
-from diffkit.training.arguments import conditioning_kind
+from diffkit.training.arguments import conditioning_kind, model_training_args
 from diffkit.training.metrics import ALL_METRICS
 
 # torch and the evaluation are imported once the arguments are parsed, so that `--help` answers at once.
@@ -82,7 +82,8 @@ def parse_args(argv=None):
             f"{args.output_dir!r} holds no training_config.json: pass the --output_dir of a finished training run."
         )
     with open(os.path.join(args.output_dir, "training_config.json"), encoding="utf-8") as f:
-        conditioning = conditioning_kind(json.load(f).get("args", {}).get("conditioning"))
+        # a distilled student's kind is its teacher's
+        conditioning = conditioning_kind(model_training_args(json.load(f)).get("conditioning"))
     if conditioning == model_kinds.TEXT_CONDITIONAL:
         raise ValueError(
             f"{args.output_dir!r} holds a text-conditional run; `diffkit-evaluate` scores class-conditional "
