@@ -43,6 +43,7 @@ from diffkit.pipelines.pipeline_class_conditional_image import guidance_scale_em
 from diffkit.pipelines.pipeline_text_conditional_image import encode_text
 from diffkit.push import HubPushError, push_pipeline_folder
 from diffkit.training.arguments import build_parser as build_train_parser
+from diffkit.training.conditioning import ClassConditioning, TextConditioning, Unconditional
 from diffkit.training.dataset_loading import INDEX_COLUMN, decode_once, load_training_data
 from diffkit.training.distill_arguments import CONSISTENCY, DEFAULT_GUIDANCE_SCALE_RANGE, GUIDANCE, build_parser
 from diffkit.training.latents import encode_training_images
@@ -53,7 +54,6 @@ from diffkit.training.train import (
     SAMPLES_NAME,
     STAGING_PREFIX,
     TRAINING_CONFIG_NAME,
-    VALIDATION_DIR,
     check_counts,
     check_hub_args,
     check_output_dir,
@@ -67,6 +67,7 @@ from diffkit.training.train import (
     resume_from,
     run_config,
     run_script,
+    save_validation_grid,
     step_counts,
     training_dataloader,
 )
@@ -76,8 +77,6 @@ logger = get_logger(__name__, log_level="INFO")
 # The kinds of teacher distill.py takes, and whether each has a guidance to fold into the student.
 GUIDED_KINDS = (model_kinds.CLASS_CONDITIONAL, model_kinds.TEXT_CONDITIONAL)
 DISTILLABLE_KINDS = (*GUIDED_KINDS, model_kinds.UNCONDITIONAL)
-# Rows of an unconditional student's sample grid.
-UNCONDITIONAL_GRID_ROWS = 8
 
 
 def parse_args(input_args=None):
@@ -253,9 +252,10 @@ def solver_grid(num_train_timesteps: int, num_ddim_timesteps: int) -> torch.Tens
     return torch.arange(1, num_ddim_timesteps + 1) * step - 1
 
 
-def guidance_inputs(teacher, kind: str, batch: dict, device, dtype):
+def guidance_inputs(teacher, kind: str, batch: dict, device, dtype, empty_caption_states=None):
     """The teacher's conditional and unconditional keyword arguments for a batch (None without guidance), as its
-    pipeline builds them: the one-hot label and the null label, or the caption's and the empty caption's states."""
+    pipeline builds them: the one-hot label and the null label, or the caption's and the empty caption's states (for
+    a text teacher, `empty_caption_states`: `encode_text` of `[""]`, encoded once before training)."""
     if kind == model_kinds.CLASS_CONDITIONAL:
         labels = batch["labels"].to(device)
         num_classes = teacher.config.num_classes
@@ -268,7 +268,7 @@ def guidance_inputs(teacher, kind: str, batch: dict, device, dtype):
         captions = list(batch["captions"])
         max_length = teacher.config.max_text_length
         states = encode_text(teacher.text_encoder, teacher.tokenizer, captions, max_length, device, False)
-        empty = encode_text(teacher.text_encoder, teacher.tokenizer, [""] * len(captions), max_length, device, False)
+        empty = empty_caption_states.expand(len(captions), -1, -1)
         return {"encoder_hidden_states": states.to(dtype)}, {"encoder_hidden_states": empty.to(dtype)}
     return {}, None
 
@@ -313,35 +313,24 @@ def build_student_pipeline(teacher, student_unet, scheduler, args, guided: bool)
     return type(teacher)(**components, **settings)
 
 
-def sample_grid(pipeline, kind: str, args, sample_prompts, generator):
-    """The grid of samples.png and validation, as train.py lays it out for the kind."""
-    from diffusers.utils import make_image_grid
-
-    columns = args.num_samples_per_class
+def grid_layout(teacher, kind: str, args, sample_prompts):
+    """train.py's conditioning mode for the teacher's kind, whose `sample_grid` lays out samples.png and the
+    validation grids as train.py does: a row per class or sample prompt (8 rows without a condition),
+    --num_samples_per_class columns, --num_inference_steps steps."""
     if kind == model_kinds.CLASS_CONDITIONAL:
-        rows = pipeline.config.num_classes
-        images = pipeline(class_labels=list(range(rows)), num_images_per_label=columns, generator=generator).images
-    elif kind == model_kinds.TEXT_CONDITIONAL:
-        rows = len(sample_prompts)
-        images = pipeline(prompt=sample_prompts, num_images_per_prompt=columns, generator=generator).images
-    else:
-        rows = UNCONDITIONAL_GRID_ROWS
-        images = pipeline(batch_size=rows * columns, generator=generator).images
-    return make_image_grid(images, rows=rows, cols=columns)
+        return ClassConditioning(args, teacher.config.num_classes, teacher.config.id2label)
+    if kind == model_kinds.TEXT_CONDITIONAL:
+        return TextConditioning(args, teacher.text_encoder, teacher.tokenizer, sample_prompts)
+    return Unconditional(args)
 
 
-def save_validation_grid(teacher, target_unet, scheduler, args, kind: str, sample_prompts, global_step: int):
-    """Sample a grid from the target network (the weights that will be saved) and write validation/step-N.png."""
-    pipeline = build_student_pipeline(teacher, target_unet, scheduler, args, kind in GUIDED_KINDS)
+def log_validation(accelerator, teacher, target_unet, scheduler, args, guided: bool, layout, global_step: int):
+    """Sample a grid from the target network (the weights that will be saved), save it and send it to the
+    trackers."""
+    pipeline = build_student_pipeline(teacher, target_unet, scheduler, args, guided)
     pipeline.set_progress_bar_config(disable=True)
     generator = torch.Generator(device=target_unet.device).manual_seed(args.seed)
-    grid_image = sample_grid(pipeline, kind, args, sample_prompts, generator)
-    validation_dir = os.path.join(args.output_dir, VALIDATION_DIR)
-    os.makedirs(validation_dir, exist_ok=True)
-    path = os.path.join(validation_dir, f"step-{global_step}.png")
-    grid_image.save(path + ".partial", format="PNG")
-    os.replace(path + ".partial", path)
-    logger.info(f"Validation grid of step {global_step} saved to {path}")
+    save_validation_grid(accelerator, layout.sample_grid(pipeline, generator), args.output_dir, global_step)
 
 
 def main(args):
@@ -453,7 +442,12 @@ def main(args):
     global_step, recent_losses = training_state["global_step"], training_state["recent_losses"]
     previous_train_seconds = training_state["train_seconds"]
     init_trackers(accelerator, args, "diffkit-distill")
-    sample_prompts = teacher_config["data"].get("sample_prompts")
+    layout = grid_layout(teacher, kind, args, teacher_config["data"].get("sample_prompts"))
+    # The unconditional branch of a text teacher: the empty caption, encoded once (the teacher is frozen)
+    empty_caption_states = None
+    if kind == model_kinds.TEXT_CONDITIONAL:
+        max_length = teacher.config.max_text_length
+        empty_caption_states = encode_text(teacher.text_encoder, teacher.tokenizer, [""], max_length, None, False)
 
     # 4. Distillation loop
     start_time = time.time()
@@ -479,7 +473,7 @@ def main(args):
             index = torch.randint(0, args.num_ddim_timesteps, (batch_size,), generator=noise_generator, device=device)
             timesteps = grid[index]
             noisy_images = noise_scheduler.add_noise(clean_images, noise, timesteps)
-            cond_inputs, uncond_inputs = guidance_inputs(teacher, kind, batch, device, dtype)
+            cond_inputs, uncond_inputs = guidance_inputs(teacher, kind, batch, device, dtype, empty_caption_states)
             unet_inputs = dict(cond_inputs)
             if guided:
                 unet_inputs["timestep_cond"] = guidance_scale_embedding(scales, args.unet_time_cond_proj_dim, dtype)
@@ -545,7 +539,7 @@ def main(args):
                 progress_bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{logs['lr']:.2e}")
                 accelerator.log(logs, step=global_step)
                 if args.validation_steps and global_step % args.validation_steps == 0 and accelerator.is_main_process:
-                    save_validation_grid(teacher, target_unet, scheduler, args, kind, sample_prompts, global_step)
+                    log_validation(accelerator, teacher, target_unet, scheduler, args, guided, layout, global_step)
                 if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
                     training_state = {
                         "global_step": global_step,
@@ -567,7 +561,7 @@ def main(args):
         pipeline = build_student_pipeline(teacher, target_unet, scheduler, args, guided)
         pipeline.set_progress_bar_config(desc="Sampling")
         generator = torch.Generator(device=accelerator.device).manual_seed(args.seed)
-        grid_image = sample_grid(pipeline, kind, args, sample_prompts, generator)
+        grid_image = layout.sample_grid(pipeline, generator)
         teacher_run = teacher_config.get("run", {})
         training_config = {
             "license": args.model_license or teacher_config.get("license"),

@@ -445,15 +445,20 @@ def log_validation(accelerator, unet, ema_model, noise_scheduler, args, conditio
     with sampling_pipeline(accelerator, unet, ema_model, noise_scheduler, conditioning) as pipeline:
         generator = torch.Generator(device=accelerator.device).manual_seed(args.seed)
         grid = conditioning.sample_grid(pipeline, generator).convert("RGB")
+    save_validation_grid(accelerator, grid, args.output_dir, global_step)
 
-    validation_dir = os.path.join(args.output_dir, VALIDATION_DIR)
+
+def save_validation_grid(accelerator, grid, output_dir: str, global_step: int):
+    """Write a validation grid (a PIL image) as output_dir/validation/step-N.png, atomically, and send it to the
+    trackers; train.py, train_vae.py and distill.py all call this."""
+    validation_dir = os.path.join(output_dir, VALIDATION_DIR)
     os.makedirs(validation_dir, exist_ok=True)
     path = os.path.join(validation_dir, f"step-{global_step}.png")
     grid.save(path + ".partial", format="PNG")
     os.replace(path + ".partial", path)
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
-            tracker.writer.add_image("validation", np.asarray(grid), global_step, dataformats="HWC")
+            tracker.writer.add_image("validation", np.asarray(grid.convert("RGB")), global_step, dataformats="HWC")
         elif tracker.name == "wandb":
             import wandb
 

@@ -53,7 +53,6 @@ from diffkit.training.train import (
     MODEL_CARD_NAME,
     STAGING_PREFIX,
     TRAINING_CONFIG_NAME,
-    VALIDATION_DIR,
     check_counts,
     check_data_args,
     check_hub_args,
@@ -68,6 +67,7 @@ from diffkit.training.train import (
     resume_from,
     run_config,
     run_script,
+    save_validation_grid,
     square_resolution,
     step_counts,
     training_dataloader,
@@ -484,8 +484,7 @@ def main(args):
                     with ema_weights(accelerator, model, ema_model) as eval_vae:
                         shown = held_out[:GRID_IMAGES]
                         grid = reconstruction_grid(shown, reconstruct(eval_vae, shown), GRID_COLUMNS)
-                    os.makedirs(os.path.join(args.output_dir, VALIDATION_DIR), exist_ok=True)
-                    grid.save(os.path.join(args.output_dir, VALIDATION_DIR, f"step-{global_step}.png"))
+                    save_validation_grid(accelerator, grid, args.output_dir, global_step)
                 if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
                     training_state = {
                         "global_step": global_step,
