@@ -24,7 +24,7 @@ import json
 import os
 from typing import Dict, List, Optional
 
-from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, constants
+from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, ModelCard, constants
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
@@ -48,6 +48,7 @@ MODEL_INDEX_NAME = "model_index.json"
 TRAINING_CONFIG_NAME = "training_config.json"
 MODEL_CARD_NAME = "README.md"
 SAMPLES_NAME = "samples.png"
+METRICS_NAME = "metrics.json"
 # Local-only parts of an output folder: resumable state, tracker logs, validation grids, the best pipeline kept by
 # --save_best_by (a second pipeline the repo's loading snippets would not reach), staging folders.
 LOCAL_ONLY_PATTERNS = ["checkpoint-*", "logs/*", "validation/*", "best/*", ".*"]
@@ -140,6 +141,41 @@ def read_pipeline_folder(folder: str) -> dict:
     return model_index
 
 
+def pipeline_code(model_index: dict) -> tuple:
+    """The (module, class) names of a saved pipeline's code: diffkit's text pipeline for a folder saved in
+    `StableDiffusionPipeline`'s layout, else the ones its `model_index.json` names."""
+    if model_kinds.loads_as_stable_diffusion(model_index):
+        return tuple(model_kinds.PIPELINES[model_kinds.TEXT_CONDITIONAL][model_kinds.GENERATE])
+    return tuple(model_index["_class_name"])
+
+
+def render_folder_card(folder: str, load_path: str, revision: Optional[str] = None) -> ModelCard:
+    """The model card of a training run's output folder, from the `training_config.json` beside its weights and,
+    once `diffkit-evaluate` (or training with `--eval_steps`) has written one, its `metrics.json`.
+
+    `load_path` and `revision` are what the card's snippets load: the folder itself, or the Hub repo and the
+    commit that holds the weights.
+    """
+    model_index = read_pipeline_folder(folder)
+    module_name, class_name = pipeline_code(model_index)
+    with open(os.path.join(folder, TRAINING_CONFIG_NAME), encoding="utf-8") as f:
+        training_config = json.load(f)
+    metrics = None
+    if os.path.isfile(os.path.join(folder, METRICS_NAME)):
+        with open(os.path.join(folder, METRICS_NAME), encoding="utf-8") as f:
+            metrics = json.load(f)
+    return render_model_card(
+        training_config,
+        class_name,
+        module_name,
+        load_path,
+        SAMPLES_NAME,
+        revision=revision,
+        metrics=metrics,
+        loads_as_stable_diffusion=model_kinds.loads_as_stable_diffusion(model_index),
+    )
+
+
 def push_folder(folder: str, repo_id: str, token: Optional[str] = None, what: str = "the folder") -> CommitInfo:
     """Upload `folder` (say a trained VAE with its model card) to the model repo `repo_id`, without what stays local
     (checkpoints, logs, validation images); return the commit."""
@@ -176,37 +212,21 @@ def push_pipeline_folder(
     """
     model_index = read_pipeline_folder(folder)
     check_repo_id(repo_id)
-    as_stable_diffusion = model_kinds.loads_as_stable_diffusion(model_index)
-    if as_stable_diffusion:
-        module_name, class_name = model_kinds.PIPELINES[model_kinds.TEXT_CONDITIONAL][model_kinds.GENERATE]
-    else:
-        module_name, class_name = model_index["_class_name"]
-    training_config_file = os.path.join(folder, TRAINING_CONFIG_NAME)
-    training_config = None
-    if os.path.isfile(training_config_file):
-        with open(training_config_file, encoding="utf-8") as f:
-            training_config = json.load(f)
+    class_name = pipeline_code(model_index)[1]
+    is_training_run = os.path.isfile(os.path.join(folder, TRAINING_CONFIG_NAME))
 
     with explain_hub_errors(repo_id, f"push again with `python -m diffkit.push {folder} {repo_id}`"):
         api = HfApi(token=token)
         repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-        ignore_patterns = LOCAL_ONLY_PATTERNS + ([MODEL_CARD_NAME] if training_config else [])
+        ignore_patterns = LOCAL_ONLY_PATTERNS + ([MODEL_CARD_NAME] if is_training_run else [])
         commit = api.upload_folder(
             repo_id=repo_id,
             folder_path=folder,
             ignore_patterns=ignore_patterns,
             commit_message=commit_message or f"Upload {class_name} trained with diffkit",
         )
-        if training_config:
-            card = render_model_card(
-                training_config,
-                class_name,
-                module_name,
-                repo_id,
-                SAMPLES_NAME,
-                revision=commit.oid,
-                loads_as_stable_diffusion=as_stable_diffusion,
-            )
+        if is_training_run:
+            card = render_folder_card(folder, repo_id, revision=commit.oid)
             api.upload_file(
                 path_or_fileobj=str(card).encode("utf-8"),
                 path_in_repo=MODEL_CARD_NAME,

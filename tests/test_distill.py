@@ -184,13 +184,28 @@ def test_the_student_edits_an_image_and_refuses_resampling_clearly(student):
 
 
 @pytest.mark.slow
-def test_diffkit_evaluate_scores_the_student_on_its_teacher_s_data(student):
-    from diffkit.training.evaluate import evaluate
+def test_diffkit_evaluate_scores_the_student_on_its_teacher_s_data_and_puts_the_figures_in_its_card(student, tmp_path):
+    from diffkit.cli.evaluate import main as evaluate_main
 
-    output_dir, _ = student
-    results = evaluate(str(output_dir), num_samples=12, batch_size=12, metrics=["class-accuracy", "FID-MobileNetV2"])
+    output_dir = tmp_path / "student"
+    shutil.copytree(student[0], output_dir)
+    # The copied card loads the fixture's folder, so it is not the card of this one and would be kept as the
+    # user's (tests/test_evaluate.py checks both cases in place); a folder without a card gets one.
+    (output_dir / "README.md").unlink()
+    evaluate_main(
+        [str(output_dir), "--num_samples", "12", "--batch_size", "12", "--feature_resolution", "32"]
+        + ["--classifier_epochs", "1", "--metrics", "class-accuracy", "FID-MobileNetV2"]
+    )
+    results = json.loads((output_dir / "metrics.json").read_text())
+    model_index = json.loads((output_dir / "model_index.json").read_text())
     assert results["sampler"] == "LCMScheduler" and 0 <= results["class-accuracy"] <= 1
-    assert results["guidance_scale"] == json.loads((output_dir / "model_index.json").read_text())["guidance_scale"]
+    assert results["guidance_scale"] == model_index["guidance_scale"]
+    # the student's saved default step count, the one it was sampled with
+    assert results["num_inference_steps"] == model_index["num_inference_steps"] == 2
+    card = (output_dir / "README.md").read_text()
+    assert "A few-step student of the diffkit model" in card
+    assert f"| FID-MobileNetV2 | {results['generated']['FID-MobileNetV2']:.4f} |" in card
+    assert "LCMScheduler with 2 steps" in card
 
 
 def tiny_student_pipeline(time_cond_proj_dim=8):

@@ -79,6 +79,15 @@ def test_evaluate_command_on_a_tiny_model(tiny_run):
         "nine",
     }
     assert "| FID-MobileNetV2 |" in result.stdout
+    # the model card, still the rendered one, gains the figures; one edited by hand is kept
+    card = (output_dir / "README.md").read_text()
+    assert f"| FID-MobileNetV2 | {generated['FID-MobileNetV2']:.4f} | {reference['FID-MobileNetV2']:.4f} |" in card
+    assert "20 samples of the final weights (step 3), DDPMScheduler with 2 steps" in card
+    (output_dir / "README.md").write_text(card + "\nMy notes.\n")
+    again = subprocess.run(result.args, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (output_dir / "README.md").read_text() == card + "\nMy notes.\n"
+    assert "it is not the card rendered for this folder" in again.stdout
 
 
 def test_evaluate_rejects_bad_input(tmp_path):

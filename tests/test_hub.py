@@ -7,6 +7,7 @@ cached file or stored token of this machine takes part.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -258,8 +259,18 @@ def test_loading_honours_revision_cache_dir_and_local_files_only(hub, pushed_run
 
 
 @pytest.mark.slow
-def test_push_command_adds_a_commit_to_an_existing_repo(hub, pushed_run, tmp_path):
-    output_dir, _ = pushed_run
+def test_push_command_adds_a_commit_to_an_existing_repo_with_the_evaluated_figures_in_its_card(
+    hub, pushed_run, tmp_path
+):
+    output_dir = tmp_path / "out"
+    shutil.copytree(pushed_run[0], output_dir)
+    # what `diffkit-evaluate` writes beside the weights
+    metrics = {
+        "num_samples": 12, "seed": 0, "global_step": 3, "sampler": "DDPMScheduler", "num_inference_steps": 2,
+        "guidance_scale": 2.0, "mobilenet_resolution": 32, "generated": {"FID-MobileNetV2": 123.4567},
+        "real_reference": {"FID-MobileNetV2": 12.3456},
+    }  # fmt: skip
+    (output_dir / "metrics.json").write_text(json.dumps(metrics))
     commits_before = len(hub.repos[REPO_ID].commits)
     result = subprocess.run(
         [sys.executable, "-m", "diffkit.push", str(output_dir), REPO_ID, "--commit_message", "Push again"],
@@ -275,6 +286,7 @@ def test_push_command_adds_a_commit_to_an_existing_repo(hub, pushed_run, tmp_pat
     assert commits[-2].summary == "Push again"
     assert f"at revision {commits[-2].oid}" in result.stdout
     assert f'revision="{commits[-2].oid}"' in commits[-1].files["README.md"].decode()
+    assert "| FID-MobileNetV2 | 123.4567 | 12.3456 |" in commits[-1].files["README.md"].decode()
 
 
 @pytest.mark.slow

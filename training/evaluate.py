@@ -513,8 +513,10 @@ def evaluate(
     results = {
         "num_samples": num_samples,
         "seed": seed,
+        "global_step": training_config["run"]["global_step"],
         "sampler": type(pipe.scheduler).__name__,
-        "num_inference_steps": num_inference_steps,
+        # the count the pipeline used: `num_inference_steps`, else its saved default (a distilled student's)
+        "num_inference_steps": pipe.scheduler.num_inference_steps,
         "guidance_scale": getattr(pipe.config, "guidance_scale", None) if guidance_scale is None else guidance_scale,
         "sampling_seconds": round(sample_seconds, 1),
         "mobilenet_resolution": feature_resolution,

@@ -6,8 +6,10 @@ Generates `--num_samples` images with the pipeline in OUTPUT_DIR (labels spread 
 many real images from the data the run was trained on (read from its `training_config.json`), and reports the
 metrics that `diffkit.training.evaluate` describes (FID/KID/precision/recall-MobileNetV2; class accuracy and
 FD-classifier for class-conditional runs), each beside its real-vs-real floor. Results go to OUTPUT_DIR/metrics.json
-(written atomically) and are printed as a table; the real sets' features and the classifier are cached
-(`--cache_dir`). Asking with `--metrics` for an InceptionV3 metric that cannot be computed here is an error.
+(written atomically) and are printed as a table; the model card (OUTPUT_DIR/README.md, which `diffkit-push` uploads
+too) gains them in its evaluation section, unless it is no longer the card rendered for the folder. The real sets'
+features and the classifier are cached (`--cache_dir`). Asking with `--metrics` for an InceptionV3 metric that cannot
+be computed here is an error.
 
 (`python -m diffkit.cli.evaluate` is the same command.) From Python, `diffkit.training.evaluate`'s `evaluate`,
 `prepare_real_reference` and `score` do the same work; training uses them for `--eval_steps`.
@@ -24,6 +26,11 @@ from diffkit.training.arguments import conditioning_kind, model_training_args
 from diffkit.training.metrics import ALL_METRICS
 
 # torch and the evaluation are imported once the arguments are parsed, so that `--help` answers at once.
+
+
+def read_text(path: str) -> str:
+    with open(path, encoding="utf-8", newline="") as f:
+        return f.read()
 
 
 def print_table(results: Dict):
@@ -103,9 +110,16 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    from diffkit.push import MODEL_CARD_NAME, render_folder_card
     from diffkit.training.evaluate import METRICS_NAME, evaluate, write_metrics
 
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    card_path = os.path.join(args.output_dir, MODEL_CARD_NAME)
+    # The card is rendered again with the new figures only if it is still the one rendered for this folder: one
+    # edited by hand is the user's and is kept (`diffkit-push` renders the Hub's card, figures included, anyway).
+    card_is_rendered = not os.path.isfile(card_path) or read_text(card_path) == str(
+        render_folder_card(args.output_dir, args.output_dir)
+    )
     results = evaluate(
         args.output_dir,
         args.num_samples,
@@ -127,6 +141,17 @@ def main(argv=None):
     path = write_metrics(args.output_dir, results)
     print_table(results)
     print(f"Wrote {path}")
+    if card_is_rendered:
+        card = str(render_folder_card(args.output_dir, args.output_dir))
+        with open(card_path + ".partial", "w", encoding="utf-8", newline="") as f:
+            f.write(card)
+        os.replace(card_path + ".partial", card_path)
+        print(f"Wrote {card_path} with these figures")
+    else:
+        print(
+            f"Kept {card_path}: it is not the card rendered for this folder (edited by hand, or the folder moved), "
+            "so these figures are only in metrics.json; `diffkit-push` puts them in the Hub's card."
+        )
 
 
 if __name__ == "__main__":
