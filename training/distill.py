@@ -23,8 +23,6 @@ import inspect
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 
 import huggingface_hub
@@ -52,7 +50,6 @@ from diffkit.training.train import (
     FINAL_LOSS_WINDOW,
     MODEL_CARD_NAME,
     SAMPLES_NAME,
-    STAGING_PREFIX,
     TRAINING_CONFIG_NAME,
     check_counts,
     check_hub_args,
@@ -63,11 +60,11 @@ from diffkit.training.train import (
     epoch_batches,
     init_trackers,
     make_accelerator,
-    replace_outputs,
     resume_from,
     run_config,
     run_script,
     save_validation_grid,
+    staged_outputs,
     step_counts,
     training_dataloader,
 )
@@ -582,8 +579,7 @@ def main(args):
                 "final_loss": sum(recent_losses) / max(1, len(recent_losses)),
             },
         }
-        staging_dir = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=args.output_dir)
-        try:
+        with staged_outputs(args.output_dir) as staging_dir:
             pipeline.save_pretrained(staging_dir, safe_serialization=True)
             grid_image.save(os.path.join(staging_dir, SAMPLES_NAME))
             with open(os.path.join(staging_dir, TRAINING_CONFIG_NAME), "w") as f:
@@ -593,9 +589,6 @@ def main(args):
                 training_config, type(pipeline).__name__, module_name, args.output_dir, SAMPLES_NAME
             )
             card.save(os.path.join(staging_dir, MODEL_CARD_NAME))
-            replace_outputs(staging_dir, args.output_dir)
-        finally:
-            shutil.rmtree(staging_dir, ignore_errors=True)
         logger.info(
             f"Distilled {global_step} steps in {train_seconds:.0f}s (final loss "
             f"{training_config['run']['final_loss']:.4f}); saved the student, {SAMPLES_NAME}, {TRAINING_CONFIG_NAME} "

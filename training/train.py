@@ -398,6 +398,19 @@ def replace_outputs(staging_dir: str, output_dir: str):
             shutil.rmtree(old)
 
 
+@contextlib.contextmanager
+def staged_outputs(output_dir: str, prefix: str = STAGING_PREFIX):
+    """A staging folder inside `output_dir` to write outputs into; when the block ends without an error, they replace
+    the folder's older ones (`replace_outputs`). The staging folder is deleted either way, and one that a killed run
+    left behind is deleted by `remove_leftovers`."""
+    staging_dir = tempfile.mkdtemp(prefix=prefix, dir=output_dir)
+    try:
+        yield staging_dir
+        replace_outputs(staging_dir, output_dir)
+    finally:
+        shutil.rmtree(staging_dir, ignore_errors=True)
+
+
 def remove_leftovers(output_dir: str):
     """Delete what runs killed in this folder left half-written: partial checkpoints and staging folders."""
     remove_partial_checkpoints(output_dir)
@@ -561,14 +574,10 @@ class TrainingEvaluation:
 def save_best_pipeline(pipeline, scores: dict, output_dir: str):
     """Write the pipeline and its scores to output_dir/best, replacing the previous best in one rename."""
     os.makedirs(output_dir, exist_ok=True)
-    staging_dir = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}best-", dir=output_dir)
-    try:
+    with staged_outputs(output_dir, prefix=f"{STAGING_PREFIX}best-") as staging_dir:
         best_dir = os.path.join(staging_dir, BEST_DIR)
         pipeline.save_pretrained(best_dir, safe_serialization=True)
         write_metrics(best_dir, scores)
-        replace_outputs(staging_dir, output_dir)
-    finally:
-        shutil.rmtree(staging_dir, ignore_errors=True)
 
 
 def make_accelerator(args) -> Accelerator:
@@ -1010,8 +1019,7 @@ def main(args):
                 "final_loss": sum(recent_losses) / max(1, len(recent_losses)),
             },
         }
-        staging_dir = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=args.output_dir)
-        try:
+        with staged_outputs(args.output_dir) as staging_dir:
             pipeline.save_pretrained(staging_dir, safe_serialization=True)
             grid.save(os.path.join(staging_dir, SAMPLES_NAME))
             with open(os.path.join(staging_dir, TRAINING_CONFIG_NAME), "w") as f:
@@ -1033,9 +1041,6 @@ def main(args):
                 loads_as_stable_diffusion=saved_as_stable_diffusion,
             )
             card.save(os.path.join(staging_dir, MODEL_CARD_NAME))
-            replace_outputs(staging_dir, args.output_dir)
-        finally:
-            shutil.rmtree(staging_dir, ignore_errors=True)
         logger.info(
             f"Trained {global_step} steps in {train_seconds:.0f}s "
             f"(final loss {training_config['run']['final_loss']:.4f}); "

@@ -17,8 +17,6 @@ import importlib.util
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import replace
 from types import SimpleNamespace
@@ -51,7 +49,6 @@ from diffkit.training.reconstruction import psnr, reconstruction_grid, ssim
 from diffkit.training.train import (
     FINAL_LOSS_WINDOW,
     MODEL_CARD_NAME,
-    STAGING_PREFIX,
     TRAINING_CONFIG_NAME,
     check_counts,
     check_data_args,
@@ -63,12 +60,12 @@ from diffkit.training.train import (
     epoch_batches,
     init_trackers,
     make_accelerator,
-    replace_outputs,
     resume_from,
     run_config,
     run_script,
     save_validation_grid,
     square_resolution,
+    staged_outputs,
     step_counts,
     training_dataloader,
 )
@@ -544,16 +541,12 @@ def main(args):
                 "final_loss": sum(recent_losses) / max(1, len(recent_losses)),
             },
         }
-        staging_dir = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=args.output_dir)
-        try:
+        with staged_outputs(args.output_dir) as staging_dir:
             vae.save_pretrained(staging_dir, safe_serialization=True)
             grid.save(os.path.join(staging_dir, RECONSTRUCTIONS_NAME))
             with open(os.path.join(staging_dir, TRAINING_CONFIG_NAME), "w") as f:
                 json.dump(training_config, f, indent=2)
             render_vae_card(training_config, args.output_dir).save(os.path.join(staging_dir, MODEL_CARD_NAME))
-            replace_outputs(staging_dir, args.output_dir)
-        finally:
-            shutil.rmtree(staging_dir, ignore_errors=True)
         logger.info(
             f"Trained {global_step} steps in {train_seconds:.0f}s; held-out PSNR {figures['psnr']:.2f} dB, SSIM "
             f"{figures['ssim']:.3f}, rFID-MobileNetV2 {figures['rfid_mobilenetv2']:.2f} (floor "
