@@ -211,7 +211,8 @@ def test_upscale_end_to_end_with_either_stage(super_resolution_files):
         assert png.size == (8, 8)
         parameters = json.loads(png.text[PNG_METADATA_KEY])
     assert parameters["task"] == "upscale" and parameters["noise_level"] == 0.2
-    # the command's images are the pipeline's own for the CPU generator of --seed
+    assert parameters["image_index"] == 1 and parameters["image_seed"] == 1
+    # the command's images are the pipeline's own, image i from the CPU generator of --seed + i, in one batch
     from diffkit import SuperResolutionPipeline
 
     pipe = SuperResolutionPipeline.from_pretrained(files / "sr-class")
@@ -220,7 +221,7 @@ def test_upscale_end_to_end_with_either_stage(super_resolution_files):
         image=[Image.open(files / "small.png")] * 2,
         class_labels=["dog", 0],
         num_inference_steps=2,
-        generator=torch.Generator().manual_seed(0),
+        generator=[torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)],
     ).images
     np.testing.assert_array_equal(
         np.asarray(Image.open(files / "edits" / "upscale-dog-seed0-0.png")), np.asarray(expected[0])

@@ -31,15 +31,15 @@ def test_a_class_model_samples_each_class_with_its_settings_in_the_png(files, ca
         parameters = json.loads(png.text[PNG_METADATA_KEY])
         served = np.asarray(png)
     assert parameters["class_label"] == "dog" and parameters["image_index"] == 1 and parameters["seed"] == 3
-    assert parameters["steps"] == 2 and parameters["kind"] == "class_conditional"
-    # the pipeline's own images for the CPU generator of --seed, at its saved guidance scale
+    assert parameters["image_seed"] == 4 and parameters["steps"] == 2 and parameters["kind"] == "class_conditional"
+    # the pipeline's own images, image i (classes in turn) from the CPU generator of --seed + i, in one batch, at its
+    # saved guidance scale
     pipe = ClassConditionalImagePipeline.from_pretrained(files / "model")
     pipe.set_progress_bar_config(disable=True)
     expected = pipe(
-        class_labels=["dog", 2],
-        num_images_per_label=2,
+        class_labels=["dog", "dog", 2, 2],
         num_inference_steps=2,
-        generator=torch.Generator().manual_seed(3),
+        generator=[torch.Generator().manual_seed(seed) for seed in (3, 4, 5, 6)],
     ).images
     np.testing.assert_array_equal(served, np.asarray(expected[1]))
 

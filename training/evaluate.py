@@ -20,6 +20,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -31,6 +32,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate.utils import gather_object
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -476,11 +478,17 @@ def evaluate(
     classifier_epochs: int = 8,
     metrics: Optional[Sequence[str]] = None,
     cache_dir: Optional[str] = None,
-) -> Dict:
+    state=None,
+) -> Optional[Dict]:
     """Compute the metrics of the pipeline in `output_dir` (see the module docstring) and return them as a dict.
 
     `metrics` (default: every metric that applies) restricts what is computed; asking for one that cannot be
     computed here raises a `ValueError` before any work.
+
+    `state` (an `accelerate.PartialState`) shares the generation out between its processes, each on its own device:
+    whole batches of `batch_size` in order, so that every image is the one a single process makes. The main process
+    gathers them and scores; it gets the figures, the other processes `None`. Without `state`, one process on the
+    CPU does everything.
     """
     with open(os.path.join(output_dir, "training_config.json"), encoding="utf-8") as f:
         training_config = json.load(f)
@@ -490,8 +498,35 @@ def evaluate(
     if metrics is not None:
         check_metrics(metrics, class_conditional)
     pipeline_class = ClassConditionalImagePipeline if class_conditional else UnconditionalImagePipeline
+    num_processes = 1 if state is None else state.num_processes
+    num_batches = math.ceil(num_samples / batch_size)
+    if num_processes > num_batches:
+        raise ValueError(
+            f"{num_processes} processes share {num_batches} batch(es) of `batch_size` {batch_size}: pass a "
+            f"`batch_size` of at most {math.ceil(num_samples / num_processes)}, or launch fewer processes."
+        )
     pipe = pipeline_class.from_pretrained(output_dir)
     pipe.set_progress_bar_config(disable=True)
+
+    start = time.time()
+    if state is None:
+        generated, requested = generate(pipe, num_samples, batch_size, seed, num_inference_steps, guidance_scale)
+    else:
+        pipe.to(state.device)
+        share = math.ceil(num_batches / num_processes) * batch_size  # whole batches
+        first = state.process_index * share
+        count = max(0, min(share, num_samples - first))
+        part = torch.empty(0)  # torch.cat skips it
+        if count:
+            part = generate(pipe, count, batch_size, seed, num_inference_steps, guidance_scale, start=first)[0]
+        # the last processes' shares may be short or empty: gathered as objects, in process order
+        generated = torch.cat(gather_object([part.cpu()]))
+        requested = None
+        if isinstance(pipe, ClassConditionalImagePipeline):
+            requested = torch.arange(num_samples) % pipe.config.num_classes
+    sample_seconds = time.time() - start
+    if state is not None and not state.is_main_process:
+        return None
 
     images, labels = real_images(training_config)
     num_classes = getattr(pipe.config, "num_classes", 0)
@@ -507,9 +542,6 @@ def evaluate(
         extractor,
         cache_dir,
     )
-    start = time.time()
-    generated, requested = generate(pipe, num_samples, batch_size, seed, num_inference_steps, guidance_scale)
-    sample_seconds = time.time() - start
     results = {
         "num_samples": num_samples,
         "seed": seed,
@@ -519,6 +551,7 @@ def evaluate(
         "num_inference_steps": pipe.scheduler.num_inference_steps,
         "guidance_scale": getattr(pipe.config, "guidance_scale", None) if guidance_scale is None else guidance_scale,
         "sampling_seconds": round(sample_seconds, 1),
+        "num_processes": num_processes,
         "mobilenet_resolution": feature_resolution,
         **score(reference, generated, requested, getattr(pipe.config, "id2label", None), extractor, metrics),
     }

@@ -1,8 +1,12 @@
 """diffkit's sampling and editing commands: `diffkit-generate` (`python -m diffkit.cli.generate`) and `diffkit-edit`
-(`python -m diffkit.cli.edit`), and what both share: how they save images and check the condition flags."""
+(`python -m diffkit.cli.edit`), and what both share: how they save images, check the condition flags and share the
+images out between the processes that `accelerate launch` starts."""
 
+import contextlib
 import json
+import math
 import os
+from typing import Callable, List, Sequence
 
 from PIL import Image, PngImagePlugin
 
@@ -59,3 +63,83 @@ def check_conditioning(args, conditioning, model_argument: str):
 def label_argument(label: str):
     """A label given on the command line: a name, or an id when it is a number."""
     return int(label) if label.isdigit() else label
+
+
+# Images per pipeline call by default: whole batches are what the processes share, so this is also the finest split.
+DEFAULT_BATCH_SIZE = 8
+
+
+@contextlib.contextmanager
+def launched_processes(device=None):
+    """The `accelerate.PartialState` of the processes that `accelerate launch --num_processes N -m diffkit.cli....`
+    started: one process when the command runs plainly. Each process uses its own GPU; processes without GPUs are
+    joined over gloo (as `--multi_gpu` on a machine without GPUs would not join them). The group is released on the
+    way out, whatever happens.
+
+    `device` (the command's `--device`) is taken by one process only: several processes take theirs from accelerate.
+    """
+    import torch
+    from accelerate import PartialState
+
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and device is not None:
+        raise ValueError(
+            f"`--device` {device!r} would put all {launched} processes on one device: leave it out, and each process "
+            "takes its own GPU (or the CPU) from `accelerate launch`."
+        )
+    state = PartialState(cpu=launched > 1 and not torch.cuda.is_available())
+    if state.num_processes != launched:
+        raise RuntimeError(
+            f"{launched} processes were launched, but accelerate set up {state.num_processes} "
+            f"({state.distributed_type}); check the accelerate config (`accelerate env`)."
+        )
+    try:
+        yield state
+    finally:
+        if state.num_processes > 1 and torch.distributed.is_initialized() and state.backend == "gloo":
+            # joins gloo's threads while Python is alive (see training/train.py's release_process_group)
+            state.destroy_process_group()
+
+
+def batches_of_this_process(state, num_images: int, batch_size: int, what: str = "images") -> List[range]:
+    """The batches of image indices (0 to `num_images` - 1) that this process makes.
+
+    The indices are cut into batches of `batch_size` the same way whatever the number of processes, and whole
+    batches are shared out in order (`PartialState.split_between_processes`): with each image's generator seeded by
+    its index, every image is the same whichever process makes it. Asking for more processes than there are images,
+    or batches, is refused before any model loads.
+    """
+    batches = [range(start, min(start + batch_size, num_images)) for start in range(0, num_images, batch_size)]
+    if state.num_processes > num_images:
+        raise ValueError(
+            f"`accelerate launch --num_processes {state.num_processes}` is more processes than the {num_images} "
+            f"{what} to make: launch at most {num_images}, or ask for more {what}."
+        )
+    if state.num_processes > len(batches):
+        raise ValueError(
+            f"`--batch_size` {batch_size} cuts the {num_images} {what} into {len(batches)} batches, fewer than the "
+            f"{state.num_processes} processes: pass `--batch_size {math.ceil(num_images / state.num_processes)}` "
+            "or less, so that each process has a batch."
+        )
+    with state.split_between_processes(batches) as batches_here:
+        return list(batches_here)
+
+
+def make_and_save(
+    state,
+    batches: Sequence[range],
+    make_batch: Callable[[range], list],
+    path_of: Callable[[int], str],
+    parameters_of: Callable[[int], dict],
+    out: str,
+):
+    """Make this process's `batches` of images with `make_batch` (image indices to PIL images) and save image `i` to
+    `path_of(i)` with `parameters_of(i)` in its metadata; print each path. Returns when every process is done."""
+    for batch in batches:
+        images = make_batch(batch)
+        os.makedirs(out, exist_ok=True)  # once there is an image: a call refused by the pipeline leaves no folder
+        for index, image in zip(batch, images):
+            path = path_of(index)
+            save_png(image, path, parameters_of(index))
+            print(path, flush=True)
+    state.wait_for_everyone()

@@ -18,7 +18,15 @@ import os
 
 from PIL import Image, UnidentifiedImageError
 
-from diffkit.cli import check_conditioning, conditioning_of, label_argument, save_png
+from diffkit.cli import (
+    DEFAULT_BATCH_SIZE,
+    batches_of_this_process,
+    check_conditioning,
+    conditioning_of,
+    label_argument,
+    launched_processes,
+    make_and_save,
+)
 from diffkit.pipelines.model_kinds import (
     CLASS_CONDITIONAL,
     DIFFKIT_KINDS,
@@ -121,6 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--guidance_scale", type=float, default=None, help="Classifier-free guidance scale; default: the pipeline's."
     )
     parser.add_argument("--num_images", type=int, default=1, help="Images per class or prompt.")
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        help="Edits per pipeline call. Edit i has its own generator seeded with --seed + i, and whole batches are "
+        "shared out between the processes of `accelerate launch --num_processes N -m diffkit.cli.edit`, so each "
+        "edit is the same however many processes make them.",
+    )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the CPU generator, so a seed repeats anywhere.")
     parser.add_argument(
         "--device", default=None, help="Where to run: cpu or cuda; by default CUDA when a GPU is present."
@@ -174,7 +190,7 @@ def parse_args(argv=None):
         raise ValueError("`--negative_prompt` needs `--prompt` (a text-conditional model) beside it.")
     if args.prompt is not None and not all(prompt.strip() for prompt in args.prompt):
         raise ValueError(f"`--prompt` must not be empty, but is {args.prompt!r}: describe what to edit towards.")
-    for name in ("steps", "num_images", "jump_n_sample", "jump_length"):
+    for name in ("steps", "num_images", "batch_size", "jump_n_sample", "jump_length"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"`--{name}` must be a positive integer, but is {getattr(args, name)}.")
     if args.guidance_scale is not None and not args.guidance_scale >= 0:
@@ -244,71 +260,82 @@ def main(argv=None):
     check_task(args, kind, config)
     conditioning = conditioning_of(kind, config)
     check_conditioning(args, conditioning, "--pipeline")
+    with launched_processes(args.device) as state:
+        edit(args, state, kind, saved_task, conditioning)
+
+
+def edit(args, state, kind: str, saved_task: str, conditioning):
+    """`--num_images` edits of `--image` per class or prompt (or in all); edit `i` (conditions in turn, then the
+    images of each) from its own CPU generator seeded with `--seed + i`, in batches shared out between the
+    processes."""
     import torch
 
+    if conditioning == CLASS_CONDITIONAL:
+        conditions = args.class_labels
+    elif conditioning == TEXT_CONDITIONAL:
+        conditions = [f"prompt{index}" for index in range(len(args.prompt))]
+    else:
+        conditions = ["image"]
+    batches = batches_of_this_process(state, len(conditions) * args.num_images, args.batch_size, "edits")
     # The installed class that the folder names, not the code saved beside the weights: no remote code runs. The
     # task's pipeline is then made from it with `from_pipe`.
     pipe = pipeline_class(kind, saved_task).from_pretrained(args.pipeline)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe.to(device)
-    # The generator lives on the CPU so that a seed gives the same images on any device.
-    kwargs = dict(num_inference_steps=args.steps, generator=torch.Generator("cpu").manual_seed(args.seed))
-    if conditioning == CLASS_CONDITIONAL:
-        conditions = args.class_labels
-        kwargs.update(
-            class_labels=[label_argument(label) for label in args.class_labels],
-            num_images_per_label=args.num_images,
-            guidance_scale=args.guidance_scale,
-        )
-    elif conditioning == TEXT_CONDITIONAL:
-        conditions = [f"prompt{index}" for index in range(len(args.prompt))]
-        kwargs.update(
-            prompt=args.prompt,
-            negative_prompt=args.negative_prompt,
-            num_images_per_prompt=args.num_images,
-            guidance_scale=args.guidance_scale,
-        )
-    else:
-        conditions = ["image"]
-        if args.task != "upscale":
-            kwargs.update(num_images_per_image=args.num_images)
+    pipe.to(args.device or state.device)
+    pipe.set_progress_bar_config(disable=not state.is_local_main_process)
     with Image.open(args.image) as opened:
         image = opened.copy()
-    if args.task == "upscale":
-        # One input, upscaled once per class (a class-conditional stage) and `--num_images` times each.
-        if conditioning == CLASS_CONDITIONAL:
-            del kwargs["num_images_per_label"]
-        images = pipe(
-            image=[image] * len(conditions),
-            noise_level=args.noise_level,
-            num_images_per_image=args.num_images,
-            **kwargs,
-        ).images
-    elif args.task == "inpaint":
+    mask = None
+    if args.task == "inpaint":
         with Image.open(args.mask) as opened:
             mask = opened.copy()
-        inpaint = pipeline_class(kind, INPAINT).from_pipe(pipe)
-        images = inpaint(
-            image=image, mask_image=mask, jump_length=args.jump_length, jump_n_sample=args.jump_n_sample, **kwargs
-        ).images
-    elif args.task == "img2img":
-        images = pipeline_class(kind, IMG2IMG).from_pipe(pipe)(image=image, strength=args.strength, **kwargs).images
-    else:  # denoise: img2img from the noise level of the image's noise
-        img2img = pipeline_class(kind, IMG2IMG).from_pipe(pipe)
-        images = img2img(image=image, noise_level=args.noise_level, **kwargs).images
+        task_pipe = pipeline_class(kind, INPAINT).from_pipe(pipe)
+    elif args.task in ("img2img", "denoise"):
+        task_pipe = pipeline_class(kind, IMG2IMG).from_pipe(pipe)
+    else:
+        task_pipe = pipe
 
-    os.makedirs(args.out, exist_ok=True)
-    parameters = {k: v for k, v in vars(args).items() if k not in ("out", "device")}
-    for index, edited in enumerate(images):
-        condition = conditions[index // args.num_images]
-        path = os.path.join(args.out, f"{args.task}-{condition}-seed{args.seed}-{index % args.num_images}.png")
-        # the condition of this image: its class, or its one prompt in place of the list
+    def make_batch(batch):
+        # The generators live on the CPU so that a seed gives the same images on any device.
+        kwargs = dict(
+            image=[image] * len(batch),
+            num_inference_steps=args.steps,
+            generator=[torch.Generator("cpu").manual_seed(args.seed + index) for index in batch],
+        )
+        condition_of = [index // args.num_images for index in batch]
         if conditioning == CLASS_CONDITIONAL:
-            parameters["class_label"] = condition
+            labels = [label_argument(args.class_labels[c]) for c in condition_of]
+            kwargs.update(class_labels=labels, guidance_scale=args.guidance_scale)
         elif conditioning == TEXT_CONDITIONAL:
-            parameters["prompt"] = args.prompt[index // args.num_images]
-        save_png(edited, path, {**parameters, "image_index": index})
-        print(path)
+            negative = None if args.negative_prompt is None else [args.negative_prompt] * len(batch)
+            prompts = [args.prompt[c] for c in condition_of]
+            kwargs.update(prompt=prompts, negative_prompt=negative, guidance_scale=args.guidance_scale)
+        if args.task == "upscale":
+            return task_pipe(noise_level=args.noise_level, **kwargs).images
+        if args.task == "inpaint":
+            masks = [mask] * len(batch)
+            return task_pipe(
+                mask_image=masks, jump_length=args.jump_length, jump_n_sample=args.jump_n_sample, **kwargs
+            ).images
+        if args.task == "img2img":
+            return task_pipe(strength=args.strength, **kwargs).images
+        return task_pipe(noise_level=args.noise_level, **kwargs).images  # denoise: from the noise's level
+
+    parameters = {k: v for k, v in vars(args).items() if k not in ("out", "device")}
+
+    def parameters_of(index):
+        # the condition of this image: its class, or its one prompt in place of the list
+        condition = {}
+        if conditioning == CLASS_CONDITIONAL:
+            condition = {"class_label": args.class_labels[index // args.num_images]}
+        elif conditioning == TEXT_CONDITIONAL:
+            condition = {"prompt": args.prompt[index // args.num_images]}
+        return {**parameters, **condition, "image_index": index, "image_seed": args.seed + index}
+
+    def path_of(index):
+        condition = conditions[index // args.num_images]
+        return os.path.join(args.out, f"{args.task}-{condition}-seed{args.seed}-{index % args.num_images}.png")
+
+    make_and_save(state, batches, make_batch, path_of, parameters_of, args.out)
 
 
 if __name__ == "__main__":

@@ -110,10 +110,18 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    from diffkit.cli import launched_processes
+
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    with launched_processes() as state:
+        evaluate_and_record(args, state)
+
+
+def evaluate_and_record(args, state):
+    """Evaluate with the processes of `state`; the main process writes metrics.json and the card, and prints."""
     from diffkit.push import MODEL_CARD_NAME, render_folder_card
     from diffkit.training.evaluate import METRICS_NAME, evaluate, write_metrics
 
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     card_path = os.path.join(args.output_dir, MODEL_CARD_NAME)
     # The card is rendered again with the new figures only if it is still the one rendered for this folder: one
     # edited by hand is the user's and is kept (`diffkit-push` renders the Hub's card, figures included, anyway).
@@ -131,7 +139,10 @@ def main(argv=None):
         args.classifier_epochs,
         args.metrics,
         args.cache_dir,
+        state=state,
     )
+    if not state.is_main_process:
+        return
     previous_path = os.path.join(args.output_dir, METRICS_NAME)
     if os.path.isfile(previous_path):
         with open(previous_path, encoding="utf-8") as f:

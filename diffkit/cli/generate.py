@@ -25,7 +25,15 @@ from typing import Optional
 
 from PIL import Image
 
-from diffkit.cli import check_conditioning, conditioning_of, label_argument, save_png
+from diffkit.cli import (
+    DEFAULT_BATCH_SIZE,
+    batches_of_this_process,
+    check_conditioning,
+    conditioning_of,
+    label_argument,
+    launched_processes,
+    make_and_save,
+)
 from diffkit.pipelines.canny import check_image_side
 from diffkit.pipelines.model_kinds import (
     CLASS_CONDITIONAL,
@@ -78,6 +86,8 @@ STABLE_DIFFUSION_ONLY_FLAGS = (
 )  # fmt: skip
 DEFAULT_STRENGTH = {"img2img": 0.75, "inpaint": 1.0}
 DEFAULT_NOISE_LEVEL = 20  # the x4 upscaler's own default
+# Arguments that say where and how the images are made, not what they are: left out of each PNG's settings.
+NOT_IMAGE_SETTINGS = ("out", "device")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,6 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="Seed of the initial noise; the same seed repeats images.")
     parser.add_argument("--num_images", type=int, default=1, help="Images to generate for the prompt (or class).")
     parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        help="Images per pipeline call. Image i has its own generator seeded with --seed + i, and whole batches are "
+        "shared out between the processes of `accelerate launch --num_processes N -m diffkit.cli.generate`, so "
+        "each image is the same however many processes make them.",
+    )
+    parser.add_argument(
         "--width",
         type=int,
         default=None,
@@ -220,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("steps", "num_images"):
+    for name in ("steps", "num_images", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"`--{name}` must be a positive integer, but is {getattr(args, name)}.")
     if args.family is None and args.model is None:
@@ -307,41 +325,45 @@ def check_diffkit_sampling(args, parser) -> argparse.Namespace:
     return args
 
 
-def sample_diffkit_model(args):
+def sample_diffkit_model(args, state):
     """Sample `--num_images` images per class (or for the prompt, or in all) from a diffkit model, with its saved
-    defaults where a flag is not given, and save them as PNGs with their settings."""
-    import torch
-
+    defaults where a flag is not given, and save them as PNGs with their settings. Image `i` (classes in turn, then
+    the images of each) has its own CPU generator seeded with `--seed + i`."""
+    conditions = args.class_labels if args.kind == CLASS_CONDITIONAL else ["prompt" if args.prompt else "image"]
+    num_images = len(conditions) * args.num_images
+    batches = batches_of_this_process(state, num_images, args.batch_size)
     # The installed class for the kind, not the code saved beside the weights: no remote code runs.
     pipe = pipeline_class(args.kind, GENERATE).from_pretrained(args.model)
-    pipe.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    # The generator lives on the CPU so that a seed gives the same images on any device.
-    kwargs = dict(generator=torch.Generator("cpu").manual_seed(args.seed))
+    pipe.to(args.device or state.device)
+    pipe.set_progress_bar_config(disable=not state.is_local_main_process)
+    kwargs = {}
     if args.steps is not None:
         kwargs["num_inference_steps"] = args.steps
     if args.guidance_scale is not None:
         kwargs["guidance_scale"] = args.guidance_scale
-    if args.kind == CLASS_CONDITIONAL:
-        conditions = args.class_labels
-        kwargs.update(class_labels=[label_argument(label) for label in conditions])
-        kwargs.update(num_images_per_label=args.num_images)
-    elif args.kind == TEXT_CONDITIONAL:
-        conditions = ["prompt"]
-        kwargs.update(prompt=args.prompt, negative_prompt=args.negative_prompt, num_images_per_prompt=args.num_images)
-    else:
-        conditions = ["image"]
-        kwargs.update(batch_size=args.num_images)
-    images = pipe(**kwargs).images
 
-    os.makedirs(args.out, exist_ok=True)
-    parameters = {k: v for k, v in vars(args).items() if k not in ("out", "device", *STABLE_DIFFUSION_ONLY_FLAGS)}
-    for index, image in enumerate(images):
-        condition = conditions[index // args.num_images]
+    def make_batch(batch):
+        generators = image_generators(args.seed, batch)
         if args.kind == CLASS_CONDITIONAL:
-            parameters["class_label"] = condition
-        path = os.path.join(args.out, f"{args.kind}-{condition}-seed{args.seed}-{index % args.num_images}.png")
-        save_png(image, path, {**parameters, "image_index": index})
-        print(path)
+            labels = [label_argument(conditions[index // args.num_images]) for index in batch]
+            return pipe(class_labels=labels, generator=generators, **kwargs).images
+        if args.kind == TEXT_CONDITIONAL:
+            negative = None if args.negative_prompt is None else [args.negative_prompt] * len(batch)
+            prompts = [args.prompt] * len(batch)
+            return pipe(prompt=prompts, negative_prompt=negative, generator=generators, **kwargs).images
+        return pipe(batch_size=len(batch), generator=generators, **kwargs).images
+
+    parameters = {k: v for k, v in vars(args).items() if k not in NOT_IMAGE_SETTINGS + STABLE_DIFFUSION_ONLY_FLAGS}
+
+    def parameters_of(index):
+        condition = {"class_label": conditions[index // args.num_images]} if args.kind == CLASS_CONDITIONAL else {}
+        return {**parameters, **condition, "image_index": index, "image_seed": args.seed + index}
+
+    def path_of(index):
+        condition = conditions[index // args.num_images]
+        return os.path.join(args.out, f"{args.kind}-{condition}-seed{args.seed}-{index % args.num_images}.png")
+
+    make_and_save(state, batches, make_batch, path_of, parameters_of, args.out)
 
 
 def read_image(path: str, argument: str) -> Image.Image:
@@ -399,10 +421,15 @@ def warn_if_truncated(tokenizer, prompt: str, argument: str):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.kind in DIFFKIT_KINDS:
-        return sample_diffkit_model(args)
-    import torch
+    with launched_processes(args.device) as state:
+        if args.kind in DIFFKIT_KINDS:
+            return sample_diffkit_model(args, state)
+        return run_stable_diffusion(args, state)
 
+
+def run_stable_diffusion(args, state):
+    """A Stable Diffusion family task: `--num_images` images, image `i` from its own CPU generator seeded with
+    `--seed + i`, in batches shared out between the processes."""
     from diffkit.pipelines.canny import canny_edges
     from diffkit.pipelines.loaders import (
         is_sdxl,
@@ -412,20 +439,25 @@ def main(argv=None):
         load_stable_diffusion,
     )
 
+    batches = batches_of_this_process(state, args.num_images, args.batch_size)
     options = dict(
-        device=args.device, dtype=args.dtype, scheduler=args.scheduler, memory=args.memory, compile_unet=args.compile
+        device=args.device if state.num_processes == 1 else str(state.device),
+        dtype=args.dtype,
+        scheduler=args.scheduler,
+        memory=args.memory,
+        compile_unet=args.compile,
     )
     call_kwargs = dict(
         prompt=args.prompt,
         negative_prompt=args.negative_prompt,
         num_inference_steps=args.steps,
         guidance_scale=args.guidance_scale,
-        num_images_per_prompt=args.num_images,
         width=args.width,
         height=args.height,
     )
     if args.family in IMAGE_TASKS:
-        return run_image_task(args, options, call_kwargs)
+        return run_image_task(args, state, batches, options, call_kwargs)
+    refiner = None
     if args.family == "sd":
         pipe = load_stable_diffusion(args.model, **options)
     elif args.family == "sdxl":
@@ -438,38 +470,58 @@ def main(argv=None):
             call_kwargs["image"] = canny_edges(photo.convert("RGB"), args.low_threshold, args.high_threshold)
         if args.width is None and args.height is None:
             call_kwargs["width"], call_kwargs["height"] = call_kwargs["image"].size
-    warn_if_truncated(pipe.tokenizer, args.prompt, "--prompt")
-    if args.negative_prompt:
-        warn_if_truncated(pipe.tokenizer, args.negative_prompt, "--negative_prompt")
+    if state.is_main_process:
+        warn_if_truncated(pipe.tokenizer, args.prompt, "--prompt")
+        if args.negative_prompt:
+            warn_if_truncated(pipe.tokenizer, args.negative_prompt, "--negative_prompt")
 
-    # The generator lives on the CPU so that a seed gives the same images on any device.
-    generator = torch.Generator("cpu").manual_seed(args.seed)
-    if args.family == "sdxl" and refiner is not None:
-        latents = pipe(generator=generator, denoising_end=args.refiner_switch, output_type="latent", **call_kwargs)
+    def make_batch(batch):
+        generators = image_generators(args.seed, batch)
+        if refiner is None:
+            return pipe(generator=generators, num_images_per_prompt=len(batch), **call_kwargs).images
+        latents = pipe(
+            generator=generators,
+            num_images_per_prompt=len(batch),
+            denoising_end=args.refiner_switch,
+            output_type="latent",
+            **call_kwargs,
+        )
         # the refiner takes its size from the latents; num_images_per_prompt pairs each latent with the prompt
         refiner_kwargs = {k: v for k, v in call_kwargs.items() if k not in ("width", "height")}
-        images = refiner(
-            image=latents.images, denoising_start=args.refiner_switch, generator=generator, **refiner_kwargs
+        return refiner(
+            image=latents.images,
+            denoising_start=args.refiner_switch,
+            generator=generators,
+            num_images_per_prompt=len(batch),
+            **refiner_kwargs,
         ).images
-    else:
-        images = pipe(generator=generator, **call_kwargs).images
 
-    save_images(images, args)
+    save_images(state, batches, make_batch, args)
 
 
-def save_images(images, args):
-    os.makedirs(args.out, exist_ok=True)
-    parameters = {k: v for k, v in vars(args).items() if k != "out"}
-    for index, image in enumerate(images):
-        path = os.path.join(args.out, f"{args.family}-seed{args.seed}-{index}.png")
-        save_png(image, path, {**parameters, "image_index": index})
-        print(path)
+def image_generators(seed: int, batch: range) -> list:
+    """One generator per image, seeded with `seed` plus the image's index, so an image does not depend on the batch
+    or process that makes it. They live on the CPU so that a seed gives the same images on any device."""
+    import torch
+
+    return [torch.Generator("cpu").manual_seed(seed + index) for index in batch]
 
 
-def run_image_task(args, options: dict, call_kwargs: dict):
+def save_images(state, batches, make_batch, args):
+    parameters = {k: v for k, v in vars(args).items() if k not in NOT_IMAGE_SETTINGS}
+    make_and_save(
+        state,
+        batches,
+        make_batch,
+        lambda index: os.path.join(args.out, f"{args.family}-seed{args.seed}-{index}.png"),
+        lambda index: {**parameters, "image_index": index, "image_seed": args.seed + index},
+        args.out,
+    )
+
+
+def run_image_task(args, state, batches, options: dict, call_kwargs: dict):
     """img2img, inpaint or upscale on --image: everything is checked (the upscaler's noise range from its config)
     before the weights load."""
-    import torch
     from diffusers import DiffusionPipeline
     from diffusers.image_processor import VaeImageProcessor
 
@@ -496,18 +548,20 @@ def run_image_task(args, options: dict, call_kwargs: dict):
         for name in ("width", "height"):
             call_kwargs.pop(name)
         call_kwargs.update(noise_level=args.noise_level)
-        if args.tile_size is None:
-            generator = torch.Generator("cpu").manual_seed(args.seed)
-            images = pipe(image=image, generator=generator, **call_kwargs).images
-        else:
-            tile_kwargs = {k: v for k, v in call_kwargs.items() if k not in ("prompt", "num_images_per_prompt")}
-            images = [
+
+        def upscale_batch(batch):
+            if args.tile_size is None:
+                generators = image_generators(args.seed, batch)
+                return pipe(image=image, generator=generators, num_images_per_prompt=len(batch), **call_kwargs).images
+            tile_kwargs = {k: v for k, v in call_kwargs.items() if k != "prompt"}
+            return [
                 upscale_tiled(
                     pipe, args.prompt, image, tile_size=args.tile_size, seed=args.seed + index, **tile_kwargs
                 )
-                for index in range(args.num_images)
+                for index in batch
             ]
-        return save_images(images, args)
+
+        return save_images(state, batches, upscale_batch, args)
 
     image = image_at_multiple_of_8(original, "--image", args.width, args.height)  # the size the pipeline runs at
     sdxl = is_sdxl(args.model)
@@ -538,9 +592,14 @@ def run_image_task(args, options: dict, call_kwargs: dict):
             pipe = load_stable_diffusion_inpaint(args.model, allow_text_to_image_checkpoint=allow, **options)
         call_kwargs.update(mask_image=mask, width=image.width, height=image.height)
         call_kwargs["padding_mask_crop"] = args.padding_mask_crop
-    warn_if_truncated(pipe.tokenizer, args.prompt, "--prompt")
-    generator = torch.Generator("cpu").manual_seed(args.seed)
-    save_images(pipe(generator=generator, **call_kwargs).images, args)
+    if state.is_main_process:
+        warn_if_truncated(pipe.tokenizer, args.prompt, "--prompt")
+
+    def make_batch(batch):
+        generators = image_generators(args.seed, batch)
+        return pipe(generator=generators, num_images_per_prompt=len(batch), **call_kwargs).images
+
+    save_images(state, batches, make_batch, args)
 
 
 if __name__ == "__main__":
