@@ -11,6 +11,10 @@ too) gains them in its evaluation section, unless it is no longer the card rende
 features and the classifier are cached (`--cache_dir`). Asking with `--metrics` for an InceptionV3 metric that cannot
 be computed here is an error.
 
+`accelerate launch --num_processes N -m diffkit.cli.evaluate OUTPUT_DIR ...` shares the generation out between N
+processes (whole batches of `--batch_size`, each image seeded by its index) and scores on the main process: the
+figures are the one-process figures.
+
 (`python -m diffkit.cli.evaluate` is the same command.) From Python, `diffkit.training.evaluate`'s `evaluate`,
 `prepare_real_reference` and `score` do the same work; training uses them for `--eval_steps`.
 """
@@ -61,7 +65,12 @@ def parse_args(argv=None):
         "--num_inference_steps", type=int, default=None, help="Sampling steps; the pipeline's default if unset."
     )
     parser.add_argument("--guidance_scale", type=float, default=None, help="Guidance; the pipeline's default.")
-    parser.add_argument("--batch_size", type=int, default=100, help="Images generated per pipeline call.")
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=100,
+        help="Images generated per pipeline call; several processes share whole batches.",
+    )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the samples, the real draws and KID subsets.")
     parser.add_argument(
         "--feature_resolution", type=int, default=224, help="Size MobileNetV2 sees (ImageNet: 224; 64 is faster)."
