@@ -125,6 +125,14 @@ def batches_of_this_process(state, num_images: int, batch_size: int, what: str =
         return list(batches_here)
 
 
+def image_generators(seed: int, batch: range) -> list:
+    """One generator per image, seeded with `seed` plus the image's index, so an image does not depend on the batch
+    or process that makes it. They live on the CPU so that a seed gives the same images on any device."""
+    import torch
+
+    return [torch.Generator("cpu").manual_seed(seed + index) for index in batch]
+
+
 def make_and_save(
     state,
     batches: Sequence[range],

@@ -23,6 +23,7 @@ from diffkit.cli import (
     batches_of_this_process,
     check_conditioning,
     conditioning_of,
+    image_generators,
     label_argument,
     launched_processes,
     make_and_save,
@@ -268,8 +269,6 @@ def edit(args, state, kind: str, saved_task: str, conditioning):
     """`--num_images` edits of `--image` per class or prompt (or in all); edit `i` (conditions in turn, then the
     images of each) from its own CPU generator seeded with `--seed + i`, in batches shared out between the
     processes."""
-    import torch
-
     if conditioning == CLASS_CONDITIONAL:
         conditions = args.class_labels
     elif conditioning == TEXT_CONDITIONAL:
@@ -295,11 +294,8 @@ def edit(args, state, kind: str, saved_task: str, conditioning):
         task_pipe = pipe
 
     def make_batch(batch):
-        # The generators live on the CPU so that a seed gives the same images on any device.
         kwargs = dict(
-            image=[image] * len(batch),
-            num_inference_steps=args.steps,
-            generator=[torch.Generator("cpu").manual_seed(args.seed + index) for index in batch],
+            image=[image] * len(batch), num_inference_steps=args.steps, generator=image_generators(args.seed, batch)
         )
         condition_of = [index // args.num_images for index in batch]
         if conditioning == CLASS_CONDITIONAL:

@@ -30,6 +30,7 @@ from diffkit.cli import (
     batches_of_this_process,
     check_conditioning,
     conditioning_of,
+    image_generators,
     label_argument,
     launched_processes,
     make_and_save,
@@ -497,14 +498,6 @@ def run_stable_diffusion(args, state):
         ).images
 
     save_images(state, batches, make_batch, args)
-
-
-def image_generators(seed: int, batch: range) -> list:
-    """One generator per image, seeded with `seed` plus the image's index, so an image does not depend on the batch
-    or process that makes it. They live on the CPU so that a seed gives the same images on any device."""
-    import torch
-
-    return [torch.Generator("cpu").manual_seed(seed + index) for index in batch]
 
 
 def save_images(state, batches, make_batch, args):
