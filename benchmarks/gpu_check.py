@@ -275,6 +275,9 @@ CASES = [
      StableDiffusionUpscalePipeline, load_upscaler,
      lambda: dict(image=photo(128), noise_level=20, num_inference_steps=50)),
 ]  # fmt: skip
+# Quantised UNets (`quantize=`) measured on the first two CASES, against the fp16 loader's row; int4 runs in bf16.
+QUANTIZED_CASES = ("SD 1.5 text-to-image", "SDXL text-to-image")
+QUANTIZE_ROWS = ("int8", "int4", "nf4", "float8")
 TRANSCRIBED_UNETS = {
     SD15_MODEL: SD15_UNET,
     SDXL_MODEL: SDXL_UNET,
@@ -295,6 +298,41 @@ def seconds_and_peak_gib(pipe, call_kwargs, repeats):
         torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times), torch.cuda.max_memory_allocated() / 2**30
+
+
+def quantized_rows(measured, args, started):
+    """The table of `quantize=` rows: each mode on the QUANTIZED_CASES, against the fp16 loader's figures; a mode this
+    GPU or installation cannot run is listed with the loader's reason."""
+    lines = [
+        "",
+        "| pipeline | quantize | s/image | vs fp16 | peak GiB | vs fp16 |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    cases = {case[0]: case for case in CASES}
+    for name in QUANTIZED_CASES:
+        if name not in measured:
+            continue
+        folders, weights, (fp16_s, fp16_gib) = measured[name]
+        _, _, _, _, our_loader, call_kwargs = cases[name]
+        for mode in QUANTIZE_ROWS:
+            if time.perf_counter() - started > args.budget_s:
+                lines.append(f"| {name} | {mode} | skipped: the {args.budget_s:.0f} s budget was spent | | | |")
+                continue
+            try:
+                pipe = our_loader(*folders, quantize=mode, dtype="bf16" if mode == "int4" else None)
+            except (ValueError, ImportError) as error:
+                lines.append(f"| {name} | {mode} | refused: {str(error).splitlines()[0]} | | | |")
+                continue
+            if weights.startswith("random"):
+                pipe.vae.broken_decode_check.remove()
+            seconds, gib = seconds_and_peak_gib(pipe, call_kwargs(), args.repeats)
+            del pipe
+            torch.cuda.empty_cache()
+            lines.append(
+                f"| {name} | {mode} | {seconds:.2f} | {seconds / fp16_s:.2f}x | {gib:.1f} | {gib / fp16_gib:.2f}x |"
+            )
+            print(lines[-1], flush=True)
+    return lines
 
 
 def load_baseline(pipeline_class, folders):
@@ -347,6 +385,7 @@ def main(argv=None):
         "| pipeline | weights | baseline s/image | ours s/image | speed-up | baseline peak GiB | ours peak GiB |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
+    measured = {}  # case name -> (folders, weights, our fp16 figures), for the quantised rows
     with tempfile.TemporaryDirectory() as root:
         for name, repos, build_random, pipeline_class, our_loader, call_kwargs in CASES:
             if time.perf_counter() - started > args.budget_s:
@@ -373,11 +412,13 @@ def main(argv=None):
                 del pipe
                 torch.cuda.empty_cache()
             (base_s, base_gib), (ours_s, ours_gib) = figures
+            measured[name] = (folders, weights, figures[1])
             lines.append(
                 f"| {name} | {weights} | {base_s:.2f} | {ours_s:.2f} | {base_s / ours_s:.2f}x | {base_gib:.1f} "
                 f"| {ours_gib:.1f} |"
             )
             print(lines[-1], flush=True)
+        lines += quantized_rows(measured, args, started)
     lines += ["", f"Total {time.perf_counter() - started:.0f} s."]
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".partial", "w") as f:

@@ -46,6 +46,7 @@ _LAZY_ATTRIBUTES = {
     "upscale_tiled": "diffkit.pipelines.loaders",
     "task_pipeline": "diffkit.pipelines.loaders",
     "canny_edges": "diffkit.pipelines.canny",
+    "pipeline_quantization_config": "diffkit.pipelines.quantization",
     "push_pipeline_folder": "diffkit.push",
     "evaluate": "diffkit.training.evaluate",
     "prepare_real_reference": "diffkit.training.evaluate",

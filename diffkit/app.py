@@ -94,6 +94,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="Base model of the ControlNet tab (SD 1.5 or SDXL); defaults to --sd, else SD 1.5.",
     )
     parser.add_argument(
+        "--quantize",
+        default=None,
+        help="Quantise the Stable Diffusion family's UNets: int8, int4, float8 or nf4 (int8 runs on the CPU too; see "
+        "diffkit-generate --help).",
+    )
+    parser.add_argument(
+        "--lora",
+        action="append",
+        default=None,
+        metavar="PATH[:SCALE]",
+        help="A LoRA adapter (file, folder or Hub id, optional weight) for the --sd, --sdxl, --controlnet and "
+        "--inpaint models, which must then be of the adapter's family; repeat for several. Each of their tabs gets "
+        "a LoRA scale slider.",
+    )
+    parser.add_argument(
         "--trust_remote_code",
         action="store_true",
         help="Run the pipeline code saved in a --pipeline folder or repo. Without it, only pipelines whose class "
@@ -137,6 +152,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     for argument in ("sd", "sdxl", "vae", "controlnet", "controlnet_base", "inpaint", "upscaler"):
         if getattr(args, argument) is not None:
             check_model_argument(getattr(args, argument), f"--{argument}")
+    if args.quantize is not None or args.lora is not None:  # Stable Diffusion options: diffkit is installed
+        from diffkit.pipelines.stable_diffusion_options import check_loras, check_quantize, parse_lora
+
+        check_quantize(args.quantize, "--quantize")
+        if args.lora is not None:
+            args.lora = check_loras([parse_lora(text) for text in args.lora], "--lora")
     if args.controlnet_base is not None and args.controlnet is None:
         raise ValueError("`--controlnet_base` is the base model of the ControlNet tab: pass `--controlnet` too.")
     if not 0 <= args.port <= 65535:

@@ -46,12 +46,6 @@ except ImportError:  # on a Hugging Face Space, where this file runs without dif
     DIFFKIT_INSTALLED = False
 
 logger = logging.getLogger(__name__)
-# `from_pipe`, which makes each edit request's pipeline, casts the modules to their own dtype, and diffusers then
-# warns that "There are modules in UNet2DConditionModel that should be kept in float32: []" even when that list is
-# empty: the log would repeat it on every edit.
-logging.getLogger("diffusers.models.modeling_utils").addFilter(
-    lambda record: "should be kept in float32: []" not in record.getMessage()
-)
 
 # The samplers a diffkit tab offers besides the saved one, built from the saved scheduler's config. DPM-Solver++ and
 # UniPC threshold their clean-image estimate to the data range, without which guided samples fall apart
@@ -64,6 +58,8 @@ SAMPLERS = {
 }
 SAVED_SAMPLER = "as saved"
 MAX_GUIDANCE_SCALE = 20.0
+# The app's LoRA scale slider reaches twice the --lora weights; beyond that LoRAs usually break the image.
+MAX_LORA_SCALE = 2.0
 # Requests share one queue slot so that two browser sessions never run models at once (they would split the cores).
 MODEL_QUEUE = "models"
 # The gallery shows a new set of predicted clean images at most this often while "Show the denoising" is on.
@@ -120,7 +116,7 @@ def load_diffkit_pipeline(model: str, trust_remote_code: bool = False, device=No
         pipe = DiffusionPipeline.from_pretrained(model, trust_remote_code=True)
     if task in (model_kinds.INPAINT, model_kinds.IMG2IMG):
         # a folder saved from an editing pipeline: its tab generates from the same weights
-        pipe = model_kinds.pipeline_class(kind, model_kinds.GENERATE).from_pipe(pipe)
+        pipe = model_kinds.pipeline_sharing_modules(model_kinds.pipeline_class(kind, model_kinds.GENERATE), pipe)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return pipe.to(device=device) if dtype is None else pipe.to(device=device, dtype=dtype)
 
@@ -131,8 +127,9 @@ def pipeline_kind(pipe) -> Optional[str]:
 
 
 def editing_pipeline(pipe, task: str) -> DiffusionPipeline:
-    """The inpainting (`task="inpaint"`) or img2img/denoising pipeline made from `pipe` with `from_pipe`, sharing its
-    modules: diffkit's installed class, or on a Space the pipeline file uploaded beside this app."""
+    """The inpainting (`task="inpaint"`) or img2img/denoising pipeline made from `pipe`, sharing its modules (and
+    keeping their dtype, quantised or not): diffkit's installed class, or on a Space the pipeline file uploaded beside
+    this app."""
     kind = pipeline_kind(pipe)
     task = model_kinds.INPAINT if task == model_kinds.INPAINT else model_kinds.IMG2IMG  # denoise is img2img
     try:
@@ -142,7 +139,7 @@ def editing_pipeline(pipe, task: str) -> DiffusionPipeline:
             f"Editing needs {model_kinds.pipeline_class_name(kind, task)}: install diffkit, or put its pipeline file "
             "beside this app."
         ) from None
-    return pipeline_class.from_pipe(pipe)
+    return model_kinds.pipeline_sharing_modules(pipeline_class, pipe)
 
 
 def editor_image_and_mask(editor_value, task: str):
@@ -719,8 +716,14 @@ def super_resolution_tab(pipe, title: str, api_name: str, max_images: int):
     connect_button(button, upscale, named_inputs, [gallery, info], api_name)
 
 
-def stable_diffusion_controls(saved_scheduler, max_images: int):
-    """The images, steps, guidance, sampler and seed controls of the Stable Diffusion tabs."""
+def lora_names(pipe) -> List[str]:
+    """The LoRA adapters active on `pipe` (none when it has no LoRA support, no adapter, or fused them)."""
+    return list(pipe.get_active_adapters()) if hasattr(pipe, "get_active_adapters") else []
+
+
+def stable_diffusion_controls(saved_scheduler, max_images: int, pipe=None):
+    """The images, steps, guidance, sampler and seed controls of the Stable Diffusion tabs, and a LoRA scale when
+    `pipe` runs LoRA adapters."""
     from diffkit.pipelines.loaders import SCHEDULERS
 
     num_images = gr.Slider(1, max_images, value=1, step=1, precision=0, label="Images")
@@ -733,13 +736,18 @@ def stable_diffusion_controls(saved_scheduler, max_images: int):
         info=f"'{SAVED_SAMPLER}' is the model's {type(saved_scheduler).__name__}.",
     )
     seed = gr.Number(0, precision=0, minimum=0, label="Seed", info="Image i uses seed + i.")
-    return {
+    controls = {
         "num_images": num_images,
         "num_inference_steps": num_inference_steps,
         "guidance_scale": guidance_scale,
         "sampler": sampler,
         "seed": seed,
     }
+    if pipe is not None and lora_names(pipe):
+        controls["lora_scale"] = gr.Slider(
+            0, MAX_LORA_SCALE, value=1, step=0.05, label="LoRA scale", info="Multiplies each --lora weight."
+        )
+    return controls
 
 
 def stable_diffusion_settings(pipe, saved_scheduler, inputs: Dict):
@@ -761,8 +769,16 @@ def stable_diffusion_settings(pipe, saved_scheduler, inputs: Dict):
         guidance_scale=float(guidance),
         generator=image_generators(inputs["seed"], images_wanted),
     )
+    summary = f"{type(pipe.scheduler).__name__}, {steps} steps, guidance {float(guidance):g}"
+    if "lora_scale" in inputs:
+        lora_scale = float(inputs["lora_scale"])
+        if not 0 <= lora_scale <= MAX_LORA_SCALE:
+            raise ValueError(f"`lora_scale` must be in [0, {MAX_LORA_SCALE}], but is {lora_scale}.")
+        # the pipelines scale every LoRA layer by this for the call (diffusers' `scale_lora_layers`)
+        call_kwargs["cross_attention_kwargs"] = {"scale": lora_scale}
+        summary += f", LoRA scale {lora_scale:g}"
     captions = [f"seed {g.initial_seed()}" for g in call_kwargs["generator"]]
-    return call_kwargs, captions, f"{type(pipe.scheduler).__name__}, {steps} steps, guidance {float(guidance):g}."
+    return call_kwargs, captions, summary + "."
 
 
 def stable_diffusion_tab(pipe, title: str, api_name: str, max_images: int, canny: bool = False):
@@ -788,7 +804,7 @@ def stable_diffusion_tab(pipe, title: str, api_name: str, max_images: int, canny
                     with gr.Row():
                         width = gr.Slider(64, 2048, value=default_side, step=8, precision=0, label="Width")
                         height = gr.Slider(64, 2048, value=default_side, step=8, precision=0, label="Height")
-                controls = stable_diffusion_controls(saved_scheduler, max_images)
+                controls = stable_diffusion_controls(saved_scheduler, max_images, pipe)
                 button = gr.Button("Generate", variant="primary")
             with gr.Column():
                 if canny:
@@ -870,7 +886,7 @@ def stable_diffusion_edit_tab(pipe, title: str, api_name: str, max_images: int, 
                     info="How much of the schedule re-draws the image: 0.3 keeps the layout, 1 keeps nothing.",
                 )
                 mask_blur = gr.Slider(0, 64, value=0, step=1, precision=0, label="Mask blur (pixels)", visible=inpaint)
-                controls = stable_diffusion_controls(saved_scheduler, max_images)
+                controls = stable_diffusion_controls(saved_scheduler, max_images, pipe)
                 button = gr.Button("Inpaint" if inpaint else "Edit", variant="primary")
             with gr.Column():
                 gallery = gr.Gallery(label="Images", format="png", columns=2)
@@ -1011,7 +1027,7 @@ def build_demo(
     `generate_sdxl`, `generate_controlnet_canny`), each diffkit tab's edit button one named `edit_<title>`, and a
     super-resolution stage's upscale button one named `upscale_<title>`, all served one request at a time.
 
-    Stable Diffusion and SDXL also get an img2img tab (`img2img_sd`, `img2img_sdxl`), made with `from_pipe` (no
+    Stable Diffusion and SDXL also get an img2img tab (`img2img_sd`, `img2img_sdxl`), sharing the modules (no
     second copy of the weights); `inpaint` (an SD or SDXL inpainting pipeline) gets an inpainting tab
     (`inpaint_sd` or `inpaint_sdxl`) and `upscaler` (the x4 upscaler) an upscaling tab (`upscale_x4`).
 
@@ -1075,23 +1091,24 @@ def load_models(args) -> Dict:
         )
         from diffkit.pipelines.stable_diffusion_options import SD15_MODEL
 
-        options = dict(device=args.device, dtype=args.dtype)
+        options = dict(device=args.device, dtype=args.dtype, quantize=args.quantize)
+        lora = dict(lora=args.lora)  # not the upscaler's: no LoRA is made for it
         if args.sd:
-            models["stable_diffusion"] = load_stable_diffusion(args.sd, **options)
+            models["stable_diffusion"] = load_stable_diffusion(args.sd, **options, **lora)
         if args.sdxl:
-            models["sdxl"] = load_sdxl(args.sdxl, vae=args.vae, **options)
+            models["sdxl"] = load_sdxl(args.sdxl, vae=args.vae, **options, **lora)
         if args.controlnet:
             base = args.controlnet_base or args.sd or SD15_MODEL
             # the base model's own model_index.json says which ControlNet pipeline fits it
             sdxl = is_sdxl(base)
             models["controlnet"] = load_controlnet_canny(
-                base, args.controlnet, sdxl=sdxl, vae=args.vae if sdxl else None, **options
+                base, args.controlnet, sdxl=sdxl, vae=args.vae if sdxl else None, **options, **lora
             )
         if args.inpaint:
             if is_sdxl(args.inpaint):
-                models["inpaint"] = load_sdxl_inpaint(args.inpaint, vae=args.vae, **options)
+                models["inpaint"] = load_sdxl_inpaint(args.inpaint, vae=args.vae, **options, **lora)
             else:
-                models["inpaint"] = load_stable_diffusion_inpaint(args.inpaint, **options)
+                models["inpaint"] = load_stable_diffusion_inpaint(args.inpaint, **options, **lora)
         if args.upscaler:
             models["upscaler"] = load_upscaler(args.upscaler, **options)
     return models

@@ -10,7 +10,9 @@ Defaults: on CUDA, fp16 (the repo's `fp16` weight variant when it has one, else 
 GPU when it fits; on CPU, fp32 with a warning that it is slow. An explicit `device=` or `dtype=` always wins.
 """
 
+import importlib.util
 import logging
+import os
 import warnings
 from typing import Optional, Union
 
@@ -37,7 +39,8 @@ from diffusers import (
 from packaging import version
 from PIL import Image
 
-from diffkit.pipelines.model_kinds import SDXL, model_kind
+from diffkit.pipelines.model_kinds import SDXL, model_kind, pipeline_sharing_modules
+from diffkit.pipelines.quantization import check_quantize_on_device, pipeline_quantization_config, stored_bytes
 from diffkit.pipelines.stable_diffusion_options import (
     MEMORY_MODES,
     SCHEDULER_CLASS_NAMES,
@@ -51,6 +54,7 @@ from diffkit.pipelines.stable_diffusion_options import (
     UPSCALER_MODEL,
     UPSCALER_TILE_OVERLAP,
     UPSCALER_TILE_SIZE,
+    check_loras,
     check_model_id,
     check_scheduler,
     check_upscale_inputs,
@@ -151,10 +155,7 @@ def set_scheduler(pipe, scheduler: Optional[str]):
 
 def weights_bytes(pipe) -> int:
     return sum(
-        p.numel() * p.element_size()
-        for component in pipe.components.values()
-        if isinstance(component, torch.nn.Module)
-        for p in component.parameters()
+        stored_bytes(component) for component in pipe.components.values() if isinstance(component, torch.nn.Module)
     )
 
 
@@ -247,6 +248,9 @@ def load_stable_diffusion(
     channels_last: bool = False,
     fuse_qkv: bool = False,
     compile_unet: bool = False,
+    quantize: Optional[str] = None,
+    lora=None,
+    fuse_lora: bool = False,
     **from_pretrained_kwargs,
 ) -> StableDiffusionPipeline:
     r"""
@@ -265,6 +269,12 @@ def load_stable_diffusion(
         channels_last (`bool`): channels-last memory format for the UNet, often faster on recent GPUs.
         fuse_qkv (`bool`): fuse the attention Q, K and V projections into one matmul.
         compile_unet (`bool`): `torch.compile` the UNet's repeated blocks (regional compilation).
+        quantize (`str`, *optional*): store the UNet's linear layers quantised, through diffusers'
+            `PipelineQuantizationConfig`: `"int8"` (torchao weight-only; CPU and CUDA), `"int4"` (torchao, CUDA, with
+            `dtype="bf16"`), `"float8"` (torchao, CUDA of compute capability 8.9+), `"nf4"` (bitsandbytes, CUDA).
+        lora (`str`, `(str, float)` or a list of them, *optional*): LoRA adapters, each a `.safetensors` file, a
+            folder or a Hub repo id, in the diffusers or the kohya/A1111 format, with an optional scale (default 1).
+        fuse_lora (`bool`): add the adapters into the weights, so that they cost nothing per step.
         from_pretrained_kwargs: passed to `from_pretrained` (`revision`, `cache_dir`, `local_files_only`, `token`).
 
     Attention uses PyTorch's scaled-dot-product attention, diffusers' default. Raises `ValueError` for a bad
@@ -277,11 +287,22 @@ def load_stable_diffusion(
     >>> from diffkit.pipelines.loaders import load_stable_diffusion
     >>> pipe = load_stable_diffusion(scheduler="dpm++2m_karras")  # doctest: +SKIP
     >>> image = pipe("an astronaut riding a horse", num_inference_steps=25).images[0]  # doctest: +SKIP
+    >>> styled = load_stable_diffusion(lora=[("my-style.safetensors", 0.8)], fuse_lora=True)  # doctest: +SKIP
+    >>> small = load_stable_diffusion(quantize="int8")  # doctest: +SKIP
     ```
     """
     speed_options = (vae_slicing, vae_tiling, channels_last, fuse_qkv, compile_unet)
+    weight_options = (quantize, lora, fuse_lora)
     return load_and_configure(
-        StableDiffusionPipeline, model, device, dtype, scheduler, memory, speed_options, **from_pretrained_kwargs
+        StableDiffusionPipeline,
+        model,
+        device,
+        dtype,
+        scheduler,
+        memory,
+        speed_options,
+        weight_options,
+        **from_pretrained_kwargs,
     )
 
 
@@ -309,6 +330,9 @@ def load_sdxl(
     channels_last: bool = False,
     fuse_qkv: bool = False,
     compile_unet: bool = False,
+    quantize: Optional[str] = None,
+    lora=None,
+    fuse_lora: bool = False,
     **from_pretrained_kwargs,
 ) -> StableDiffusionXLPipeline:
     r"""
@@ -328,6 +352,7 @@ def load_sdxl(
     ```
     """
     speed_options = (vae_slicing, vae_tiling, channels_last, fuse_qkv, compile_unet)
+    weight_options = (quantize, lora, fuse_lora)
     return load_and_configure(
         StableDiffusionXLPipeline,
         model,
@@ -336,6 +361,7 @@ def load_sdxl(
         scheduler,
         memory,
         speed_options,
+        weight_options,
         sdxl=True,
         vae=vae,
         **from_pretrained_kwargs,
@@ -343,10 +369,16 @@ def load_sdxl(
 
 
 def load_sdxl_refiner(
-    base: StableDiffusionXLPipeline, model: str = SDXL_REFINER_MODEL, *, memory: str = "auto", **from_pretrained_kwargs
+    base: StableDiffusionXLPipeline,
+    model: str = SDXL_REFINER_MODEL,
+    *,
+    memory: str = "auto",
+    quantize: Optional[str] = None,
+    **from_pretrained_kwargs,
 ) -> StableDiffusionXLImg2ImgPipeline:
     r"""
-    Load the SDXL refiner for `base`, sharing its second text encoder and its VAE (one copy of each in memory).
+    Load the SDXL refiner for `base`, sharing its second text encoder and its VAE (one copy of each in memory);
+    `quantize` quantises its UNet as in [`load_stable_diffusion`].
 
     Run the base for the first part of the schedule and the refiner for the rest:
 
@@ -364,12 +396,14 @@ def load_sdxl_refiner(
     if memory == "auto" and device.type != "cuda":
         memory = "none"
     check_load_options(None, memory, device)
+    check_quantize_on_device(quantize, device, dtype)
     refiner = load_with_variant(
         StableDiffusionXLImg2ImgPipeline,
         model,
         dtype,
         text_encoder_2=base.text_encoder_2,
         vae=base.vae,
+        **quantization_kwargs((quantize, None, False), dtype),
         **from_pretrained_kwargs,
     )
     return configure_pipeline(refiner, device, None, memory, False, False, False, False, False)
@@ -390,6 +424,9 @@ def load_controlnet_canny(
     channels_last: bool = False,
     fuse_qkv: bool = False,
     compile_unet: bool = False,
+    quantize: Optional[str] = None,
+    lora=None,
+    fuse_lora: bool = False,
     **from_pretrained_kwargs,
 ):
     r"""
@@ -412,6 +449,7 @@ def load_controlnet_canny(
     """
     pipeline_class = StableDiffusionXLControlNetPipeline if sdxl else StableDiffusionControlNetPipeline
     speed_options = (vae_slicing, vae_tiling, channels_last, fuse_qkv, compile_unet)
+    weight_options = (quantize, lora, fuse_lora)
     return load_controlnet_with_base(
         pipeline_class,
         base,
@@ -423,6 +461,7 @@ def load_controlnet_canny(
         scheduler,
         memory,
         speed_options,
+        weight_options,
         **from_pretrained_kwargs,
     )
 
@@ -438,6 +477,7 @@ def load_controlnet_with_base(
     scheduler,
     memory,
     speed_options,
+    weight_options,
     **from_pretrained_kwargs,
 ):
     """The ControlNet loaders' shared steps: the ControlNet's weights, then the base model's, as `pipeline_class`."""
@@ -445,11 +485,16 @@ def load_controlnet_with_base(
     check_model_id(controlnet, "controlnet")
     device, dtype = resolve_device_and_dtype(device, dtype)
     check_load_options(scheduler, memory, device)
+    loras = check_weight_options(pipeline_class, weight_options, device, dtype, speed_options)
     check_unet_in_channels(base, TEXT_TO_IMAGE_UNET_IN_CHANNELS, pipeline_class, "base", from_pretrained_kwargs)
     controlnet_model = load_with_variant(ControlNetModel, controlnet, dtype, **from_pretrained_kwargs)
-    pipe = load_with_variant(pipeline_class, base, dtype, controlnet=controlnet_model, **from_pretrained_kwargs)
+    quantization = quantization_kwargs(weight_options, dtype)
+    pipe = load_with_variant(
+        pipeline_class, base, dtype, controlnet=controlnet_model, **quantization, **from_pretrained_kwargs
+    )
     if sdxl:
         use_safe_sdxl_vae(pipe, vae, dtype, from_pretrained_kwargs)
+    load_loras(pipe, loras, fuse_lora=weight_options[2])
     return configure_pipeline(pipe, device, scheduler, memory, *speed_options)
 
 
@@ -468,6 +513,9 @@ def load_controlnet_canny_img2img(
     channels_last: bool = False,
     fuse_qkv: bool = False,
     compile_unet: bool = False,
+    quantize: Optional[str] = None,
+    lora=None,
+    fuse_lora: bool = False,
     **from_pretrained_kwargs,
 ):
     r"""
@@ -485,6 +533,7 @@ def load_controlnet_canny_img2img(
     """
     pipeline_class = StableDiffusionXLControlNetImg2ImgPipeline if sdxl else StableDiffusionControlNetImg2ImgPipeline
     speed_options = (vae_slicing, vae_tiling, channels_last, fuse_qkv, compile_unet)
+    weight_options = (quantize, lora, fuse_lora)
     return load_controlnet_with_base(
         pipeline_class,
         base,
@@ -496,6 +545,7 @@ def load_controlnet_canny_img2img(
         scheduler,
         memory,
         speed_options,
+        weight_options,
         **from_pretrained_kwargs,
     )
 
@@ -508,23 +558,91 @@ def load_and_configure(
     scheduler: Optional[str],
     memory: str,
     speed_options: tuple,
+    weight_options: tuple,
     unet_in_channels: Optional[int] = None,
     sdxl: bool = False,
     vae: Optional[str] = None,
     **from_pretrained_kwargs,
 ):
     """What each single-model loader does: check the options (and, when `unet_in_channels` is given, that the
-    checkpoint's UNet has that many input channels), load, guard an SDXL VAE in fp16 (`vae`: see `load_sdxl`), and
-    apply the device, memory and speed settings (`speed_options`: see `configure_pipeline`)."""
+    checkpoint's UNet has that many input channels), load (quantised as `weight_options` = (quantize, lora,
+    fuse_lora) says), guard an SDXL VAE in fp16 (`vae`: see `load_sdxl`), load the LoRA adapters, and apply the
+    device, memory and speed settings (`speed_options`: see `configure_pipeline`)."""
     check_model_id(model)
     device, dtype = resolve_device_and_dtype(device, dtype)
     check_load_options(scheduler, memory, device)
+    loras = check_weight_options(pipeline_class, weight_options, device, dtype, speed_options)
     if unet_in_channels is not None:
         check_unet_in_channels(model, unet_in_channels, pipeline_class, "model", from_pretrained_kwargs)
-    pipe = load_with_variant(pipeline_class, model, dtype, **from_pretrained_kwargs)
+    quantization = quantization_kwargs(weight_options, dtype)
+    pipe = load_with_variant(pipeline_class, model, dtype, **quantization, **from_pretrained_kwargs)
     if sdxl:
         use_safe_sdxl_vae(pipe, vae, dtype, from_pretrained_kwargs)
+    load_loras(pipe, loras, fuse_lora=weight_options[2])
     return configure_pipeline(pipe, device, scheduler, memory, *speed_options)
+
+
+def check_weight_options(pipeline_class, weight_options: tuple, device, dtype, speed_options: tuple) -> list:
+    """Refuse, before any weight loads, a quantisation this device cannot run and a LoRA that is not there; returns
+    the LoRA adapters as (source, scale) pairs."""
+    quantize, lora, fuse_lora = weight_options
+    fuse_qkv = speed_options[3]
+    check_quantize_on_device(quantize, device, dtype, fuse_qkv=fuse_qkv)
+    loras = check_loras(lora)
+    if loras and not hasattr(pipeline_class, "load_lora_weights"):
+        raise ValueError(
+            f"`lora`: {pipeline_class.__name__} takes no LoRA adapters in diffusers {diffusers.__version__}."
+        )
+    if loras and importlib.util.find_spec("peft") is None:
+        raise ValueError("`lora` loads adapters through peft, which is not installed: `pip install 'diffkit[lora]'`.")
+    if fuse_lora and not loras:
+        raise ValueError("`fuse_lora` fuses the adapters of `lora` into the weights, but no `lora` was given.")
+    if fuse_lora and quantize is not None:
+        raise ValueError(
+            f"`fuse_lora` adds the adapters into the weights, which quantize={quantize!r} stores packed: leave "
+            "fuse_lora off (the adapters then run beside the quantised weights), or load full weights."
+        )
+    return loras
+
+
+def quantization_kwargs(weight_options: tuple, dtype: torch.dtype) -> dict:
+    """`from_pretrained`'s `quantization_config=` for `weight_options`' quantize, or nothing."""
+    quantize = weight_options[0]
+    return {} if quantize is None else {"quantization_config": pipeline_quantization_config(quantize, dtype)}
+
+
+def load_loras(pipe, loras: list, fuse_lora: bool = False):
+    """Load each (source, scale) LoRA adapter of `loras` into `pipe` with diffusers' `load_lora_weights` (which also
+    reads the kohya/A1111 key format), weight them with `set_adapters`, and with `fuse_lora` add them into the
+    weights (then unloaded, so that a fused LoRA costs nothing per step)."""
+    if not loras:
+        return pipe
+    names = []
+    for index, (source, _) in enumerate(loras):
+        name = f"lora_{index}"
+        location, weight_name = (os.path.dirname(source) or ".", os.path.basename(source))
+        if not os.path.isfile(source):
+            location, weight_name = source, None
+        try:
+            pipe.load_lora_weights(location, weight_name=weight_name, adapter_name=name)
+        except (RuntimeError, ValueError) as error:
+            reason = str(error).strip().splitlines()[0]
+            raise ValueError(
+                f"`lora` {source!r} does not fit this {type(pipe).__name__}: it was made for another model (an SDXL "
+                f"LoRA on SD 1.5, or the reverse); peft says: {reason}"
+            ) from None
+        if not any(name in adapters for adapters in pipe.get_list_adapters().values()):
+            raise ValueError(
+                f"`lora` {source!r} holds no key that fits a module of this {type(pipe).__name__}: it is not a LoRA "
+                "for this model family, or not a LoRA file."
+            )
+        names.append(name)
+    pipe.set_adapters(names, adapter_weights=[scale for _, scale in loras])
+    logger.info(f"Loaded LoRA adapters {[source for source, _ in loras]} with scales {[s for _, s in loras]}.")
+    if fuse_lora:
+        pipe.fuse_lora(adapter_names=names)
+        pipe.unload_lora_weights()  # the fused weights stay; the adapter layers (and their per-step cost) go
+    return pipe
 
 
 def check_unet_in_channels(model: str, expected: int, pipeline_class, argument: str, from_pretrained_kwargs: dict):
@@ -564,6 +682,9 @@ def load_stable_diffusion_img2img(
     channels_last: bool = False,
     fuse_qkv: bool = False,
     compile_unet: bool = False,
+    quantize: Optional[str] = None,
+    lora=None,
+    fuse_lora: bool = False,
     **from_pretrained_kwargs,
 ) -> StableDiffusionImg2ImgPipeline:
     r"""
@@ -580,6 +701,7 @@ def load_stable_diffusion_img2img(
     ```
     """
     speed_options = (vae_slicing, vae_tiling, channels_last, fuse_qkv, compile_unet)
+    weight_options = (quantize, lora, fuse_lora)
     return load_and_configure(
         StableDiffusionImg2ImgPipeline,
         model,
@@ -588,6 +710,7 @@ def load_stable_diffusion_img2img(
         scheduler,
         memory,
         speed_options,
+        weight_options,
         unet_in_channels=TEXT_TO_IMAGE_UNET_IN_CHANNELS,
         **from_pretrained_kwargs,
     )
@@ -606,6 +729,9 @@ def load_sdxl_img2img(
     channels_last: bool = False,
     fuse_qkv: bool = False,
     compile_unet: bool = False,
+    quantize: Optional[str] = None,
+    lora=None,
+    fuse_lora: bool = False,
     **from_pretrained_kwargs,
 ) -> StableDiffusionXLImg2ImgPipeline:
     r"""
@@ -619,6 +745,7 @@ def load_sdxl_img2img(
     ```
     """
     speed_options = (vae_slicing, vae_tiling, channels_last, fuse_qkv, compile_unet)
+    weight_options = (quantize, lora, fuse_lora)
     return load_and_configure(
         StableDiffusionXLImg2ImgPipeline,
         model,
@@ -627,6 +754,7 @@ def load_sdxl_img2img(
         scheduler,
         memory,
         speed_options,
+        weight_options,
         unet_in_channels=TEXT_TO_IMAGE_UNET_IN_CHANNELS,
         sdxl=True,
         vae=vae,
@@ -647,6 +775,9 @@ def load_stable_diffusion_inpaint(
     channels_last: bool = False,
     fuse_qkv: bool = False,
     compile_unet: bool = False,
+    quantize: Optional[str] = None,
+    lora=None,
+    fuse_lora: bool = False,
     **from_pretrained_kwargs,
 ) -> StableDiffusionInpaintPipeline:
     r"""
@@ -666,6 +797,7 @@ def load_stable_diffusion_inpaint(
     ```
     """
     speed_options = (vae_slicing, vae_tiling, channels_last, fuse_qkv, compile_unet)
+    weight_options = (quantize, lora, fuse_lora)
     return load_and_configure(
         StableDiffusionInpaintPipeline,
         model,
@@ -674,6 +806,7 @@ def load_stable_diffusion_inpaint(
         scheduler,
         memory,
         speed_options,
+        weight_options,
         unet_in_channels=None if allow_text_to_image_checkpoint else INPAINT_UNET_IN_CHANNELS,
         **from_pretrained_kwargs,
     )
@@ -693,6 +826,9 @@ def load_sdxl_inpaint(
     channels_last: bool = False,
     fuse_qkv: bool = False,
     compile_unet: bool = False,
+    quantize: Optional[str] = None,
+    lora=None,
+    fuse_lora: bool = False,
     **from_pretrained_kwargs,
 ) -> StableDiffusionXLInpaintPipeline:
     r"""
@@ -707,6 +843,7 @@ def load_sdxl_inpaint(
     ```
     """
     speed_options = (vae_slicing, vae_tiling, channels_last, fuse_qkv, compile_unet)
+    weight_options = (quantize, lora, fuse_lora)
     return load_and_configure(
         StableDiffusionXLInpaintPipeline,
         model,
@@ -715,6 +852,7 @@ def load_sdxl_inpaint(
         scheduler,
         memory,
         speed_options,
+        weight_options,
         unet_in_channels=None if allow_text_to_image_checkpoint else INPAINT_UNET_IN_CHANNELS,
         sdxl=True,
         vae=vae,
@@ -734,6 +872,9 @@ def load_upscaler(
     channels_last: bool = False,
     fuse_qkv: bool = False,
     compile_unet: bool = False,
+    quantize: Optional[str] = None,
+    lora=None,
+    fuse_lora: bool = False,
     **from_pretrained_kwargs,
 ) -> StableDiffusionUpscalePipeline:
     r"""
@@ -750,6 +891,7 @@ def load_upscaler(
     ```
     """
     speed_options = (vae_slicing, vae_tiling, channels_last, fuse_qkv, compile_unet)
+    weight_options = (quantize, lora, fuse_lora)
     return load_and_configure(
         StableDiffusionUpscalePipeline,
         model,
@@ -758,6 +900,7 @@ def load_upscaler(
         scheduler,
         memory,
         speed_options,
+        weight_options,
         unet_in_channels=UPSCALER_UNET_IN_CHANNELS,
         **from_pretrained_kwargs,
     )
@@ -785,9 +928,10 @@ TASK_PIPELINES = {
 
 def task_pipeline(pipe, task: str):
     r"""
-    The `task` (`"text2img"`, `"img2img"` or `"inpaint"`) pipeline of `pipe`'s family, made with diffusers'
-    `from_pipe`: it shares every module of `pipe` (no weights are loaded or copied), its scheduler and the loaders'
-    settings (device, dtype, the VAE guard).
+    The `task` (`"text2img"`, `"img2img"` or `"inpaint"`) pipeline of `pipe`'s family, made as diffusers'
+    `from_pipe` makes it: it shares every module of `pipe` (no weights are loaded or copied), its scheduler and the
+    loaders' settings (device, dtype, quantised weights, LoRA adapters, the VAE guard). Unlike `from_pipe`, it casts
+    nothing: `from_pipe` casts the shared modules to float32 unless told a dtype, and cannot cast quantised ones.
 
     An inpainting UNet (9 input channels) only inpaints. A text-to-image UNet inpaints by blending its latents with
     the original outside the mask, which leaves seams at the mask's edge: `load_stable_diffusion_inpaint` loads the
@@ -815,7 +959,7 @@ def task_pipeline(pipe, task: str):
     pipeline_class = TASK_PIPELINES[family][task]
     if isinstance(pipe, pipeline_class):
         return pipe
-    return pipeline_class.from_pipe(pipe)
+    return pipeline_sharing_modules(pipeline_class, pipe)
 
 
 def tile_starts(length: int, tile_size: int, overlap: int):

@@ -14,6 +14,7 @@ the app and the pipeline files, without diffkit.
 """
 
 import importlib
+import inspect
 from typing import Optional
 
 # The names of the kinds of diffkit model, as training (`--conditioning`), the pipelines and the tools say them.
@@ -117,3 +118,32 @@ def pipeline_class(kind: str, task: str):
     module_name = PIPELINES[kind][task][0]
     module = importlib.import_module(f"{__package__}.{module_name}" if __package__ else module_name)
     return getattr(module, class_name)
+
+
+def pipeline_sharing_modules(target_class, pipe):
+    r"""
+    A `target_class` pipeline made of `pipe`'s modules and settings, no weight loaded or copied: what
+    `target_class.from_pipe(pipe)` makes, without the cast to one dtype that `from_pipe` ends with. diffusers casts
+    every module there (to float32 unless told otherwise: a float16 pipeline would double in memory, and the original
+    with it, since the modules are shared), and a quantised module cannot be cast at all.
+
+    Each argument of `target_class.__init__` is taken from `pipe`'s components, else from its config (the settings
+    kept with `register_to_config`), else left at its default.
+
+    ```py
+    >>> from diffkit import ClassConditionalImagePipeline, ClassConditionalInpaintPipeline  # doctest: +SKIP
+    >>> from diffkit.pipelines.model_kinds import pipeline_sharing_modules  # doctest: +SKIP
+    >>> pipe = ClassConditionalImagePipeline.from_pretrained("out")  # doctest: +SKIP
+    >>> inpaint = pipeline_sharing_modules(ClassConditionalInpaintPipeline, pipe)  # doctest: +SKIP
+    ```
+    """
+    components, config = pipe.components, dict(pipe.config)
+    arguments = {}
+    for name, parameter in inspect.signature(target_class.__init__).parameters.items():
+        if name == "self" or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        if name in components:
+            arguments[name] = components[name]
+        elif name in config:
+            arguments[name] = config[name]
+    return target_class(**arguments)

@@ -4,8 +4,10 @@ Only the standard library, Pillow and huggingface_hub's id check: the commands' 
 checked with these before torch and diffusers load (`loaders.py` holds the loading itself).
 """
 
+import importlib.metadata
+import importlib.util
 import os
-from typing import Optional
+from typing import List, Optional, Sequence, Tuple, Union
 
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
@@ -48,6 +50,20 @@ SCHEDULER_CLASS_NAMES = {
     "unipc": ("UniPCMultistepScheduler", {}),
 }
 MEMORY_MODES = ("auto", "none", "model_offload", "sequential_offload")
+
+# Quantised weights (`quantize=`, `--quantize`): mode -> (the package behind it, the devices it runs on). Each goes
+# through diffusers' own quantisation API; `quantization.py` builds the configs.
+QUANTIZE_MODES = {
+    "int8": ("torchao", "CPU and CUDA"),
+    "int4": ("torchao", "CUDA"),
+    "float8": ("torchao", "CUDA with compute capability 8.9 or more (Ada, Hopper)"),
+    "nf4": ("bitsandbytes", "CUDA"),
+}
+# diffusers before 0.36 builds torchao configs from names that need a CUDA GPU even for int8 (and newer torchao
+# releases dropped those names); from 0.36 on it takes torchao's config objects, which run on the CPU too.
+QUANTIZE_MIN_DIFFUSERS = (0, 36)
+# A LoRA's default weight when `--lora PATH` gives no `:SCALE`.
+DEFAULT_LORA_SCALE = 1.0
 
 
 def check_model_id(model: str, argument: str = "model") -> None:
@@ -125,3 +141,70 @@ def check_upscale_inputs(max_noise_level: int, image, noise_level: int, tiled: b
             "x4 upscaler runs in one piece without running out of memory: upscale it with "
             f"`upscale_tiled` (tiles of {UPSCALER_TILE_SIZE} px; `--tile_size` in the command)."
         )
+
+
+def check_quantize(quantize: Optional[str], argument: str = "quantize") -> None:
+    """Refuse an unknown quantisation mode, or one whose backend is not installed, before anything loads (the
+    device's own limits are checked by `quantization.check_quantize_on_device`, once the device is known)."""
+    if quantize is None:
+        return
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(
+            f"`{argument}` {quantize!r} is not one of {sorted(QUANTIZE_MODES)} (or None for full weights)."
+        )
+    package, devices = QUANTIZE_MODES[quantize]
+    if importlib.util.find_spec(package) is None:
+        raise ValueError(
+            f"`{argument}` {quantize!r} quantises with {package}, which is not installed: "
+            f"`pip install 'diffkit[quantization]'` ({quantize} runs on {devices})."
+        )
+    if package == "torchao":
+        installed = importlib.metadata.version("diffusers")
+        if tuple(int(part) for part in installed.split(".")[:2]) < QUANTIZE_MIN_DIFFUSERS:
+            raise ValueError(
+                f"`{argument}` {quantize!r} needs diffusers >= {'.'.join(map(str, QUANTIZE_MIN_DIFFUSERS))} "
+                f"(installed: {installed}), whose torchao configs run on {devices}: `pip install -U diffusers`."
+            )
+
+
+def parse_lora(text: str) -> Tuple[str, float]:
+    """`PATH[:SCALE]` (a `.safetensors` file, a folder or a Hub repo id; optional weight) -> (source, scale)."""
+    source, separator, scale = text.rpartition(":")
+    if separator and source:
+        try:
+            return source, float(scale)
+        except ValueError:
+            pass  # a colon that is part of the path (e.g. a Windows drive)
+    return text, DEFAULT_LORA_SCALE
+
+
+def check_loras(
+    lora: Union[None, str, Tuple[str, float], Sequence[Union[str, Tuple[str, float]]]], argument: str = "lora"
+) -> List[Tuple[str, float]]:
+    """The LoRA adapters asked for, as (source, scale) pairs, each source checked before any weight loads: an existing
+    `.safetensors` file or folder, or a Hub repo id. `lora` is one source, one (source, scale) pair, or a list."""
+    if lora is None:
+        return []
+    if isinstance(lora, str) or (isinstance(lora, tuple) and len(lora) == 2 and isinstance(lora[1], (int, float))):
+        lora = [lora]
+    loras = []
+    for item in lora:
+        source, scale = (item, DEFAULT_LORA_SCALE) if isinstance(item, str) else item
+        if not isinstance(source, str) or not isinstance(scale, (int, float)):
+            raise ValueError(f"`{argument}` {item!r} is neither a path or repo id nor a (path, scale) pair.")
+        if os.path.isfile(source):
+            if not source.endswith(".safetensors"):
+                raise ValueError(
+                    f"`{argument}` {source!r} is not a .safetensors file; pickled LoRA files (.bin, .pt, .ckpt) "
+                    "can run code when loaded: convert it to safetensors first."
+                )
+        elif not os.path.isdir(source):
+            looks_like_a_file = source.endswith((".safetensors", ".bin", ".pt", ".ckpt")) or os.sep in source[:1]
+            if looks_like_a_file or source.count("/") != 1:
+                raise ValueError(
+                    f"`{argument}` {source!r} does not exist: give a .safetensors file, a folder holding one, or a "
+                    "Hub repo id ('namespace/name'), with an optional ':SCALE'."
+                )
+            check_model_id(source, argument)
+        loras.append((source, float(scale)))
+    return loras

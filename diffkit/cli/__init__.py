@@ -151,3 +151,43 @@ def make_and_save(
             save_png(image, path, parameters_of(index))
             print(path, flush=True)
     state.wait_for_everyone()
+
+
+def add_speed_flags(parser):
+    """`--quantize` and `--compile`, as `diffkit-generate` and `diffkit-edit` take them for diffkit models."""
+    from diffkit.pipelines.stable_diffusion_options import QUANTIZE_MODES
+
+    parser.add_argument(
+        "--quantize",
+        default=None,
+        choices=sorted(QUANTIZE_MODES),
+        help="Store the UNet's linear layers quantised, through diffusers' PipelineQuantizationConfig: int8 "
+        "(torchao weight-only, CPU and CUDA), int4 (torchao, CUDA, with --dtype bf16), float8 (torchao, CUDA of "
+        "compute capability 8.9+) or nf4 (bitsandbytes, CUDA); `pip install 'diffkit[quantization]'`. See "
+        "docs/efficiency.md for what each gains.",
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the UNet: a slow first batch, then faster ones."
+    )
+
+
+def load_for_sampling(pipeline_class, model: str, device, quantize=None, compile_unet: bool = False):
+    """`pipeline_class.from_pretrained(model)` on `device`, its UNet quantised as `quantize` says (checked against
+    the device before any weight loads) and, with `compile_unet`, compiled with `torch.compile`."""
+    import torch
+
+    from diffkit.pipelines.loaders import DTYPE_ARGUMENT
+    from diffkit.pipelines.quantization import check_quantize_on_device, pipeline_quantization_config
+
+    device = torch.device(device)
+    load_kwargs = {}
+    if quantize is not None:
+        # diffkit pipelines sample in float32; torchao would otherwise load the rest of the model in bfloat16
+        check_quantize_on_device(quantize, device, torch.float32, argument="--quantize")
+        quantization_config = pipeline_quantization_config(quantize, torch.float32)
+        load_kwargs = {"quantization_config": quantization_config, DTYPE_ARGUMENT: torch.float32}
+    pipe = pipeline_class.from_pretrained(model, **load_kwargs)
+    pipe.to(device)
+    if compile_unet:
+        pipe.unet.compile()
+    return pipe

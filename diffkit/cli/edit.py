@@ -20,12 +20,14 @@ from PIL import Image, UnidentifiedImageError
 
 from diffkit.cli import (
     DEFAULT_BATCH_SIZE,
+    add_speed_flags,
     batches_of_this_process,
     check_conditioning,
     conditioning_of,
     image_generators,
     label_argument,
     launched_processes,
+    load_for_sampling,
     make_and_save,
 )
 from diffkit.pipelines.model_kinds import (
@@ -37,9 +39,11 @@ from diffkit.pipelines.model_kinds import (
     TEXT_CONDITIONAL,
     UPSCALE,
     pipeline_class,
+    pipeline_sharing_modules,
     saved_class_name,
     saved_kind_and_task,
 )
+from diffkit.pipelines.stable_diffusion_options import check_quantize
 
 # torch, diffusers and the pipelines are imported in the functions that use them, so that `--help` and a bad flag
 # answer at once.
@@ -142,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--device", default=None, help="Where to run: cpu or cuda; by default CUDA when a GPU is present."
     )
+    add_speed_flags(parser)
     parser.add_argument("--out", required=True, help="Folder for the PNGs (created if needed).")
     return parser
 
@@ -158,6 +163,7 @@ def check_image_file(path: str, argument: str):
 
 def parse_args(argv=None):
     args = build_parser().parse_args(argv)
+    check_quantize(args.quantize, "--quantize")
     check_image_file(args.image, "--image")
     if args.task == "inpaint":
         if args.mask is None:
@@ -277,9 +283,9 @@ def edit(args, state, kind: str, saved_task: str, conditioning):
         conditions = ["image"]
     batches = batches_of_this_process(state, len(conditions) * args.num_images, args.batch_size, "edits")
     # The installed class that the folder names, not the code saved beside the weights: no remote code runs. The
-    # task's pipeline is then made from it with `from_pipe`.
-    pipe = pipeline_class(kind, saved_task).from_pretrained(args.pipeline)
-    pipe.to(args.device or state.device)
+    # task's pipeline then shares its modules (as `from_pipe` would, without casting them to float32).
+    device = args.device or state.device
+    pipe = load_for_sampling(pipeline_class(kind, saved_task), args.pipeline, device, args.quantize, args.compile)
     pipe.set_progress_bar_config(disable=not state.is_local_main_process)
     with Image.open(args.image) as opened:
         image = opened.copy()
@@ -287,9 +293,9 @@ def edit(args, state, kind: str, saved_task: str, conditioning):
     if args.task == "inpaint":
         with Image.open(args.mask) as opened:
             mask = opened.copy()
-        task_pipe = pipeline_class(kind, INPAINT).from_pipe(pipe)
+        task_pipe = pipeline_sharing_modules(pipeline_class(kind, INPAINT), pipe)
     elif args.task in ("img2img", "denoise"):
-        task_pipe = pipeline_class(kind, IMG2IMG).from_pipe(pipe)
+        task_pipe = pipeline_sharing_modules(pipeline_class(kind, IMG2IMG), pipe)
     else:
         task_pipe = pipe
 

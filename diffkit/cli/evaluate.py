@@ -133,9 +133,11 @@ def evaluate_and_record(args, state):
 
     card_path = os.path.join(args.output_dir, MODEL_CARD_NAME)
     # The card is rendered again with the new figures only if it is still the one rendered for this folder: one
-    # edited by hand is the user's and is kept (`diffkit-push` renders the Hub's card, figures included, anyway).
-    card_is_rendered = not os.path.isfile(card_path) or read_text(card_path) == str(
-        render_folder_card(args.output_dir, args.output_dir)
+    # edited by hand is the user's and is kept (`diffkit-push` renders the Hub's card, figures included, anyway). It
+    # is read before the evaluation, which may take hours, and only by the main process, which writes it.
+    card_is_rendered = state.is_main_process and (
+        not os.path.isfile(card_path)
+        or read_text(card_path) == str(render_folder_card(args.output_dir, args.output_dir))
     )
     results = evaluate(
         args.output_dir,

@@ -27,12 +27,14 @@ from PIL import Image
 
 from diffkit.cli import (
     DEFAULT_BATCH_SIZE,
+    add_speed_flags,
     batches_of_this_process,
     check_conditioning,
     conditioning_of,
     image_generators,
     label_argument,
     launched_processes,
+    load_for_sampling,
     make_and_save,
 )
 from diffkit.pipelines.canny import check_image_side
@@ -57,10 +59,13 @@ from diffkit.pipelines.stable_diffusion_options import (
     SDXL_CANNY_CONTROLNET,
     SDXL_MODEL,
     UPSCALER_MODEL,
+    check_loras,
     check_model_id,
+    check_quantize,
     check_strength,
     check_upscale_inputs,
     image_at_multiple_of_8,
+    parse_lora,
     resized_mask,
 )
 
@@ -83,7 +88,7 @@ STABLE_DIFFUSION_GUIDANCE_SCALE = 7.5
 STABLE_DIFFUSION_ONLY_FLAGS = (
     "controlnet", "vae", "refiner", "refiner_switch", "image", "mask", "strength", "canny", "mask_blur",
     "padding_mask_crop", "allow_text_to_image_checkpoint", "noise_level", "tile_size", "low_threshold",
-    "high_threshold", "width", "height", "scheduler", "memory", "dtype", "compile",
+    "high_threshold", "width", "height", "scheduler", "memory", "dtype", "lora", "fuse_lora",
 )  # fmt: skip
 DEFAULT_STRENGTH = {"img2img": 0.75, "inpaint": 1.0}
 DEFAULT_NOISE_LEVEL = 20  # the x4 upscaler's own default
@@ -231,7 +236,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--memory", default="auto", choices=MEMORY_MODES, help="GPU memory strategy.")
     parser.add_argument("--device", default=None, help="'cuda', 'cuda:1' or 'cpu'; defaults to CUDA when present.")
     parser.add_argument("--dtype", default=None, choices=["fp16", "bf16", "fp32"], help="Defaults to fp16 on CUDA.")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow first image).")
+    add_speed_flags(parser)
+    parser.add_argument(
+        "--lora",
+        action="append",
+        type=parse_lora,
+        default=None,
+        metavar="PATH[:SCALE]",
+        help="A LoRA adapter for the Stable Diffusion family: a .safetensors file (diffusers or kohya/A1111 keys), a "
+        "folder or a Hub repo id, with an optional weight (default 1.0); repeat the flag to combine several. "
+        "Needs `pip install 'diffkit[lora]'`.",
+    )
+    parser.add_argument(
+        "--fuse_lora", action="store_true", help="Add the --lora adapters into the weights: no cost per step."
+    )
     parser.add_argument("--out", required=True, help="Folder for the PNGs (created if missing).")
     return parser
 
@@ -249,6 +267,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         )
     args.model = args.model or DEFAULT_MODELS[args.family]
     check_model_id(args.model, "--model")
+    check_quantize(args.quantize, "--quantize")
     # a local folder says at once what it holds; a Hub repo is asked only when no task names the pipeline
     config = saved_model_config(args.model) if args.family is None or os.path.isdir(args.model) else None
     args.kind = None if config is None else model_kind(config)
@@ -279,6 +298,9 @@ def parse_args(argv=None) -> argparse.Namespace:
             raise ValueError("`controlnet-canny` needs `--image PHOTO`: the photo whose edges guide the image.")
     if args.vae is not None:
         check_model_id(args.vae, "--vae")
+    check_loras(args.lora, "--lora")
+    if args.fuse_lora and not args.lora:
+        raise ValueError("`--fuse_lora` fuses the --lora adapters into the weights, but no `--lora` was given.")
     if args.refiner is not None:
         if args.family != "sdxl":
             raise ValueError(f"`--refiner` works with the sdxl family only, not {args.family!r}.")
@@ -334,8 +356,8 @@ def sample_diffkit_model(args, state):
     num_images = len(conditions) * args.num_images
     batches = batches_of_this_process(state, num_images, args.batch_size)
     # The installed class for the kind, not the code saved beside the weights: no remote code runs.
-    pipe = pipeline_class(args.kind, GENERATE).from_pretrained(args.model)
-    pipe.to(args.device or state.device)
+    device = args.device or state.device
+    pipe = load_for_sampling(pipeline_class(args.kind, GENERATE), args.model, device, args.quantize, args.compile)
     pipe.set_progress_bar_config(disable=not state.is_local_main_process)
     kwargs = {}
     if args.steps is not None:
@@ -447,6 +469,9 @@ def run_stable_diffusion(args, state):
         scheduler=args.scheduler,
         memory=args.memory,
         compile_unet=args.compile,
+        quantize=args.quantize,
+        lora=args.lora,
+        fuse_lora=args.fuse_lora,
     )
     call_kwargs = dict(
         prompt=args.prompt,
@@ -463,7 +488,8 @@ def run_stable_diffusion(args, state):
         pipe = load_stable_diffusion(args.model, **options)
     elif args.family == "sdxl":
         pipe = load_sdxl(args.model, vae=args.vae, **options)
-        refiner = load_sdxl_refiner(pipe, args.refiner, memory=args.memory) if args.refiner else None
+        if args.refiner:
+            refiner = load_sdxl_refiner(pipe, args.refiner, memory=args.memory, quantize=args.quantize)
     else:
         # The base model's own model_index.json says which ControlNet pipeline fits it.
         pipe = load_controlnet_canny(args.model, args.controlnet, sdxl=is_sdxl(args.model), vae=args.vae, **options)
