@@ -624,7 +624,14 @@ def load_loras(pipe, loras: list, fuse_lora: bool = False):
         if not os.path.isfile(source):
             location, weight_name = source, None
         try:
-            pipe.load_lora_weights(location, weight_name=weight_name, adapter_name=name)
+            # use_safetensors=True: never fall back to unpickling a .bin file found in a folder or repo
+            pipe.load_lora_weights(location, weight_name=weight_name, adapter_name=name, use_safetensors=True)
+        except OSError as error:
+            reason = str(error).strip().splitlines()[0]
+            raise ValueError(
+                f"`lora` {source!r} has no LoRA .safetensors file that loads ({reason}); pickled files (.bin) are "
+                "not loaded: convert one to safetensors, or name the file."
+            ) from None
         except (RuntimeError, ValueError) as error:
             reason = str(error).strip().splitlines()[0]
             raise ValueError(

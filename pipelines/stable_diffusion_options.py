@@ -59,6 +59,8 @@ QUANTIZE_MODES = {
     "float8": ("torchao", "CUDA with compute capability 8.9 or more (Ada, Hopper)"),
     "nf4": ("bitsandbytes", "CUDA"),
 }
+# The pyproject.toml extra that installs each backend.
+QUANTIZE_EXTRAS = {"torchao": "quantization", "bitsandbytes": "nf4"}
 # diffusers before 0.36 builds torchao configs from names that need a CUDA GPU even for int8 (and newer torchao
 # releases dropped those names); from 0.36 on it takes torchao's config objects, which run on the CPU too.
 QUANTIZE_MIN_DIFFUSERS = (0, 36)
@@ -156,7 +158,7 @@ def check_quantize(quantize: Optional[str], argument: str = "quantize") -> None:
     if importlib.util.find_spec(package) is None:
         raise ValueError(
             f"`{argument}` {quantize!r} quantises with {package}, which is not installed: "
-            f"`pip install 'diffkit[quantization]'` ({quantize} runs on {devices})."
+            f"`pip install 'diffkit[{QUANTIZE_EXTRAS[package]}]'` ({quantize} runs on {devices})."
         )
     if package == "torchao":
         installed = importlib.metadata.version("diffusers")
