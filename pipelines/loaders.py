@@ -40,7 +40,7 @@ from packaging import version
 from PIL import Image
 
 from diffkit.pipelines.model_kinds import SDXL, model_kind, pipeline_sharing_modules
-from diffkit.pipelines.quantization import check_quantize_on_device, pipeline_quantization_config, stored_bytes
+from diffkit.pipelines.quantization import check_quantize_on_device, quantization_kwargs, stored_bytes
 from diffkit.pipelines.stable_diffusion_options import (
     MEMORY_MODES,
     SCHEDULER_CLASS_NAMES,
@@ -403,7 +403,7 @@ def load_sdxl_refiner(
         dtype,
         text_encoder_2=base.text_encoder_2,
         vae=base.vae,
-        **quantization_kwargs((quantize, None, False), dtype),
+        **quantization_kwargs(quantize, dtype),
         **from_pretrained_kwargs,
     )
     return configure_pipeline(refiner, device, None, memory, False, False, False, False, False)
@@ -488,7 +488,7 @@ def load_controlnet_with_base(
     loras = check_weight_options(pipeline_class, weight_options, device, dtype, speed_options)
     check_unet_in_channels(base, TEXT_TO_IMAGE_UNET_IN_CHANNELS, pipeline_class, "base", from_pretrained_kwargs)
     controlnet_model = load_with_variant(ControlNetModel, controlnet, dtype, **from_pretrained_kwargs)
-    quantization = quantization_kwargs(weight_options, dtype)
+    quantization = quantization_kwargs(weight_options[0], dtype)
     pipe = load_with_variant(
         pipeline_class, base, dtype, controlnet=controlnet_model, **quantization, **from_pretrained_kwargs
     )
@@ -574,7 +574,7 @@ def load_and_configure(
     loras = check_weight_options(pipeline_class, weight_options, device, dtype, speed_options)
     if unet_in_channels is not None:
         check_unet_in_channels(model, unet_in_channels, pipeline_class, "model", from_pretrained_kwargs)
-    quantization = quantization_kwargs(weight_options, dtype)
+    quantization = quantization_kwargs(weight_options[0], dtype)
     pipe = load_with_variant(pipeline_class, model, dtype, **quantization, **from_pretrained_kwargs)
     if sdxl:
         use_safe_sdxl_vae(pipe, vae, dtype, from_pretrained_kwargs)
@@ -605,12 +605,6 @@ def check_weight_options(pipeline_class, weight_options: tuple, device, dtype, s
     return loras
 
 
-def quantization_kwargs(weight_options: tuple, dtype: torch.dtype) -> dict:
-    """`from_pretrained`'s `quantization_config=` for `weight_options`' quantize, or nothing."""
-    quantize = weight_options[0]
-    return {} if quantize is None else {"quantization_config": pipeline_quantization_config(quantize, dtype)}
-
-
 def load_loras(pipe, loras: list, fuse_lora: bool = False):
     """Load each (source, scale) LoRA adapter of `loras` into `pipe` with diffusers' `load_lora_weights` (which also
     reads the kohya/A1111 key format), weight them with `set_adapters`, and with `fuse_lora` add them into the
@@ -620,8 +614,9 @@ def load_loras(pipe, loras: list, fuse_lora: bool = False):
     names = []
     for index, (source, _) in enumerate(loras):
         name = f"lora_{index}"
-        location, weight_name = (os.path.dirname(source) or ".", os.path.basename(source))
-        if not os.path.isfile(source):
+        if os.path.isfile(source):
+            location, weight_name = os.path.dirname(source) or ".", os.path.basename(source)
+        else:  # a folder or a Hub repo: diffusers finds the .safetensors file in it
             location, weight_name = source, None
         try:
             # use_safetensors=True: never fall back to unpickling a .bin file found in a folder or repo

@@ -102,3 +102,8 @@ def pipeline_quantization_config(
         }[quantize]()
         config = TorchAoConfig(torchao_config)
     return PipelineQuantizationConfig(quant_mapping={name: config for name in components})
+
+
+def quantization_kwargs(quantize: Optional[str], dtype: torch.dtype) -> dict:
+    """`from_pretrained`'s `quantization_config=` for `quantize` (see `pipeline_quantization_config`), or nothing."""
+    return {} if quantize is None else {"quantization_config": pipeline_quantization_config(quantize, dtype)}

@@ -177,15 +177,14 @@ def load_for_sampling(pipeline_class, model: str, device, quantize=None, compile
     import torch
 
     from diffkit.pipelines.loaders import DTYPE_ARGUMENT
-    from diffkit.pipelines.quantization import check_quantize_on_device, pipeline_quantization_config
+    from diffkit.pipelines.quantization import check_quantize_on_device, quantization_kwargs
 
     device = torch.device(device)
-    load_kwargs = {}
-    if quantize is not None:
+    check_quantize_on_device(quantize, device, torch.float32, argument="--quantize")
+    load_kwargs = quantization_kwargs(quantize, torch.float32)
+    if load_kwargs:
         # diffkit pipelines sample in float32; torchao would otherwise load the rest of the model in bfloat16
-        check_quantize_on_device(quantize, device, torch.float32, argument="--quantize")
-        quantization_config = pipeline_quantization_config(quantize, torch.float32)
-        load_kwargs = {"quantization_config": quantization_config, DTYPE_ARGUMENT: torch.float32}
+        load_kwargs[DTYPE_ARGUMENT] = torch.float32
     pipe = pipeline_class.from_pretrained(model, **load_kwargs)
     pipe.to(device)
     if compile_unet:
