@@ -10,13 +10,15 @@ Defaults: on CUDA, fp16 (the repo's `fp16` weight variant when it has one, else 
 GPU when it fits; on CPU, fp32 with a warning that it is slow. An explicit `device=` or `dtype=` always wins.
 """
 
+import functools
 import importlib.util
 import logging
 import os
 import warnings
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Union
 
 import diffusers
+import huggingface_hub
 import numpy as np
 import torch
 from diffusers import (
@@ -40,13 +42,19 @@ from packaging import version
 from PIL import Image
 
 from diffkit.pipelines.model_kinds import SDXL, model_kind, pipeline_sharing_modules
-from diffkit.pipelines.quantization import check_quantize_on_device, quantization_kwargs, stored_bytes
+from diffkit.pipelines.quantization import (
+    QUANTIZED_COMPUTE_DTYPE,
+    check_quantize_on_device,
+    quantization_kwargs,
+    stored_bytes,
+)
 from diffkit.pipelines.stable_diffusion_options import (
     MEMORY_MODES,
     SCHEDULER_CLASS_NAMES,
     SD15_CANNY_CONTROLNET,
     SD15_INPAINT_MODEL,
     SD15_MODEL,
+    SDXL_CANNY_CONTROLNET,
     SDXL_INPAINT_MODEL,
     SDXL_MODEL,
     SDXL_REFINER_MODEL,
@@ -75,18 +83,36 @@ INPAINT_UNET_IN_CHANNELS = 9
 UPSCALER_UNET_IN_CHANNELS = 7
 DTYPES = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 DTYPES.update({"fp32": torch.float32, "float32": torch.float32})
-# "auto" keeps the whole pipeline on the GPU when free memory exceeds its weights by this factor (activations,
-# VAE decode at full resolution); below that it offloads whole models, below the weights themselves layer by layer.
-AUTO_MEMORY_HEADROOM = 1.5
+# `memory="auto"` adds this share to what it needs on the GPU: the UNet's activations, the text encoders' and the
+# allocator's slack beside the weights and the decode.
+AUTO_MEMORY_HEADROOM = 1.2
+# The VAE decode's working memory, estimated as this many tensors of the widest stage at the full output size (the
+# last upsampling's output: 256 channels in SD's and SDXL's VAE, `block_out_channels[1]`): a resnet there holds its
+# input, normalised copies and conv outputs at once. An estimate, not a measurement: benchmarks/gpu_check.py prints
+# the measured peak of the decode beside it.
+DECODE_WORKING_TENSORS = 6
 # diffusers 0.40 renamed `from_pretrained`'s `torch_dtype` to `dtype` (the old name still works there, with a
 # deprecation warning); the versions before, down to our floor 0.35, know only `torch_dtype` and ignore `dtype`.
 DTYPE_ARGUMENT = "dtype" if version.parse(diffusers.__version__).release >= (0, 40) else "torch_dtype"
 # A decoded image whose every pixel is at or below this value (of [-1, 1]) is black.
 BLACK_IMAGE_LEVEL = -0.99
+# The weight variant that half precision loads when a folder or repo has it (`*.fp16.safetensors`).
+FP16_VARIANT = "fp16"
+# `from_pretrained`'s arguments that say where a folder or repo's files come from (and not how to build the model).
+HUB_FILE_ARGUMENTS = ("revision", "token", "cache_dir", "local_files_only")
 
 
-def resolve_device_and_dtype(device=None, dtype=None):
-    """The device and dtype a loader uses: CUDA and fp16 when there is a GPU, else CPU and fp32."""
+class Placement(NamedTuple):
+    """Where a loader put a pipeline: the device it runs on, and the memory mode (after `"auto"` chose one). Kept as
+    `pipe.placement`, so that a pipeline sharing its modules (the SDXL refiner) runs where they are."""
+
+    device: torch.device
+    memory: str
+
+
+def resolve_device_and_dtype(device=None, dtype=None, quantize: Optional[str] = None):
+    """The device and dtype a loader uses: CUDA and fp16 when there is a GPU (bf16 with quantised weights, whose
+    kernels compute in bf16: int8 weight-only matmuls can overflow in fp16), else CPU and fp32."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
@@ -100,8 +126,10 @@ def resolve_device_and_dtype(device=None, dtype=None):
         if dtype not in DTYPES:
             raise ValueError(f"`dtype` {dtype!r} is not one of {sorted(DTYPES)} (or a torch.dtype).")
         dtype = DTYPES[dtype]
-    if dtype is None:
-        dtype = torch.float16 if device.type == "cuda" else torch.float32
+    if dtype is None and device.type == "cuda":
+        dtype = QUANTIZED_COMPUTE_DTYPE if quantize is not None else torch.float16
+    elif dtype is None:
+        dtype = torch.float32
     if dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"`dtype` {dtype} is not supported: use torch.float16, torch.bfloat16 or torch.float32.")
     if device.type == "cpu":
@@ -119,7 +147,7 @@ def is_sdxl(model: str, **from_pretrained_kwargs) -> bool:
     return model_kind(DiffusionPipeline.load_config(model, **from_pretrained_kwargs)) == SDXL
 
 
-def check_load_options(scheduler, memory, device):
+def check_load_options(scheduler, memory, device, compile_unet: bool = False):
     check_scheduler(scheduler)
     if memory not in MEMORY_MODES:
         raise ValueError(f"`memory` {memory!r} is not one of {MEMORY_MODES}.")
@@ -128,20 +156,76 @@ def check_load_options(scheduler, memory, device):
             f"`memory` {memory!r} moves models between the CPU and a GPU, but the device is {device}: use "
             "memory='none' (or 'auto') on the CPU."
         )
+    if memory == "sequential_offload" and compile_unet:
+        raise ValueError(
+            "`compile_unet` compiles whole transformer blocks, but memory='sequential_offload' moves each layer's "
+            "weights in and out through accelerate hooks, which a compiled block cannot hold: use "
+            "memory='model_offload' (or 'none') to compile, or leave compile_unet off."
+        )
 
 
-def load_with_variant(pipeline_class, model: str, dtype: torch.dtype, **kwargs):
-    """Load the repo's `fp16` weights when half precision is asked for and it has them; else cast what it has."""
-    if dtype == torch.float16:
+def repository_files(model: str, revision=None, token=None, cache_dir=None, local_files_only=False) -> list:
+    """The files of a folder or Hub repo, as paths relative to it: the Hub's list (the request diffusers itself makes
+    before downloading), else, offline, the cached snapshot's; empty when neither can be read."""
+    if os.path.isdir(model):
+        return [
+            os.path.relpath(os.path.join(root, name), model).replace(os.sep, "/")
+            for root, _, names in os.walk(model)
+            for name in names
+        ]
+    if not (local_files_only or huggingface_hub.constants.HF_HUB_OFFLINE):
         try:
-            pipe = pipeline_class.from_pretrained(model, **{DTYPE_ARGUMENT: dtype}, variant="fp16", **kwargs)
-            logger.info(f"Loaded the fp16 weight variant of {model}.")
-            return pipe
-        except (ValueError, OSError) as error:
-            if "variant" not in str(error):
-                raise
-            logger.info(f"{model} has no fp16 weight variant: loading its weights and casting them to fp16.")
-    return pipeline_class.from_pretrained(model, **{DTYPE_ARGUMENT: dtype}, **kwargs)
+            info = huggingface_hub.model_info(model, revision=revision, token=token)
+            return [sibling.rfilename for sibling in info.siblings]
+        except Exception as error:  # offline, unreachable or unknown: the cache may still hold it, else loading says
+            logger.info(f"Could not list {model}'s files on the Hub ({type(error).__name__}); looking in the cache.")
+    try:
+        folder = huggingface_hub.snapshot_download(
+            model, revision=revision, cache_dir=cache_dir, local_files_only=True
+        )
+    except Exception:  # not cached: `from_pretrained` reports what is missing
+        return []
+    return repository_files(folder)
+
+
+def is_fp16_weight_file(path: str) -> bool:
+    """`*.fp16.safetensors`, or a shard of it (`*.fp16-00001-of-00002.safetensors` or
+    `*-00001-of-00002.fp16.safetensors`)."""
+    name = os.path.basename(path)
+    return name.endswith(".safetensors") and (f".{FP16_VARIANT}." in name or f".{FP16_VARIANT}-" in name)
+
+
+def has_fp16_variant(model: str, subfolder: Optional[str] = None, **hub_kwargs) -> bool:
+    """Whether the folder or Hub repo `model` (under `subfolder`) holds fp16 safetensors weights."""
+    prefix = f"{subfolder.strip('/')}/" if subfolder else ""
+    return any(path.startswith(prefix) and is_fp16_weight_file(path) for path in repository_files(model, **hub_kwargs))
+
+
+def load_with_variant(model_class, model: str, dtype: torch.dtype, **kwargs):
+    """`model_class.from_pretrained(model)` in `dtype`, from safetensors only (a pickled `.bin` is never tried):
+    with half precision, the `fp16` weight files when the folder or repo has them, else its full weights cast.
+    `model_class` is a pipeline or a single model (ControlNet, VAE); the choice is made from the files present."""
+    hub_kwargs = {name: kwargs[name] for name in HUB_FILE_ARGUMENTS if name in kwargs}
+    variant = None
+    if dtype == torch.float16 and has_fp16_variant(model, kwargs.get("subfolder"), **hub_kwargs):
+        variant = FP16_VARIANT
+    loaded = model_class.from_pretrained(
+        model, **{DTYPE_ARGUMENT: dtype}, variant=variant, use_safetensors=True, **kwargs
+    )
+    if variant is not None:
+        logger.info(f"Loaded the fp16 weight variant of {model}.")
+    elif dtype == torch.float16:
+        logger.info(f"{model} has no fp16 weight variant: loaded its weights and cast them to fp16.")
+    return loaded
+
+
+def placement_kwargs(quantize: Optional[str], device: torch.device, memory: str) -> dict:
+    """`from_pretrained`'s `device_map` for quantised weights that will live on the GPU: they are then quantised
+    there, as they load, instead of on the CPU (minutes for SDXL) and moved. Whole-pipeline placement by device name
+    is what diffusers takes (`device_map="cuda"`); offloaded pipelines load on the CPU."""
+    if quantize is None or device.type != "cuda" or memory not in ("none", "auto") or device.index not in (None, 0):
+        return {}
+    return {"device_map": device.type}
 
 
 def set_scheduler(pipe, scheduler: Optional[str]):
@@ -154,44 +238,86 @@ def set_scheduler(pipe, scheduler: Optional[str]):
 
 
 def weights_bytes(pipe) -> int:
-    return sum(
-        stored_bytes(component) for component in pipe.components.values() if isinstance(component, torch.nn.Module)
-    )
+    return sum(stored_bytes(module) for module in pipeline_modules(pipe))
+
+
+def pipeline_modules(pipe) -> list:
+    return [component for component in pipe.components.values() if isinstance(component, torch.nn.Module)]
+
+
+def decode_working_bytes(pipe) -> int:
+    """An estimate of the VAE decode's working memory at the pipeline's default size (the UNet's `sample_size`
+    times the VAE's downscaling: 512 px for SD 1.5, 1024 px for SDXL); see DECODE_WORKING_TENSORS."""
+    vae = pipe.vae
+    channels = vae.config.block_out_channels[min(1, len(vae.config.block_out_channels) - 1)]
+    side = pipe.unet.config.sample_size * 2 ** (len(vae.config.block_out_channels) - 1)
+    # the SDXL pipelines (those with `upcast_vae`) decode a half-precision VAE with `force_upcast` in fp32
+    upcast = hasattr(pipe, "upcast_vae") and getattr(vae.config, "force_upcast", False)
+    element_bytes = torch.float32.itemsize if upcast else vae.dtype.itemsize
+    return DECODE_WORKING_TENSORS * channels * side * side * element_bytes
 
 
 def choose_memory_mode(pipe, device: torch.device) -> str:
-    """What `memory="auto"` picks: everything on the device if it fits with headroom, else the least offloading."""
+    """What `memory="auto"` picks: everything on the device when all the weights and the decode fit; else model
+    offload, which holds one model at a time, when the largest model (SDXL's UNet: 5.1 of its 6.9 GB in fp16) and
+    the decode fit; else sequential offload, layer by layer."""
     if device.type != "cuda":
         return "none"
     free_bytes, _ = torch.cuda.mem_get_info(device)
-    needed = weights_bytes(pipe)
-    if free_bytes >= AUTO_MEMORY_HEADROOM * needed:
+    weights = weights_bytes(pipe)
+    largest = max(stored_bytes(module) for module in pipeline_modules(pipe))
+    decode = decode_working_bytes(pipe)
+    if free_bytes >= AUTO_MEMORY_HEADROOM * (weights + decode):
         choice = "none"
-    elif free_bytes >= needed / len([c for c in pipe.components.values() if isinstance(c, torch.nn.Module)]):
+    elif free_bytes >= AUTO_MEMORY_HEADROOM * (largest + decode):
         choice = "model_offload"
     else:
         choice = "sequential_offload"
     logger.warning(
-        f'memory="auto" picked {choice!r}: {free_bytes / 2**30:.1f} GiB free on {device}, '
-        f"weights {needed / 2**30:.1f} GiB."
+        f'memory="auto" picked {choice!r}: {free_bytes / 2**30:.1f} GiB free on {device}; weights '
+        f"{weights / 2**30:.1f} GiB, the largest model {largest / 2**30:.1f} GiB, the decode about "
+        f"{decode / 2**30:.1f} GiB."
     )
     return choice
 
 
-def raise_on_broken_decode(module, inputs, output):
-    """Forward hook on the VAE decoder: NaN, inf or an all-black image is an error, not a result."""
-    sample = output.sample if hasattr(output, "sample") else output
-    dtype = sample.dtype
-    if not torch.isfinite(sample).all():
+def check_decoded_images(images: torch.Tensor) -> None:
+    """NaN, inf or an all-black decoded image is an error, not a result (`images` in [-1, 1], whole images)."""
+    dtype = images.dtype
+    if not torch.isfinite(images).all():
         raise FloatingPointError(
             f"The VAE decoded NaN or inf values in {dtype}: it overflowed. The stock SDXL VAE does so in float16; "
             "load with vae='madebyollin/sdxl-vae-fp16-fix', or keep the default, which decodes in float32."
         )
-    if (sample <= BLACK_IMAGE_LEVEL).all():
+    black = (images <= BLACK_IMAGE_LEVEL).flatten(1).all(dim=1)
+    if black.any():
         raise FloatingPointError(
-            f"The VAE decoded an all-black image in {dtype}, the usual sign of a float16 overflow: decode in "
-            "float32 (the default for SDXL) or use an fp16-safe VAE such as 'madebyollin/sdxl-vae-fp16-fix'."
+            f"The VAE decoded an all-black image in {dtype} (image {int(black.nonzero()[0])} of the batch), the "
+            "usual sign of a float16 overflow: decode in float32 (the default for SDXL) or use an fp16-safe VAE "
+            "such as 'madebyollin/sdxl-vae-fp16-fix'."
         )
+
+
+def guard_decoded_images(vae) -> None:
+    """Check every image `vae.decode` returns with `check_decoded_images`: whole images, after a tiled or sliced
+    decode has put them together (a dark tile of a bright image is no error), outside the decoder (which stays
+    compilable), and once per decode however many pipelines share the VAE. `remove_decoded_image_check` undoes it."""
+    if "decode" in vars(vae):  # already guarded, through another pipeline sharing this VAE
+        return
+    decode = vae.decode  # the class's method, bound (diffusers' offload hooks run inside it)
+
+    @functools.wraps(decode)
+    def decode_and_check(*args, **kwargs):
+        output = decode(*args, **kwargs)
+        check_decoded_images(output.sample if hasattr(output, "sample") else output[0])
+        return output
+
+    vae.decode = decode_and_check
+
+
+def remove_decoded_image_check(vae) -> None:
+    """Undo `guard_decoded_images` (a timing run on random weights, which may decode to NaN or black)."""
+    vars(vae).pop("decode", None)
 
 
 def configure_pipeline(
@@ -215,20 +341,34 @@ def configure_pipeline(
         pipe.vae.enable_slicing()
     if vae_tiling:
         pipe.vae.enable_tiling()
-    # kept on the VAE so that a timing run on random weights (benchmarks/gpu_check.py) can remove the check, and say so
-    pipe.vae.broken_decode_check = pipe.vae.decoder.register_forward_hook(raise_on_broken_decode)
+    guard_decoded_images(pipe.vae)
     if memory == "auto":
         memory = choose_memory_mode(pipe, device)
-    if memory == "none":
+    if memory != "none" and pipe.hf_device_map is not None:
+        pipe.reset_device_map()  # quantised on the GPU as it loaded, before "auto" chose to offload: back to the CPU
+    if memory == "none" and pipe.hf_device_map is None:
         pipe.to(device)
+    elif memory == "none":  # from_pretrained's device map put what it loaded there; modules passed in follow
+        for module in pipeline_modules(pipe):
+            if module.device.type != device.type:
+                module.to(device)
     elif memory == "model_offload":
         pipe.enable_model_cpu_offload(device=device)
-    else:
+    elif memory == "sequential_offload":
         pipe.enable_sequential_cpu_offload(device=device)
+    pipe.placement = Placement(device, memory)
     if compile_unet:
         # Regional compilation: each repeated transformer block is compiled once and reused, so compiling takes
-        # seconds instead of minutes for the same steady-state speed (diffusers' `compile_repeated_blocks`).
-        pipe.unet.compile_repeated_blocks(fullgraph=True)
+        # seconds instead of minutes for the same steady-state speed (diffusers' `compile_repeated_blocks`). Under
+        # sequential offload (which only "auto" reaches here: asked for, the pair is refused before loading),
+        # accelerate's hooks move each layer's weights inside the blocks, which a full graph cannot hold.
+        fullgraph = memory != "sequential_offload"
+        if not fullgraph:
+            logger.warning(
+                'memory="auto" chose sequential offload: the UNet is compiled with graph breaks at each layer\'s '
+                "offload hook (fullgraph=False), which gains little; free GPU memory to compile it whole."
+            )
+        pipe.unet.compile_repeated_blocks(fullgraph=fullgraph)
     logger.info(
         f"{type(pipe).__name__} on {device} in {pipe.unet.dtype}: scheduler {type(pipe.scheduler).__name__}, "
         f"memory {memory!r}, channels_last {channels_last}, fused QKV {fuse_qkv}, compiled UNet {compile_unet}."
@@ -306,12 +446,18 @@ def load_stable_diffusion(
     )
 
 
-def use_safe_sdxl_vae(pipe, vae: Optional[str], dtype: torch.dtype, from_pretrained_kwargs: dict):
-    """SDXL's stock VAE overflows in fp16: swap in the named fp16-safe VAE, or make the pipeline decode in fp32."""
-    if vae is not None:
-        check_model_id(vae, "vae")
-        pipe.vae = AutoencoderKL.from_pretrained(vae, **{DTYPE_ARGUMENT: dtype}, **from_pretrained_kwargs)
-    elif dtype == torch.float16:
+def vae_kwargs(vae: Optional[str], dtype: torch.dtype, from_pretrained_kwargs: dict) -> dict:
+    """`from_pretrained`'s `vae=`: the VAE named by `vae` (for SDXL, an fp16-safe one), loaded first, so that the
+    pipeline's own VAE is never loaded; nothing when `vae` is None."""
+    if vae is None:
+        return {}
+    hub_kwargs = {name: value for name, value in from_pretrained_kwargs.items() if name in HUB_FILE_ARGUMENTS}
+    return {"vae": load_with_variant(AutoencoderKL, vae, dtype, **hub_kwargs)}
+
+
+def upcast_stock_sdxl_vae(pipe, vae: Optional[str], dtype: torch.dtype):
+    """SDXL's stock VAE overflows in fp16: without an fp16-safe `vae`, the pipeline decodes in fp32."""
+    if vae is None and dtype == torch.float16:
         # The SDXL pipelines upcast a fp16 VAE to fp32 around the decode when its config says `force_upcast`.
         pipe.vae.register_to_config(force_upcast=True)
     return pipe
@@ -372,12 +518,13 @@ def load_sdxl_refiner(
     base: StableDiffusionXLPipeline,
     model: str = SDXL_REFINER_MODEL,
     *,
-    memory: str = "auto",
+    memory: Optional[str] = None,
     quantize: Optional[str] = None,
     **from_pretrained_kwargs,
 ) -> StableDiffusionXLImg2ImgPipeline:
     r"""
-    Load the SDXL refiner for `base`, sharing its second text encoder and its VAE (one copy of each in memory);
+    Load the SDXL refiner for `base`, sharing its second text encoder and its VAE (one copy of each in memory),
+    on `base`'s device and, unless `memory` says otherwise, in its memory mode (model or sequential offload too);
     `quantize` quantises its UNet as in [`load_stable_diffusion`].
 
     Run the base for the first part of the schedule and the refiner for the rest:
@@ -392,7 +539,9 @@ def load_sdxl_refiner(
     ```
     """
     check_model_id(model)
-    device, dtype = base.unet.device, base.unet.dtype
+    base_placement = base_device_and_memory(base)
+    device, dtype = base_placement.device, base.unet.dtype
+    memory = base_placement.memory if memory is None else memory
     if memory == "auto" and device.type != "cuda":
         memory = "none"
     check_load_options(None, memory, device)
@@ -404,14 +553,25 @@ def load_sdxl_refiner(
         text_encoder_2=base.text_encoder_2,
         vae=base.vae,
         **quantization_kwargs(quantize, dtype),
+        **placement_kwargs(quantize, device, memory),
         **from_pretrained_kwargs,
     )
     return configure_pipeline(refiner, device, None, memory, False, False, False, False, False)
 
 
+def base_device_and_memory(base) -> Placement:
+    """Where `base` runs: as a loader placed it, else (a pipeline made otherwise) diffusers' execution device, which
+    offloading hooks know, with "auto" memory. Not `base.unet.device`, which is the CPU under model offload and
+    `meta` under sequential offload."""
+    placement = getattr(base, "placement", None)
+    if isinstance(placement, Placement):
+        return placement
+    return Placement(torch.device(base._execution_device), "auto")
+
+
 def load_controlnet_canny(
     base: str = SD15_MODEL,
-    controlnet: str = SD15_CANNY_CONTROLNET,
+    controlnet: Optional[str] = None,
     *,
     sdxl: bool = False,
     vae: Optional[str] = None,
@@ -431,7 +591,8 @@ def load_controlnet_canny(
 ):
     r"""
     Load a canny-edge ControlNet with its base model: `StableDiffusionControlNetPipeline`, or with `sdxl=True`
-    `StableDiffusionXLControlNetPipeline` (e.g. `base=SDXL_MODEL, controlnet=SDXL_CANNY_CONTROLNET`).
+    `StableDiffusionXLControlNetPipeline` (e.g. `base=SDXL_MODEL`). `controlnet` defaults to the canny ControlNet
+    of the base's family: `SD15_CANNY_CONTROLNET`, or with `sdxl=True` `SDXL_CANNY_CONTROLNET`.
 
     Takes the options of [`load_stable_diffusion`] (and `vae` of [`load_sdxl`] for SDXL). Give the pipeline
     `image=canny_edges(photo)` as the control image.
@@ -481,26 +642,37 @@ def load_controlnet_with_base(
     **from_pretrained_kwargs,
 ):
     """The ControlNet loaders' shared steps: the ControlNet's weights, then the base model's, as `pipeline_class`."""
+    if controlnet is None:  # the canny ControlNet made for the base's family
+        controlnet = SDXL_CANNY_CONTROLNET if sdxl else SD15_CANNY_CONTROLNET
     check_model_id(base, "base")
     check_model_id(controlnet, "controlnet")
-    device, dtype = resolve_device_and_dtype(device, dtype)
-    check_load_options(scheduler, memory, device)
+    vae = vae if sdxl else None
+    if vae is not None:
+        check_model_id(vae, "vae")
+    device, dtype = resolve_device_and_dtype(device, dtype, quantize=weight_options[0])
+    check_load_options(scheduler, memory, device, compile_unet=speed_options[4])
     loras = check_weight_options(pipeline_class, weight_options, device, dtype, speed_options)
     check_unet_in_channels(base, TEXT_TO_IMAGE_UNET_IN_CHANNELS, pipeline_class, "base", from_pretrained_kwargs)
     controlnet_model = load_with_variant(ControlNetModel, controlnet, dtype, **from_pretrained_kwargs)
-    quantization = quantization_kwargs(weight_options[0], dtype)
     pipe = load_with_variant(
-        pipeline_class, base, dtype, controlnet=controlnet_model, **quantization, **from_pretrained_kwargs
+        pipeline_class,
+        base,
+        dtype,
+        controlnet=controlnet_model,
+        **vae_kwargs(vae, dtype, from_pretrained_kwargs),
+        **quantization_kwargs(weight_options[0], dtype),
+        **placement_kwargs(weight_options[0], device, memory),
+        **from_pretrained_kwargs,
     )
     if sdxl:
-        use_safe_sdxl_vae(pipe, vae, dtype, from_pretrained_kwargs)
+        upcast_stock_sdxl_vae(pipe, vae, dtype)
     load_loras(pipe, loras, fuse_lora=weight_options[2])
     return configure_pipeline(pipe, device, scheduler, memory, *speed_options)
 
 
 def load_controlnet_canny_img2img(
     base: str = SD15_MODEL,
-    controlnet: str = SD15_CANNY_CONTROLNET,
+    controlnet: Optional[str] = None,
     *,
     sdxl: bool = False,
     vae: Optional[str] = None,
@@ -569,15 +741,24 @@ def load_and_configure(
     fuse_lora) says), guard an SDXL VAE in fp16 (`vae`: see `load_sdxl`), load the LoRA adapters, and apply the
     device, memory and speed settings (`speed_options`: see `configure_pipeline`)."""
     check_model_id(model)
-    device, dtype = resolve_device_and_dtype(device, dtype)
-    check_load_options(scheduler, memory, device)
+    if vae is not None:
+        check_model_id(vae, "vae")
+    device, dtype = resolve_device_and_dtype(device, dtype, quantize=weight_options[0])
+    check_load_options(scheduler, memory, device, compile_unet=speed_options[4])
     loras = check_weight_options(pipeline_class, weight_options, device, dtype, speed_options)
     if unet_in_channels is not None:
         check_unet_in_channels(model, unet_in_channels, pipeline_class, "model", from_pretrained_kwargs)
-    quantization = quantization_kwargs(weight_options[0], dtype)
-    pipe = load_with_variant(pipeline_class, model, dtype, **quantization, **from_pretrained_kwargs)
+    pipe = load_with_variant(
+        pipeline_class,
+        model,
+        dtype,
+        **vae_kwargs(vae, dtype, from_pretrained_kwargs),
+        **quantization_kwargs(weight_options[0], dtype),
+        **placement_kwargs(weight_options[0], device, memory),
+        **from_pretrained_kwargs,
+    )
     if sdxl:
-        use_safe_sdxl_vae(pipe, vae, dtype, from_pretrained_kwargs)
+        upcast_stock_sdxl_vae(pipe, vae, dtype)
     load_loras(pipe, loras, fuse_lora=weight_options[2])
     return configure_pipeline(pipe, device, scheduler, memory, *speed_options)
 
@@ -597,6 +778,12 @@ def check_weight_options(pipeline_class, weight_options: tuple, device, dtype, s
         raise ValueError("`lora` loads adapters through peft, which is not installed: `pip install 'diffkit[lora]'`.")
     if fuse_lora and not loras:
         raise ValueError("`fuse_lora` fuses the adapters of `lora` into the weights, but no `lora` was given.")
+    if fuse_qkv and loras and not fuse_lora:
+        raise ValueError(
+            "`fuse_qkv` concatenates the attention Q, K and V weights into one layer, which drops the LoRA adapters "
+            "of `lora` on them: pass fuse_lora=True too (the adapters are added into the weights first), or leave "
+            "fuse_qkv off."
+        )
     if fuse_lora and quantize is not None:
         raise ValueError(
             f"`fuse_lora` adds the adapters into the weights, which quantize={quantize!r} stores packed: leave "

@@ -20,6 +20,15 @@ QUANTIZED_COMPONENTS = ("unet",)
 FLOAT8_MIN_CAPABILITY = (8, 9)
 # torchao's int4 weight-only kernels (tile-packed) take bfloat16 activations.
 INT4_DTYPE = torch.bfloat16
+# The int4 packing torch runs itself (its tinygemm kernel, `aten::_weight_int4pack_mm`, Ampere and later). torchao's
+# default packing ("plain", from 0.15 on) needs the separate `mslk` kernels package, which nothing installs.
+INT4_PACKING_FORMAT = "tile_packed_to_4d"
+INT4_MIN_CAPABILITY = (8, 0)
+# The dtype quantised pipelines compute in on CUDA when none is asked for: torchao's and bitsandbytes' examples all
+# use bfloat16, and an int8 weight-only matmul in float16 can overflow.
+QUANTIZED_COMPUTE_DTYPE = torch.bfloat16
+# The modes whose matmuls are torchao's, for which float16 activations are refused on CUDA.
+TORCHAO_MODES = ("int8", "int4", "float8")
 
 
 def stored_bytes(module: torch.nn.Module) -> int:
@@ -52,6 +61,17 @@ def check_quantize_on_device(
         raise ValueError(
             f"`{argument}` 'float8' needs a GPU of compute capability 8.9 or more; {device} has {capability}: use "
             f"{argument}='int8' (or 'nf4')."
+        )
+    if quantize == "int4" and torch.cuda.get_device_capability(device) < INT4_MIN_CAPABILITY:
+        capability = ".".join(map(str, torch.cuda.get_device_capability(device)))
+        raise ValueError(
+            f"`{argument}` 'int4' runs torch's tinygemm kernel, which needs a GPU of compute capability 8.0 or more; "
+            f"{device} has {capability}: use {argument}='int8' (or 'nf4')."
+        )
+    if quantize in TORCHAO_MODES and device.type == "cuda" and dtype == torch.float16:
+        raise ValueError(
+            f"`{argument}` {quantize!r} computes in the pipeline's dtype, and torchao's weight-only matmuls can "
+            "overflow in float16: pass dtype='bf16' (the default with quantised weights on CUDA)."
         )
     if quantize == "int4" and dtype != INT4_DTYPE:
         raise ValueError(
@@ -97,7 +117,7 @@ def pipeline_quantization_config(
 
         torchao_config = {
             "int8": Int8WeightOnlyConfig,
-            "int4": Int4WeightOnlyConfig,
+            "int4": lambda: Int4WeightOnlyConfig(int4_packing_format=INT4_PACKING_FORMAT),
             "float8": Float8WeightOnlyConfig,
         }[quantize]()
         config = TorchAoConfig(torchao_config)

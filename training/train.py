@@ -1060,18 +1060,16 @@ def main(args):
 
 
 def release_process_group():
-    """Destroy a gloo process group that `main` left behind because it stopped with an error.
+    """Destroy the process group that `main` left behind because it stopped with an error, whatever its backend.
 
     A gloo worker thread that drops the last reference to a finished collective (say the `gather` of the loss) must
     take the GIL to free its tensors; if the interpreter is already shutting down, that thread is killed inside C++
     and the process aborts with "terminate called without an active exception" (SIGABRT) instead of exiting with the
-    error. Destroying the group first joins those threads while Python is still alive. On success
-    `accelerator.end_training()` has destroyed it already. An NCCL group is left to its own watchdog: destroying
-    it while other ranks are still inside a collective can hang.
+    error. Destroying the group first joins those threads while Python is still alive. An NCCL group not destroyed
+    leaks its communicators (torch warns so at exit). On success `accelerator.end_training()` has destroyed it already.
     """
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        if torch.distributed.get_backend() == "gloo":
-            torch.distributed.destroy_process_group()
+        torch.distributed.destroy_process_group()
 
 
 def run_script(main, parse_args, validate_args, args=None):

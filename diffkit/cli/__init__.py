@@ -96,8 +96,9 @@ def launched_processes(device=None):
     try:
         yield state
     finally:
-        if state.num_processes > 1 and torch.distributed.is_initialized() and state.backend == "gloo":
-            # joins gloo's threads while Python is alive (see training/train.py's release_process_group)
+        if state.num_processes > 1 and torch.distributed.is_initialized():
+            # any backend's: joins gloo's threads while Python is alive (see training/train.py's
+            # release_process_group), and frees NCCL's communicators, which torch otherwise reports leaked at exit
             state.destroy_process_group()
 
 

@@ -128,7 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
         "each.",
     )
     parser.add_argument(
-        "--controlnet", default=SD15_CANNY_CONTROLNET, help="Hub id or folder of the canny ControlNet."
+        "--controlnet",
+        default=None,
+        help=f"Hub id or folder of the canny ControlNet; defaults to the one for the base's family: "
+        f"{SD15_CANNY_CONTROLNET} (SD 1.5), {SDXL_CANNY_CONTROLNET} (SDXL).",
     )
     parser.add_argument("--vae", default=None, help="Hub id or folder of an fp16-safe VAE for SDXL.")
     parser.add_argument(
@@ -293,7 +296,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         if getattr(args, name) is not None:
             check_image_side(getattr(args, name), f"--{name}")
     if args.family == "controlnet-canny":
-        check_model_id(args.controlnet, "--controlnet")
+        if args.controlnet is not None:
+            check_model_id(args.controlnet, "--controlnet")
         if args.image is None:
             raise ValueError("`controlnet-canny` needs `--image PHOTO`: the photo whose edges guide the image.")
     if args.vae is not None:
@@ -489,7 +493,7 @@ def run_stable_diffusion(args, state):
     elif args.family == "sdxl":
         pipe = load_sdxl(args.model, vae=args.vae, **options)
         if args.refiner:
-            refiner = load_sdxl_refiner(pipe, args.refiner, memory=args.memory, quantize=args.quantize)
+            refiner = load_sdxl_refiner(pipe, args.refiner, quantize=args.quantize)  # the base's device and memory
     else:
         # The base model's own model_index.json says which ControlNet pipeline fits it.
         pipe = load_controlnet_canny(args.model, args.controlnet, sdxl=is_sdxl(args.model), vae=args.vae, **options)
@@ -588,10 +592,8 @@ def run_image_task(args, state, batches, options: dict, call_kwargs: dict):
     for name in ("width", "height"):  # the image's size is the output's
         call_kwargs.pop(name)
     if args.family == "img2img" and args.canny:
-        controlnet = args.controlnet
-        if sdxl and controlnet == SD15_CANNY_CONTROLNET:  # the default is for SD 1.5
-            controlnet = SDXL_CANNY_CONTROLNET
-        pipe = load_controlnet_canny_img2img(args.model, controlnet, sdxl=sdxl, vae=args.vae, **options)
+        # no --controlnet: the loader takes the canny ControlNet of the base's family
+        pipe = load_controlnet_canny_img2img(args.model, args.controlnet, sdxl=sdxl, vae=args.vae, **options)
         call_kwargs["control_image"] = canny_edges(image, args.low_threshold, args.high_threshold)
     elif args.family == "img2img":
         pipe = (
