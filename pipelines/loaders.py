@@ -10,15 +10,14 @@ Defaults: on CUDA, fp16 (the repo's `fp16` weight variant when it has one, else 
 GPU when it fits; on CPU, fp32 with a warning that it is slow. An explicit `device=` or `dtype=` always wins.
 """
 
-import functools
 import importlib.util
 import logging
 import os
+import types
 import warnings
 from typing import NamedTuple, Optional, Union
 
 import diffusers
-import huggingface_hub
 import numpy as np
 import torch
 from diffusers import (
@@ -38,6 +37,8 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import model_info, snapshot_download
 from packaging import version
 from PIL import Image
 
@@ -173,16 +174,14 @@ def repository_files(model: str, revision=None, token=None, cache_dir=None, loca
             for root, _, names in os.walk(model)
             for name in names
         ]
-    if not (local_files_only or huggingface_hub.constants.HF_HUB_OFFLINE):
+    if not (local_files_only or hub_constants.HF_HUB_OFFLINE):
         try:
-            info = huggingface_hub.model_info(model, revision=revision, token=token)
+            info = model_info(model, revision=revision, token=token)
             return [sibling.rfilename for sibling in info.siblings]
         except Exception as error:  # offline, unreachable or unknown: the cache may still hold it, else loading says
             logger.info(f"Could not list {model}'s files on the Hub ({type(error).__name__}); looking in the cache.")
     try:
-        folder = huggingface_hub.snapshot_download(
-            model, revision=revision, cache_dir=cache_dir, local_files_only=True
-        )
+        folder = snapshot_download(model, revision=revision, cache_dir=cache_dir, local_files_only=True)
     except Exception:  # not cached: `from_pretrained` reports what is missing
         return []
     return repository_files(folder)
@@ -302,17 +301,16 @@ def guard_decoded_images(vae) -> None:
     """Check every image `vae.decode` returns with `check_decoded_images`: whole images, after a tiled or sliced
     decode has put them together (a dark tile of a bright image is no error), outside the decoder (which stays
     compilable), and once per decode however many pipelines share the VAE. `remove_decoded_image_check` undoes it."""
-    if "decode" in vars(vae):  # already guarded, through another pipeline sharing this VAE
-        return
-    decode = vae.decode  # the class's method, bound (diffusers' offload hooks run inside it)
+    if "decode" not in vars(vae):  # else already guarded, through another pipeline sharing this VAE
+        # bound to the VAE as a method, so that a copy of the VAE (copy.deepcopy) checks its own decode
+        vae.decode = types.MethodType(decode_and_check, vae)
 
-    @functools.wraps(decode)
-    def decode_and_check(*args, **kwargs):
-        output = decode(*args, **kwargs)
-        check_decoded_images(output.sample if hasattr(output, "sample") else output[0])
-        return output
 
-    vae.decode = decode_and_check
+def decode_and_check(vae, *args, **kwargs):
+    """`vae.decode` (the class's, in which diffusers' offload hooks run), then `check_decoded_images`."""
+    output = type(vae).decode(vae, *args, **kwargs)
+    check_decoded_images(output.sample if hasattr(output, "sample") else output[0])
+    return output
 
 
 def remove_decoded_image_check(vae) -> None:

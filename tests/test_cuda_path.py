@@ -1,15 +1,17 @@
-"""The fp16 CUDA path of the Stable Diffusion loaders, on the CPU: what a first GPU run would have met.
+"""The fp16 CUDA path of the Stable Diffusion loaders: on the CPU, what a first GPU run would have met; on a GPU, the
+same paths for real.
 
-Each test here failed before the fix it names (issue 36), and runs on a machine without a GPU: the fp16 weights load
-and run on the CPU, and where a decision depends on the device (the dtype of quantised weights, the memory mode, the
-refiner's placement), CUDA is faked (`torch.cuda.is_available`, `torch.cuda.mem_get_info`) and the calls that would
-move weights to a GPU are recorded instead of made. `pytest -m cuda` (benchmarks/gpu_check.py) runs the same paths
-on a real GPU.
+The CPU tests each failed before the fix they name (issue 36) and need no GPU: the fp16 weights load and run on the
+CPU, and where a decision depends on the device (the dtype of quantised weights, the memory mode, the refiner's
+placement), CUDA is faked (`torch.cuda.is_available`, `torch.cuda.mem_get_info`) and the calls that would move
+weights to a GPU are recorded instead of made. The tests marked `cuda` at the end run the same paths on a real GPU
+(`pytest -m cuda`, which `python -m benchmarks.gpu_check` runs first) and are skipped elsewhere with that reason.
 """
 
 import subprocess
 import sys
 import textwrap
+from copy import deepcopy
 
 import numpy as np
 import pytest
@@ -403,6 +405,18 @@ def test_the_decoder_compiles_whole_with_the_check_on(models):
     assert np.isfinite(generate(pipe)).all()
 
 
+def test_a_copied_vae_checks_its_own_decode(models):
+    pipe = load_stable_diffusion(models["sd"])
+    copy = deepcopy(pipe.vae)
+    with torch.no_grad():
+        copy.decoder.conv_out.weight.zero_()
+        copy.decoder.conv_out.bias.fill_(-4.0)
+    latents = torch.zeros(1, 4, SIZE // 8, SIZE // 8)
+    pipe.vae.decode(latents)  # the original decodes as before
+    with pytest.raises(FloatingPointError, match="all-black image"):
+        copy.decode(latents)
+
+
 def test_an_all_black_batch_image_is_still_refused(models):
     pipe = load_stable_diffusion(models["sd"])
     with torch.no_grad():
@@ -478,3 +492,67 @@ def test_the_commands_destroy_an_nccl_process_group_too(monkeypatch):
     with launched_processes():
         pass
     assert destroyed == ["nccl"]
+
+
+# -- on a real GPU (`pytest -m cuda`; skipped without one) -----------------------------------------------------------
+
+GPU_REASON = "needs a CUDA GPU: runs in `python -m benchmarks.gpu_check` (this project's CI has none)"
+needs_a_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason=GPU_REASON)
+
+
+@pytest.mark.cuda
+@needs_a_gpu
+@pytest.mark.parametrize("with_fp16_files", [False, True], ids=["without_fp16_files", "with_fp16_files"])
+def test_controlnet_in_fp16_on_the_gpu(models, with_fp16_files):
+    pipe = load_controlnet_canny(models["sd"], models["controlnet_fp16" if with_fp16_files else "controlnet"])
+    assert pipe.controlnet.dtype == torch.float16 and pipe.controlnet.device.type == "cuda"
+    assert np.isfinite(generate(pipe, image=Image.new("RGB", (SIZE, SIZE), "white"))).all()
+
+
+@pytest.mark.cuda
+@needs_a_gpu
+def test_a_compiled_unet_on_the_gpu(models):
+    pipe = load_stable_diffusion(models["sd"], compile_unet=True)
+    first, second = generate(pipe), generate(pipe)  # compiles, then reuses
+    np.testing.assert_allclose(first, second, atol=1e-3)
+
+
+@pytest.mark.cuda
+@needs_a_gpu
+@pytest.mark.parametrize("mode", ["int8", "int4", "float8", "nf4"])
+def test_every_quantisation_mode_on_the_gpu(models, mode):
+    try:
+        pipe = load_stable_diffusion(models["sd"], quantize=mode)
+    except ValueError as refusal:  # this GPU or installation cannot run it: the loader says why, before loading
+        pytest.skip(f"refused here: {refusal}")
+    assert pipe.unet.dtype == torch.bfloat16 and np.isfinite(generate(pipe)).all()
+
+
+@pytest.mark.cuda
+@needs_a_gpu
+@pytest.mark.parametrize("memory", ["none", "model_offload", "sequential_offload"])
+def test_the_refiner_under_each_memory_mode_on_the_gpu(models, memory):
+    base = load_sdxl(models["sdxl"], memory=memory)
+    refiner = load_sdxl_refiner(base, models["refiner"])
+    assert refiner.placement == base.placement == (torch.device("cuda"), memory)
+    for _ in range(2):  # the shared text encoder and VAE still work for both after each call
+        latents = base(
+            "a lion", num_inference_steps=4, denoising_end=0.5, height=SIZE, width=SIZE, output_type="latent"
+        )
+        images = refiner("a lion", image=latents.images, num_inference_steps=4, denoising_start=0.5, output_type="np")
+        assert np.isfinite(images.images).all()
+    assert np.isfinite(generate(base)).all()
+
+
+@pytest.mark.cuda
+@needs_a_gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs: runs in gpu_check on such a machine")
+@pytest.mark.slow
+def test_two_processes_on_two_gpus(models, tmp_path):
+    from .test_generate_processes import TWO_PROCESSES, launch
+
+    args = ["sd", "--model", models["sd"], "--prompt", "a cat", "--num_images", "4", "--batch_size", "1"]
+    args += ["--steps", "2", "--width", str(SIZE), "--height", str(SIZE), "--out", str(tmp_path / "out")]
+    result = launch(TWO_PROCESSES, "diffkit.cli.generate", *args)
+    written = [line for line in result.stdout.splitlines() if line.endswith(".png")]
+    assert len(written) == len(set(written)) == 4 and len(list((tmp_path / "out").iterdir())) == 4
