@@ -44,7 +44,7 @@ from .tiny_stable_diffusion import (
     save_tiny_stable_diffusion,
     save_tiny_vae,
 )
-from .utils import REPO_ROOT
+from .utils import REPO_ROOT, free_port
 
 SIZE = 64
 STEPS = 2
@@ -460,7 +460,7 @@ def test_the_generate_command_takes_the_sdxl_canny_controlnet_for_an_sdxl_base(m
 
 
 def test_process_groups_of_any_backend_are_destroyed(monkeypatch):
-    from diffkit.training.train import release_process_group
+    from diffkit.training.process_group import release_process_group
 
     destroyed = []
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
@@ -549,10 +549,12 @@ def test_the_refiner_under_each_memory_mode_on_the_gpu(models, memory):
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs: runs in gpu_check on such a machine")
 @pytest.mark.slow
 def test_two_processes_on_two_gpus(models, tmp_path):
-    from .test_generate_processes import TWO_PROCESSES, launch
-
+    # launched here rather than through test_generate_processes, whose imports (training data) the GPU image lacks
     args = ["sd", "--model", models["sd"], "--prompt", "a cat", "--num_images", "4", "--batch_size", "1"]
     args += ["--steps", "2", "--width", str(SIZE), "--height", str(SIZE), "--out", str(tmp_path / "out")]
-    result = launch(TWO_PROCESSES, "diffkit.cli.generate", *args)
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    command += ["--main_process_port", str(free_port()), "-m", "diffkit.cli.generate", *args]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     written = [line for line in result.stdout.splitlines() if line.endswith(".png")]
     assert len(written) == len(set(written)) == 4 and len(list((tmp_path / "out").iterdir())) == 4

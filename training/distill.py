@@ -46,6 +46,7 @@ from diffkit.training.dataset_loading import INDEX_COLUMN, decode_once, load_tra
 from diffkit.training.distill_arguments import CONSISTENCY, DEFAULT_GUIDANCE_SCALE_RANGE, GUIDANCE, build_parser
 from diffkit.training.latents import encode_training_images
 from diffkit.training.output_lock import release_output_dir
+from diffkit.training.process_group import settle_process_group
 from diffkit.training.train import (
     FINAL_LOSS_WINDOW,
     MODEL_CARD_NAME,
@@ -604,6 +605,7 @@ def main(args):
                 raise
             logger.info(f"Pushed the student to {hub_repo} at revision {commit.oid}: {commit.commit_url}")
 
+    settle_process_group()  # every process: see training/process_group.py
     accelerator.end_training()
     release_output_dir(output_dir_lock)
 

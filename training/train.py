@@ -95,6 +95,7 @@ from diffkit.training.output_lock import (
     hold_output_dir_for_run,
     release_output_dir,
 )
+from diffkit.training.process_group import release_process_group, settle_process_group
 from diffkit.training.text_conditioning import resolve_text_encoder
 
 logger = get_logger(__name__, log_level="INFO")
@@ -1055,21 +1056,11 @@ def main(args):
                 raise
             logger.info(f"Pushed the pipeline to {hub_repo} at revision {commit.oid}: {commit.commit_url}")
 
+    # Every process, at the same point: no gloo thread may still hold a Python tensor when the group is torn down
+    # (training/process_group.py says why a run could hang here).
+    settle_process_group()
     accelerator.end_training()
     release_output_dir(output_dir_lock)
-
-
-def release_process_group():
-    """Destroy the process group that `main` left behind because it stopped with an error, whatever its backend.
-
-    A gloo worker thread that drops the last reference to a finished collective (say the `gather` of the loss) must
-    take the GIL to free its tensors; if the interpreter is already shutting down, that thread is killed inside C++
-    and the process aborts with "terminate called without an active exception" (SIGABRT) instead of exiting with the
-    error. Destroying the group first joins those threads while Python is still alive. An NCCL group not destroyed
-    leaks its communicators (torch warns so at exit). On success `accelerator.end_training()` has destroyed it already.
-    """
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
 
 
 def run_script(main, parse_args, validate_args, args=None):

@@ -45,6 +45,7 @@ from diffkit.training.feature_extractors import MobileNetV2Features
 from diffkit.training.latents import down_factor_of
 from diffkit.training.metrics import feature_statistics, frechet_distance
 from diffkit.training.output_lock import check_output_dir_free, release_output_dir
+from diffkit.training.process_group import settle_process_group
 from diffkit.training.reconstruction import psnr, reconstruction_grid, ssim
 from diffkit.training.train import (
     FINAL_LOSS_WINDOW,
@@ -557,6 +558,7 @@ def main(args):
             commit = push_folder(args.output_dir, hub_repo, token=args.hub_token, what="the trained VAE")
             logger.info(f"Pushed the VAE to {hub_repo} at revision {commit.oid}: {commit.commit_url}")
 
+    settle_process_group()  # every process: see training/process_group.py
     accelerator.end_training()
     release_output_dir(output_dir_lock)
 

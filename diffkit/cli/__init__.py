@@ -81,6 +81,8 @@ def launched_processes(device=None):
     import torch
     from accelerate import PartialState
 
+    from diffkit.training.process_group import settle_process_group
+
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and device is not None:
         raise ValueError(
@@ -95,9 +97,12 @@ def launched_processes(device=None):
         )
     try:
         yield state
+        # after the last collective, on every process: gloo must hold no Python tensor when the group goes
+        # (training/process_group.py says why a run could hang otherwise)
+        settle_process_group()
     finally:
         if state.num_processes > 1 and torch.distributed.is_initialized():
-            # any backend's: joins gloo's threads while Python is alive (see training/train.py's
+            # any backend's: joins gloo's threads while Python is alive (see training/process_group.py's
             # release_process_group), and frees NCCL's communicators, which torch otherwise reports leaked at exit
             state.destroy_process_group()
 
