@@ -46,6 +46,7 @@ from diffkit.training.dataset_loading import INDEX_COLUMN, decode_once, load_tra
 from diffkit.training.distill_arguments import CONSISTENCY, DEFAULT_GUIDANCE_SCALE_RANGE, GUIDANCE, build_parser
 from diffkit.training.latents import encode_training_images
 from diffkit.training.output_lock import release_output_dir
+from diffkit.training.preemption import StopSignals
 from diffkit.training.process_group import settle_process_group
 from diffkit.training.train import (
     FINAL_LOSS_WINDOW,
@@ -66,7 +67,9 @@ from diffkit.training.train import (
     run_script,
     save_validation_grid,
     staged_outputs,
+    state_to_resume,
     step_counts,
+    stop_for_preemption,
     training_dataloader,
 )
 
@@ -449,6 +452,12 @@ def main(args):
 
     # 4. Distillation loop
     start_time = time.time()
+
+    def seconds_trained():
+        return previous_train_seconds + time.time() - start_time
+
+    stop = StopSignals().install()  # SIGTERM / SIGUSR1: checkpoint at the next step and exit (training/preemption.py)
+    checkpointed = False
     progress_bar = tqdm(
         range(max_train_steps), initial=global_step, disable=not accelerator.is_local_main_process, desc="Steps"
     )
@@ -538,20 +547,25 @@ def main(args):
                 accelerator.log(logs, step=global_step)
                 if args.validation_steps and global_step % args.validation_steps == 0 and accelerator.is_main_process:
                     log_validation(accelerator, teacher, target_unet, scheduler, args, guided, layout, global_step)
-                if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
-                    training_state = {
-                        "global_step": global_step,
-                        "args": run_config(args),
-                        "recent_losses": recent_losses,
-                        "train_seconds": previous_train_seconds + time.time() - start_time,
-                    }
+                checkpointed = args.checkpointing_steps and global_step % args.checkpointing_steps == 0
+                if checkpointed:
+                    training_state = state_to_resume(args, global_step, recent_losses, seconds_trained())
                     checkpoint_and_push(
                         args, accelerator, global_step, training_state, target_ema, noise_generator, hub_repo
                     )
+                if stop.agreed(accelerator):  # SIGTERM or SIGUSR1 on any process: all stop at this step
+                    break
             if global_step >= max_train_steps:
                 break
+        if stop.stopping:
+            break
     progress_bar.close()
-    train_seconds = previous_train_seconds + time.time() - start_time
+    if stop.stopping:
+        if not checkpointed:
+            training_state = state_to_resume(args, global_step, recent_losses, seconds_trained())
+            checkpoint_and_push(args, accelerator, global_step, training_state, target_ema, noise_generator, hub_repo)
+        stop_for_preemption(accelerator, stop, global_step, args.output_dir, output_dir_lock)
+    train_seconds = seconds_trained()
 
     # 5. Save the student (the target network's weights), a sample grid, the configuration and the model card
     accelerator.wait_for_everyone()

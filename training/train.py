@@ -46,6 +46,7 @@ from diffkit.training.arguments import (
     conditioning_kind,
 )
 from diffkit.training.checkpointing import (
+    CHECKPOINT_PREFIX,
     is_partial_checkpoint,
     list_checkpoints,
     load_checkpoint_extras,
@@ -95,6 +96,7 @@ from diffkit.training.output_lock import (
     hold_output_dir_for_run,
     release_output_dir,
 )
+from diffkit.training.preemption import PREEMPTED_EXIT_STATUS, Preempted, StopSignals, signal_handlers_restored
 from diffkit.training.process_group import release_process_group, settle_process_group
 from diffkit.training.text_conditioning import resolve_text_encoder
 
@@ -746,6 +748,31 @@ def checkpoint_and_push(
             logger.warning(f"Could not push checkpoint-{global_step}; training goes on. {error}")
 
 
+def state_to_resume(args, global_step: int, recent_losses: list, train_seconds: float, evaluation=None) -> dict:
+    """The training_state.json of a checkpoint: what a resumed run needs besides the objects' states."""
+    training_state = {
+        "global_step": global_step,
+        "args": run_config(args),
+        "recent_losses": recent_losses,
+        "train_seconds": train_seconds,
+    }
+    if evaluation is not None:
+        training_state.update(evaluation.state_dict())
+    return training_state
+
+
+def stop_for_preemption(accelerator, stop: StopSignals, global_step: int, output_dir: str, output_dir_lock):
+    """End a run stopped by a signal, its checkpoint written: say how to resume, take the process group down as
+    a finished run does, release the folder, and raise `Preempted` (run_script exits with its status)."""
+    checkpoint_dir = os.path.join(output_dir, f"{CHECKPOINT_PREFIX}{global_step}")
+    message = stop.stop_message("the checkpoint", global_step, checkpoint_dir)
+    logger.warning(message)
+    settle_process_group()
+    accelerator.end_training()
+    release_output_dir(output_dir_lock)
+    raise Preempted(message)
+
+
 def init_trackers(accelerator, args, project: str):
     """Start --report_to's trackers, with the run's flags (trackers take scalars: lists and unset flags as text)."""
     if args.report_to is not None:
@@ -881,6 +908,12 @@ def main(args):
     # 4. Training loop
     start_time = time.time()
     last_step_time = start_time
+
+    def seconds_trained():
+        return previous_train_seconds + time.time() - start_time
+
+    stop = StopSignals().install()  # SIGTERM / SIGUSR1: checkpoint at the next step and exit (training/preemption.py)
+    checkpointed = False
     progress_bar = tqdm(
         range(max_train_steps), initial=global_step, disable=not accelerator.is_local_main_process, desc="Steps"
     )
@@ -966,24 +999,27 @@ def main(args):
                     log_validation(accelerator, unet, ema_model, noise_scheduler, args, conditioning, global_step)
                 if args.eval_steps and global_step % args.eval_steps == 0:
                     evaluation.evaluate(accelerator, unet, ema_model, noise_scheduler, conditioning, global_step)
-                if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
-                    training_state = {
-                        "global_step": global_step,
-                        "args": run_config(args),
-                        "recent_losses": recent_losses,
-                        "train_seconds": previous_train_seconds + time.time() - start_time,
-                    }
-                    if evaluation is not None:
-                        training_state.update(evaluation.state_dict())
+                checkpointed = args.checkpointing_steps and global_step % args.checkpointing_steps == 0
+                if checkpointed:
+                    training_state = state_to_resume(args, global_step, recent_losses, seconds_trained(), evaluation)
                     checkpoint_and_push(
                         args, accelerator, global_step, training_state, ema_model, noise_generator, hub_repo
                     )
+                if stop.agreed(accelerator):  # SIGTERM or SIGUSR1 on any process: all stop at this step
+                    break
                 # Throughput counts training only, not the validation and checkpoint time above.
                 last_step_time = time.time()
             if global_step >= max_train_steps:
                 break
+        if stop.stopping:
+            break
     progress_bar.close()
-    train_seconds = previous_train_seconds + time.time() - start_time
+    if stop.stopping:
+        if not checkpointed:
+            training_state = state_to_resume(args, global_step, recent_losses, seconds_trained(), evaluation)
+            checkpoint_and_push(args, accelerator, global_step, training_state, ema_model, noise_generator, hub_repo)
+        stop_for_preemption(accelerator, stop, global_step, args.output_dir, output_dir_lock)
+    train_seconds = seconds_trained()
     if evaluation is not None and evaluation.last_step != global_step:
         # The final weights are always evaluated, so metrics.json describes the saved pipeline.
         evaluation.evaluate(accelerator, unet, ema_model, noise_scheduler, conditioning, global_step)
@@ -1071,7 +1107,10 @@ def run_script(main, parse_args, validate_args, args=None):
             args = parse_args()
         else:
             validate_args(args)
-        main(args)
+        with signal_handlers_restored():  # main installs StopSignals' handlers; a caller gets its own back
+            main(args)
+    except Preempted:  # the checkpoint is written and the way to resume logged
+        raise SystemExit(PREEMPTED_EXIT_STATUS) from None
     finally:
         release_process_group()
 

@@ -45,6 +45,7 @@ from diffkit.training.feature_extractors import MobileNetV2Features
 from diffkit.training.latents import down_factor_of
 from diffkit.training.metrics import feature_statistics, frechet_distance
 from diffkit.training.output_lock import check_output_dir_free, release_output_dir
+from diffkit.training.preemption import StopSignals
 from diffkit.training.process_group import settle_process_group
 from diffkit.training.reconstruction import psnr, reconstruction_grid, ssim
 from diffkit.training.train import (
@@ -67,7 +68,9 @@ from diffkit.training.train import (
     save_validation_grid,
     square_resolution,
     staged_outputs,
+    state_to_resume,
     step_counts,
+    stop_for_preemption,
     training_dataloader,
 )
 from diffkit.training.vae_arguments import DEFAULT_BLOCK_OUT_CHANNELS, build_parser
@@ -418,6 +421,12 @@ def main(args):
 
     # 4. Training loop
     start_time = time.time()
+
+    def seconds_trained():
+        return previous_train_seconds + time.time() - start_time
+
+    stop = StopSignals().install()  # SIGTERM / SIGUSR1: checkpoint at the next step and exit (training/preemption.py)
+    checkpointed = False
     progress_bar = tqdm(
         range(max_train_steps), initial=global_step, disable=not accelerator.is_local_main_process, desc="Steps"
     )
@@ -483,20 +492,25 @@ def main(args):
                         shown = held_out[:GRID_IMAGES]
                         grid = reconstruction_grid(shown, reconstruct(eval_vae, shown), GRID_COLUMNS)
                     save_validation_grid(accelerator, grid, args.output_dir, global_step)
-                if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
-                    training_state = {
-                        "global_step": global_step,
-                        "args": run_config(args),
-                        "recent_losses": recent_losses,
-                        "train_seconds": previous_train_seconds + time.time() - start_time,
-                    }
+                checkpointed = args.checkpointing_steps and global_step % args.checkpointing_steps == 0
+                if checkpointed:
+                    training_state = state_to_resume(args, global_step, recent_losses, seconds_trained())
                     checkpoint_and_push(
                         args, accelerator, global_step, training_state, ema_model, noise_generator, hub_repo
                     )
+                if stop.agreed(accelerator):  # SIGTERM or SIGUSR1 on any process: all stop at this step
+                    break
             if global_step >= max_train_steps:
                 break
+        if stop.stopping:
+            break
     progress_bar.close()
-    train_seconds = previous_train_seconds + time.time() - start_time
+    if stop.stopping:
+        if not checkpointed:
+            training_state = state_to_resume(args, global_step, recent_losses, seconds_trained())
+            checkpoint_and_push(args, accelerator, global_step, training_state, ema_model, noise_generator, hub_repo)
+        stop_for_preemption(accelerator, stop, global_step, args.output_dir, output_dir_lock)
+    train_seconds = seconds_trained()
 
     # 5. Save the VAE (with the EMA weights, if kept) with its measured scaling, the figures, the grid and the card
     accelerator.wait_for_everyone()

@@ -1,0 +1,100 @@
+"""Stopping for preemption: on SIGTERM or SIGUSR1, every process stops at the same step boundary, a checkpoint is
+written (atomically, as every checkpoint), and the run exits with `PREEMPTED_EXIT_STATUS` and a line saying how to
+resume.
+
+SLURM, Kubernetes and spot instances send SIGTERM (SLURM also SIGUSR1, with `--signal`) and kill some seconds later;
+`accelerate launch` forwards its own SIGTERM to the processes and kills them 30 s later (torchrun, several
+processes) or 5 s later (one process, accelerate 1.16). The signal handler only records the signal: the training
+loop asks `StopSignals.agreed(accelerator)` at each step boundary, a max-reduction over the processes (one float),
+so that a signal that reached one process stops all of them at the same step.
+"""
+
+import contextlib
+import logging
+import signal
+import threading
+import time
+from typing import Optional
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# sysexits' EX_TEMPFAIL: "a temporary failure; the user is invited to retry" (1 is an error, 2 a usage error).
+PREEMPTED_EXIT_STATUS = 75
+
+
+class Preempted(Exception):
+    """A script stopped on a signal after writing its checkpoint; `run_script` exits with PREEMPTED_EXIT_STATUS."""
+
+
+class StopSignals:
+    """Records SIGTERM and SIGUSR1 (their handlers are installed by `install`, put back by `restore` or by
+    `signal_handlers_restored` around the script's `main`).
+
+    Example:
+
+    ```py
+    >>> stop = StopSignals().install()
+    >>> stop.received is None
+    True
+    >>> stop.restore()
+    ```
+    """
+
+    def __init__(self):
+        self.received: Optional[signal.Signals] = None
+        self.received_at: Optional[float] = None
+        self.stopping = False
+        self.previous_handlers = {}
+
+    def install(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():  # Python runs signal handlers there only
+            for signal_number in STOP_SIGNALS:
+                self.previous_handlers[signal_number] = signal.signal(signal_number, self.record)
+        return self
+
+    def restore(self):
+        for signal_number, handler in self.previous_handlers.items():
+            signal.signal(signal_number, handler)
+        self.previous_handlers = {}
+
+    def record(self, signal_number, frame):
+        if self.received is None:
+            self.received, self.received_at = signal.Signals(signal_number), time.monotonic()
+
+    def agreed(self, accelerator) -> bool:
+        """Whether any process received a stop signal: every process must ask at the same step boundary."""
+        flag = torch.tensor([0.0 if self.received is None else 1.0], device=accelerator.device)
+        if accelerator.num_processes > 1:
+            flag = accelerator.reduce(flag, reduction="max")
+        self.stopping = bool(flag.item())
+        return self.stopping
+
+    def seconds_since_signal(self) -> Optional[float]:
+        return None if self.received_at is None else time.monotonic() - self.received_at
+
+    def stop_message(self, what: str, step: int, checkpoint_dir: str) -> str:
+        source = self.received.name if self.received is not None else "a stop signal on another process"
+        since = self.seconds_since_signal()
+        timing = f", {since:.1f} s after the signal" if since is not None else ""
+        return (
+            f"Stopped by {source} at step {step}: {what} saved to {checkpoint_dir}{timing}. Run the same command "
+            "with --resume_from_checkpoint latest to go on; the result is the uninterrupted run's, bit for bit."
+        )
+
+
+@contextlib.contextmanager
+def signal_handlers_restored():
+    """Put SIGTERM's and SIGUSR1's handlers back as they were when the block ends, however it ends (a script's
+    `main` installs `StopSignals`' for its training loop)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signal_number: signal.getsignal(signal_number) for signal_number in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signal_number, handler in previous.items():
+            signal.signal(signal_number, handler)
