@@ -489,6 +489,7 @@ def test_the_commands_destroy_an_nccl_process_group_too(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setattr(accelerate, "PartialState", TwoNcclProcesses)
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_backend", lambda group=None: "nccl")  # nothing to settle for NCCL
     with launched_processes():
         pass
     assert destroyed == ["nccl"]

@@ -5,7 +5,7 @@ resume.
 SLURM, Kubernetes and spot instances send SIGTERM (SLURM also SIGUSR1, with `--signal`) and kill some seconds later;
 `accelerate launch` forwards its own SIGTERM to the processes and kills them 30 s later (torchrun, several
 processes) or 5 s later (one process, accelerate 1.16). The signal handler only records the signal: the training
-loop asks `StopSignals.agreed(accelerator)` at each step boundary, a max-reduction over the processes (one float),
+loop asks `StopSignals.agreed(accelerator)` at each step boundary, a sum over the processes (one float),
 so that a signal that reached one process stops all of them at the same step.
 """
 
@@ -66,10 +66,11 @@ class StopSignals:
 
     def agreed(self, accelerator) -> bool:
         """Whether any process received a stop signal: every process must ask at the same step boundary."""
-        flag = torch.tensor([0.0 if self.received is None else 1.0], device=accelerator.device)
+        received = torch.tensor([0.0 if self.received is None else 1.0], device=accelerator.device)
         if accelerator.num_processes > 1:
-            flag = accelerator.reduce(flag, reduction="max")
-        self.stopping = bool(flag.item())
+            # how many processes got one (a sum: accelerate's floor, 1.1, has no "max" reduction)
+            received = accelerator.reduce(received, reduction="sum")
+        self.stopping = received.item() > 0
         return self.stopping
 
     def seconds_since_signal(self) -> Optional[float]:
