@@ -32,7 +32,11 @@ DEFAULT_MAX_NOISE_LEVEL = 0.5
 DEFAULT_NOISE_LEVEL = 0.1
 
 # Flags that do not change what is trained: a run resumed or repeated with other values is still the same run.
+# --skip_nonfinite skips at most this many NaN or infinite losses in a row: then the run has diverged.
+MAX_NONFINITE_IN_A_ROW = 10
 NON_RUN_FLAGS = (
+    # --skip_nonfinite changes nothing until a loss is NaN or infinite, and a run stopped by one resumes with it
+    "skip_nonfinite",
     "output_dir",
     "overwrite_output_dir",
     "cache_dir",
@@ -200,6 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--adam_weight_decay", type=float, default=0.0, help="AdamW weight decay.")
     train.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW epsilon.")
     train.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradients are clipped to this norm.")
+    train.add_argument(
+        "--skip_nonfinite",
+        action="store_true",
+        help="Skip a batch whose loss is NaN or infinite on any process (no weight update; the step is not counted) "
+        f"instead of stopping the run; it still stops after {MAX_NONFINITE_IN_A_ROW} such batches in a row. Without "
+        "it, such a loss stops the run before the weights take it, naming the last good checkpoint.",
+    )
     train.add_argument(
         "--snr_gamma",
         type=float,

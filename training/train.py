@@ -13,6 +13,7 @@ then saves a `ClassConditionalImagePipeline`, a sample grid, the training config
 
 import contextlib
 import importlib.util
+import itertools
 import json
 import logging
 import math
@@ -41,6 +42,7 @@ from diffkit.push import HubPushError, check_repo_id, create_hub_repo, push_chec
 from diffkit.training.arguments import (
     DEFAULT_MAX_NOISE_LEVEL,
     DEFAULT_TEXT_ENCODER,
+    MAX_NONFINITE_IN_A_ROW,
     NON_RUN_FLAGS,
     build_parser,
     conditioning_kind,
@@ -761,6 +763,39 @@ def state_to_resume(args, global_step: int, recent_losses: list, train_seconds: 
     return training_state
 
 
+class NonFiniteLossError(RuntimeError):
+    """A NaN or infinite loss stopped the run before the weights took it."""
+
+
+def processes_with_nonfinite_loss(accelerator, loss) -> int:
+    """How many processes have a NaN or infinite `loss` (a collective: every process asks at the same batch)."""
+    nonfinite = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=loss.device)
+    if accelerator.num_processes > 1:
+        nonfinite = accelerator.reduce(nonfinite, reduction="sum")
+    return int(nonfinite.item())
+
+
+def stop_on_nonfinite_loss(args, nonfinite_processes: int, num_processes: int, step: int, in_a_row: int):
+    """Raise `NonFiniteLossError` for a NaN or infinite loss at `step`, unless --skip_nonfinite skips it (up to
+    MAX_NONFINITE_IN_A_ROW in a row: a run whose every loss is NaN has diverged and will not come back)."""
+    where = f"on {nonfinite_processes} of {num_processes} process(es)"
+    if args.skip_nonfinite and in_a_row < MAX_NONFINITE_IN_A_ROW:
+        logger.warning(f"Skipped the batch of step {step}: its loss is NaN or infinite {where} (--skip_nonfinite).")
+        return
+    checkpoints = list_checkpoints(args.output_dir)
+    what = f"{in_a_row} batches in a row up to step {step}" if args.skip_nonfinite else f"step {step}"
+    resume = (
+        f"The last good checkpoint is {checkpoints[-1][1]}: resume from it (--resume_from_checkpoint latest)"
+        if checkpoints
+        else "No checkpoint was written yet: start again"
+    )
+    raise NonFiniteLossError(
+        f"The loss is NaN or infinite at {what} ({where}): the run stopped before the weights took it, so no "
+        f"checkpoint or output holds a non-finite weight. {resume} with a lower --learning_rate (or "
+        "--max_grad_norm, or --mixed_precision no), or pass --skip_nonfinite to skip such batches."
+    )
+
+
 def stop_for_preemption(accelerator, stop: StopSignals, global_step: int, output_dir: str, output_dir_lock):
     """End a run stopped by a signal, its checkpoint written: say how to resume, take the process group down as
     a finished run does, release the folder, and raise `Preempted` (run_script exits with its status)."""
@@ -914,10 +949,13 @@ def main(args):
 
     stop = StopSignals().install()  # SIGTERM / SIGUSR1: checkpoint at the next step and exit (training/preemption.py)
     checkpointed = False
+    nonfinite_in_a_row = 0
     progress_bar = tqdm(
         range(max_train_steps), initial=global_step, disable=not accelerator.is_local_main_process, desc="Steps"
     )
-    for epoch in range(first_epoch, num_epochs):
+    # Epochs until the steps are done: num_epochs of them, unless --skip_nonfinite skipped batches, whose steps
+    # were not counted and are made up in further epochs.
+    for epoch in itertools.count(first_epoch):
         if global_step >= max_train_steps:
             # A run resumed from the checkpoint of its final step has nothing left to train, only outputs to write.
             break
@@ -971,12 +1009,23 @@ def main(args):
                     per_image_loss = F.mse_loss(model_output.float(), target.float(), reduction="none").mean((1, 2, 3))
                     loss = (per_image_loss * min_snr_loss_weights(noise_scheduler, timesteps, args.snr_gamma)).mean()
 
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
+                # Every process learns whether any loss is NaN or infinite before any gradient moves the weights
+                nonfinite_processes = processes_with_nonfinite_loss(accelerator, loss)
+                finite = nonfinite_processes == 0
+                if finite:
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        grad_norm = accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
+                    optimizer.step()
+                    lr_scheduler.step()
                 optimizer.zero_grad()
+            if not finite:
+                nonfinite_in_a_row += 1
+                stop_on_nonfinite_loss(
+                    args, nonfinite_processes, accelerator.num_processes, global_step + 1, nonfinite_in_a_row
+                )
+                continue  # --skip_nonfinite: this batch moves nothing and the step is not counted
+            nonfinite_in_a_row = 0
 
             if accelerator.sync_gradients:
                 global_step += 1
@@ -1111,6 +1160,9 @@ def run_script(main, parse_args, validate_args, args=None):
             main(args)
     except Preempted:  # the checkpoint is written and the way to resume logged
         raise SystemExit(PREEMPTED_EXIT_STATUS) from None
+    except NonFiniteLossError as error:  # no traceback: the message says what happened and what to do
+        logger.error(str(error))
+        raise SystemExit(1) from None
     finally:
         release_process_group()
 
