@@ -329,11 +329,12 @@ def test_the_flags_that_do_not_change_a_run_are_checked_against_the_parser():
     for title in ("checkpoints", "watching a run", "sharing on the Hugging Face Hub"):
         assert groups[title] <= set(NON_RUN_FLAGS), (title, groups[title] - set(NON_RUN_FLAGS))
     # what is trained: data, model, optimisation, EMA; of those only where data is cached and how many workers
-    # decode it leave the weights as they are
+    # decode it leave the weights as they are, and --skip_nonfinite until a loss is NaN (a run that one stopped
+    # resumes with it)
     trained = (
         groups["data"] | groups["model and noise schedule"] | groups["optimisation"] | groups["EMA of the weights"]
     )
-    assert trained & set(NON_RUN_FLAGS) == {"cache_dir", "dataloader_num_workers"}
+    assert trained & set(NON_RUN_FLAGS) == {"cache_dir", "dataloader_num_workers", "skip_nonfinite"}
 
 
 def test_the_parser_defaults_are_the_libraries_own():
