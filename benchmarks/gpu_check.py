@@ -205,7 +205,7 @@ def link_fp16_variant(folder):
                 os.symlink(name, os.path.join(root, variant_name))
 
 
-def save_random(pipe, folder, device):
+def save_random(pipe, folder):
     # fp16 on disk: half the writing, and what the fp16 rows load; max_shard_size keeps every model in one file
     pipe.to(torch.float16).save_pretrained(folder, max_shard_size="100GB")
     link_fp16_variant(folder)
@@ -231,7 +231,7 @@ def random_sd15(folder, device, inpainting=False):
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    return save_random(pipe, folder, device)
+    return save_random(pipe, folder)
 
 
 def random_controlnet(folder, base_folder, device):
@@ -260,7 +260,7 @@ def random_sdxl(folder, device):
         tokenizer_2=tokenizer,
         scheduler=EulerDiscreteScheduler(**SD_SCHEDULER, timestep_spacing="leading"),
     )
-    return save_random(pipe, folder, device)
+    return save_random(pipe, folder)
 
 
 def random_sdxl_vae(folder, device):
@@ -289,7 +289,7 @@ def random_upscaler(folder, device):
             **SD_SCHEDULER, prediction_type="v_prediction", clip_sample=False, set_alpha_to_one=False
         ),
     )
-    return save_random(pipe, folder, device)
+    return save_random(pipe, folder)
 
 
 def clip_tokenizer(folder):

@@ -14,6 +14,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from benchmarks import gpu_check
 
+from .tiny_stable_diffusion import TINY_TEXT_CONFIG, TINY_UNET_CONFIG, TINY_VAE_CONFIG
 from .utils import REPO_ROOT
 
 # The parameter counts of the published checkpoints (diffusers' and transformers' model summaries of them).
@@ -114,50 +115,20 @@ def test_the_arguments_are_checked(capsys):
 
 # -- the random full-size models, built as on the GPU (with tiny configurations, on the CPU) -------------------------
 
-TINY_TEXT = dict(
-    vocab_size=49408,
-    hidden_size=32,
-    intermediate_size=37,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    max_position_embeddings=77,
-    projection_dim=32,
-)
-TINY_UNET = dict(
-    sample_size=8,
-    in_channels=4,
-    out_channels=4,
-    layers_per_block=1,
-    block_out_channels=[8, 16],
-    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
-    norm_num_groups=4,
-    up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
-    cross_attention_dim=32,
-    attention_head_dim=4,
-)
-TINY_VAE = dict(
-    in_channels=3,
-    out_channels=3,
-    latent_channels=4,
-    layers_per_block=1,
-    norm_num_groups=4,
-    block_out_channels=[8, 8, 16, 16],
-    down_block_types=["DownEncoderBlock2D"] * 4,
-    up_block_types=["UpDecoderBlock2D"] * 4,
-    sample_size=64,
-)
+TINY_UNET = {**TINY_UNET_CONFIG, "in_channels": 4}
+# the tests' tiny models' configurations, in the roles of the published ones
 TINY_CONFIGS = dict(
     SD15_UNET=TINY_UNET,
-    SD_VAE=TINY_VAE,
-    SDXL_VAE={**TINY_VAE, "force_upcast": True},
-    CLIP_L_TEXT=TINY_TEXT,
-    CLIP_BIG_G_TEXT=TINY_TEXT,
+    SD_VAE=TINY_VAE_CONFIG,
+    SDXL_VAE={**TINY_VAE_CONFIG, "force_upcast": True},
+    CLIP_L_TEXT=TINY_TEXT_CONFIG,
+    CLIP_BIG_G_TEXT=TINY_TEXT_CONFIG,
     SDXL_UNET={**TINY_UNET, "cross_attention_dim": 64, "addition_embed_type": "text_time",
                "addition_time_embed_dim": 8, "projection_class_embeddings_input_dim": 6 * 8 + 32},
     UPSCALER_UNET={**TINY_UNET, "in_channels": 7, "num_class_embeds": 1000},
-    UPSCALER_VAE={**TINY_VAE, "block_out_channels": [8, 8, 16], "down_block_types": ["DownEncoderBlock2D"] * 3,
+    UPSCALER_VAE={**TINY_VAE_CONFIG, "block_out_channels": [8, 8, 16], "down_block_types": ["DownEncoderBlock2D"] * 3,
                   "up_block_types": ["UpDecoderBlock2D"] * 3},
-    OPEN_CLIP_H_TEXT=TINY_TEXT,
+    OPEN_CLIP_H_TEXT=TINY_TEXT_CONFIG,
 )  # fmt: skip
 
 

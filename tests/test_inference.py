@@ -28,6 +28,7 @@ from diffkit.pipelines.loaders import (
 )
 
 from .tiny_stable_diffusion import (
+    blacken_decoder,
     save_tiny_controlnet,
     save_tiny_sdxl,
     save_tiny_sdxl_refiner,
@@ -172,9 +173,7 @@ def test_overflowing_vae_raises_instead_of_returning_nan(models, tmp_path):
 
 def test_all_black_decode_raises(models):
     pipe = load_stable_diffusion(models["sd"])
-    with torch.no_grad():
-        pipe.vae.decoder.conv_out.weight.zero_()
-        pipe.vae.decoder.conv_out.bias.fill_(-4.0)
+    blacken_decoder(pipe.vae)
     with pytest.raises(FloatingPointError, match="all-black image"):
         generate(pipe)
 

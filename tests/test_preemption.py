@@ -72,6 +72,17 @@ def run_to_end(command, log_path):
     return result
 
 
+def run_uninterrupted_then_start_another(command_for, tmp_path):
+    """Run the STEPS-step run to its end in tmp_path/uninterrupted, then start the same run in tmp_path/preempted
+    and wait until it has trained SIGNAL_AFTER_STEP steps; returns (its flags, its folder, its launcher)."""
+    args = [*RESUME_RUN, "--max_train_steps", str(STEPS)]
+    run_to_end(command_for([*args, "--output_dir", str(tmp_path / "uninterrupted")]), tmp_path / "a.log")
+    output_dir = tmp_path / "preempted"
+    launcher = launch(command_for([*args, "--output_dir", str(output_dir)]), tmp_path / "b.log")
+    wait_for_step(launcher, tmp_path / "b.log", SIGNAL_AFTER_STEP)
+    return args, output_dir, launcher
+
+
 def test_a_signal_is_recorded_and_the_handlers_come_back():
     accelerator = SimpleNamespace(num_processes=1, device=torch.device("cpu"))
     before = signal.getsignal(signal.SIGUSR1)
@@ -88,12 +99,7 @@ def test_a_signal_is_recorded_and_the_handlers_come_back():
 
 @pytest.mark.slow
 def test_sigterm_through_accelerate_launch_checkpoints_and_resumes_exactly(tmp_path):
-    args = [*RESUME_RUN, "--max_train_steps", str(STEPS)]
-    run_to_end(accelerate_launch_command([*args, "--output_dir", str(tmp_path / "uninterrupted")]), tmp_path / "a.log")
-
-    output_dir = tmp_path / "preempted"
-    launcher = launch(accelerate_launch_command([*args, "--output_dir", str(output_dir)]), tmp_path / "b.log")
-    wait_for_step(launcher, tmp_path / "b.log", SIGNAL_AFTER_STEP)
+    args, output_dir, launcher = run_uninterrupted_then_start_another(accelerate_launch_command, tmp_path)
     launcher.send_signal(signal.SIGTERM)  # as Kubernetes or a spot instance stops the launcher
     launcher.wait(timeout=120)
     log = open(tmp_path / "b.log").read()
@@ -115,12 +121,7 @@ def test_sigterm_through_accelerate_launch_checkpoints_and_resumes_exactly(tmp_p
 
 @pytest.mark.slow
 def test_sigusr1_to_one_of_two_processes_stops_both_at_one_step_and_resumes_exactly(tmp_path):
-    args = [*RESUME_RUN, "--max_train_steps", str(STEPS)]
-    run_to_end(two_process_command([*args, "--output_dir", str(tmp_path / "uninterrupted")]), tmp_path / "a.log")
-
-    output_dir = tmp_path / "preempted"
-    launcher = launch(two_process_command([*args, "--output_dir", str(output_dir)]), tmp_path / "b.log")
-    wait_for_step(launcher, tmp_path / "b.log", SIGNAL_AFTER_STEP)
+    args, output_dir, launcher = run_uninterrupted_then_start_another(two_process_command, tmp_path)
     processes = workers(launcher)
     assert sorted(processes) == [0, 1]
     processes[1].send_signal(signal.SIGUSR1)  # SLURM's --signal reaches the tasks; here only the second one

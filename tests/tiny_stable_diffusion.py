@@ -83,19 +83,35 @@ def save_clip_tokenizer(folder: str) -> CLIPTokenizer:
     return tokenizer
 
 
+# CLIP's text tower, shrunk (CLIP's real vocabulary and special tokens)
+TINY_TEXT_CONFIG = dict(
+    vocab_size=CLIP_VOCAB_SIZE,
+    hidden_size=TEXT_HIDDEN,
+    intermediate_size=37,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=77,
+    bos_token_id=49406,
+    eos_token_id=49407,
+    pad_token_id=49407,
+    projection_dim=TEXT_HIDDEN,
+)
+# The Stable Diffusion UNet's layout, shrunk; `tiny_unet` adds the input channels and the SDXL conditioning.
+TINY_UNET_CONFIG = dict(
+    block_out_channels=(8, 16),
+    layers_per_block=1,
+    sample_size=8,
+    out_channels=4,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    cross_attention_dim=TEXT_HIDDEN,
+    attention_head_dim=4,
+    norm_num_groups=4,
+)
+
+
 def tiny_text_encoder(with_projection=False):
-    config = CLIPTextConfig(
-        vocab_size=CLIP_VOCAB_SIZE,
-        hidden_size=TEXT_HIDDEN,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        bos_token_id=49406,
-        eos_token_id=49407,
-        pad_token_id=49407,
-        projection_dim=TEXT_HIDDEN,
-    )
+    config = CLIPTextConfig(**TINY_TEXT_CONFIG)
     return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config).eval()
 
 
@@ -111,19 +127,15 @@ def tiny_unet(sdxl=False, refiner=False, in_channels=4):
             use_linear_projection=True,
         )
         cross_attention_dim = TEXT_HIDDEN if refiner else 2 * TEXT_HIDDEN
-    return UNet2DConditionModel(
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        sample_size=8,
-        in_channels=in_channels,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=cross_attention_dim,
-        attention_head_dim=4,
-        norm_num_groups=4,
-        **extra,
-    ).eval()
+    config = {**TINY_UNET_CONFIG, "in_channels": in_channels, "cross_attention_dim": cross_attention_dim}
+    return UNet2DConditionModel(**config, **extra).eval()
+
+
+def blacken_decoder(vae):
+    """Make `vae` decode every latent to an all-black image (its last convolution outputs -4 everywhere)."""
+    with torch.no_grad():
+        vae.decoder.conv_out.weight.zero_()
+        vae.decoder.conv_out.bias.fill_(-4.0)
 
 
 def save_tiny_stable_diffusion(folder: str, fp16_variant: bool = False, inpainting: bool = False) -> str:

@@ -561,10 +561,9 @@ def main(args):
             break
     progress_bar.close()
     if stop.stopping:
-        if not checkpointed:
-            training_state = state_to_resume(args, global_step, recent_losses, seconds_trained())
-            checkpoint_and_push(args, accelerator, global_step, training_state, target_ema, noise_generator, hub_repo)
-        stop_for_preemption(accelerator, stop, global_step, args.output_dir, output_dir_lock)
+        training_state = state_to_resume(args, global_step, recent_losses, seconds_trained())
+        saved_state = (target_ema, noise_generator, hub_repo)
+        stop_for_preemption(args, accelerator, stop, training_state, checkpointed, saved_state, output_dir_lock)
     train_seconds = seconds_trained()
 
     # 5. Save the student (the target network's weights), a sample grid, the configuration and the model card

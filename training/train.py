@@ -796,10 +796,17 @@ def stop_on_nonfinite_loss(args, nonfinite_processes: int, num_processes: int, s
     )
 
 
-def stop_for_preemption(accelerator, stop: StopSignals, global_step: int, output_dir: str, output_dir_lock):
-    """End a run stopped by a signal, its checkpoint written: say how to resume, take the process group down as
-    a finished run does, release the folder, and raise `Preempted` (run_script exits with its status)."""
-    checkpoint_dir = os.path.join(output_dir, f"{CHECKPOINT_PREFIX}{global_step}")
+def stop_for_preemption(
+    args, accelerator, stop: StopSignals, training_state: dict, checkpointed: bool, saved_state, output_dir_lock
+):
+    """End a run stopped by a signal: write the checkpoint of its last step (unless `checkpointed` says the regular
+    one was just written; `saved_state` = (ema_model, noise_generator, hub_repo) as checkpoint_and_push takes them),
+    say how to resume, take the process group down as a finished run does, release the output folder, and raise
+    `Preempted` (run_script exits with its status)."""
+    global_step = training_state["global_step"]
+    if not checkpointed:
+        checkpoint_and_push(args, accelerator, global_step, training_state, *saved_state)
+    checkpoint_dir = os.path.join(args.output_dir, f"{CHECKPOINT_PREFIX}{global_step}")
     message = stop.stop_message("the checkpoint", global_step, checkpoint_dir)
     logger.warning(message)
     settle_process_group()
@@ -1064,10 +1071,9 @@ def main(args):
             break
     progress_bar.close()
     if stop.stopping:
-        if not checkpointed:
-            training_state = state_to_resume(args, global_step, recent_losses, seconds_trained(), evaluation)
-            checkpoint_and_push(args, accelerator, global_step, training_state, ema_model, noise_generator, hub_repo)
-        stop_for_preemption(accelerator, stop, global_step, args.output_dir, output_dir_lock)
+        training_state = state_to_resume(args, global_step, recent_losses, seconds_trained(), evaluation)
+        saved_state = (ema_model, noise_generator, hub_repo)
+        stop_for_preemption(args, accelerator, stop, training_state, checkpointed, saved_state, output_dir_lock)
     train_seconds = seconds_trained()
     if evaluation is not None and evaluation.last_step != global_step:
         # The final weights are always evaluated, so metrics.json describes the saved pipeline.
