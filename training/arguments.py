@@ -34,9 +34,13 @@ DEFAULT_NOISE_LEVEL = 0.1
 # Flags that do not change what is trained: a run resumed or repeated with other values is still the same run.
 # --skip_nonfinite skips at most this many NaN or infinite losses in a row: then the run has diverged.
 MAX_NONFINITE_IN_A_ROW = 10
+# --ddp_timeout's default, in seconds: transformers' flag of that name and torch's own default for gloo (30 minutes).
+DEFAULT_DDP_TIMEOUT_S = 1800
 NON_RUN_FLAGS = (
-    # --skip_nonfinite changes nothing until a loss is NaN or infinite, and a run stopped by one resumes with it
+    # --skip_nonfinite changes nothing until a loss is NaN or infinite, and a run stopped by one resumes with it;
+    # --ddp_timeout changes nothing until a process hangs
     "skip_nonfinite",
+    "ddp_timeout",
     "output_dir",
     "overwrite_output_dir",
     "cache_dir",
@@ -205,13 +209,6 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW epsilon.")
     train.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradients are clipped to this norm.")
     train.add_argument(
-        "--skip_nonfinite",
-        action="store_true",
-        help="Skip a batch whose loss is NaN or infinite on any process (no weight update; the step is not counted) "
-        f"instead of stopping the run; it still stops after {MAX_NONFINITE_IN_A_ROW} such batches in a row. Without "
-        "it, such a loss stops the run before the weights take it, naming the last good checkpoint.",
-    )
-    train.add_argument(
         "--snr_gamma",
         type=float,
         default=None,
@@ -252,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_ema_arguments(parser, "UNet", "the saved pipeline and samples use it")
     add_checkpoint_arguments(parser)
+    add_fault_arguments(parser)
     add_watch_arguments(parser, "sample a grid from the (EMA) weights through the saved pipeline's scheduler")
 
     evaluation = parser.add_argument_group(
@@ -472,6 +470,26 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser):
         default=None,
         help="Resume from a checkpoint folder, or 'latest' for the newest complete one in --output_dir (a fresh "
         "start if there is none). The resumed run ends with the weights the uninterrupted run would have.",
+    )
+
+
+def add_fault_arguments(parser: argparse.ArgumentParser):
+    """What a run does when a loss is NaN or a process hangs (preemption needs no flag: docs/training.md)."""
+    faults = parser.add_argument_group("faults")
+    faults.add_argument(
+        "--skip_nonfinite",
+        action="store_true",
+        help="Skip a batch whose loss is NaN or infinite on any process (no weight update; the step is not counted) "
+        f"instead of stopping the run; it still stops after {MAX_NONFINITE_IN_A_ROW} such batches in a row. Without "
+        "it, such a loss stops the run before the weights take it, naming the last good checkpoint.",
+    )
+    faults.add_argument(
+        "--ddp_timeout",
+        type=float,
+        default=DEFAULT_DDP_TIMEOUT_S,
+        help="Seconds a multi-process run waits for the other processes in a collective (the gradient all-reduce, "
+        "a barrier) before it stops, naming the process and the step; a hung or stopped process then ends the run "
+        "instead of blocking it forever (transformers' flag).",
     )
 
 

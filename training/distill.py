@@ -20,6 +20,7 @@ and `python training/distill.py --help` lists every flag.
 
 import argparse
 import inspect
+import itertools
 import json
 import math
 import os
@@ -47,7 +48,7 @@ from diffkit.training.distill_arguments import CONSISTENCY, DEFAULT_GUIDANCE_SCA
 from diffkit.training.latents import encode_training_images
 from diffkit.training.output_lock import release_output_dir
 from diffkit.training.preemption import StopSignals
-from diffkit.training.process_group import settle_process_group
+from diffkit.training.process_group import collective_failures_named, count_processes, settle_process_group
 from diffkit.training.train import (
     FINAL_LOSS_WINDOW,
     MODEL_CARD_NAME,
@@ -62,6 +63,7 @@ from diffkit.training.train import (
     epoch_batches,
     init_trackers,
     make_accelerator,
+    processes_with_nonfinite_loss,
     resume_from,
     run_config,
     run_script,
@@ -70,6 +72,7 @@ from diffkit.training.train import (
     state_to_resume,
     step_counts,
     stop_for_preemption,
+    stop_on_nonfinite_loss,
     training_dataloader,
 )
 
@@ -325,13 +328,15 @@ def grid_layout(teacher, kind: str, args, sample_prompts):
     return Unconditional(args)
 
 
-def log_validation(accelerator, teacher, target_unet, scheduler, args, guided: bool, layout, global_step: int):
+def log_validation(accelerator, teacher, target_unet, scheduler, args, guided: bool, layout, global_step: int, stop):
     """Sample a grid from the target network (the weights that will be saved), save it and send it to the
-    trackers."""
+    trackers (unless a stop signal cuts the sampling short)."""
     pipeline = build_student_pipeline(teacher, target_unet, scheduler, args, guided)
     pipeline.set_progress_bar_config(disable=True)
     generator = torch.Generator(device=target_unet.device).manual_seed(args.seed)
-    save_validation_grid(accelerator, layout.sample_grid(pipeline, generator), args.output_dir, global_step)
+    grid = stop.interruptible("the validation grid", layout.sample_grid, pipeline, generator)
+    if grid is not None:
+        save_validation_grid(accelerator, grid, args.output_dir, global_step)
 
 
 def main(args):
@@ -450,177 +455,209 @@ def main(args):
         max_length = teacher.config.max_text_length
         empty_caption_states = encode_text(teacher.text_encoder, teacher.tokenizer, [""], max_length, None, False)
 
-    # 4. Distillation loop
-    start_time = time.time()
+    # 4. Distillation loop (a collective that times out or loses a process ends the run naming this process
+    # and its last step: training/process_group.py)
+    with collective_failures_named(accelerator, args.ddp_timeout, lambda: global_step):
+        start_time = time.time()
 
-    def seconds_trained():
-        return previous_train_seconds + time.time() - start_time
+        def seconds_trained():
+            return previous_train_seconds + time.time() - start_time
 
-    stop = StopSignals().install()  # SIGTERM / SIGUSR1: checkpoint at the next step and exit (training/preemption.py)
-    checkpointed = False
-    progress_bar = tqdm(
-        range(max_train_steps), initial=global_step, disable=not accelerator.is_local_main_process, desc="Steps"
-    )
-    for epoch in range(first_epoch, num_epochs):
-        if global_step >= max_train_steps:
-            break
-        student.train()
-        batches = epoch_batches(accelerator, train_dataloader, train_transform, epoch, first_epoch, batches_to_skip)
-        for batch in batches:
-            if latent_distributions is not None:
-                clean_images = latent_distributions.sample(batch[INDEX_COLUMN], batch["flipped"], noise_generator)
-            else:
-                clean_images = batch["pixel_values"]
-            batch_size = clean_images.shape[0]
-            device, dtype = clean_images.device, clean_images.dtype
-            noise = torch.randn(clean_images.shape, generator=noise_generator, device=device, dtype=dtype)
-            scales = low + (high - low) * torch.rand(batch_size, generator=noise_generator, device=device)
-            # A point t of the grid for each image: the student's LCMScheduler samples at these timesteps only (for
-            # consistency, s = t - k, one solver step before it, comes below)
-            index = torch.randint(0, args.num_ddim_timesteps, (batch_size,), generator=noise_generator, device=device)
-            timesteps = grid[index]
-            noisy_images = noise_scheduler.add_noise(clean_images, noise, timesteps)
-            cond_inputs, uncond_inputs = guidance_inputs(teacher, kind, batch, device, dtype, empty_caption_states)
-            unet_inputs = dict(cond_inputs)
-            if guided:
-                unet_inputs["timestep_cond"] = guidance_scale_embedding(scales, args.unet_time_cond_proj_dim, dtype)
-
-            with accelerator.accumulate(student):
-                student_output = student(noisy_images, timesteps, **unet_inputs).sample
-                with torch.no_grad():
-                    # The guided teacher at each image's scale: both branches in one pass
-                    teacher_output = guided_teacher_output(
-                        teacher_unet, noisy_images, timesteps, cond_inputs, uncond_inputs, scales
-                    )
-                if args.method == GUIDANCE:
-                    # Guidance distillation: one pass of the student predicts what the teacher's two guided passes do
-                    loss = F.mse_loss(student_output.float(), teacher_output.float())
-                else:
-                    # Consistency distillation, with LCM's boundary condition f(x, t) = c_skip(t) x + c_out(t) x_0, the
-                    # identity at t = 0: the student's estimate at t learns the target network's at s, the point one
-                    # DDIM step of the guided teacher reaches from x_t
-                    end_timesteps = (timesteps - skip).clamp(min=0)
-                    c_skip, c_out = scheduler.get_scalings_for_boundary_condition_discrete(timesteps)
-                    c_skip_end, c_out_end = scheduler.get_scalings_for_boundary_condition_discrete(end_timesteps)
-                    student_x0 = clean_estimate(
-                        student_output, timesteps, noisy_images, alphas_cumprod, prediction_type
-                    )
-                    prediction = c_skip.view(-1, 1, 1, 1) * noisy_images + c_out.view(-1, 1, 1, 1) * student_x0
-                    with torch.no_grad():
-                        teacher_x0 = clean_estimate(
-                            teacher_output, timesteps, noisy_images, alphas_cumprod, prediction_type
-                        )
-                        if clip_range is not None:
-                            teacher_x0 = teacher_x0.clamp(-clip_range, clip_range)
-                        alpha_start = alphas_cumprod[timesteps].view(-1, 1, 1, 1).to(dtype)
-                        alpha_end = alphas_cumprod[end_timesteps].view(-1, 1, 1, 1).to(dtype)
-                        # the noise that the (clipped) clean image implies, carried to s
-                        teacher_noise = (noisy_images - alpha_start.sqrt() * teacher_x0) / (1 - alpha_start).sqrt()
-                        previous_images = alpha_end.sqrt() * teacher_x0 + (1 - alpha_end).sqrt() * teacher_noise
-                        target_output = target_unet(previous_images, end_timesteps, **unet_inputs).sample
-                        target_x0 = clean_estimate(
-                            target_output, end_timesteps, previous_images, alphas_cumprod, prediction_type
-                        )
-                        target = (
-                            c_skip_end.view(-1, 1, 1, 1) * previous_images + c_out_end.view(-1, 1, 1, 1) * target_x0
-                        )
-                    loss = consistency_loss(prediction, target, args.loss_type, args.huber_c)
-                accelerator.backward(loss)
-                grad_norm = None
-                if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(student.parameters(), args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad()
-
-            if accelerator.sync_gradients:
-                global_step += 1
-                target_ema.step(student.parameters())
-                target_ema.copy_to(target_unet.parameters())
-                progress_bar.update(1)
-                loss_value = accelerator.gather(loss.detach()).mean().item()
-                recent_losses = (recent_losses + [loss_value])[-FINAL_LOSS_WINDOW:]
-                logs = {"loss": loss_value, "lr": lr_scheduler.get_last_lr()[0]}
-                if grad_norm is not None:
-                    logs["grad_norm"] = grad_norm.item()
-                progress_bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{logs['lr']:.2e}")
-                accelerator.log(logs, step=global_step)
-                if args.validation_steps and global_step % args.validation_steps == 0 and accelerator.is_main_process:
-                    log_validation(accelerator, teacher, target_unet, scheduler, args, guided, layout, global_step)
-                checkpointed = args.checkpointing_steps and global_step % args.checkpointing_steps == 0
-                if checkpointed:
-                    training_state = state_to_resume(args, global_step, recent_losses, seconds_trained())
-                    checkpoint_and_push(
-                        args, accelerator, global_step, training_state, target_ema, noise_generator, hub_repo
-                    )
-                if stop.agreed(accelerator):  # SIGTERM or SIGUSR1 on any process: all stop at this step
-                    break
+        stop = (
+            StopSignals().install()
+        )  # SIGTERM / SIGUSR1: checkpoint at the next step and exit (training/preemption.py)
+        checkpointed = False
+        nonfinite_in_a_row = 0
+        progress_bar = tqdm(
+            range(max_train_steps), initial=global_step, disable=not accelerator.is_local_main_process, desc="Steps"
+        )
+        # Epochs until the steps are done (more than num_epochs only where --skip_nonfinite skipped batches)
+        for epoch in itertools.count(first_epoch):
             if global_step >= max_train_steps:
                 break
-        if stop.stopping:
-            break
-    progress_bar.close()
-    if stop.stopping:
-        training_state = state_to_resume(args, global_step, recent_losses, seconds_trained())
-        saved_state = (target_ema, noise_generator, hub_repo)
-        stop_for_preemption(args, accelerator, stop, training_state, checkpointed, saved_state, output_dir_lock)
-    train_seconds = seconds_trained()
-
-    # 5. Save the student (the target network's weights), a sample grid, the configuration and the model card
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        pipeline = build_student_pipeline(teacher, target_unet, scheduler, args, guided)
-        pipeline.set_progress_bar_config(desc="Sampling")
-        generator = torch.Generator(device=accelerator.device).manual_seed(args.seed)
-        grid_image = layout.sample_grid(pipeline, generator)
-        teacher_run = teacher_config.get("run", {})
-        training_config = {
-            "license": args.model_license or teacher_config.get("license"),
-            "args": run_config(args),
-            "teacher": {
-                "teacher": args.teacher,
-                "args": teacher_config["args"],
-                "train_seconds": teacher_run.get("train_seconds"),
-                "global_step": teacher_run.get("global_step"),
-            },
-            "data": teacher_config["data"],
-            "run": {
-                "num_processes": accelerator.num_processes,
-                "total_batch_size": total_batch_size,
-                "global_step": global_step,
-                "images_seen": global_step * total_batch_size,
-                "train_seconds": round(train_seconds, 1),
-                "final_loss": sum(recent_losses) / max(1, len(recent_losses)),
-            },
-        }
-        with staged_outputs(args.output_dir) as staging_dir:
-            pipeline.save_pretrained(staging_dir, safe_serialization=True)
-            grid_image.save(os.path.join(staging_dir, SAMPLES_NAME))
-            with open(os.path.join(staging_dir, TRAINING_CONFIG_NAME), "w") as f:
-                json.dump(training_config, f, indent=2)
-            module_name = type(pipeline).__module__.rsplit(".", 1)[-1]
-            card = render_model_card(
-                training_config, type(pipeline).__name__, module_name, args.output_dir, SAMPLES_NAME
+            student.train()
+            batches = epoch_batches(
+                accelerator, train_dataloader, train_transform, epoch, first_epoch, batches_to_skip
             )
-            card.save(os.path.join(staging_dir, MODEL_CARD_NAME))
-        logger.info(
-            f"Distilled {global_step} steps in {train_seconds:.0f}s (final loss "
-            f"{training_config['run']['final_loss']:.4f}); saved the student, {SAMPLES_NAME}, {TRAINING_CONFIG_NAME} "
-            f"and {MODEL_CARD_NAME} to {args.output_dir}"
-        )
-        if args.push_to_hub:
-            try:
-                commit = push_pipeline_folder(args.output_dir, hub_repo, token=args.hub_token)
-            except HubPushError:
-                logger.error(
-                    f"Distillation finished and its outputs are saved in {args.output_dir}, but the push failed."
+            for batch in batches:
+                if latent_distributions is not None:
+                    clean_images = latent_distributions.sample(batch[INDEX_COLUMN], batch["flipped"], noise_generator)
+                else:
+                    clean_images = batch["pixel_values"]
+                batch_size = clean_images.shape[0]
+                device, dtype = clean_images.device, clean_images.dtype
+                noise = torch.randn(clean_images.shape, generator=noise_generator, device=device, dtype=dtype)
+                scales = low + (high - low) * torch.rand(batch_size, generator=noise_generator, device=device)
+                # A point t of the grid for each image: the student's LCMScheduler samples at these timesteps only (for
+                # consistency, s = t - k, one solver step before it, comes below)
+                index = torch.randint(
+                    0, args.num_ddim_timesteps, (batch_size,), generator=noise_generator, device=device
                 )
-                raise
-            logger.info(f"Pushed the student to {hub_repo} at revision {commit.oid}: {commit.commit_url}")
+                timesteps = grid[index]
+                noisy_images = noise_scheduler.add_noise(clean_images, noise, timesteps)
+                cond_inputs, uncond_inputs = guidance_inputs(teacher, kind, batch, device, dtype, empty_caption_states)
+                unet_inputs = dict(cond_inputs)
+                if guided:
+                    unet_inputs["timestep_cond"] = guidance_scale_embedding(
+                        scales, args.unet_time_cond_proj_dim, dtype
+                    )
 
-    settle_process_group()  # every process: see training/process_group.py
-    accelerator.end_training()
-    release_output_dir(output_dir_lock)
+                with accelerator.accumulate(student):
+                    student_output = student(noisy_images, timesteps, **unet_inputs).sample
+                    with torch.no_grad():
+                        # The guided teacher at each image's scale: both branches in one pass
+                        teacher_output = guided_teacher_output(
+                            teacher_unet, noisy_images, timesteps, cond_inputs, uncond_inputs, scales
+                        )
+                    if args.method == GUIDANCE:
+                        # Guidance distillation: one pass of the student predicts what the teacher's two guided
+                        # passes do
+                        loss = F.mse_loss(student_output.float(), teacher_output.float())
+                    else:
+                        # Consistency distillation, with LCM's boundary condition f(x, t) = c_skip(t) x +
+                        # c_out(t) x_0, the identity at t = 0: the student's estimate at t learns the target
+                        # network's at s, the point one DDIM step of the guided teacher reaches from x_t
+                        end_timesteps = (timesteps - skip).clamp(min=0)
+                        c_skip, c_out = scheduler.get_scalings_for_boundary_condition_discrete(timesteps)
+                        c_skip_end, c_out_end = scheduler.get_scalings_for_boundary_condition_discrete(end_timesteps)
+                        student_x0 = clean_estimate(
+                            student_output, timesteps, noisy_images, alphas_cumprod, prediction_type
+                        )
+                        prediction = c_skip.view(-1, 1, 1, 1) * noisy_images + c_out.view(-1, 1, 1, 1) * student_x0
+                        with torch.no_grad():
+                            teacher_x0 = clean_estimate(
+                                teacher_output, timesteps, noisy_images, alphas_cumprod, prediction_type
+                            )
+                            if clip_range is not None:
+                                teacher_x0 = teacher_x0.clamp(-clip_range, clip_range)
+                            alpha_start = alphas_cumprod[timesteps].view(-1, 1, 1, 1).to(dtype)
+                            alpha_end = alphas_cumprod[end_timesteps].view(-1, 1, 1, 1).to(dtype)
+                            # the noise that the (clipped) clean image implies, carried to s
+                            teacher_noise = (noisy_images - alpha_start.sqrt() * teacher_x0) / (1 - alpha_start).sqrt()
+                            previous_images = alpha_end.sqrt() * teacher_x0 + (1 - alpha_end).sqrt() * teacher_noise
+                            target_output = target_unet(previous_images, end_timesteps, **unet_inputs).sample
+                            target_x0 = clean_estimate(
+                                target_output, end_timesteps, previous_images, alphas_cumprod, prediction_type
+                            )
+                            target = (
+                                c_skip_end.view(-1, 1, 1, 1) * previous_images
+                                + c_out_end.view(-1, 1, 1, 1) * target_x0
+                            )
+                        loss = consistency_loss(prediction, target, args.loss_type, args.huber_c)
+                    # Every process learns whether any loss is NaN or infinite before any gradient moves the weights
+                    nonfinite_processes = processes_with_nonfinite_loss(accelerator, loss)
+                    grad_norm = None
+                    if nonfinite_processes == 0:
+                        accelerator.backward(loss)
+                        if accelerator.sync_gradients:
+                            grad_norm = accelerator.clip_grad_norm_(student.parameters(), args.max_grad_norm)
+                        optimizer.step()
+                        lr_scheduler.step()
+                    optimizer.zero_grad()
+                if nonfinite_processes:
+                    nonfinite_in_a_row += 1
+                    stop_on_nonfinite_loss(
+                        args, nonfinite_processes, accelerator.num_processes, global_step + 1, nonfinite_in_a_row
+                    )
+                    continue  # --skip_nonfinite: this batch moves nothing and the step is not counted
+                nonfinite_in_a_row = 0
+
+                if accelerator.sync_gradients:
+                    global_step += 1
+                    target_ema.step(student.parameters())
+                    target_ema.copy_to(target_unet.parameters())
+                    progress_bar.update(1)
+                    loss_value = accelerator.gather(loss.detach()).mean().item()
+                    recent_losses = (recent_losses + [loss_value])[-FINAL_LOSS_WINDOW:]
+                    logs = {"loss": loss_value, "lr": lr_scheduler.get_last_lr()[0]}
+                    if grad_norm is not None:
+                        logs["grad_norm"] = grad_norm.item()
+                    progress_bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{logs['lr']:.2e}")
+                    accelerator.log(logs, step=global_step)
+                    if (
+                        args.validation_steps
+                        and global_step % args.validation_steps == 0
+                        and accelerator.is_main_process
+                    ):
+                        log_validation(
+                            accelerator, teacher, target_unet, scheduler, args, guided, layout, global_step, stop
+                        )
+                    checkpointed = args.checkpointing_steps and global_step % args.checkpointing_steps == 0
+                    if checkpointed:
+                        training_state = state_to_resume(args, global_step, recent_losses, seconds_trained())
+                        checkpoint_and_push(
+                            args, accelerator, global_step, training_state, target_ema, noise_generator, hub_repo
+                        )
+                    if stop.agreed(accelerator):  # SIGTERM or SIGUSR1 on any process: all stop at this step
+                        break
+                if global_step >= max_train_steps:
+                    break
+            if stop.stopping:
+                break
+        progress_bar.close()
+        grid_image = None
+        if not stop.stopping and accelerator.is_main_process:
+            pipeline = build_student_pipeline(teacher, target_unet, scheduler, args, guided)
+            pipeline.set_progress_bar_config(desc="Sampling")
+            generator = torch.Generator(device=accelerator.device).manual_seed(args.seed)
+            grid_image = stop.interruptible("the sample grid", layout.sample_grid, pipeline, generator)
+        # A stop signal during distillation or the grid: every process stops with a checkpoint of the last step
+        if stop.stopping or count_processes(accelerator, accelerator.is_main_process and grid_image is None):
+            training_state = state_to_resume(args, global_step, recent_losses, seconds_trained())
+            saved_state = (target_ema, noise_generator, hub_repo)
+            stop_for_preemption(args, accelerator, stop, training_state, checkpointed, saved_state, output_dir_lock)
+        train_seconds = seconds_trained()
+
+        # 5. Save the student (the target network's weights), the sample grid, the configuration and the model card
+        if accelerator.is_main_process:
+            teacher_run = teacher_config.get("run", {})
+            training_config = {
+                "license": args.model_license or teacher_config.get("license"),
+                "args": run_config(args),
+                "teacher": {
+                    "teacher": args.teacher,
+                    "args": teacher_config["args"],
+                    "train_seconds": teacher_run.get("train_seconds"),
+                    "global_step": teacher_run.get("global_step"),
+                },
+                "data": teacher_config["data"],
+                "run": {
+                    "num_processes": accelerator.num_processes,
+                    "total_batch_size": total_batch_size,
+                    "global_step": global_step,
+                    "images_seen": global_step * total_batch_size,
+                    "train_seconds": round(train_seconds, 1),
+                    "final_loss": sum(recent_losses) / max(1, len(recent_losses)),
+                },
+            }
+            with staged_outputs(args.output_dir) as staging_dir:
+                pipeline.save_pretrained(staging_dir, safe_serialization=True)
+                grid_image.save(os.path.join(staging_dir, SAMPLES_NAME))
+                with open(os.path.join(staging_dir, TRAINING_CONFIG_NAME), "w") as f:
+                    json.dump(training_config, f, indent=2)
+                module_name = type(pipeline).__module__.rsplit(".", 1)[-1]
+                card = render_model_card(
+                    training_config, type(pipeline).__name__, module_name, args.output_dir, SAMPLES_NAME
+                )
+                card.save(os.path.join(staging_dir, MODEL_CARD_NAME))
+            logger.info(
+                f"Distilled {global_step} steps in {train_seconds:.0f}s (final loss "
+                f"{training_config['run']['final_loss']:.4f}); saved the student, {SAMPLES_NAME}, "
+                f"{TRAINING_CONFIG_NAME} and {MODEL_CARD_NAME} to {args.output_dir}"
+            )
+            if args.push_to_hub:
+                try:
+                    commit = push_pipeline_folder(args.output_dir, hub_repo, token=args.hub_token)
+                except HubPushError:
+                    logger.error(
+                        f"Distillation finished and its outputs are saved in {args.output_dir}, but the push failed."
+                    )
+                    raise
+                logger.info(f"Pushed the student to {hub_repo} at revision {commit.oid}: {commit.commit_url}")
+
+        settle_process_group()  # every process: see training/process_group.py
+        accelerator.end_training()
+        release_output_dir(output_dir_lock)
 
 
 def cli(args=None):

@@ -8,6 +8,7 @@ import argparse
 
 from diffkit.training.arguments import (
     add_checkpoint_arguments,
+    add_fault_arguments,
     add_hub_arguments,
     add_optimisation_arguments,
     add_watch_arguments,
@@ -151,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     add_checkpoint_arguments(parser)
+    add_fault_arguments(parser)
     add_watch_arguments(parser, "sample a grid from the target network through the student's pipeline")
 
     output = parser.add_argument_group("output")

@@ -7,6 +7,10 @@ SLURM, Kubernetes and spot instances send SIGTERM (SLURM also SIGUSR1, with `--s
 processes) or 5 s later (one process, accelerate 1.16). The signal handler only records the signal: the training
 loop asks `StopSignals.agreed(accelerator)` at each step boundary, a sum over the processes (one float),
 so that a signal that reached one process stops all of them at the same step.
+
+Sampling and evaluation, which can take minutes between two step boundaries, run through
+`StopSignals.interruptible`: there a signal cuts them short at once (the handler raises `Interrupted`, which the
+method catches), and the loop stops at the boundary that follows.
 """
 
 import contextlib
@@ -14,9 +18,9 @@ import logging
 import signal
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
-import torch
+from diffkit.training.process_group import count_processes
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +31,11 @@ PREEMPTED_EXIT_STATUS = 75
 
 class Preempted(Exception):
     """A script stopped on a signal after writing its checkpoint; `run_script` exits with PREEMPTED_EXIT_STATUS."""
+
+
+class Interrupted(BaseException):
+    """Raised by the signal handler inside `StopSignals.interruptible` (a BaseException, as KeyboardInterrupt is, so
+    that no `except Exception` in a library swallows it)."""
 
 
 class StopSignals:
@@ -47,6 +56,8 @@ class StopSignals:
         self.received: Optional[signal.Signals] = None
         self.received_at: Optional[float] = None
         self.stopping = False
+        # True while `interruptible` runs: the handler then raises `Interrupted` (once) instead of only recording.
+        self.raising = False
         self.previous_handlers = {}
 
     def install(self) -> "StopSignals":
@@ -63,14 +74,38 @@ class StopSignals:
     def record(self, signal_number, frame):
         if self.received is None:
             self.received, self.received_at = signal.Signals(signal_number), time.monotonic()
+        if self.raising:
+            self.raising = False  # one Interrupted per interruptible call, however many signals come
+            raise Interrupted()
+
+    def interruptible(self, what: str, function: Callable, *args, **kwargs):
+        """`function(*args, **kwargs)` (sampling, evaluation), cut short by a stop signal that comes before or during
+        it: its result, or None when a signal stopped it. Nothing it left half done may matter (the callers keep the
+        weights' restore outside it).
+
+        Example:
+
+        ```py
+        >>> stop = StopSignals()
+        >>> stop.interruptible("adding", sum, [1, 2])
+        3
+        ```
+        """
+        if self.received is not None:
+            return None
+        try:
+            self.raising = True
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.raising = False
+        except Interrupted:  # the outer try also catches one raised in the inner `finally`, just before it ran
+            logger.warning(f"{self.received.name} cut {what} short.")
+            return None
 
     def agreed(self, accelerator) -> bool:
         """Whether any process received a stop signal: every process must ask at the same step boundary."""
-        received = torch.tensor([0.0 if self.received is None else 1.0], device=accelerator.device)
-        if accelerator.num_processes > 1:
-            # how many processes got one (a sum: accelerate's floor, 1.1, has no "max" reduction)
-            received = accelerator.reduce(received, reduction="sum")
-        self.stopping = received.item() > 0
+        self.stopping = count_processes(accelerator, self.received is not None) > 0
         return self.stopping
 
     def seconds_since_signal(self) -> Optional[float]:

@@ -18,11 +18,15 @@ tensors it holds only weakly, and sleeps (which releases the GIL) until gloo has
 worker thread has finished freeing what came before. Only then may the group be destroyed.
 """
 
+import contextlib
+import datetime
 import logging
 import time
 import weakref
+from typing import Callable
 
 import torch
+from accelerate.utils import InitProcessGroupKwargs
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +36,71 @@ GLOO_WORKER_THREADS = 2
 # How long the sentinels may take to be freed before the teardown goes on regardless (and says so).
 SETTLE_TIMEOUT_S = 30.0
 SETTLE_POLL_S = 0.005
+# What a failed gloo collective's message holds (torch raises a plain RuntimeError, not a DistError, for gloo).
+GLOO_FAILURE_MARKER = "gloo/transport"
+
+
+def process_group_kwargs(timeout_s: float) -> InitProcessGroupKwargs:
+    """The process group's settings for `Accelerator(kwargs_handlers=[...])`: every collective (DDP's gradient
+    all-reduce included) gives up after `timeout_s` seconds instead of waiting forever for a process that hangs."""
+    return InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def count_processes(accelerator, flag: bool) -> int:
+    """How many processes pass a true `flag` (a sum over the processes: every process must ask at the same point;
+    a sum because accelerate's floor, 1.1, has no "max" reduction)."""
+    count = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    if accelerator.num_processes > 1:
+        count = accelerator.reduce(count, reduction="sum")
+    return int(count.item())
+
+
+class CollectiveFailure(RuntimeError):
+    """A collective timed out or lost a process: `run_script` ends the run with its message, naming the process and
+    the step, without a traceback."""
+
+
+def is_collective_failure(error: BaseException) -> bool:
+    dist_error = getattr(torch.distributed, "DistError", ())  # NCCL's and the store's errors (torch >= 2.2)
+    return isinstance(error, dist_error) or GLOO_FAILURE_MARKER in str(error)
+
+
+@contextlib.contextmanager
+def collective_failures_named(accelerator, timeout_s: float, last_step: Callable[[], int]):
+    """Turn a collective that timed out or lost a process inside the block into a `CollectiveFailure` saying which
+    process gave up after which step (`last_step()`, the last step it finished) and what to do.
+
+    Example:
+
+    ```py
+    >>> from types import SimpleNamespace
+    >>> accelerator = SimpleNamespace(num_processes=2, process_index=1)
+    >>> try:
+    ...     with collective_failures_named(accelerator, 5, lambda: 7):
+    ...         raise RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 5000ms for recv")
+    ... except CollectiveFailure as failure:
+    ...     print(str(failure)[:60])
+    Process 1 of 2 gave up on the other processes after step 7:
+    ```
+    """
+    try:
+        yield
+    except RuntimeError as error:
+        if accelerator.num_processes == 1 or isinstance(error, CollectiveFailure) or not is_collective_failure(error):
+            raise
+        if "timed out" in str(error).lower():
+            cause = (
+                f"a collective waited more than --ddp_timeout ({timeout_s:g} s) for them, so one of them hangs or is "
+                "stopped (its log says where), or it is that much slower: raise --ddp_timeout if that is expected"
+            )
+        else:
+            cause = "another process is gone: it stopped with an error or was killed (its log above says why)"
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CollectiveFailure(
+            f"Process {accelerator.process_index} of {accelerator.num_processes} gave up on the other processes after "
+            f"step {last_step()}: {cause}. Run the same command with --resume_from_checkpoint latest to go on from "
+            f"the newest checkpoint. ({first_line})"
+        ) from None
 
 
 def settle_process_group() -> bool:

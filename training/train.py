@@ -49,13 +49,17 @@ from diffkit.training.arguments import (
 )
 from diffkit.training.checkpointing import (
     CHECKPOINT_PREFIX,
+    WRITE_ERRORS,
+    WriteFailed,
     is_partial_checkpoint,
     list_checkpoints,
     load_checkpoint_extras,
+    newest_checkpoint_text,
     read_training_state,
     remove_partial_checkpoints,
     resolve_checkpoint,
     save_checkpoint,
+    write_failure_message,
 )
 from diffkit.training.conditioning import (
     MIN_LOW_RESOLUTION,
@@ -99,7 +103,14 @@ from diffkit.training.output_lock import (
     release_output_dir,
 )
 from diffkit.training.preemption import PREEMPTED_EXIT_STATUS, Preempted, StopSignals, signal_handlers_restored
-from diffkit.training.process_group import release_process_group, settle_process_group
+from diffkit.training.process_group import (
+    CollectiveFailure,
+    collective_failures_named,
+    count_processes,
+    process_group_kwargs,
+    release_process_group,
+    settle_process_group,
+)
 from diffkit.training.text_conditioning import resolve_text_encoder
 
 logger = get_logger(__name__, log_level="INFO")
@@ -195,13 +206,16 @@ def validate_args(args):
 
 def check_counts(args, positive, optional_positive):
     """The flags that count something: those in `positive` (and those in `optional_positive` that are given) at
-    least 1; the warm-up steps, data workers and seed at least 0."""
+    least 1; the warm-up steps, data workers and seed at least 0; and --ddp_timeout's seconds, which every script
+    has."""
     for name in [*positive, *(name for name in optional_positive if getattr(args, name) is not None)]:
         if getattr(args, name) < 1:
             raise ValueError(f"`--{name}` must be a positive integer, but is {getattr(args, name)}.")
     for name in ("lr_warmup_steps", "dataloader_num_workers", "seed"):
         if getattr(args, name) < 0:
             raise ValueError(f"`--{name}` must be >= 0, but is {getattr(args, name)}.")
+    if not (math.isfinite(args.ddp_timeout) and args.ddp_timeout > 0):
+        raise ValueError(f"`--ddp_timeout` must be a positive number of seconds, but is {args.ddp_timeout}.")
 
 
 def check_data_args(args):
@@ -386,34 +400,53 @@ def load_unet_config(unet_class, name_or_path: str) -> dict:
 
 
 def replace_outputs(staging_dir: str, output_dir: str):
-    """Move each finished output from `staging_dir` into `output_dir`, replacing older ones atomically.
+    """Move the finished outputs from `staging_dir` into `output_dir`, replacing older ones, all or none.
 
-    Every output was completely written before this runs, and each is swapped in with `os.replace`, so an
-    interrupted run never leaves a half-written file; an older folder is moved aside first and deleted last.
+    Every output was completely written before this runs, and only renames follow: the older outputs are moved
+    aside into one folder, the new ones moved in, and the older ones deleted last. A rename that fails (a full disk
+    can refuse one) moves everything back, so the folder holds either all the new outputs or all the old ones.
     """
     os.makedirs(output_dir, exist_ok=True)
-    for name in sorted(os.listdir(staging_dir)):
-        target = os.path.join(output_dir, name)
-        old = None
-        if os.path.isdir(target):
-            old = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}old-{name}-", dir=output_dir)
-            os.replace(target, os.path.join(old, name))
-        os.replace(os.path.join(staging_dir, name), target)
-        if old is not None:
-            shutil.rmtree(old)
+    names = sorted(os.listdir(staging_dir))
+    old_dir = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}old-", dir=output_dir)
+    moved_aside, moved_in = [], []
+    try:
+        for name in names:
+            if os.path.lexists(os.path.join(output_dir, name)):
+                os.replace(os.path.join(output_dir, name), os.path.join(old_dir, name))
+                moved_aside.append(name)
+        for name in names:
+            os.replace(os.path.join(staging_dir, name), os.path.join(output_dir, name))
+            moved_in.append(name)
+    except OSError:
+        for name in reversed(moved_in):
+            os.replace(os.path.join(output_dir, name), os.path.join(staging_dir, name))
+        for name in reversed(moved_aside):
+            os.replace(os.path.join(old_dir, name), os.path.join(output_dir, name))
+        os.rmdir(old_dir)
+        raise
+    shutil.rmtree(old_dir)
 
 
 @contextlib.contextmanager
-def staged_outputs(output_dir: str, prefix: str = STAGING_PREFIX):
+def staged_outputs(output_dir: str, prefix: str = STAGING_PREFIX, what: str = "the outputs"):
     """A staging folder inside `output_dir` to write outputs into; when the block ends without an error, they replace
     the folder's older ones (`replace_outputs`). The staging folder is deleted either way, and one that a killed run
-    left behind is deleted by `remove_leftovers`."""
-    staging_dir = tempfile.mkdtemp(prefix=prefix, dir=output_dir)
+    left behind is deleted by `remove_leftovers`. A write that fails raises `WriteFailed`, naming `what`, the folder
+    and its free space."""
+    staging_dir = None
     try:
+        staging_dir = tempfile.mkdtemp(prefix=prefix, dir=output_dir)
         yield staging_dir
         replace_outputs(staging_dir, output_dir)
+    except WriteFailed:
+        raise
+    except WRITE_ERRORS as error:  # a full disk, say: what the folder held before stays as it was
+        kept = f"What {output_dir} held before is untouched. {newest_checkpoint_text(output_dir)}"
+        raise WriteFailed(write_failure_message(what, output_dir, error, kept)) from error
     finally:
-        shutil.rmtree(staging_dir, ignore_errors=True)
+        if staging_dir is not None:
+            shutil.rmtree(staging_dir, ignore_errors=True)
 
 
 def remove_leftovers(output_dir: str):
@@ -458,12 +491,14 @@ def sampling_pipeline(accelerator, unet, ema_model, noise_scheduler, conditionin
         model.train()
 
 
-def log_validation(accelerator, unet, ema_model, noise_scheduler, args, conditioning, global_step):
-    """Sample a grid from the current (EMA) weights, save it as PNG and send it to the trackers."""
+def log_validation(accelerator, unet, ema_model, noise_scheduler, args, conditioning, global_step, stop: StopSignals):
+    """Sample a grid from the current (EMA) weights, save it as PNG and send it to the trackers (unless a stop signal
+    cuts the sampling short)."""
     with sampling_pipeline(accelerator, unet, ema_model, noise_scheduler, conditioning) as pipeline:
         generator = torch.Generator(device=accelerator.device).manual_seed(args.seed)
-        grid = conditioning.sample_grid(pipeline, generator).convert("RGB")
-    save_validation_grid(accelerator, grid, args.output_dir, global_step)
+        grid = stop.interruptible("the validation grid", conditioning.sample_grid, pipeline, generator)
+    if grid is not None:
+        save_validation_grid(accelerator, grid.convert("RGB"), args.output_dir, global_step)
 
 
 def save_validation_grid(accelerator, grid, output_dir: str, global_step: int):
@@ -531,16 +566,21 @@ class TrainingEvaluation:
         self.scores = state.get("eval_scores")
         self.last_step = self.history[-1]["global_step"] if self.history else None
 
-    def evaluate(self, accelerator, unet, ema_model, noise_scheduler, conditioning, global_step: int):
+    def evaluate(self, accelerator, unet, ema_model, noise_scheduler, conditioning, global_step: int, stop):
         """Score the current (EMA) weights; return the scores on the main process, else None. The main process logs
         eval/METRIC to the trackers and, with --save_best_by, saves the pipeline to --output_dir/best when it
-        improves."""
+        improves. A stop signal on any process cuts the sampling short on every process (`stop.stopping` is then
+        set, and nothing is scored)."""
         args = self.args
         with sampling_pipeline(accelerator, unet, ema_model, noise_scheduler, conditioning) as pipeline:
             # Every process makes `share` images so that the gathered tensors have one shape; the last process's extra
             # images (past --eval_num_samples) are dropped after the gather.
             share = math.ceil(args.eval_num_samples / accelerator.num_processes)
-            images = conditioning.evaluation_images(pipeline, share, accelerator.process_index * share)
+            images = stop.interruptible(
+                "the evaluation", conditioning.evaluation_images, pipeline, share, accelerator.process_index * share
+            )
+            if stop.agreed(accelerator):  # every process, before the gather: all gather, or none
+                return None
             images = accelerator.gather(images.to(accelerator.device).contiguous())[: args.eval_num_samples].cpu()
             scores = None
             if accelerator.is_main_process:
@@ -579,7 +619,7 @@ class TrainingEvaluation:
 def save_best_pipeline(pipeline, scores: dict, output_dir: str):
     """Write the pipeline and its scores to output_dir/best, replacing the previous best in one rename."""
     os.makedirs(output_dir, exist_ok=True)
-    with staged_outputs(output_dir, prefix=f"{STAGING_PREFIX}best-") as staging_dir:
+    with staged_outputs(output_dir, prefix=f"{STAGING_PREFIX}best-", what="the best pipeline") as staging_dir:
         best_dir = os.path.join(staging_dir, BEST_DIR)
         pipeline.save_pretrained(best_dir, safe_serialization=True)
         write_metrics(best_dir, scores)
@@ -601,6 +641,7 @@ def make_accelerator(args) -> Accelerator:
         # the exact batch where its checkpoint was taken.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
         log_with=args.report_to,
+        kwargs_handlers=[process_group_kwargs(args.ddp_timeout)],
         project_config=ProjectConfiguration(
             project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, args.logging_dir)
         ),
@@ -769,10 +810,7 @@ class NonFiniteLossError(RuntimeError):
 
 def processes_with_nonfinite_loss(accelerator, loss) -> int:
     """How many processes have a NaN or infinite `loss` (a collective: every process asks at the same batch)."""
-    nonfinite = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=loss.device)
-    if accelerator.num_processes > 1:
-        nonfinite = accelerator.reduce(nonfinite, reduction="sum")
-    return int(nonfinite.item())
+    return count_processes(accelerator, not torch.isfinite(loss.detach()).all())
 
 
 def stop_on_nonfinite_loss(args, nonfinite_processes: int, num_processes: int, step: int, in_a_row: int):
@@ -947,211 +985,240 @@ def main(args):
         evaluation.load_state_dict(training_state)
     init_trackers(accelerator, args, "diffkit")
 
-    # 4. Training loop
-    start_time = time.time()
-    last_step_time = start_time
+    # 4. Training loop (a collective that times out or loses a process ends the run naming this process and its
+    # last step: training/process_group.py)
+    with collective_failures_named(accelerator, args.ddp_timeout, lambda: global_step):
+        start_time = time.time()
+        last_step_time = start_time
 
-    def seconds_trained():
-        return previous_train_seconds + time.time() - start_time
+        def seconds_trained():
+            return previous_train_seconds + time.time() - start_time
 
-    stop = StopSignals().install()  # SIGTERM / SIGUSR1: checkpoint at the next step and exit (training/preemption.py)
-    checkpointed = False
-    nonfinite_in_a_row = 0
-    progress_bar = tqdm(
-        range(max_train_steps), initial=global_step, disable=not accelerator.is_local_main_process, desc="Steps"
-    )
-    # Epochs until the steps are done: num_epochs of them, unless --skip_nonfinite skipped batches, whose steps
-    # were not counted and are made up in further epochs.
-    for epoch in itertools.count(first_epoch):
-        if global_step >= max_train_steps:
-            # A run resumed from the checkpoint of its final step has nothing left to train, only outputs to write.
-            break
-        unet.train()
-        batches = epoch_batches(accelerator, train_dataloader, train_transform, epoch, first_epoch, batches_to_skip)
-        for step, batch in enumerate(batches):
-            if epoch == first_epoch and step == 0:
-                # Which examples each process starts on: in a multi-process run they must differ (one shard each).
-                logger.info(
-                    f"Process {accelerator.process_index} starts on examples {batch[INDEX_COLUMN].tolist()}",
-                    main_process_only=False,
-                )
-            if latent_distributions is not None:
-                # A latent run: latents drawn from the posteriors encoded before training (the mirror image's where
-                # the augmentation flipped the image)
-                clean_images = latent_distributions.sample(batch[INDEX_COLUMN], batch["flipped"], noise_generator)
-            else:
-                clean_images = batch["pixel_values"]
-            batch_size = clean_images.shape[0]
-            noise = torch.randn(
-                clean_images.shape, generator=noise_generator, device=clean_images.device, dtype=clean_images.dtype
-            )
-            if args.noise_offset:
-                noise = offset_noise(noise, args.noise_offset, noise_generator)
-            timesteps = torch.randint(
-                0,
-                noise_scheduler.config.num_train_timesteps,
-                (batch_size,),
-                generator=noise_generator,
-                device=clean_images.device,
-            )
-            # Forward diffusion: x_t = sqrt(alpha_bar_t) * x_0 + sqrt(1 - alpha_bar_t) * noise. Input perturbation
-            # noises the input with a perturbed copy of the noise while the target stays the unperturbed one.
-            input_noise = noise
-            if args.input_perturbation:
-                input_noise = perturbed_input_noise(noise, args.input_perturbation, noise_generator)
-            noisy_images = noise_scheduler.add_noise(clean_images, input_noise, timesteps)
-
-            with accelerator.accumulate(unet):
-                # The UNet's input and condition (with its dropout for guidance), as the mode gives them
-                model_input, condition_inputs = conditioning.model_inputs(noisy_images, batch, noise_generator)
-                model_output = unet(model_input, timesteps, **condition_inputs).sample
-
-                if args.prediction_type == "epsilon":
-                    target = noise
-                else:
-                    target = noise_scheduler.get_velocity(clean_images, noise, timesteps)
-                if args.snr_gamma is None:
-                    loss = F.mse_loss(model_output.float(), target.float())
-                else:
-                    per_image_loss = F.mse_loss(model_output.float(), target.float(), reduction="none").mean((1, 2, 3))
-                    loss = (per_image_loss * min_snr_loss_weights(noise_scheduler, timesteps, args.snr_gamma)).mean()
-
-                # Every process learns whether any loss is NaN or infinite before any gradient moves the weights
-                nonfinite_processes = processes_with_nonfinite_loss(accelerator, loss)
-                finite = nonfinite_processes == 0
-                if finite:
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        grad_norm = accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
-                    optimizer.step()
-                    lr_scheduler.step()
-                optimizer.zero_grad()
-            if not finite:
-                nonfinite_in_a_row += 1
-                stop_on_nonfinite_loss(
-                    args, nonfinite_processes, accelerator.num_processes, global_step + 1, nonfinite_in_a_row
-                )
-                continue  # --skip_nonfinite: this batch moves nothing and the step is not counted
-            nonfinite_in_a_row = 0
-
-            if accelerator.sync_gradients:
-                global_step += 1
-                if ema_model is not None and global_step % args.ema_update_every == 0:
-                    ema_model.step(unet.parameters())
-                progress_bar.update(1)
-                loss_value = accelerator.gather(loss.detach()).mean().item()
-                recent_losses = (recent_losses + [loss_value])[-FINAL_LOSS_WINDOW:]
-                now = time.time()
-                logs = {
-                    "loss": loss_value,
-                    "lr": lr_scheduler.get_last_lr()[0],
-                    "images_per_second": total_batch_size / max(now - last_step_time, 1e-9),
-                }
-                progress_bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{logs['lr']:.2e}", epoch=epoch)
-                if grad_norm is not None:  # DeepSpeed clips inside its engine and reports no norm here
-                    logs["grad_norm"] = grad_norm.item()
-                accelerator.log(logs, step=global_step)
-                if args.validation_steps and global_step % args.validation_steps == 0 and accelerator.is_main_process:
-                    log_validation(accelerator, unet, ema_model, noise_scheduler, args, conditioning, global_step)
-                if args.eval_steps and global_step % args.eval_steps == 0:
-                    evaluation.evaluate(accelerator, unet, ema_model, noise_scheduler, conditioning, global_step)
-                checkpointed = args.checkpointing_steps and global_step % args.checkpointing_steps == 0
-                if checkpointed:
-                    training_state = state_to_resume(args, global_step, recent_losses, seconds_trained(), evaluation)
-                    checkpoint_and_push(
-                        args, accelerator, global_step, training_state, ema_model, noise_generator, hub_repo
-                    )
-                if stop.agreed(accelerator):  # SIGTERM or SIGUSR1 on any process: all stop at this step
-                    break
-                # Throughput counts training only, not the validation and checkpoint time above.
-                last_step_time = time.time()
-            if global_step >= max_train_steps:
-                break
-        if stop.stopping:
-            break
-    progress_bar.close()
-    if stop.stopping:
-        training_state = state_to_resume(args, global_step, recent_losses, seconds_trained(), evaluation)
-        saved_state = (ema_model, noise_generator, hub_repo)
-        stop_for_preemption(args, accelerator, stop, training_state, checkpointed, saved_state, output_dir_lock)
-    train_seconds = seconds_trained()
-    if evaluation is not None and evaluation.last_step != global_step:
-        # The final weights are always evaluated, so metrics.json describes the saved pipeline.
-        evaluation.evaluate(accelerator, unet, ema_model, noise_scheduler, conditioning, global_step)
-
-    # 5. Save the pipeline (with the EMA weights, if kept), a sample grid, the configuration and the model card
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        unet = accelerator.unwrap_model(unet).eval()
-        if ema_model is not None:
-            ema_model.copy_to(unet.parameters())
-        pipeline = build_pipeline(unet, noise_scheduler, conditioning)
-        pipeline.to(accelerator.device)
-        pipeline.set_progress_bar_config(desc="Sampling")
-        grid = conditioning.sample_grid(pipeline, torch.Generator(device=accelerator.device).manual_seed(args.seed))
-
-        training_config = {
-            "license": args.model_license,
-            "args": run_config(args),
-            "data": {
-                "source": data.source,
-                "num_images": num_images,
-                "num_channels": data.num_channels,
-                "resolution": resolution,
-                "id2label": data.id2label,
-                **conditioning.data_config(),
-                **({"latent": latent_data_config(args, vae.config, resolution, encode_seconds)} if vae else {}),
-            },
-            "run": {
-                "num_processes": accelerator.num_processes,
-                "total_batch_size": total_batch_size,
-                "global_step": global_step,
-                "images_seen": global_step * total_batch_size,
-                "train_seconds": round(train_seconds, 1),
-                "final_loss": sum(recent_losses) / max(1, len(recent_losses)),
-            },
-        }
-        with staged_outputs(args.output_dir) as staging_dir:
-            pipeline.save_pretrained(staging_dir, safe_serialization=True)
-            grid.save(os.path.join(staging_dir, SAMPLES_NAME))
-            with open(os.path.join(staging_dir, TRAINING_CONFIG_NAME), "w") as f:
-                json.dump(training_config, f, indent=2)
-            metrics = None
-            if evaluation is not None and evaluation.scores is not None:
-                metrics = {**evaluation.scores, "history": evaluation.history, "best": evaluation.best}
-                write_metrics(staging_dir, metrics)
-            module_name = type(pipeline).__module__.rsplit(".", 1)[-1]
-            with open(os.path.join(staging_dir, pipeline.config_name)) as f:
-                saved_as_stable_diffusion = model_kinds.loads_as_stable_diffusion(json.load(f))
-            card = render_model_card(
-                training_config,
-                type(pipeline).__name__,
-                module_name,
-                args.output_dir,
-                SAMPLES_NAME,
-                metrics=metrics,
-                loads_as_stable_diffusion=saved_as_stable_diffusion,
-            )
-            card.save(os.path.join(staging_dir, MODEL_CARD_NAME))
-        logger.info(
-            f"Trained {global_step} steps in {train_seconds:.0f}s "
-            f"(final loss {training_config['run']['final_loss']:.4f}); "
-            f"saved the pipeline, {SAMPLES_NAME}, {TRAINING_CONFIG_NAME}, {MODEL_CARD_NAME}"
-            f"{f' and {METRICS_NAME}' if metrics else ''} to {args.output_dir}"
+        stop = (
+            StopSignals().install()
+        )  # SIGTERM / SIGUSR1: checkpoint at the next step and exit (training/preemption.py)
+        checkpointed = False
+        nonfinite_in_a_row = 0
+        progress_bar = tqdm(
+            range(max_train_steps), initial=global_step, disable=not accelerator.is_local_main_process, desc="Steps"
         )
-        if args.push_to_hub:
-            try:
-                commit = push_pipeline_folder(args.output_dir, hub_repo, token=args.hub_token)
-            except HubPushError:
-                logger.error(f"Training finished and its outputs are saved in {args.output_dir}, but the push failed.")
-                raise
-            logger.info(f"Pushed the pipeline to {hub_repo} at revision {commit.oid}: {commit.commit_url}")
+        # Epochs until the steps are done: num_epochs of them, unless --skip_nonfinite skipped batches, whose steps
+        # were not counted and are made up in further epochs.
+        for epoch in itertools.count(first_epoch):
+            if global_step >= max_train_steps:
+                # A run resumed from the checkpoint of its final step has nothing left to train, only outputs to write.
+                break
+            unet.train()
+            batches = epoch_batches(
+                accelerator, train_dataloader, train_transform, epoch, first_epoch, batches_to_skip
+            )
+            for step, batch in enumerate(batches):
+                if epoch == first_epoch and step == 0:
+                    # Which examples each process starts on: in a multi-process run they must differ (one shard each).
+                    logger.info(
+                        f"Process {accelerator.process_index} starts on examples {batch[INDEX_COLUMN].tolist()}",
+                        main_process_only=False,
+                    )
+                if latent_distributions is not None:
+                    # A latent run: latents drawn from the posteriors encoded before training (the mirror image's where
+                    # the augmentation flipped the image)
+                    clean_images = latent_distributions.sample(batch[INDEX_COLUMN], batch["flipped"], noise_generator)
+                else:
+                    clean_images = batch["pixel_values"]
+                batch_size = clean_images.shape[0]
+                noise = torch.randn(
+                    clean_images.shape, generator=noise_generator, device=clean_images.device, dtype=clean_images.dtype
+                )
+                if args.noise_offset:
+                    noise = offset_noise(noise, args.noise_offset, noise_generator)
+                timesteps = torch.randint(
+                    0,
+                    noise_scheduler.config.num_train_timesteps,
+                    (batch_size,),
+                    generator=noise_generator,
+                    device=clean_images.device,
+                )
+                # Forward diffusion: x_t = sqrt(alpha_bar_t) * x_0 + sqrt(1 - alpha_bar_t) * noise. Input perturbation
+                # noises the input with a perturbed copy of the noise while the target stays the unperturbed one.
+                input_noise = noise
+                if args.input_perturbation:
+                    input_noise = perturbed_input_noise(noise, args.input_perturbation, noise_generator)
+                noisy_images = noise_scheduler.add_noise(clean_images, input_noise, timesteps)
 
-    # Every process, at the same point: no gloo thread may still hold a Python tensor when the group is torn down
-    # (training/process_group.py says why a run could hang here).
-    settle_process_group()
-    accelerator.end_training()
-    release_output_dir(output_dir_lock)
+                with accelerator.accumulate(unet):
+                    # The UNet's input and condition (with its dropout for guidance), as the mode gives them
+                    model_input, condition_inputs = conditioning.model_inputs(noisy_images, batch, noise_generator)
+                    model_output = unet(model_input, timesteps, **condition_inputs).sample
+
+                    if args.prediction_type == "epsilon":
+                        target = noise
+                    else:
+                        target = noise_scheduler.get_velocity(clean_images, noise, timesteps)
+                    if args.snr_gamma is None:
+                        loss = F.mse_loss(model_output.float(), target.float())
+                    else:
+                        per_image_loss = F.mse_loss(model_output.float(), target.float(), reduction="none").mean(
+                            (1, 2, 3)
+                        )
+                        loss = (
+                            per_image_loss * min_snr_loss_weights(noise_scheduler, timesteps, args.snr_gamma)
+                        ).mean()
+
+                    # Every process learns whether any loss is NaN or infinite before any gradient moves the weights
+                    nonfinite_processes = processes_with_nonfinite_loss(accelerator, loss)
+                    finite = nonfinite_processes == 0
+                    if finite:
+                        accelerator.backward(loss)
+                        if accelerator.sync_gradients:
+                            grad_norm = accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
+                        optimizer.step()
+                        lr_scheduler.step()
+                    optimizer.zero_grad()
+                if not finite:
+                    nonfinite_in_a_row += 1
+                    stop_on_nonfinite_loss(
+                        args, nonfinite_processes, accelerator.num_processes, global_step + 1, nonfinite_in_a_row
+                    )
+                    continue  # --skip_nonfinite: this batch moves nothing and the step is not counted
+                nonfinite_in_a_row = 0
+
+                if accelerator.sync_gradients:
+                    global_step += 1
+                    if ema_model is not None and global_step % args.ema_update_every == 0:
+                        ema_model.step(unet.parameters())
+                    progress_bar.update(1)
+                    loss_value = accelerator.gather(loss.detach()).mean().item()
+                    recent_losses = (recent_losses + [loss_value])[-FINAL_LOSS_WINDOW:]
+                    now = time.time()
+                    logs = {
+                        "loss": loss_value,
+                        "lr": lr_scheduler.get_last_lr()[0],
+                        "images_per_second": total_batch_size / max(now - last_step_time, 1e-9),
+                    }
+                    progress_bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{logs['lr']:.2e}", epoch=epoch)
+                    if grad_norm is not None:  # DeepSpeed clips inside its engine and reports no norm here
+                        logs["grad_norm"] = grad_norm.item()
+                    accelerator.log(logs, step=global_step)
+                    if (
+                        args.validation_steps
+                        and global_step % args.validation_steps == 0
+                        and accelerator.is_main_process
+                    ):
+                        log_validation(
+                            accelerator, unet, ema_model, noise_scheduler, args, conditioning, global_step, stop
+                        )
+                    if args.eval_steps and global_step % args.eval_steps == 0:
+                        evaluation.evaluate(
+                            accelerator, unet, ema_model, noise_scheduler, conditioning, global_step, stop
+                        )
+                    checkpointed = args.checkpointing_steps and global_step % args.checkpointing_steps == 0
+                    if checkpointed:
+                        training_state = state_to_resume(
+                            args, global_step, recent_losses, seconds_trained(), evaluation
+                        )
+                        checkpoint_and_push(
+                            args, accelerator, global_step, training_state, ema_model, noise_generator, hub_repo
+                        )
+                    if stop.agreed(accelerator):  # SIGTERM or SIGUSR1 on any process: all stop at this step
+                        break
+                    # Throughput counts training only, not the validation and checkpoint time above.
+                    last_step_time = time.time()
+                if global_step >= max_train_steps:
+                    break
+            if stop.stopping:
+                break
+        progress_bar.close()
+        if not stop.stopping and evaluation is not None and evaluation.last_step != global_step:
+            # The final weights are always evaluated, so metrics.json describes the saved pipeline.
+            evaluation.evaluate(accelerator, unet, ema_model, noise_scheduler, conditioning, global_step, stop)
+        grid = None
+        if not stop.stopping and accelerator.is_main_process:
+            # The sample grid, from the weights the pipeline is saved with
+            with sampling_pipeline(accelerator, unet, ema_model, noise_scheduler, conditioning) as pipeline:
+                pipeline.to(accelerator.device)
+                pipeline.set_progress_bar_config(desc="Sampling")
+                generator = torch.Generator(device=accelerator.device).manual_seed(args.seed)
+                grid = stop.interruptible("the sample grid", conditioning.sample_grid, pipeline, generator)
+        # A stop signal during training, the final evaluation or the grid: every process stops with a checkpoint of
+        # the last step (a run resumed from it only evaluates and writes the outputs).
+        if stop.stopping or count_processes(accelerator, accelerator.is_main_process and grid is None):
+            training_state = state_to_resume(args, global_step, recent_losses, seconds_trained(), evaluation)
+            saved_state = (ema_model, noise_generator, hub_repo)
+            stop_for_preemption(args, accelerator, stop, training_state, checkpointed, saved_state, output_dir_lock)
+        train_seconds = seconds_trained()
+
+        # 5. Save the pipeline (with the EMA weights, if kept), the sample grid, the configuration and the model card
+        if accelerator.is_main_process:
+            unet = accelerator.unwrap_model(unet).eval()
+            if ema_model is not None:
+                ema_model.copy_to(unet.parameters())
+            pipeline = build_pipeline(unet, noise_scheduler, conditioning)
+            pipeline.to(accelerator.device)
+
+            training_config = {
+                "license": args.model_license,
+                "args": run_config(args),
+                "data": {
+                    "source": data.source,
+                    "num_images": num_images,
+                    "num_channels": data.num_channels,
+                    "resolution": resolution,
+                    "id2label": data.id2label,
+                    **conditioning.data_config(),
+                    **({"latent": latent_data_config(args, vae.config, resolution, encode_seconds)} if vae else {}),
+                },
+                "run": {
+                    "num_processes": accelerator.num_processes,
+                    "total_batch_size": total_batch_size,
+                    "global_step": global_step,
+                    "images_seen": global_step * total_batch_size,
+                    "train_seconds": round(train_seconds, 1),
+                    "final_loss": sum(recent_losses) / max(1, len(recent_losses)),
+                },
+            }
+            with staged_outputs(args.output_dir) as staging_dir:
+                pipeline.save_pretrained(staging_dir, safe_serialization=True)
+                grid.save(os.path.join(staging_dir, SAMPLES_NAME))
+                with open(os.path.join(staging_dir, TRAINING_CONFIG_NAME), "w") as f:
+                    json.dump(training_config, f, indent=2)
+                metrics = None
+                if evaluation is not None and evaluation.scores is not None:
+                    metrics = {**evaluation.scores, "history": evaluation.history, "best": evaluation.best}
+                    write_metrics(staging_dir, metrics)
+                module_name = type(pipeline).__module__.rsplit(".", 1)[-1]
+                with open(os.path.join(staging_dir, pipeline.config_name)) as f:
+                    saved_as_stable_diffusion = model_kinds.loads_as_stable_diffusion(json.load(f))
+                card = render_model_card(
+                    training_config,
+                    type(pipeline).__name__,
+                    module_name,
+                    args.output_dir,
+                    SAMPLES_NAME,
+                    metrics=metrics,
+                    loads_as_stable_diffusion=saved_as_stable_diffusion,
+                )
+                card.save(os.path.join(staging_dir, MODEL_CARD_NAME))
+            logger.info(
+                f"Trained {global_step} steps in {train_seconds:.0f}s "
+                f"(final loss {training_config['run']['final_loss']:.4f}); "
+                f"saved the pipeline, {SAMPLES_NAME}, {TRAINING_CONFIG_NAME}, {MODEL_CARD_NAME}"
+                f"{f' and {METRICS_NAME}' if metrics else ''} to {args.output_dir}"
+            )
+            if args.push_to_hub:
+                try:
+                    commit = push_pipeline_folder(args.output_dir, hub_repo, token=args.hub_token)
+                except HubPushError:
+                    logger.error(
+                        f"Training finished and its outputs are saved in {args.output_dir}, but the push failed."
+                    )
+                    raise
+                logger.info(f"Pushed the pipeline to {hub_repo} at revision {commit.oid}: {commit.commit_url}")
+
+        # Every process, at the same point: no gloo thread may still hold a Python tensor when the group is torn down
+        # (training/process_group.py says why a run could hang here).
+        settle_process_group()
+        accelerator.end_training()
+        release_output_dir(output_dir_lock)
 
 
 def run_script(main, parse_args, validate_args, args=None):
@@ -1166,8 +1233,11 @@ def run_script(main, parse_args, validate_args, args=None):
             main(args)
     except Preempted:  # the checkpoint is written and the way to resume logged
         raise SystemExit(PREEMPTED_EXIT_STATUS) from None
-    except NonFiniteLossError as error:  # no traceback: the message says what happened and what to do
-        logger.error(str(error))
+    except NonFiniteLossError as error:  # the same on every process: said once
+        logger.error(str(error))  # no traceback: the message says what happened and what to do
+        raise SystemExit(1) from None
+    except (WriteFailed, CollectiveFailure) as error:  # each process says what it saw
+        logger.error(str(error), main_process_only=False)
         raise SystemExit(1) from None
     finally:
         release_process_group()

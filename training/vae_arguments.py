@@ -10,6 +10,7 @@ from diffkit.training.arguments import (
     add_checkpoint_arguments,
     add_data_arguments,
     add_ema_arguments,
+    add_fault_arguments,
     add_hub_arguments,
     add_optimisation_arguments,
     add_watch_arguments,
@@ -135,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_ema_arguments(parser, "autoencoder", "the saved VAE and its figures use it")
     add_checkpoint_arguments(parser)
+    add_fault_arguments(parser)
     add_watch_arguments(parser, "reconstruct held-out images with the (EMA) weights")
 
     output = parser.add_argument_group("output")
