@@ -8,8 +8,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -27,9 +29,11 @@ from diffkit.training.checkpointing import (
     resolve_checkpoint,
     save_checkpoint,
 )
+from diffkit.training.preemption import PREEMPTED_EXIT_STATUS
 from diffkit.training.train import staged_outputs
 
-from .test_preemption import two_process_command
+from .test_checkpointing import RESUME_RUN
+from .test_preemption import SIGNAL_AFTER_STEP, STEPS, launch, two_process_command, wait_for_step, workers
 from .utils import REPO_ROOT, TINY_UNET2D_CONFIG
 from .write_faults import counted_writes, failing_write
 
@@ -253,3 +257,55 @@ def test_a_full_disk_in_a_two_process_run_stops_both_and_the_previous_checkpoint
     resumed = train([*run[:-1], str(copy), "--resume_from_checkpoint", "latest"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resumed from" in resumed.stderr and "Trained 3 steps" in resumed.stderr
+
+
+@pytest.mark.slow
+def test_a_hung_process_ends_a_two_process_run_naming_the_process_and_the_step(tmp_path):
+    run = [*RESUME_RUN, "--max_train_steps", str(STEPS), "--ddp_timeout", "5", "--output_dir", str(tmp_path / "out")]
+    launcher = launch(two_process_command(run), tmp_path / "run.log")
+    try:
+        wait_for_step(launcher, tmp_path / "run.log", SIGNAL_AFTER_STEP)
+        hung = workers(launcher)[1]
+        hung.suspend()  # SIGSTOP: the process hangs, as one stuck in a kernel call or a deadlock does
+        deadline = time.monotonic() + 120
+        while "gave up on the other processes" not in (tmp_path / "run.log").read_text():
+            assert time.monotonic() < deadline and launcher.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+            time.sleep(0.1)
+        hung.resume()  # so that it sees the others gone at once, instead of torchrun killing it 30 s later
+        launcher.wait(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+    log = (tmp_path / "run.log").read_text()
+    assert launcher.returncode != 0
+    gave_up = re.search(r"Process 0 of 2 gave up on the other processes after step (\d+): a collective waited", log)
+    assert gave_up and "more than --ddp_timeout (5 s)" in log, log[-3000:]
+    assert SIGNAL_AFTER_STEP <= int(gave_up.group(1)) < STEPS
+    # and the one that hung, once it runs again, finds the other gone
+    assert "Process 1 of 2 gave up on the other processes after step" in log, log[-3000:]
+
+
+@pytest.mark.slow
+def test_a_signal_while_the_sample_grid_is_drawn_stops_at_once_with_the_last_checkpoint(tmp_path):
+    # 3 steps, then a grid of 400 sampling steps: the signal comes while it is drawn
+    run = [*SMALL_RUN[:-2], "--max_train_steps", "3", "--num_inference_steps", "400", "--output_dir", str(tmp_path)]
+    command = [sys.executable, os.path.join(REPO_ROOT, "training", "train.py"), *run]
+    log_path = tmp_path.parent / "grid.log"
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 240
+    while not re.search(r"Sampling:\s+\d+%.*?\| [1-9]\d*/400", log_path.read_text()):
+        assert time.monotonic() < deadline and process.poll() is None, log_path.read_text()[-3000:]
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+    log = log_path.read_text()
+    assert process.returncode == PREEMPTED_EXIT_STATUS, log[-3000:]
+    assert "SIGTERM cut the sample grid short." in log
+    stopped = re.search(r"Stopped by SIGTERM at step 3: the checkpoint saved to \S+, ([\d.]+) s after the signal", log)
+    assert stopped and float(stopped.group(1)) < 30, log[-3000:]
+    assert [step for step, _ in list_checkpoints(str(tmp_path))] == [3]
+    assert not (tmp_path / "model_index.json").exists()
+    # the resumed run trains nothing more: it draws the grid and writes the outputs
+    resumed = train([*run, "--resume_from_checkpoint", "latest"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Trained 3 steps" in resumed.stderr and (tmp_path / "model_index.json").exists()

@@ -175,3 +175,25 @@ def test_vae_training_and_distillation_stop_with_a_checkpoint_too(script, tmp_pa
     assert process.wait(timeout=120) == PREEMPTED_EXIT_STATUS
     stopped = re.search(r"Stopped by SIGTERM at step (\d+): the checkpoint saved to", open(tmp_path / "log").read())
     assert stopped and list_checkpoints(str(output_dir))[-1][0] == int(stopped.group(1)) < STEPS
+
+
+def test_a_signal_cuts_interruptible_work_short_and_only_that():
+    def sampling(steps_done):
+        for step in range(1000):
+            if step == 10:
+                os.kill(os.getpid(), signal.SIGUSR1)  # as SLURM's --signal arrives mid-way
+            steps_done.append(step)
+            time.sleep(0.001)
+        return "grid"
+
+    with signal_handlers_restored():
+        stop = StopSignals().install()
+        steps_done = []
+        assert stop.interruptible("the grid", sampling, steps_done) is None
+        assert 10 <= len(steps_done) < 20  # stopped at once, not at the end
+        assert stop.received == signal.SIGUSR1 and not stop.raising
+        steps_done = []
+        assert stop.interruptible("the grid", sampling, steps_done) is None and steps_done == []  # not even started
+        # outside interruptible work, a signal is only recorded
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stop.received == signal.SIGUSR1
