@@ -309,3 +309,31 @@ def test_a_signal_while_the_sample_grid_is_drawn_stops_at_once_with_the_last_che
     resumed = train([*run, "--resume_from_checkpoint", "latest"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Trained 3 steps" in resumed.stderr and (tmp_path / "model_index.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["train_vae", "distill"])
+def test_a_nan_loss_stops_vae_training_and_distillation_too(script, tmp_path):
+    from .test_distill import DISTILL_RUN, train_teacher
+    from .test_train_vae import TINY_VAE_RUN
+
+    if script == "train_vae":
+        args = list(TINY_VAE_RUN)
+    else:
+        teacher = train_teacher(
+            tmp_path / "teacher", tmp_path, TINY_UNET2D_CONFIG, ["--conditioning", "unconditional"]
+        )
+        args = [*DISTILL_RUN, "--teacher", str(teacher)]
+    diverging = ["--learning_rate", "1e30", "--lr_warmup_steps", "0", "--checkpointing_steps", "1"]
+    output_dir = tmp_path / "out"
+    command = [sys.executable, os.path.join(REPO_ROOT, "training", f"{script}.py"), *args, *diverging]
+    result = subprocess.run(
+        [*command, "--output_dir", str(output_dir)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    stopped = re.search(r"The loss is NaN or infinite at step (\d+) \(on 1 of 1 process\(es\)\)", result.stderr)
+    assert stopped, result.stderr[-3000:]
+    checkpoints = list_checkpoints(str(output_dir))
+    assert [step for step, _ in checkpoints] == list(range(1, int(stopped.group(1))))
+    assert checkpoints and all(all_finite(path) for _, path in checkpoints)
+    assert f"The last good checkpoint is {checkpoints[-1][1]}" in result.stderr
