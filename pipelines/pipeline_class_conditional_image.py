@@ -15,7 +15,7 @@ import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DConditionModel
 from diffusers.utils.torch_utils import randn_tensor
 
-OUTPUT_TYPES = ("pil", "np", "pt")
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
 def one_hot_label_states(class_ids: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
@@ -297,13 +297,29 @@ class ClassConditionalImagePipeline(DiffusionPipeline):
         return model_output  # "sample": the model predicts x_0 itself
 
     # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.prepare_latents
-    def prepare_latents(self, batch_size: int, dtype: torch.dtype, device: torch.device, generator) -> torch.Tensor:
-        """Gaussian noise of the UNet's sample shape, scaled to the scheduler's initial noise level."""
+    def prepare_latents(
+        self,
+        batch_size: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        generator,
+        latents: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Gaussian noise of the UNet's sample shape (or the caller's `latents`, diffusers' way to reproduce or vary
+        one sample), scaled to the scheduler's initial noise level."""
         sample_size = self.unet.config.sample_size
         if isinstance(sample_size, int):
             sample_size = (sample_size, sample_size)
         shape = (batch_size, self.unet.config.in_channels, *sample_size)
-        if device.type == "mps":
+        if latents is not None:
+            if tuple(latents.shape) != shape:
+                raise ValueError(
+                    f"`latents` has shape {tuple(latents.shape)}, but this call starts from noise of shape {shape} "
+                    f"({batch_size} images of the UNet's {self.unet.config.in_channels}x{sample_size[0]}x"
+                    f"{sample_size[1]} samples): pass noise of that shape, or a `generator` instead."
+                )
+            latents = latents.to(device=device, dtype=dtype)
+        elif device.type == "mps":
             # randn does not work reproducibly on mps
             latents = randn_tensor(shape, generator=generator, dtype=dtype).to(device)
         else:
@@ -321,7 +337,10 @@ class ClassConditionalImagePipeline(DiffusionPipeline):
 
     # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.postprocess_image
     def postprocess_image(self, sample: torch.Tensor, output_type: str):
-        """Images in [0, 1] from samples in the model's range [-1, 1]: PIL images, a numpy array or a tensor."""
+        """Images in [0, 1] from samples in the model's range [-1, 1]: PIL images, a numpy array or a tensor; with
+        `output_type="latent"` the sample itself, as diffusers' pipelines return it."""
+        if output_type == "latent":
+            return sample
         image = (sample / 2 + 0.5).clamp(0, 1)
         if output_type == "pt":
             return image
@@ -348,6 +367,8 @@ class ClassConditionalImagePipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Optional[Callable[["ClassConditionalImagePipeline", int, int, Dict], Dict]] = None,
         callback_on_step_end_tensor_inputs: List[str] = ["latents"],
+        latents: Optional[torch.Tensor] = None,
+        num_images_per_prompt: Optional[int] = None,
     ) -> Union[ImagePipelineOutput, Tuple]:
         r"""
         Generate images of the requested classes.
@@ -370,7 +391,9 @@ class ClassConditionalImagePipeline(DiffusionPipeline):
                 Generator(s) that make generation deterministic; a list gives one generator per image.
             output_type (`str`, *optional*, defaults to `"pil"`):
                 `"pil"` (list of `PIL.Image`), `"np"` (`np.ndarray` of shape `(batch, height, width, channels)` in
-                [0, 1]) or `"pt"` (`torch.Tensor` of shape `(batch, channels, height, width)` in [0, 1]).
+                [0, 1]), `"pt"` (`torch.Tensor` of shape `(batch, channels, height, width)` in [0, 1]) or `"latent"`
+                (the final sample itself: a latent model's latents, undecoded; an image-space model's sample in
+                [-1, 1]).
             return_dict (`bool`, *optional*, defaults to `True`):
                 Return an [`~diffusers.ImagePipelineOutput`] instead of a plain tuple.
             callback_on_step_end (`Callable`, *optional*):
@@ -381,6 +404,11 @@ class ClassConditionalImagePipeline(DiffusionPipeline):
                 The tensors passed to `callback_on_step_end`: `latents` (the sample after the step),
                 `model_output` (the guided prediction of the step) and `pred_original_sample` (the clean image that
                 prediction implies, in [-1, 1] before clipping; `pipelines.DenoisingFilm` records it).
+            latents (`torch.Tensor`, *optional*):
+                The starting noise, of the UNet's sample shape for every image of the call, instead of noise drawn
+                from `generator`: diffusers' way to reproduce one sample or vary it.
+            num_images_per_prompt (`int`, *optional*):
+                diffusers' name for `num_images_per_label`; when given, it is used.
 
         Examples:
 
@@ -407,6 +435,8 @@ class ClassConditionalImagePipeline(DiffusionPipeline):
         if num_inference_steps is None:
             num_inference_steps = self.config.num_inference_steps
 
+        if num_images_per_prompt is not None:
+            num_images_per_label = num_images_per_prompt
         # 0. Check inputs. Raise an error if not correct
         label_ids = self.check_inputs(
             class_labels,
@@ -445,7 +475,7 @@ class ClassConditionalImagePipeline(DiffusionPipeline):
         self._num_timesteps = len(timesteps)
 
         # 3. Sample the initial noise
-        latents = self.prepare_latents(batch_size, self.unet.dtype, device, generator)
+        latents = self.prepare_latents(batch_size, self.unet.dtype, device, generator, latents)
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator)
 
         # 4. Denoising loop
@@ -461,7 +491,7 @@ class ClassConditionalImagePipeline(DiffusionPipeline):
             ).sample
             if branches > 1:
                 model_output_uncond, model_output_cond = model_output.chunk(2)
-                model_output = model_output_uncond + guidance_scale * (model_output_cond - model_output_uncond)
+                model_output = model_output_uncond + self.guidance_scale * (model_output_cond - model_output_uncond)
 
             # compute the previous sample: x_t -> x_t-1
             step_output = self.scheduler.step(model_output, t, latents, **extra_step_kwargs)
@@ -479,7 +509,7 @@ class ClassConditionalImagePipeline(DiffusionPipeline):
                 latents = callback_outputs.pop("latents", latents)
 
         # 5. Decode the latents (a latent model), and post-process from [-1, 1] to [0, 1]
-        if self.vae is not None:
+        if self.vae is not None and output_type != "latent":
             latents = self.decode_latents(latents)
         image = self.postprocess_image(latents, output_type)
 

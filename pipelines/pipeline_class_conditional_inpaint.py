@@ -30,7 +30,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 logger = logging.get_logger(__name__)
 
-OUTPUT_TYPES = ("pil", "np", "pt")
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 # Resampling steps again through timesteps already taken: only schedulers whose step depends on the timestep alone
 # (no history of past steps, unlike DPM-Solver, UniPC or Euler) allow it.
 RESAMPLING_SCHEDULERS = (DDPMScheduler, DDIMScheduler)
@@ -315,13 +315,29 @@ class ClassConditionalInpaintPipeline(DiffusionPipeline):
         return model_output  # "sample": the model predicts x_0 itself
 
     # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.prepare_latents
-    def prepare_latents(self, batch_size: int, dtype: torch.dtype, device: torch.device, generator) -> torch.Tensor:
-        """Gaussian noise of the UNet's sample shape, scaled to the scheduler's initial noise level."""
+    def prepare_latents(
+        self,
+        batch_size: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        generator,
+        latents: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Gaussian noise of the UNet's sample shape (or the caller's `latents`, diffusers' way to reproduce or vary
+        one sample), scaled to the scheduler's initial noise level."""
         sample_size = self.unet.config.sample_size
         if isinstance(sample_size, int):
             sample_size = (sample_size, sample_size)
         shape = (batch_size, self.unet.config.in_channels, *sample_size)
-        if device.type == "mps":
+        if latents is not None:
+            if tuple(latents.shape) != shape:
+                raise ValueError(
+                    f"`latents` has shape {tuple(latents.shape)}, but this call starts from noise of shape {shape} "
+                    f"({batch_size} images of the UNet's {self.unet.config.in_channels}x{sample_size[0]}x"
+                    f"{sample_size[1]} samples): pass noise of that shape, or a `generator` instead."
+                )
+            latents = latents.to(device=device, dtype=dtype)
+        elif device.type == "mps":
             # randn does not work reproducibly on mps
             latents = randn_tensor(shape, generator=generator, dtype=dtype).to(device)
         else:
@@ -339,7 +355,10 @@ class ClassConditionalInpaintPipeline(DiffusionPipeline):
 
     # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.postprocess_image
     def postprocess_image(self, sample: torch.Tensor, output_type: str):
-        """Images in [0, 1] from samples in the model's range [-1, 1]: PIL images, a numpy array or a tensor."""
+        """Images in [0, 1] from samples in the model's range [-1, 1]: PIL images, a numpy array or a tensor; with
+        `output_type="latent"` the sample itself, as diffusers' pipelines return it."""
+        if output_type == "latent":
+            return sample
         image = (sample / 2 + 0.5).clamp(0, 1)
         if output_type == "pt":
             return image
@@ -402,6 +421,14 @@ class ClassConditionalInpaintPipeline(DiffusionPipeline):
         """`mask` on the latent grid of a latent model: a latent cell is filled where any pixel of its patch is, so
         that the generated latents cover every pixel to fill."""
         return torch.nn.functional.adaptive_max_pool2d(mask.float(), self.sample_size()).to(mask.dtype)
+
+    @staticmethod
+    def split_batch(image):
+        """A batch as the pipelines return it (a `(B, H, W, C)` array of `output_type="np"`, a `(B, C, H, W)` tensor
+        of `"pt"`) as the list of its images, which is taken as any list is; anything else as it is."""
+        if isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim == 4:
+            return list(image)
+        return image
 
     @staticmethod
     def to_pil(image, argument: str) -> PIL.Image.Image:
@@ -584,6 +611,7 @@ class ClassConditionalInpaintPipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Optional[Callable[["ClassConditionalInpaintPipeline", int, int, Dict], Dict]] = None,
         callback_on_step_end_tensor_inputs: List[str] = ["latents"],
+        num_images_per_prompt: Optional[int] = None,
     ) -> Union[ImagePipelineOutput, Tuple]:
         r"""
         Fill the masked part of `image` so that the whole shows the requested class.
@@ -617,13 +645,16 @@ class ClassConditionalInpaintPipeline(DiffusionPipeline):
             generator (`torch.Generator` or `List[torch.Generator]`, *optional*):
                 Generator(s) that make the completion deterministic; a list gives one generator per image.
             output_type (`str`, *optional*, defaults to `"pil"`):
-                `"pil"`, `"np"` (`(batch, height, width, channels)` in [0, 1]) or `"pt"`.
+                `"pil"`, `"np"` (`(batch, height, width, channels)` in [0, 1]), `"pt"` or `"latent"` (the final
+                sample itself, undecoded, in the model's range).
             return_dict (`bool`, *optional*, defaults to `True`):
                 Return an [`~diffusers.ImagePipelineOutput`] instead of a plain tuple.
             callback_on_step_end (`Callable`, *optional*):
                 Called after each step as `callback_on_step_end(pipe, step_index, timestep, callback_kwargs)`.
             callback_on_step_end_tensor_inputs (`List[str]`, *optional*, defaults to `["latents"]`):
                 The tensors passed to `callback_on_step_end`: `latents`, `model_output`, `pred_original_sample`.
+            num_images_per_prompt (`int`, *optional*):
+                diffusers' name for `num_images_per_label`; when given, it is used.
 
         Examples:
 
@@ -647,6 +678,10 @@ class ClassConditionalInpaintPipeline(DiffusionPipeline):
         if num_inference_steps is None:
             num_inference_steps = self.config.num_inference_steps
 
+        if num_images_per_prompt is not None:
+            num_images_per_label = num_images_per_prompt
+        image = self.split_batch(image)
+        mask_image = self.split_batch(mask_image)
         # 0. Check inputs. Raise an error if not correct
         label_ids = self.check_inputs(
             class_labels,
@@ -722,7 +757,7 @@ class ClassConditionalInpaintPipeline(DiffusionPipeline):
             ).sample
             if branches > 1:
                 model_output_uncond, model_output_cond = model_output.chunk(2)
-                model_output = model_output_uncond + guidance_scale * (model_output_cond - model_output_uncond)
+                model_output = model_output_uncond + self.guidance_scale * (model_output_cond - model_output_uncond)
 
             # compute the previous sample: x_t -> x_t-1
             step_output = self.scheduler.step(model_output, t, latents, **extra_step_kwargs)
@@ -746,9 +781,10 @@ class ClassConditionalInpaintPipeline(DiffusionPipeline):
 
         # 6. Decode the latents (a latent model), put back the known pixels (the input itself), and post-process
         # from [-1, 1] to [0, 1]
-        if self.vae is not None:
+        if self.vae is not None and output_type != "latent":
             latents = self.decode_latents(latents)
-        latents = mask * latents + (1 - mask) * original
+        if self.vae is None or output_type != "latent":  # the known pixels, where the sample is in pixels
+            latents = mask * latents + (1 - mask) * original
         # Copied from pipelines.pipeline_class_conditional_image.ClassConditionalImagePipeline.__call__
         # lines "image = self.postprocess_image(latents, output_type)" to "return ImagePipelineOutput(images=image)"
         image = self.postprocess_image(latents, output_type)

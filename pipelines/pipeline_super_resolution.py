@@ -21,7 +21,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 logger = logging.get_logger(__name__)
 
-OUTPUT_TYPES = ("pil", "np", "pt")
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 # The noise level (in [0, 1]) reaches the UNet through its `class_embed_type="timestep"` embedding, the sinusoidal
 # embedding of the diffusion timestep; scaled by this it spans the same range as the training timesteps.
 NOISE_LEVEL_TIMESTEP_SCALE = 1000
@@ -421,7 +421,10 @@ class SuperResolutionPipeline(DiffusionPipeline):
 
     # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.postprocess_image
     def postprocess_image(self, sample: torch.Tensor, output_type: str):
-        """Images in [0, 1] from samples in the model's range [-1, 1]: PIL images, a numpy array or a tensor."""
+        """Images in [0, 1] from samples in the model's range [-1, 1]: PIL images, a numpy array or a tensor; with
+        `output_type="latent"` the sample itself, as diffusers' pipelines return it."""
+        if output_type == "latent":
+            return sample
         image = (sample / 2 + 0.5).clamp(0, 1)
         if output_type == "pt":
             return image
@@ -475,8 +478,8 @@ class SuperResolutionPipeline(DiffusionPipeline):
             generator (`torch.Generator` or `List[torch.Generator]`, *optional*):
                 Generator(s) that make the output deterministic; a list gives one generator per output image.
             output_type (`str`, *optional*, defaults to `"pil"`):
-                `"pil"`, `"np"` (`(batch, height, width, channels)` in [0, 1]) or `"pt"` (`(batch, channels, height,
-                width)` in [0, 1]).
+                `"pil"`, `"np"` (`(batch, height, width, channels)` in [0, 1]), `"pt"` (`(batch, channels, height,
+                width)` in [0, 1]) or `"latent"` (the final sample itself, in [-1, 1]).
             return_dict (`bool`, *optional*, defaults to `True`):
                 Return an [`~diffusers.ImagePipelineOutput`] instead of a plain tuple.
             callback_on_step_end (`Callable`, *optional*):
@@ -583,7 +586,7 @@ class SuperResolutionPipeline(DiffusionPipeline):
             # classifier-free guidance on the label
             if branches > 1:
                 model_output_uncond, model_output_cond = model_output.chunk(2)
-                model_output = model_output_uncond + guidance_scale * (model_output_cond - model_output_uncond)
+                model_output = model_output_uncond + self.guidance_scale * (model_output_cond - model_output_uncond)
 
             # Copied from pipelines.pipeline_class_conditional_image.ClassConditionalImagePipeline.__call__
             # lines "# compute the previous sample" to "latents = callback_outputs.pop"

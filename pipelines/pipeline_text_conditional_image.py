@@ -20,7 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.get_logger(__name__)
 
-OUTPUT_TYPES = ("pil", "np", "pt")
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 # The class a latent model's folder names when Stable Diffusion's own pipeline can load it (see `save_config`).
 STABLE_DIFFUSION_PIPELINE = "StableDiffusionPipeline"
 # CLIP's context length; sentence encoders allow more, but captions of small datasets are short.
@@ -233,7 +233,15 @@ class TextConditionalImagePipeline(DiffusionPipeline):
         max_length = self.config.max_text_length
         if prompt_embeds is None:
             prompt_embeds = encode_text(self.text_encoder, self.tokenizer, prompt, max_length, device)
-        prompt_embeds = prompt_embeds.to(device=device, dtype=self.unet.dtype)
+        # The UNet's dtype; a pipeline loaded with `unet=None` to encode prompts only takes the encoder's, as Stable
+        # Diffusion does.
+        if self.unet is not None:
+            dtype = self.unet.dtype
+        elif self.text_encoder is not None:
+            dtype = self.text_encoder.dtype
+        else:
+            dtype = prompt_embeds.dtype
+        prompt_embeds = prompt_embeds.to(device=device, dtype=dtype)
         if do_classifier_free_guidance and negative_prompt_embeds is None:
             # The empty prompt is the condition that training's caption dropout taught as "no caption".
             negative_prompt = negative_prompt or [""] * len(prompt_embeds)
@@ -241,7 +249,7 @@ class TextConditionalImagePipeline(DiffusionPipeline):
                 self.text_encoder, self.tokenizer, negative_prompt, max_length, device
             )
         if negative_prompt_embeds is not None:
-            negative_prompt_embeds = negative_prompt_embeds.to(device=device, dtype=self.unet.dtype)
+            negative_prompt_embeds = negative_prompt_embeds.to(device=device, dtype=dtype)
             negative_prompt_embeds = negative_prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
         return prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0), negative_prompt_embeds
 
@@ -390,13 +398,29 @@ class TextConditionalImagePipeline(DiffusionPipeline):
         return model_output  # "sample": the model predicts x_0 itself
 
     # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.prepare_latents
-    def prepare_latents(self, batch_size: int, dtype: torch.dtype, device: torch.device, generator) -> torch.Tensor:
-        """Gaussian noise of the UNet's sample shape, scaled to the scheduler's initial noise level."""
+    def prepare_latents(
+        self,
+        batch_size: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        generator,
+        latents: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Gaussian noise of the UNet's sample shape (or the caller's `latents`, diffusers' way to reproduce or vary
+        one sample), scaled to the scheduler's initial noise level."""
         sample_size = self.unet.config.sample_size
         if isinstance(sample_size, int):
             sample_size = (sample_size, sample_size)
         shape = (batch_size, self.unet.config.in_channels, *sample_size)
-        if device.type == "mps":
+        if latents is not None:
+            if tuple(latents.shape) != shape:
+                raise ValueError(
+                    f"`latents` has shape {tuple(latents.shape)}, but this call starts from noise of shape {shape} "
+                    f"({batch_size} images of the UNet's {self.unet.config.in_channels}x{sample_size[0]}x"
+                    f"{sample_size[1]} samples): pass noise of that shape, or a `generator` instead."
+                )
+            latents = latents.to(device=device, dtype=dtype)
+        elif device.type == "mps":
             # randn does not work reproducibly on mps
             latents = randn_tensor(shape, generator=generator, dtype=dtype).to(device)
         else:
@@ -414,7 +438,10 @@ class TextConditionalImagePipeline(DiffusionPipeline):
 
     # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.postprocess_image
     def postprocess_image(self, sample: torch.Tensor, output_type: str):
-        """Images in [0, 1] from samples in the model's range [-1, 1]: PIL images, a numpy array or a tensor."""
+        """Images in [0, 1] from samples in the model's range [-1, 1]: PIL images, a numpy array or a tensor; with
+        `output_type="latent"` the sample itself, as diffusers' pipelines return it."""
+        if output_type == "latent":
+            return sample
         image = (sample / 2 + 0.5).clamp(0, 1)
         if output_type == "pt":
             return image
@@ -446,6 +473,7 @@ class TextConditionalImagePipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Optional[Callable[["TextConditionalImagePipeline", int, int, Dict], Dict]] = None,
         callback_on_step_end_tensor_inputs: List[str] = ["latents"],
+        latents: Optional[torch.Tensor] = None,
     ) -> Union[ImagePipelineOutput, Tuple]:
         r"""
         Generate images for text prompts.
@@ -471,7 +499,9 @@ class TextConditionalImagePipeline(DiffusionPipeline):
                 Encoded negative prompts of the same shape as `prompt_embeds`; exclusive with `negative_prompt`.
             output_type (`str`, *optional*, defaults to `"pil"`):
                 `"pil"` (list of `PIL.Image`), `"np"` (`np.ndarray` of shape `(batch, height, width, channels)` in
-                [0, 1]) or `"pt"` (`torch.Tensor` of shape `(batch, channels, height, width)` in [0, 1]).
+                [0, 1]), `"pt"` (`torch.Tensor` of shape `(batch, channels, height, width)` in [0, 1]) or `"latent"`
+                (the final sample itself: a latent model's latents, undecoded; an image-space model's sample in
+                [-1, 1]).
             return_dict (`bool`, *optional*, defaults to `True`):
                 Return an [`~diffusers.ImagePipelineOutput`] instead of a plain tuple.
             callback_on_step_end (`Callable`, *optional*):
@@ -481,6 +511,9 @@ class TextConditionalImagePipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs (`List[str]`, *optional*, defaults to `["latents"]`):
                 The tensors passed to `callback_on_step_end`: `latents`, `model_output`, `pred_original_sample`
                 (what `pipelines.DenoisingFilm` records) and `prompt_embeds`.
+            latents (`torch.Tensor`, *optional*):
+                The starting noise, of the UNet's sample shape for every image of the call, instead of noise drawn
+                from `generator`: diffusers' way to reproduce one sample or vary it.
 
         Examples:
 
@@ -558,7 +591,7 @@ class TextConditionalImagePipeline(DiffusionPipeline):
         self._num_timesteps = len(timesteps)
 
         # 3. Sample the initial noise
-        latents = self.prepare_latents(batch_size, self.unet.dtype, device, generator)
+        latents = self.prepare_latents(batch_size, self.unet.dtype, device, generator, latents)
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator)
 
         # 4. Denoising loop
@@ -576,7 +609,7 @@ class TextConditionalImagePipeline(DiffusionPipeline):
             ).sample
             if branches > 1:
                 model_output_uncond, model_output_cond = model_output.chunk(2)
-                model_output = model_output_uncond + guidance_scale * (model_output_cond - model_output_uncond)
+                model_output = model_output_uncond + self.guidance_scale * (model_output_cond - model_output_uncond)
 
             # compute the previous sample: x_t -> x_t-1
             step_output = self.scheduler.step(model_output, t, latents, **extra_step_kwargs)
@@ -595,8 +628,8 @@ class TextConditionalImagePipeline(DiffusionPipeline):
 
         # 5. Decode the latents (a latent model), and post-process from [-1, 1] to [0, 1]
         # Copied from pipelines.pipeline_class_conditional_image.ClassConditionalImagePipeline.__call__
-        # lines "if self.vae is not None:" to "return ImagePipelineOutput(images=image)"
-        if self.vae is not None:
+        # lines "if self.vae is not None and output_type" to "return ImagePipelineOutput(images=image)"
+        if self.vae is not None and output_type != "latent":
             latents = self.decode_latents(latents)
         image = self.postprocess_image(latents, output_type)
 

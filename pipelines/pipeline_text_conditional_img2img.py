@@ -22,7 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.get_logger(__name__)
 
-OUTPUT_TYPES = ("pil", "np", "pt")
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 # CLIP's context length; sentence encoders allow more, but captions of small datasets are short.
 DEFAULT_MAX_TEXT_LENGTH = 77
 
@@ -199,7 +199,15 @@ class TextConditionalImg2ImgPipeline(DiffusionPipeline):
         max_length = self.config.max_text_length
         if prompt_embeds is None:
             prompt_embeds = encode_text(self.text_encoder, self.tokenizer, prompt, max_length, device)
-        prompt_embeds = prompt_embeds.to(device=device, dtype=self.unet.dtype)
+        # The UNet's dtype; a pipeline loaded with `unet=None` to encode prompts only takes the encoder's, as Stable
+        # Diffusion does.
+        if self.unet is not None:
+            dtype = self.unet.dtype
+        elif self.text_encoder is not None:
+            dtype = self.text_encoder.dtype
+        else:
+            dtype = prompt_embeds.dtype
+        prompt_embeds = prompt_embeds.to(device=device, dtype=dtype)
         if do_classifier_free_guidance and negative_prompt_embeds is None:
             # The empty prompt is the condition that training's caption dropout taught as "no caption".
             negative_prompt = negative_prompt or [""] * len(prompt_embeds)
@@ -207,7 +215,7 @@ class TextConditionalImg2ImgPipeline(DiffusionPipeline):
                 self.text_encoder, self.tokenizer, negative_prompt, max_length, device
             )
         if negative_prompt_embeds is not None:
-            negative_prompt_embeds = negative_prompt_embeds.to(device=device, dtype=self.unet.dtype)
+            negative_prompt_embeds = negative_prompt_embeds.to(device=device, dtype=dtype)
             negative_prompt_embeds = negative_prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
         return prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0), negative_prompt_embeds
 
@@ -357,13 +365,29 @@ class TextConditionalImg2ImgPipeline(DiffusionPipeline):
         return model_output  # "sample": the model predicts x_0 itself
 
     # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.prepare_latents
-    def prepare_latents(self, batch_size: int, dtype: torch.dtype, device: torch.device, generator) -> torch.Tensor:
-        """Gaussian noise of the UNet's sample shape, scaled to the scheduler's initial noise level."""
+    def prepare_latents(
+        self,
+        batch_size: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        generator,
+        latents: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Gaussian noise of the UNet's sample shape (or the caller's `latents`, diffusers' way to reproduce or vary
+        one sample), scaled to the scheduler's initial noise level."""
         sample_size = self.unet.config.sample_size
         if isinstance(sample_size, int):
             sample_size = (sample_size, sample_size)
         shape = (batch_size, self.unet.config.in_channels, *sample_size)
-        if device.type == "mps":
+        if latents is not None:
+            if tuple(latents.shape) != shape:
+                raise ValueError(
+                    f"`latents` has shape {tuple(latents.shape)}, but this call starts from noise of shape {shape} "
+                    f"({batch_size} images of the UNet's {self.unet.config.in_channels}x{sample_size[0]}x"
+                    f"{sample_size[1]} samples): pass noise of that shape, or a `generator` instead."
+                )
+            latents = latents.to(device=device, dtype=dtype)
+        elif device.type == "mps":
             # randn does not work reproducibly on mps
             latents = randn_tensor(shape, generator=generator, dtype=dtype).to(device)
         else:
@@ -381,7 +405,10 @@ class TextConditionalImg2ImgPipeline(DiffusionPipeline):
 
     # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.postprocess_image
     def postprocess_image(self, sample: torch.Tensor, output_type: str):
-        """Images in [0, 1] from samples in the model's range [-1, 1]: PIL images, a numpy array or a tensor."""
+        """Images in [0, 1] from samples in the model's range [-1, 1]: PIL images, a numpy array or a tensor; with
+        `output_type="latent"` the sample itself, as diffusers' pipelines return it."""
+        if output_type == "latent":
+            return sample
         image = (sample / 2 + 0.5).clamp(0, 1)
         if output_type == "pt":
             return image
@@ -420,6 +447,15 @@ class TextConditionalImg2ImgPipeline(DiffusionPipeline):
             array = array[:, :, None]
         tensor = torch.from_numpy(array).permute(2, 0, 1)[None]
         return tensor * 2 - 1
+
+    @staticmethod
+    # Copied from diffkit.pipelines.pipeline_class_conditional_inpaint.ClassConditionalInpaintPipeline.split_batch
+    def split_batch(image):
+        """A batch as the pipelines return it (a `(B, H, W, C)` array of `output_type="np"`, a `(B, C, H, W)` tensor
+        of `"pt"`) as the list of its images, which is taken as any list is; anything else as it is."""
+        if isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim == 4:
+            return list(image)
+        return image
 
     @staticmethod
     # Copied from diffkit.pipelines.pipeline_class_conditional_inpaint.ClassConditionalInpaintPipeline.to_pil
@@ -622,7 +658,8 @@ class TextConditionalImg2ImgPipeline(DiffusionPipeline):
             negative_prompt_embeds (`torch.Tensor`, *optional*):
                 Encoded negative prompts of the same shape as `prompt_embeds`; exclusive with `negative_prompt`.
             output_type (`str`, *optional*, defaults to `"pil"`):
-                `"pil"`, `"np"` (`(batch, height, width, channels)` in [0, 1]) or `"pt"`.
+                `"pil"`, `"np"` (`(batch, height, width, channels)` in [0, 1]), `"pt"` or `"latent"` (the final
+                sample itself, undecoded, in the model's range).
             return_dict (`bool`, *optional*, defaults to `True`):
                 Return an [`~diffusers.ImagePipelineOutput`] instead of a plain tuple.
             callback_on_step_end (`Callable`, *optional*):
@@ -650,6 +687,7 @@ class TextConditionalImg2ImgPipeline(DiffusionPipeline):
         if num_inference_steps is None:
             num_inference_steps = self.config.num_inference_steps
 
+        image = self.split_batch(image)
         # 0. Check inputs. Raise an error if not correct
         num_prompts = self.check_inputs(
             prompt,
@@ -752,7 +790,7 @@ class TextConditionalImg2ImgPipeline(DiffusionPipeline):
             ).sample
             if branches > 1:
                 model_output_uncond, model_output_cond = model_output.chunk(2)
-                model_output = model_output_uncond + guidance_scale * (model_output_cond - model_output_uncond)
+                model_output = model_output_uncond + self.guidance_scale * (model_output_cond - model_output_uncond)
 
             # compute the previous sample: x_t -> x_t-1
             step_output = self.scheduler.step(model_output, t, latents, **extra_step_kwargs)
@@ -771,8 +809,8 @@ class TextConditionalImg2ImgPipeline(DiffusionPipeline):
 
         # 5. Decode the latents (a latent model), and post-process from [-1, 1] to [0, 1]
         # Copied from pipelines.pipeline_class_conditional_image.ClassConditionalImagePipeline.__call__
-        # lines "if self.vae is not None:" to "return ImagePipelineOutput(images=image)"
-        if self.vae is not None:
+        # lines "if self.vae is not None and output_type" to "return ImagePipelineOutput(images=image)"
+        if self.vae is not None and output_type != "latent":
             latents = self.decode_latents(latents)
         image = self.postprocess_image(latents, output_type)
 

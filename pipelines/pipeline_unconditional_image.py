@@ -14,7 +14,7 @@ import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
-OUTPUT_TYPES = ("pil", "np", "pt")
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
 # The step count when neither the call nor the pipeline's config (a distilled student's) gives one.
@@ -152,13 +152,29 @@ class UnconditionalImagePipeline(DiffusionPipeline):
             return alpha_prod**0.5 * sample - (1 - alpha_prod) ** 0.5 * model_output
         return model_output  # "sample": the model predicts x_0 itself
 
-    def prepare_latents(self, batch_size: int, dtype: torch.dtype, device: torch.device, generator) -> torch.Tensor:
-        """Gaussian noise of the UNet's sample shape, scaled to the scheduler's initial noise level."""
+    def prepare_latents(
+        self,
+        batch_size: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        generator,
+        latents: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Gaussian noise of the UNet's sample shape (or the caller's `latents`, diffusers' way to reproduce or vary
+        one sample), scaled to the scheduler's initial noise level."""
         sample_size = self.unet.config.sample_size
         if isinstance(sample_size, int):
             sample_size = (sample_size, sample_size)
         shape = (batch_size, self.unet.config.in_channels, *sample_size)
-        if device.type == "mps":
+        if latents is not None:
+            if tuple(latents.shape) != shape:
+                raise ValueError(
+                    f"`latents` has shape {tuple(latents.shape)}, but this call starts from noise of shape {shape} "
+                    f"({batch_size} images of the UNet's {self.unet.config.in_channels}x{sample_size[0]}x"
+                    f"{sample_size[1]} samples): pass noise of that shape, or a `generator` instead."
+                )
+            latents = latents.to(device=device, dtype=dtype)
+        elif device.type == "mps":
             # randn does not work reproducibly on mps
             latents = randn_tensor(shape, generator=generator, dtype=dtype).to(device)
         else:
@@ -174,12 +190,19 @@ class UnconditionalImagePipeline(DiffusionPipeline):
         return self.vae.decode(latents).sample
 
     def postprocess_image(self, sample: torch.Tensor, output_type: str):
-        """Images in [0, 1] from samples in the model's range [-1, 1]: PIL images, a numpy array or a tensor."""
+        """Images in [0, 1] from samples in the model's range [-1, 1]: PIL images, a numpy array or a tensor; with
+        `output_type="latent"` the sample itself, as diffusers' pipelines return it."""
+        if output_type == "latent":
+            return sample
         image = (sample / 2 + 0.5).clamp(0, 1)
         if output_type == "pt":
             return image
         image = image.cpu().permute(0, 2, 3, 1).float().numpy()
         return self.numpy_to_pil(image) if output_type == "pil" else image
+
+    @property
+    def num_timesteps(self):
+        return self._num_timesteps
 
     @torch.no_grad()
     def __call__(
@@ -191,6 +214,8 @@ class UnconditionalImagePipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Optional[Callable[["UnconditionalImagePipeline", int, int, Dict], Dict]] = None,
         callback_on_step_end_tensor_inputs: List[str] = ["latents"],
+        latents: Optional[torch.Tensor] = None,
+        num_images_per_prompt: Optional[int] = None,
     ) -> Union[ImagePipelineOutput, Tuple]:
         r"""
         Generate images from noise.
@@ -208,7 +233,9 @@ class UnconditionalImagePipeline(DiffusionPipeline):
                 not been measured, so 1000 stays the safe choice with DDPM (DDIM or DPM-Solver: 20-50).
             output_type (`str`, *optional*, defaults to `"pil"`):
                 `"pil"` (list of `PIL.Image`), `"np"` (`np.ndarray` of shape `(batch, height, width, channels)` in
-                [0, 1]) or `"pt"` (`torch.Tensor` of shape `(batch, channels, height, width)` in [0, 1]).
+                [0, 1]), `"pt"` (`torch.Tensor` of shape `(batch, channels, height, width)` in [0, 1]) or `"latent"`
+                (the final sample itself: a latent model's latents, undecoded; an image-space model's sample in
+                [-1, 1]).
             return_dict (`bool`, *optional*, defaults to `True`):
                 Return an [`~diffusers.ImagePipelineOutput`] instead of a plain tuple.
             callback_on_step_end (`Callable`, *optional*):
@@ -219,6 +246,11 @@ class UnconditionalImagePipeline(DiffusionPipeline):
                 The tensors passed to `callback_on_step_end`: `latents` (the sample after the step),
                 `model_output` (the prediction of the step) and `pred_original_sample` (the clean image that
                 prediction implies, in [-1, 1] before clipping; `pipelines.DenoisingFilm` records it).
+            latents (`torch.Tensor`, *optional*):
+                The starting noise, of shape `(batch_size, in_channels, sample_size, sample_size)`, instead of noise
+                drawn from `generator`: diffusers' way to reproduce one sample or vary it.
+            num_images_per_prompt (`int`, *optional*):
+                diffusers' name for `batch_size`; when given, it is used.
 
         Examples:
 
@@ -244,15 +276,18 @@ class UnconditionalImagePipeline(DiffusionPipeline):
         """
         if num_inference_steps is None:
             num_inference_steps = self.config.num_inference_steps or DEFAULT_NUM_INFERENCE_STEPS
+        if num_images_per_prompt is not None:
+            batch_size = num_images_per_prompt
         # 0. Check inputs. Raise an error if not correct
         self.check_inputs(batch_size, num_inference_steps, generator, output_type, callback_on_step_end_tensor_inputs)
 
         # 1. Sample gaussian noise to begin the loop (before the timesteps are set, as DDPMPipeline does)
         device = self._execution_device
-        latents = self.prepare_latents(batch_size, self.unet.dtype, device, generator)
+        latents = self.prepare_latents(batch_size, self.unet.dtype, device, generator, latents)
 
         # 2. Set the timesteps
         self.scheduler.set_timesteps(num_inference_steps, device=device)
+        self._num_timesteps = len(self.scheduler.timesteps)
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator)
 
         # 3. Denoising loop
@@ -280,8 +315,8 @@ class UnconditionalImagePipeline(DiffusionPipeline):
 
         # 4. Decode the latents (a latent model), and post-process from [-1, 1] to [0, 1]
         # Copied from pipelines.pipeline_class_conditional_image.ClassConditionalImagePipeline.__call__
-        # lines "if self.vae is not None:" to "return ImagePipelineOutput(images=image)"
-        if self.vae is not None:
+        # lines "if self.vae is not None and output_type" to "return ImagePipelineOutput(images=image)"
+        if self.vae is not None and output_type != "latent":
             latents = self.decode_latents(latents)
         image = self.postprocess_image(latents, output_type)
 

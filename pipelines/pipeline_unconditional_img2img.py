@@ -21,7 +21,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 logger = logging.get_logger(__name__)
 
-OUTPUT_TYPES = ("pil", "np", "pt")
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
 # The step count when neither the call nor the pipeline's config (a distilled student's) gives one.
@@ -133,13 +133,29 @@ class UnconditionalImg2ImgPipeline(DiffusionPipeline):
         return model_output  # "sample": the model predicts x_0 itself
 
     # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.prepare_latents
-    def prepare_latents(self, batch_size: int, dtype: torch.dtype, device: torch.device, generator) -> torch.Tensor:
-        """Gaussian noise of the UNet's sample shape, scaled to the scheduler's initial noise level."""
+    def prepare_latents(
+        self,
+        batch_size: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        generator,
+        latents: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Gaussian noise of the UNet's sample shape (or the caller's `latents`, diffusers' way to reproduce or vary
+        one sample), scaled to the scheduler's initial noise level."""
         sample_size = self.unet.config.sample_size
         if isinstance(sample_size, int):
             sample_size = (sample_size, sample_size)
         shape = (batch_size, self.unet.config.in_channels, *sample_size)
-        if device.type == "mps":
+        if latents is not None:
+            if tuple(latents.shape) != shape:
+                raise ValueError(
+                    f"`latents` has shape {tuple(latents.shape)}, but this call starts from noise of shape {shape} "
+                    f"({batch_size} images of the UNet's {self.unet.config.in_channels}x{sample_size[0]}x"
+                    f"{sample_size[1]} samples): pass noise of that shape, or a `generator` instead."
+                )
+            latents = latents.to(device=device, dtype=dtype)
+        elif device.type == "mps":
             # randn does not work reproducibly on mps
             latents = randn_tensor(shape, generator=generator, dtype=dtype).to(device)
         else:
@@ -157,7 +173,10 @@ class UnconditionalImg2ImgPipeline(DiffusionPipeline):
 
     # Copied from diffkit.pipelines.pipeline_unconditional_image.UnconditionalImagePipeline.postprocess_image
     def postprocess_image(self, sample: torch.Tensor, output_type: str):
-        """Images in [0, 1] from samples in the model's range [-1, 1]: PIL images, a numpy array or a tensor."""
+        """Images in [0, 1] from samples in the model's range [-1, 1]: PIL images, a numpy array or a tensor; with
+        `output_type="latent"` the sample itself, as diffusers' pipelines return it."""
+        if output_type == "latent":
+            return sample
         image = (sample / 2 + 0.5).clamp(0, 1)
         if output_type == "pt":
             return image
@@ -196,6 +215,15 @@ class UnconditionalImg2ImgPipeline(DiffusionPipeline):
             array = array[:, :, None]
         tensor = torch.from_numpy(array).permute(2, 0, 1)[None]
         return tensor * 2 - 1
+
+    @staticmethod
+    # Copied from diffkit.pipelines.pipeline_class_conditional_inpaint.ClassConditionalInpaintPipeline.split_batch
+    def split_batch(image):
+        """A batch as the pipelines return it (a `(B, H, W, C)` array of `output_type="np"`, a `(B, C, H, W)` tensor
+        of `"pt"`) as the list of its images, which is taken as any list is; anything else as it is."""
+        if isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim == 4:
+            return list(image)
+        return image
 
     @staticmethod
     # Copied from diffkit.pipelines.pipeline_class_conditional_inpaint.ClassConditionalInpaintPipeline.to_pil
@@ -376,6 +404,7 @@ class UnconditionalImg2ImgPipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Optional[Callable[["UnconditionalImg2ImgPipeline", int, int, Dict], Dict]] = None,
         callback_on_step_end_tensor_inputs: List[str] = ["latents"],
+        num_images_per_prompt: Optional[int] = None,
     ) -> Union[ImagePipelineOutput, Tuple]:
         r"""
         Redraw `image` (img2img), or remove the Gaussian noise it carries (denoising).
@@ -396,13 +425,16 @@ class UnconditionalImg2ImgPipeline(DiffusionPipeline):
             generator (`torch.Generator` or `List[torch.Generator]`, *optional*):
                 Generator(s) that make the result deterministic; a list gives one generator per output image.
             output_type (`str`, *optional*, defaults to `"pil"`):
-                `"pil"`, `"np"` (`(batch, height, width, channels)` in [0, 1]) or `"pt"`.
+                `"pil"`, `"np"` (`(batch, height, width, channels)` in [0, 1]), `"pt"` or `"latent"` (the final
+                sample itself, undecoded, in the model's range).
             return_dict (`bool`, *optional*, defaults to `True`):
                 Return an [`~diffusers.ImagePipelineOutput`] instead of a plain tuple.
             callback_on_step_end (`Callable`, *optional*):
                 Called after each step as `callback_on_step_end(pipe, step_index, timestep, callback_kwargs)`.
             callback_on_step_end_tensor_inputs (`List[str]`, *optional*, defaults to `["latents"]`):
                 The tensors passed to `callback_on_step_end`: `latents`, `model_output`, `pred_original_sample`.
+            num_images_per_prompt (`int`, *optional*):
+                diffusers' name for `num_images_per_image`; when given, it is used.
 
         Examples:
 
@@ -420,6 +452,9 @@ class UnconditionalImg2ImgPipeline(DiffusionPipeline):
         """
         if num_inference_steps is None:
             num_inference_steps = self.config.num_inference_steps or DEFAULT_NUM_INFERENCE_STEPS
+        if num_images_per_prompt is not None:
+            num_images_per_image = num_images_per_prompt
+        image = self.split_batch(image)
         # 0. Check inputs. Raise an error if not correct
         batch_size = self.check_inputs(
             image,
@@ -497,8 +532,8 @@ class UnconditionalImg2ImgPipeline(DiffusionPipeline):
 
         # 4. Decode the latents (a latent model), and post-process from [-1, 1] to [0, 1]
         # Copied from pipelines.pipeline_class_conditional_image.ClassConditionalImagePipeline.__call__
-        # lines "if self.vae is not None:" to "return ImagePipelineOutput(images=image)"
-        if self.vae is not None:
+        # lines "if self.vae is not None and output_type" to "return ImagePipelineOutput(images=image)"
+        if self.vae is not None and output_type != "latent":
             latents = self.decode_latents(latents)
         image = self.postprocess_image(latents, output_type)
 

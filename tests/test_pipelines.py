@@ -129,7 +129,7 @@ def test_unconditional_save_load_round_trip(tiny_unet2d, tmp_path):
         ({"batch_size": 0}, "`batch_size`"),
         ({"num_inference_steps": 0}, "`num_inference_steps`"),
         ({"generator": [torch.Generator()] * 3, "batch_size": 2}, "`generator`"),
-        ({"output_type": "latent"}, "`output_type`"),
+        ({"output_type": "jpg"}, "`output_type`"),
     ],
 )
 def test_unconditional_check_inputs(tiny_unet2d, kwargs, message):
@@ -292,7 +292,7 @@ def test_generator_list_gives_per_image_reproducibility(tiny_condition_unet):
         ({"guidance_scale": math.nan}, "`guidance_scale` must be a finite number >= 0, but is nan"),
         ({"guidance_scale": math.inf}, "`guidance_scale` must be a finite number >= 0, but is inf"),
         ({"generator": [torch.Generator()] * 3}, "`generator` is a list of 3 generators, but 2 images"),
-        ({"output_type": "latent"}, "`output_type` must be one of"),
+        ({"output_type": "jpg"}, "`output_type` must be one of"),
         ({"num_images_per_label": 0}, "`num_images_per_label` must be a positive integer"),
         ({"callback_on_step_end_tensor_inputs": ["noise"]}, "`callback_on_step_end_tensor_inputs`"),
     ],

@@ -207,7 +207,7 @@ def test_a_square_input_of_another_size_is_resized_with_a_warning(caplog):
         ({"class_labels": 1}, "trained without class labels"),
         ({"num_inference_steps": 0}, "`num_inference_steps` must be a positive integer"),
         ({"num_images_per_image": 0}, "`num_images_per_image` must be a positive integer"),
-        ({"output_type": "latent"}, "`output_type` must be one of"),
+        ({"output_type": "jpg"}, "`output_type` must be one of"),
     ],
 )
 def test_bad_input_is_refused_before_the_unet_runs(kwargs, message):

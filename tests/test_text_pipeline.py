@@ -158,7 +158,7 @@ def test_long_prompts_are_cut_with_a_warning_that_quotes_the_cut(pipe, caplog):
         ({"guidance_scale": -1.0}, "`guidance_scale` must be a finite number >= 0, but is -1.0"),
         ({"guidance_scale": float("nan")}, "`guidance_scale` must be a finite number >= 0, but is nan"),
         ({"generator": [torch.Generator()] * 3}, "`generator` is a list of 3 generators, but 2 images"),
-        ({"output_type": "latent"}, "`output_type` must be one of"),
+        ({"output_type": "jpg"}, "`output_type` must be one of"),
         ({"callback_on_step_end_tensor_inputs": ["noise"]}, "`callback_on_step_end_tensor_inputs` contains"),
     ],
 )

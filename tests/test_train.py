@@ -326,15 +326,14 @@ def test_the_flags_that_do_not_change_a_run_are_checked_against_the_parser():
     flags = set().union(*groups.values())
     assert set(NON_RUN_FLAGS) <= flags, f"NON_RUN_FLAGS names no flag: {set(NON_RUN_FLAGS) - flags}"
     # checkpoints, watching and sharing never change what is trained: a new flag there goes into NON_RUN_FLAGS
-    for title in ("checkpoints", "watching a run", "sharing on the Hugging Face Hub"):
+    for title in ("checkpoints", "faults", "watching a run", "sharing on the Hugging Face Hub"):
         assert groups[title] <= set(NON_RUN_FLAGS), (title, groups[title] - set(NON_RUN_FLAGS))
     # what is trained: data, model, optimisation, EMA; of those only where data is cached and how many workers
-    # decode it leave the weights as they are, and --skip_nonfinite until a loss is NaN (a run that one stopped
-    # resumes with it)
+    # decode it leave the weights as they are
     trained = (
         groups["data"] | groups["model and noise schedule"] | groups["optimisation"] | groups["EMA of the weights"]
     )
-    assert trained & set(NON_RUN_FLAGS) == {"cache_dir", "dataloader_num_workers", "skip_nonfinite"}
+    assert trained & set(NON_RUN_FLAGS) == {"cache_dir", "dataloader_num_workers"}
 
 
 def test_the_parser_defaults_are_the_libraries_own():
