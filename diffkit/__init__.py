@@ -17,6 +17,10 @@ import pkgutil
 # link tree, or site-packages) after it, so `diffkit.pipelines` is found there.
 __path__ = pkgutil.extend_path(__path__, __name__)
 
+# Before anything loads diffusers: keep the import-time notices of torchao and torch that no user can act on out of
+# the terminal (training/library_notices.py says which, and why).
+importlib.import_module("diffkit.training.library_notices")
+
 __version__ = importlib.metadata.version("diffkit")
 
 # Imported on first use: the pipelines pull in torch and diffusers, the Stable Diffusion loaders also diffusers' SD

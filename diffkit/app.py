@@ -27,6 +27,8 @@ import os
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
+from diffkit.training.command_line import usage_errors_reported
+
 try:  # diffkit installed: its demo module
     import diffkit  # noqa: F401
 
@@ -203,5 +205,12 @@ def main(argv=None):
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=web_demo.CSS, footer_links=["api"])
 
 
+def command():
+    """`diffkit-app` on the command line: bad input ends it with `diffkit-app: error: ...` and exit status
+    2, without a traceback (training/command_line.py); `main` raises the `ValueError` for Python callers."""
+    with usage_errors_reported("diffkit-app"):
+        main()
+
+
 if __name__ == "__main__":
-    main()
+    command()

@@ -30,6 +30,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from diffkit.model_cards.card import render_model_card
 from diffkit.pipelines import model_kinds
+from diffkit.training.command_line import usage_errors_reported
 
 
 def hub_transport_errors() -> tuple:
@@ -360,5 +361,12 @@ def main(argv=None) -> None:
         print(f"The web demo runs on the Space {space_commit.repo_url.repo_id}: {space_commit.repo_url}")
 
 
+def command():
+    """`diffkit-push` on the command line: bad input ends it with `diffkit-push: error: ...` and exit status
+    2, without a traceback (training/command_line.py); `main` raises the `ValueError` for Python callers."""
+    with usage_errors_reported("diffkit-push"):
+        main()
+
+
 if __name__ == "__main__":
-    main()
+    command()

@@ -10,6 +10,7 @@ Defaults: on CUDA, fp16 (the repo's `fp16` weight variant when it has one, else 
 GPU when it fits; on CPU, fp32 with a warning that it is slow. An explicit `device=` or `dtype=` always wins.
 """
 
+import functools
 import importlib.util
 import logging
 import os
@@ -134,12 +135,18 @@ def resolve_device_and_dtype(device=None, dtype=None, quantize: Optional[str] = 
     if dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"`dtype` {dtype} is not supported: use torch.float16, torch.bfloat16 or torch.float32.")
     if device.type == "cpu":
-        warnings.warn(
-            f"Running diffusion on the CPU in {dtype}: expect minutes per image at full resolution. A CUDA GPU with "
-            "the default fp16 is 50-100 times faster.",
-            stacklevel=4,
-        )
+        warn_about_the_cpu_once(dtype)
     return device, dtype
+
+
+@functools.cache
+def warn_about_the_cpu_once(dtype: torch.dtype):
+    """Said once per process and dtype, however many pipelines (a base, a refiner, a ControlNet) load."""
+    warnings.warn(
+        f"Running diffusion on the CPU in {dtype}: expect minutes per image at full resolution. A CUDA GPU with "
+        "the default fp16 is 50-100 times faster.",
+        stacklevel=5,
+    )
 
 
 def is_sdxl(model: str, **from_pretrained_kwargs) -> bool:

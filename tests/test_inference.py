@@ -25,6 +25,7 @@ from diffkit.pipelines.loaders import (
     load_sdxl_refiner,
     load_stable_diffusion,
     resolve_device_and_dtype,
+    warn_about_the_cpu_once,
 )
 
 from .tiny_stable_diffusion import (
@@ -84,8 +85,11 @@ def test_stable_diffusion_dtypes_and_the_fp16_variant(models, caplog):
 
 
 def test_device_and_dtype_defaults_and_errors():
-    with pytest.warns(UserWarning, match="on the CPU"):
+    warn_about_the_cpu_once.cache_clear()
+    with pytest.warns(UserWarning, match="on the CPU") as warned:
         device, dtype = resolve_device_and_dtype()
+        resolve_device_and_dtype()  # a second pipeline (a refiner, a ControlNet): said once
+    assert len([w for w in warned if "on the CPU" in str(w.message)]) == 1
     if not torch.cuda.is_available():
         assert (device.type, dtype) == ("cpu", torch.float32)
         with pytest.raises(ValueError, match="`device` 'cuda' was requested, but torch .* sees no CUDA GPU"):

@@ -18,6 +18,10 @@ The output is an ordinary diffkit pipeline folder of the teacher's class; docs/d
 and `python training/distill.py --help` lists every flag.
 """
 
+# Before diffusers loads: its import-time notices that no user can act on stay out of the log.
+import diffkit.training.library_notices  # noqa: F401
+
+# isort: split
 import argparse
 import inspect
 import itertools

@@ -11,6 +11,10 @@ then saves a `ClassConditionalImagePipeline`, a sample grid, the training config
 `TextConditionalImagePipeline`). Run `python training/train.py --help` for every flag.
 """
 
+# Before diffusers loads: its import-time notices that no user can act on stay out of the log.
+import diffkit.training.library_notices  # noqa: F401
+
+# isort: split
 import contextlib
 import importlib.util
 import itertools
@@ -61,6 +65,7 @@ from diffkit.training.checkpointing import (
     save_checkpoint,
     write_failure_message,
 )
+from diffkit.training.command_line import usage_errors_reported
 from diffkit.training.conditioning import (
     MIN_LOW_RESOLUTION,
     LowResolutionConditioning,
@@ -1224,13 +1229,17 @@ def main(args):
 def run_script(main, parse_args, validate_args, args=None):
     """Run `main` on `args` parsed from the command line (parsed here when None, validated otherwise), and leave no
     process group behind, whatever happens."""
+    # From the command line, bad input ends the script with `SCRIPT: error: ...` and exit status 2, without a
+    # traceback; a Python caller that passes `args` gets the ValueError.
+    reporting = usage_errors_reported() if args is None else contextlib.nullcontext()
     try:
-        if args is None:
-            args = parse_args()
-        else:
-            validate_args(args)
-        with signal_handlers_restored():  # main installs StopSignals' handlers; a caller gets its own back
-            main(args)
+        with reporting:
+            if args is None:
+                args = parse_args()
+            else:
+                validate_args(args)
+            with signal_handlers_restored():  # main installs StopSignals' handlers; a caller gets its own back
+                main(args)
     except Preempted:  # the checkpoint is written and the way to resume logged
         raise SystemExit(PREEMPTED_EXIT_STATUS) from None
     except NonFiniteLossError as error:  # the same on every process: said once

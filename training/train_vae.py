@@ -12,6 +12,10 @@ reconstructions, `training_config.json` with PSNR, SSIM and rFID-MobileNetV2 on 
 card. Run `python training/train_vae.py --help` for every flag.
 """
 
+# Before diffusers loads: its import-time notices that no user can act on stay out of the log.
+import diffkit.training.library_notices  # noqa: F401
+
+# isort: split
 import contextlib
 import importlib.util
 import itertools

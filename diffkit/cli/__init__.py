@@ -65,6 +65,19 @@ def label_argument(label: str):
     return int(label) if label.isdigit() else label
 
 
+def check_class_labels(class_labels, config: dict):
+    """`--class` values against the classes of the model (`num_classes` and `id2label` of its model_index.json),
+    before any weights load."""
+    num_classes, names = config.get("num_classes"), list((config.get("id2label") or {}).values())
+    for label in class_labels or []:
+        value = label_argument(label)
+        in_range = num_classes is None or 0 <= value < num_classes if isinstance(value, int) else value in names
+        if not in_range:
+            ids = f"ids 0-{num_classes - 1}" if num_classes else "ids"
+            known = f"a name of {names} or one of the {ids}" if names else f"one of the {ids}"
+            raise ValueError(f"`--class` {label!r} is not a class of this model: pass {known}.")
+
+
 # Images per pipeline call by default: whole batches are what the processes share, so this is also the finest split.
 DEFAULT_BATCH_SIZE = 8
 

@@ -22,6 +22,7 @@ from diffkit.cli import (
     DEFAULT_BATCH_SIZE,
     add_speed_flags,
     batches_of_this_process,
+    check_class_labels,
     check_conditioning,
     conditioning_of,
     image_generators,
@@ -44,6 +45,7 @@ from diffkit.pipelines.model_kinds import (
     saved_kind_and_task,
 )
 from diffkit.pipelines.stable_diffusion_options import check_quantize
+from diffkit.training.command_line import usage_errors_reported
 
 # torch, diffusers and the pipelines are imported in the functions that use them, so that `--help` and a bad flag
 # answer at once.
@@ -267,6 +269,7 @@ def main(argv=None):
     check_task(args, kind, config)
     conditioning = conditioning_of(kind, config)
     check_conditioning(args, conditioning, "--pipeline")
+    check_class_labels(args.class_labels, config)
     with launched_processes(args.device) as state:
         edit(args, state, kind, saved_task, conditioning)
 
@@ -340,5 +343,12 @@ def edit(args, state, kind: str, saved_task: str, conditioning):
     make_and_save(state, batches, make_batch, path_of, parameters_of, args.out)
 
 
+def command():
+    """`diffkit-edit` on the command line: bad input ends it with `diffkit-edit: error: ...` and exit status
+    2, without a traceback (training/command_line.py); `main` raises the `ValueError` for Python callers."""
+    with usage_errors_reported("diffkit-edit"):
+        main()
+
+
 if __name__ == "__main__":
-    main()
+    command()

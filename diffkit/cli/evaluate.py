@@ -27,6 +27,7 @@ from typing import Dict
 
 from diffkit.pipelines import model_kinds
 from diffkit.training.arguments import conditioning_kind, model_training_args
+from diffkit.training.command_line import usage_errors_reported
 from diffkit.training.metrics import ALL_METRICS
 
 # torch and the evaluation are imported once the arguments are parsed, so that `--help` answers at once.
@@ -176,5 +177,12 @@ def evaluate_and_record(args, state):
         )
 
 
+def command():
+    """`diffkit-evaluate` on the command line: bad input ends it with `diffkit-evaluate: error: ...` and exit status
+    2, without a traceback (training/command_line.py); `main` raises the `ValueError` for Python callers."""
+    with usage_errors_reported("diffkit-evaluate"):
+        main()
+
+
 if __name__ == "__main__":
-    main()
+    command()

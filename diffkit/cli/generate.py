@@ -29,6 +29,7 @@ from diffkit.cli import (
     DEFAULT_BATCH_SIZE,
     add_speed_flags,
     batches_of_this_process,
+    check_class_labels,
     check_conditioning,
     conditioning_of,
     image_generators,
@@ -68,6 +69,7 @@ from diffkit.pipelines.stable_diffusion_options import (
     parse_lora,
     resized_mask,
 )
+from diffkit.training.command_line import usage_errors_reported
 
 # torch, diffusers and the loaders are imported by the functions that run a model, so that `--help` and a bad flag
 # answer at once.
@@ -277,7 +279,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.kind == TEXT_CONDITIONAL and args.family in ("sd", "img2img") and loads_as_stable_diffusion(config):
         args.kind = STABLE_DIFFUSION  # a text-conditional latent run is also a Stable Diffusion folder: run it so
     if args.kind in DIFFKIT_KINDS:
-        return check_diffkit_sampling(args, parser)
+        return check_diffkit_sampling(args, parser, config)
     if args.family is None:
         if args.kind not in (SDXL, STABLE_DIFFUSION):
             raise ValueError(
@@ -329,7 +331,7 @@ def saved_model_config(model: str) -> Optional[dict]:
         return None
 
 
-def check_diffkit_sampling(args, parser) -> argparse.Namespace:
+def check_diffkit_sampling(args, parser, config: dict) -> argparse.Namespace:
     """A diffkit model samples from noise (`diffkit-edit` edits it, with the same task names): the condition flags
     must fit it, and the Stable Diffusion family's flags are refused."""
     if args.family is not None:
@@ -347,6 +349,7 @@ def check_diffkit_sampling(args, parser) -> argparse.Namespace:
         if getattr(args, name) != parser.get_default(name):
             raise ValueError(f"`--{name}` is for the Stable Diffusion family; a diffkit model does not take it.")
     check_conditioning(args, conditioning_of(args.kind, {}), "--model")
+    check_class_labels(args.class_labels, config)
     if args.guidance_scale is not None and not args.guidance_scale >= 0:
         raise ValueError(f"`--guidance_scale` must be >= 0, but is {args.guidance_scale}.")
     return args
@@ -623,5 +626,12 @@ def run_image_task(args, state, batches, options: dict, call_kwargs: dict):
     save_images(state, batches, make_batch, args)
 
 
+def command():
+    """`diffkit-generate` on the command line: bad input ends it with `diffkit-generate: error: ...` and exit status
+    2, without a traceback (training/command_line.py); `main` raises the `ValueError` for Python callers."""
+    with usage_errors_reported("diffkit-generate"):
+        main()
+
+
 if __name__ == "__main__":
-    main()
+    command()

@@ -8,6 +8,7 @@ command.)
 """
 
 from diffkit.training.arguments import build_parser
+from diffkit.training.command_line import usage_errors_reported
 
 
 def main(argv=None):
@@ -18,5 +19,12 @@ def main(argv=None):
     cli(args)
 
 
+def command():
+    """`diffkit-train` on the command line: bad input ends it with `diffkit-train: error: ...` and exit status
+    2, without a traceback (training/command_line.py); `main` raises the `ValueError` for Python callers."""
+    with usage_errors_reported("diffkit-train"):
+        main()
+
+
 if __name__ == "__main__":
-    main()
+    command()
