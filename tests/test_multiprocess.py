@@ -71,7 +71,7 @@ def test_two_process_run_that_fails_mid_training_exits_with_its_error(tmp_path):
     result = launch_two_processes(output_dir, "multi_gpu_flags", "--overwrite_output_dir")
     output = result.stdout + result.stderr
     assert result.returncode == 1, output[-5000:]
-    assert "NotADirectoryError" in output and "checkpoint-2" in output
+    assert "Could not write checkpoint-2" in output and "Not a directory [Errno 20]" in output
     assert "terminate called" not in output and "SIGABRT" not in output
     assert not (output_dir / "model_index.json").exists()
 
