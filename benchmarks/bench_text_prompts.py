@@ -20,7 +20,7 @@ from diffusers.utils import make_image_grid
 
 from diffkit import TextConditionalImagePipeline
 from diffkit.pipelines import model_kinds
-from diffkit.training.arguments import conditioning_kind
+from diffkit.pipelines.model_kinds import conditioning_kind
 from diffkit.training.dataset_loading import MNIST_CAPTION_TEMPLATES, MNIST_LABEL_NAMES
 from diffkit.training.evaluate import real_images, train_classifier
 

@@ -51,7 +51,7 @@ _LAZY_ATTRIBUTES = {
     "task_pipeline": "diffkit.pipelines.loaders",
     "canny_edges": "diffkit.pipelines.canny",
     "pipeline_quantization_config": "diffkit.pipelines.quantization",
-    "push_pipeline_folder": "diffkit.push",
+    "push_pipeline_folder": "diffkit.training.hub",
     "evaluate": "diffkit.training.evaluate",
     "prepare_real_reference": "diffkit.training.evaluate",
     "score": "diffkit.training.evaluate",

@@ -8,7 +8,7 @@ from typing import Optional
 from huggingface_hub import ModelCard, ModelCardData
 
 from diffkit.pipelines import model_kinds
-from diffkit.training.arguments import conditioning_kind, model_training_args
+from diffkit.pipelines.model_kinds import conditioning_kind, model_training_args
 
 # `model_cards/` is installed as package data (see pyproject.toml), so the templates are found in any install.
 PIPELINE_TEMPLATE = "diffkit_pipeline.md"

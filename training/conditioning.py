@@ -26,6 +26,7 @@ from diffusers.utils import make_image_grid
 from PIL import Image
 
 from diffkit.pipelines import model_kinds
+from diffkit.pipelines.model_kinds import conditioning_kind
 from diffkit.pipelines.pipeline_class_conditional_image import ClassConditionalImagePipeline, one_hot_label_states
 from diffkit.pipelines.pipeline_super_resolution import (
     SuperResolutionPipeline,
@@ -36,7 +37,7 @@ from diffkit.pipelines.pipeline_super_resolution import (
 )
 from diffkit.pipelines.pipeline_text_conditional_image import TextConditionalImagePipeline, encode_text
 from diffkit.pipelines.pipeline_unconditional_image import UnconditionalImagePipeline
-from diffkit.training.arguments import DEFAULT_TEXT_ENCODER, conditioning_kind
+from diffkit.training.arguments import DEFAULT_TEXT_ENCODER
 from diffkit.training.dataset_loading import crop_square, resize_shorter_side
 from diffkit.training.evaluate import generate, real_images_from_data
 from diffkit.training.text_conditioning import (

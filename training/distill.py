@@ -44,11 +44,11 @@ from diffkit.model_cards.card import render_model_card
 from diffkit.pipelines import model_kinds
 from diffkit.pipelines.pipeline_class_conditional_image import guidance_scale_embedding, one_hot_label_states
 from diffkit.pipelines.pipeline_text_conditional_image import encode_text
-from diffkit.push import HubPushError, push_pipeline_folder
 from diffkit.training.arguments import build_parser as build_train_parser
 from diffkit.training.conditioning import ClassConditioning, TextConditioning, Unconditional
 from diffkit.training.dataset_loading import INDEX_COLUMN, decode_once, load_training_data
 from diffkit.training.distill_arguments import CONSISTENCY, DEFAULT_GUIDANCE_SCALE_RANGE, GUIDANCE, build_parser
+from diffkit.training.hub import HubPushError, push_pipeline_folder
 from diffkit.training.latents import encode_training_images
 from diffkit.training.output_lock import release_output_dir
 from diffkit.training.preemption import StopSignals

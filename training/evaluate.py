@@ -36,9 +36,8 @@ from accelerate.utils import gather_object
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from diffkit import ClassConditionalImagePipeline, UnconditionalImagePipeline
-from diffkit.pipelines import model_kinds
-from diffkit.training.arguments import conditioning_kind, model_training_args
+from diffkit.pipelines import ClassConditionalImagePipeline, UnconditionalImagePipeline, model_kinds
+from diffkit.pipelines.model_kinds import conditioning_kind, model_training_args
 from diffkit.training.dataset_loading import crop_square, load_training_data, resize_shorter_side
 from diffkit.training.feature_extractors import MobileNetV2Features
 from diffkit.training.metrics import (

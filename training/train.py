@@ -42,14 +42,12 @@ from tqdm.auto import tqdm
 
 from diffkit.model_cards.card import render_model_card
 from diffkit.pipelines import model_kinds
-from diffkit.push import HubPushError, check_repo_id, create_hub_repo, push_checkpoint, push_pipeline_folder
 from diffkit.training.arguments import (
     DEFAULT_MAX_NOISE_LEVEL,
     DEFAULT_TEXT_ENCODER,
     MAX_NONFINITE_IN_A_ROW,
     NON_RUN_FLAGS,
     build_parser,
-    conditioning_kind,
 )
 from diffkit.training.checkpointing import (
     CHECKPOINT_PREFIX,
@@ -91,6 +89,7 @@ from diffkit.training.evaluate import (
     write_metrics,
 )
 from diffkit.training.feature_extractors import MobileNetV2Features
+from diffkit.training.hub import HubPushError, check_repo_id, create_hub_repo, push_checkpoint, push_pipeline_folder
 from diffkit.training.latents import (
     check_vae_args,
     down_factor_of,
@@ -346,7 +345,7 @@ def check_output_dir(args, parser=None):
 def check_same_run(stored_args: dict, args, problem: str, fix: str, parser=None):
     current = json.loads(json.dumps(run_config(args)))
     if "conditioning" in stored_args:  # a run made before --conditioning took the kinds' names
-        stored_args = {**stored_args, "conditioning": conditioning_kind(stored_args["conditioning"])}
+        stored_args = {**stored_args, "conditioning": model_kinds.conditioning_kind(stored_args["conditioning"])}
     # A run made before a flag existed ran with what is now its default: a flag added since (say --max_noise_level)
     # does not make an older checkpoint or output folder a different run.
     defaults = json.loads(json.dumps(run_config((parser or build_parser()).parse_args([]))))

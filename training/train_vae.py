@@ -38,7 +38,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from diffkit.pipelines import model_kinds
-from diffkit.push import push_folder
 from diffkit.training.dataset_loading import (
     decode_once,
     hold_out,
@@ -47,6 +46,7 @@ from diffkit.training.dataset_loading import (
 )
 from diffkit.training.evaluate import real_images_from_data
 from diffkit.training.feature_extractors import MobileNetV2Features
+from diffkit.training.hub import push_folder
 from diffkit.training.latents import down_factor_of
 from diffkit.training.metrics import feature_statistics, frechet_distance
 from diffkit.training.output_lock import check_output_dir_free, release_output_dir

@@ -26,7 +26,7 @@ import os
 from typing import Dict
 
 from diffkit.pipelines import model_kinds
-from diffkit.training.arguments import conditioning_kind, model_training_args
+from diffkit.pipelines.model_kinds import conditioning_kind, model_training_args
 from diffkit.training.command_line import usage_errors_reported
 from diffkit.training.metrics import ALL_METRICS
 
@@ -129,8 +129,8 @@ def main(argv=None):
 
 def evaluate_and_record(args, state):
     """Evaluate with the processes of `state`; the main process writes metrics.json and the card, and prints."""
-    from diffkit.push import MODEL_CARD_NAME, render_folder_card
     from diffkit.training.evaluate import METRICS_NAME, evaluate, write_metrics
+    from diffkit.training.hub import MODEL_CARD_NAME, render_folder_card
 
     card_path = os.path.join(args.output_dir, MODEL_CARD_NAME)
     # The card is rendered again with the new figures only if it is still the one rendered for this folder: one
