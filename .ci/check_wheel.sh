@@ -27,7 +27,7 @@ grep -q '^  diffkit/model_cards/diffkit_pipeline.md$' show.txt
 grep -q '^  diffkit/training/accelerate_configs/multi_cpu.yaml$' show.txt
 
 # the commands, as installed; each answers --help without loading torch, the web demo's without the `app` extra
-for command in diffkit-train diffkit-evaluate diffkit-generate diffkit-edit diffkit-push diffkit-app; do
+for command in diffkit-train diffkit-train-vae diffkit-distill diffkit-evaluate diffkit-generate diffkit-edit diffkit-push diffkit-app; do
   "$work/venv/bin/$command" --help >/dev/null
 done
 

@@ -1,10 +1,10 @@
 """A Gradio web demo for trained diffkit pipelines and the Stable Diffusion, SDXL and ControlNet-canny wrappers.
 
-    diffkit-app --pipeline out
-    diffkit-app --pipeline out my-org/ddpm-mnist --sd stable-diffusion-v1-5/stable-diffusion-v1-5 \\
+    diffkit-app --model out
+    diffkit-app --model out my-org/ddpm-mnist --sd stable-diffusion-v1-5/stable-diffusion-v1-5 \\
         --controlnet lllyasviel/sd-controlnet-canny
 
-Each `--pipeline` (a training `--output_dir`, a `save_pretrained` folder or a Hub repo) gets a tab: pick classes by
+Each `--model` (a training `--output_dir`, a `save_pretrained` folder or a Hub repo) gets a tab: pick classes by
 name (or write a prompt for a text model), set guidance, steps, sampler, seed and the number of images, and watch
 the predicted clean images form with "Show the denoising". Its "Edit an image" section inpaints what you paint over
 an uploaded image, redraws it towards the chosen condition (img2img) or denoises it, streamed the same way. `--sd`,
@@ -62,13 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
+        "--model",
         "--pipeline",
+        dest="model",
         nargs="+",
         action="extend",
         default=[],
         metavar="OUTPUT_DIR_OR_REPO",
         help="diffkit pipelines to demo, one tab each: training --output_dir folders, save_pretrained folders or "
-        "Hub repo ids.",
+        "Hub repo ids (`--pipeline` is its former name).",
     )
     parser.add_argument("--sd", default=None, metavar="MODEL", help="Stable Diffusion model for a text-to-image tab.")
     parser.add_argument("--sdxl", default=None, metavar="MODEL", help="SDXL model for a text-to-image tab.")
@@ -113,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--trust_remote_code",
         action="store_true",
-        help="Run the pipeline code saved in a --pipeline folder or repo. Without it, only pipelines whose class "
+        help="Run the pipeline code saved in a --model folder or repo. Without it, only pipelines whose class "
         "diffkit has installed load; read the code first.",
     )
     parser.add_argument("--device", default=None, help="'cuda', 'cuda:1' or 'cpu'; defaults to CUDA when present.")
@@ -144,13 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv=None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
-    if not (args.pipeline or args.sd or args.sdxl or args.controlnet or args.inpaint or args.upscaler):
+    if not (args.model or args.sd or args.sdxl or args.controlnet or args.inpaint or args.upscaler):
         raise ValueError(
-            "Nothing to demo: pass `--pipeline OUTPUT_DIR` (a training run), or a model with `--sd`, `--sdxl`, "
+            "Nothing to demo: pass `--model OUTPUT_DIR` (a training run), or a model with `--sd`, `--sdxl`, "
             "`--controlnet`, `--inpaint` or `--upscaler`."
         )
-    for model in args.pipeline:
-        check_model_argument(model, "--pipeline")
+    for model in args.model:
+        check_model_argument(model, "--model")
     for argument in ("sd", "sdxl", "vae", "controlnet", "controlnet_base", "inpaint", "upscaler"):
         if getattr(args, argument) is not None:
             check_model_argument(getattr(args, argument), f"--{argument}")

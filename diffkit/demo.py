@@ -96,20 +96,20 @@ def load_diffkit_pipeline(model: str, trust_remote_code: bool = False, device=No
     try:
         model_index = DiffusionPipeline.load_config(model)
     except OSError as error:  # no model_index.json in the folder, or a repo that cannot be found or reached
-        raise ValueError(f"`--pipeline` {model!r} cannot be loaded as a pipeline: {error}") from None
+        raise ValueError(f"`--model` {model!r} cannot be loaded as a pipeline: {error}") from None
     kind, task = model_kinds.saved_kind_and_task(model_index)
     class_name = model_kinds.saved_class_name(model_index)
     module_name = model_index["_class_name"][0] if isinstance(model_index.get("_class_name"), list) else None
     if kind not in model_kinds.DIFFKIT_KINDS:
         raise ValueError(
-            f"`--pipeline` {model!r} holds a {class_name}, not a diffkit pipeline; use `--sd` or `--sdxl` for Stable "
+            f"`--model` {model!r} holds a {class_name}, not a diffkit pipeline; use `--sd` or `--sdxl` for Stable "
             "Diffusion models."
         )
     if DIFFKIT_INSTALLED:
         pipe = model_kinds.pipeline_class(kind, task).from_pretrained(model)
     elif not trust_remote_code:
         raise ValueError(
-            f"`--pipeline` {model!r} needs the code in its {module_name}.py, and diffkit is not installed here to "
+            f"`--model` {model!r} needs the code in its {module_name}.py, and diffkit is not installed here to "
             "load it instead: read that file, then pass `--trust_remote_code`."
         )
     else:
@@ -1072,7 +1072,7 @@ def build_demo(
 def load_models(args) -> Dict:
     """The pipelines named by the arguments, as `build_demo` keywords."""
     diffkit_pipelines = {}
-    for model in args.pipeline:
+    for model in args.model:
         title = pipeline_title(model)
         while title in diffkit_pipelines:  # two folders with the same name
             title += "'"

@@ -66,7 +66,7 @@ def demo_space_files(model_repo_id: str, gradio_version: str) -> Dict[str, bytes
         f"from {SPACE_APP_MODULE} import main\n\n"
         "# The pipeline class is the code diffkit saved beside the weights, hence --trust_remote_code; a Space\n"
         "# serves the public, hence --host 0.0.0.0. Arguments given to this script come after and win.\n"
-        f'main(["--pipeline", "{model_repo_id}", "--trust_remote_code", "--host", "0.0.0.0", *sys.argv[1:]])\n'
+        f'main(["--model", "{model_repo_id}", "--trust_remote_code", "--host", "0.0.0.0", *sys.argv[1:]])\n'
     )
     requirements = f"torch\ndiffusers=={importlib.metadata.version('diffusers')}\ntransformers\nsafetensors\n"
     card = (
@@ -106,7 +106,7 @@ def push_demo_space(
     Create (or update) a Gradio Space that runs diffkit's web demo on the pipeline pushed to `model_repo_id`.
 
     The Space holds `diffkit_app.py` and `diffkit_demo.py` (this package's `diffkit/app.py` and `diffkit/demo.py`,
-    unchanged), an `app.py` that calls the first one's `main(["--pipeline", model_repo_id, "--trust_remote_code",
+    unchanged), an `app.py` that calls the first one's `main(["--model", model_repo_id, "--trust_remote_code",
     ...])`, the editing pipelines' files, a `requirements.txt` and a card whose
     `sdk_version` is the installed Gradio. A private model needs an `HF_TOKEN` secret in the Space's settings.
 

@@ -113,8 +113,8 @@ def test_help_explains_every_option(capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        ([], "Nothing to demo: pass `--pipeline OUTPUT_DIR`"),
-        (["--pipeline", "no/such/folder"], "`--pipeline` 'no/such/folder' is neither a folder nor a Hub repo id"),
+        ([], "Nothing to demo: pass `--model OUTPUT_DIR`"),
+        (["--pipeline", "no/such/folder"], "`--model` 'no/such/folder' is neither a folder nor a Hub repo id"),
         (["--sd", "bad repo id"], "`--sd` 'bad repo id' is neither a folder nor a Hub repo id"),
         (["--pipeline", ".", "--port", "70000"], "`--port` 70000 is not a TCP port"),
         (["--pipeline", ".", "--num_threads", "0"], "`--num_threads` must be a positive integer"),
@@ -171,7 +171,7 @@ def test_inpaint_and_upscaler_models_load_with_their_loaders(tmp_path):
 
 
 def test_a_folder_that_is_not_a_pipeline_is_named_in_the_error(tmp_path):
-    with pytest.raises(ValueError, match=f"`--pipeline` '{tmp_path}' cannot be loaded as a pipeline: .*model_index"):
+    with pytest.raises(ValueError, match=f"`--model` '{tmp_path}' cannot be loaded as a pipeline: .*model_index"):
         load_diffkit_pipeline(str(tmp_path))
 
 

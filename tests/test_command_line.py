@@ -43,7 +43,7 @@ def models(tmp_path_factory):
 
 
 BAD_INPUT = {
-    "steps 0": (["diffkit-generate", "--steps", "0"], "`--steps` must be a positive integer, but is 0."),
+    "steps 0": (["diffkit-generate", "--steps", "0"], "`--num_inference_steps` must be a positive integer, but is 0."),
     "missing model": (["diffkit-generate", "--model", "/nonexistent", "--class", "1"], "`--model` '/nonexistent'"),
     "unknown class": (["diffkit-generate", "--model", "{class}", "--class", "eleven"], "`--class` 'eleven'"),
     "lora of a diffkit model": (

@@ -59,7 +59,7 @@ def test_inpaint_end_to_end_keeps_the_known_pixels_and_records_the_parameters(fi
     assert pixels.shape == (SIZE, SIZE)
     np.testing.assert_array_equal(pixels[mask == 0], image[mask == 0])
     assert parameters["task"] == "inpaint" and parameters["class_label"] == "dog" and parameters["image_index"] == 1
-    assert parameters["steps"] == 2 and parameters["seed"] == 0
+    assert parameters["num_inference_steps"] == 2 and parameters["seed"] == 0
 
 
 def test_img2img_and_denoise_end_to_end(files):
@@ -90,8 +90,8 @@ def test_help_explains_every_option():
         (["denoise", "--class", "dog"], "`--noise_level` must be given for denoise"),
         (["denoise", "--class", "dog", "--noise_level", "-1"], "as a number >= 0"),
         (["img2img", "--class", "dog", "--noise_level", "0.2"], "`--noise_level` only applies to denoise"),
-        (["img2img", "--class", "dog", "--steps", "0"], "`--steps` must be a positive integer, but is 0"),
-        (["img2img", "--class", "unicorn"], "unknown label name 'unicorn'"),
+        (["img2img", "--class", "dog", "--steps", "0"], "`--num_inference_steps` must be a positive integer, but is 0"),
+        (["img2img", "--class", "unicorn"], "`--class` 'unicorn' is not a class of this model"),
     ],
 )
 def test_bad_input_is_a_clear_error(files, argv, message):

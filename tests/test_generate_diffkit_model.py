@@ -31,7 +31,11 @@ def test_a_class_model_samples_each_class_with_its_settings_in_the_png(files, ca
         parameters = json.loads(png.text[PNG_METADATA_KEY])
         served = np.asarray(png)
     assert parameters["class_label"] == "dog" and parameters["image_index"] == 1 and parameters["seed"] == 3
-    assert parameters["image_seed"] == 4 and parameters["steps"] == 2 and parameters["kind"] == "class_conditional"
+    assert (
+        parameters["image_seed"] == 4
+        and parameters["num_inference_steps"] == 2
+        and parameters["kind"] == "class_conditional"
+    )
     # the pipeline's own images, image i (classes in turn) from the CPU generator of --seed + i, in one batch, at its
     # saved guidance scale
     pipe = ClassConditionalImagePipeline.from_pretrained(files / "model")
@@ -70,7 +74,7 @@ def test_text_and_unconditional_models_sample_too(files, clip_tokenizer, tiny_un
         (None, ["--class", "dog", "--width", "64"], "`--width` is for the Stable Diffusion family"),
         (None, ["--class", "dog", "--scheduler", "unipc"], "`--scheduler` is for the Stable Diffusion family"),
         (None, ["--class", "dog", "--guidance_scale", "-1"], "`--guidance_scale` must be >= 0"),
-        ("img2img", ["--class", "dog"], "`img2img` on it is `diffkit-edit img2img --pipeline"),
+        ("img2img", ["--class", "dog"], "`img2img` on it is `diffkit-edit img2img --model"),
     ],
 )
 def test_what_does_not_fit_a_diffkit_model_is_refused_before_loading(files, task, argv, message, monkeypatch):  # noqa: F811
@@ -89,7 +93,7 @@ def test_a_super_resolution_stage_points_to_diffkit_edit_upscale(super_resolutio
 def test_without_a_task_a_stable_diffusion_folder_runs_as_sd(tmp_path):
     save_tiny_stable_diffusion(tmp_path / "sd")
     args = parse_args(["--model", str(tmp_path / "sd"), "--prompt", "a cat", "--out", str(tmp_path / "out")])
-    assert (args.family, args.steps, args.guidance_scale) == ("sd", 30, 7.5)
+    assert (args.family, args.num_inference_steps, args.guidance_scale) == ("sd", 30, 7.5)
     with pytest.raises(ValueError, match="`sd` needs `--prompt`"):
         parse_args(["--model", str(tmp_path / "sd"), "--out", str(tmp_path / "out")])
     with pytest.raises(ValueError, match="Name a task .* or pass `--model`"):

@@ -352,8 +352,8 @@ def test_generate_help_explains_every_option():
     [
         (["sd", "--width", "65"], "`--width` 65 must be a positive multiple of 8 \\(e.g. 64\\)"),
         (["sd", "--height", "0"], "`--height` 0 must be a positive multiple of 8"),
-        (["sd", "--steps", "0"], "`--steps` must be a positive integer"),
-        (["sd", "--steps", "-3"], "`--steps` must be a positive integer"),
+        (["sd", "--steps", "0"], "`--num_inference_steps` must be a positive integer"),
+        (["sd", "--steps", "-3"], "`--num_inference_steps` must be a positive integer"),
         (["controlnet-canny"], "needs `--image PHOTO`"),
         (["sd", "--refiner", "a/b"], "`--refiner` works with the sdxl family only"),
         (["sdxl", "--refiner_switch", "1.0"], "`--refiner_switch` must be in \\(0, 1\\)"),

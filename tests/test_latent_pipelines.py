@@ -282,7 +282,7 @@ def test_diffkit_edit_takes_a_latent_folder_and_refuses_to_denoise_before_loadin
     assert Image.open(tmp_path / "out" / "inpaint-1-seed0-0.png").size == (IMAGE_SIDE, IMAGE_SIDE)
     loads = []
     monkeypatch.setattr(ClassConditionalImagePipeline, "from_pretrained", lambda *a, **k: loads.append(a))
-    with pytest.raises(ValueError, match="`denoise` removes pixel noise, which `--pipeline` .* is a latent model"):
+    with pytest.raises(ValueError, match="`denoise` removes pixel noise, which `--model` .* is a latent model"):
         main(["denoise", *common, "--class", "1", "--noise_level", "0.2", "--out", str(tmp_path / "out")])
     assert loads == []
 

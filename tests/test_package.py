@@ -29,6 +29,8 @@ SAVED_BEFORE_NAMESPACE = os.path.join(
 )
 COMMANDS = {
     "diffkit-train": "diffkit.cli.train",
+    "diffkit-train-vae": "diffkit.cli.train_vae",
+    "diffkit-distill": "diffkit.cli.distill",
     "diffkit-evaluate": "diffkit.cli.evaluate",
     "diffkit-generate": "diffkit.cli.generate",
     "diffkit-edit": "diffkit.cli.edit",

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Distil a trained diffkit pipeline, with its classifier-free guidance, into a few-step student.
 
-    accelerate launch --num_cpu_threads_per_process $(nproc) training/distill.py --teacher out --output_dir out-fast
+    accelerate launch --num_cpu_threads_per_process $(nproc) training/distill.py --model out --output_dir out-fast
 
 trains a student of the teacher's architecture, initialised from it, on the teacher's own training data (named in its
 `training_config.json`), at the timesteps of the grid that its `LCMScheduler` samples on. The student reads the
@@ -97,9 +97,9 @@ def validate_args(args):
     """Reject flag values that cannot work, before any data or model is loaded (the teacher's config included)."""
     # Not argparse's `required`: the defaults of every flag must parse from an empty command line, as
     # `check_output_dir` reads them to compare this run with a stored one.
-    for name in ("teacher", "output_dir"):
+    for name, flag in (("teacher", "--model"), ("output_dir", "--output_dir")):
         if getattr(args, name) is None:
-            raise ValueError(f"`--{name}` is required: e.g. `--teacher out --output_dir out-fast`.")
+            raise ValueError(f"`{flag}` is required: e.g. `--model out --output_dir out-fast`.")
     positive = ["train_batch_size", "num_epochs", "gradient_accumulation_steps", "num_inference_steps"]
     positive += ["num_ddim_timesteps", "unet_time_cond_proj_dim", "num_samples_per_class"]
     optional_positive = ("max_train_steps", "checkpointing_steps", "checkpoints_total_limit", "validation_steps")

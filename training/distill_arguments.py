@@ -39,7 +39,7 @@ NON_RUN_DISTILL_FLAGS = ()
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="distill.py",
+        prog="diffkit-distill",
         description=(
             "Distil a trained diffkit pipeline (class-conditional, text-conditional or unconditional, in pixels or a "
             "VAE's latents) into a few-step student of the same architecture, initialised from the teacher, by "
@@ -53,11 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     teacher = parser.add_argument_group("teacher")
     teacher.add_argument(
+        "--model",
         "--teacher",
+        dest="teacher",
+        metavar="MODEL",
         type=str,
         default=None,
-        help="Required. The --output_dir of `training/train.py` (a folder, or a Hub repo of one pushed by diffkit): a "
-        "diffkit pipeline with its training_config.json, whose data the student trains on.",
+        help="Required. The teacher, a trained model as the other commands' --model: the --output_dir of "
+        "`training/train.py` (a folder, or a Hub repo of one pushed by diffkit), a diffkit pipeline with its "
+        "training_config.json, whose data the student trains on (`--teacher` says the same).",
     )
     teacher.add_argument(
         "--cache_dir", type=str, default=None, help="Cache for a Hub teacher and the Hub datasets it trained on."

@@ -32,7 +32,7 @@ NON_RUN_VAE_FLAGS = ("num_held_out",)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="train_vae.py",
+        prog="diffkit-train-vae",
         description=(
             "Train a diffusers AutoencoderKL with accelerate, from scratch or from --pretrained_vae, on the data "
             "train.py takes, with the CompVis loss (L1 + KL + perceptual, and a PatchGAN from --disc_start). The "

@@ -35,7 +35,7 @@ def conditioning_of(kind: str, config: dict):
 
 def check_conditioning(args, conditioning, model_argument: str):
     """The condition flags that the model takes: `--class` for class models, `--prompt` for text models. The model
-    is the value of `model_argument` (`--pipeline`, `--model`), which the messages name."""
+    is the value of `model_argument` (`--model`), which the messages name."""
     model = getattr(args, model_argument.lstrip("-"))
     if conditioning == CLASS_CONDITIONAL and args.class_labels is None:
         raise ValueError(f"`{model_argument}` {model!r} is class-conditional: pass `--class` (e.g. --class seven).")

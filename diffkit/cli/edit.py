@@ -1,11 +1,11 @@
 """Edit an image you already have with a trained diffkit pipeline: inpaint, img2img, denoise, upscale.
 
-    diffkit-edit inpaint --pipeline out --image digit.png --mask mask.png --class eight --out edits
-    diffkit-edit img2img --pipeline out --image three.png --class eight --strength 0.6 --out edits
-    diffkit-edit denoise --pipeline out --image noisy.png --class three --noise_level 0.4 --out edits
-    diffkit-edit img2img --pipeline out-text --image three.png --prompt "a handwritten eight" --out edits
-    diffkit-edit inpaint --pipeline out-uncond --image digit.png --mask mask.png --out edits
-    diffkit-edit upscale --pipeline out-sr --image digit-14px.png --out edits
+    diffkit-edit inpaint --model out --image digit.png --mask mask.png --class eight --output_dir edits
+    diffkit-edit img2img --model out --image three.png --class eight --strength 0.6 --output_dir edits
+    diffkit-edit denoise --model out --image noisy.png --class three --noise_level 0.4 --output_dir edits
+    diffkit-edit img2img --model out-text --image three.png --prompt "a handwritten eight" --output_dir edits
+    diffkit-edit inpaint --model out-uncond --image digit.png --mask mask.png --output_dir edits
+    diffkit-edit upscale --model out-sr --image digit-14px.png --output_dir edits
 
 Class-conditional models take `--class`, text-conditional ones `--prompt`, unconditional ones neither. `upscale` takes
 a super-resolution stage (trained with `--conditioning super_resolution`), the other tasks a generation model.
@@ -70,9 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
         "super-resolution with a stage trained by --conditioning super_resolution.",
     )
     parser.add_argument(
+        "--model",
         "--pipeline",
+        dest="model",
         required=True,
-        help="A diffkit pipeline: a training --output_dir or a Hub repo (loaded with the installed diffkit code).",
+        help="A diffkit pipeline: a training --output_dir or a Hub repo (loaded with the installed diffkit code; "
+        "`--pipeline` is its former name).",
     )
     parser.add_argument(
         "--image", required=True, help="The image to edit (PNG, JPEG, ...); resized to the model's size."
@@ -126,10 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
         "pixel values). upscale: the noise conditioning augmentation level (default: the stage's).",
     )
     parser.add_argument(
+        "--num_inference_steps",
         "--steps",
+        dest="num_inference_steps",
         type=int,
         default=None,
-        help="Denoising steps of the whole schedule; by default the model's saved default (20 for a trained model, "
+        help="Denoising steps of the whole schedule (`--steps` is its former name); by default the model's saved "
+        "default (20 for a trained model, "
         "the few steps of a distilled student).",
     )
     parser.add_argument(
@@ -149,7 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", default=None, help="Where to run: cpu or cuda; by default CUDA when a GPU is present."
     )
     add_speed_flags(parser)
-    parser.add_argument("--out", required=True, help="Folder for the PNGs (created if needed).")
+    parser.add_argument(
+        "--output_dir", "--out", dest="output_dir", required=True,
+        help="Folder for the PNGs (created if needed; `--out` is its former name).",
+    )  # fmt: skip
     return parser
 
 
@@ -199,7 +208,7 @@ def parse_args(argv=None):
         raise ValueError("`--negative_prompt` needs `--prompt` (a text-conditional model) beside it.")
     if args.prompt is not None and not all(prompt.strip() for prompt in args.prompt):
         raise ValueError(f"`--prompt` must not be empty, but is {args.prompt!r}: describe what to edit towards.")
-    for name in ("steps", "num_images", "batch_size", "jump_n_sample", "jump_length"):
+    for name in ("num_inference_steps", "num_images", "batch_size", "jump_n_sample", "jump_length"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"`--{name}` must be a positive integer, but is {getattr(args, name)}.")
     if args.guidance_scale is not None and not args.guidance_scale >= 0:
@@ -221,11 +230,11 @@ def saved_pipeline(name_or_path: str):
     try:
         config = DiffusionPipeline.load_config(name_or_path)
     except OSError as error:  # no model_index.json in the folder, or a repo that cannot be found or reached
-        raise ValueError(f"`--pipeline` {name_or_path!r} cannot be loaded as a pipeline: {error}") from None
+        raise ValueError(f"`--model` {name_or_path!r} cannot be loaded as a pipeline: {error}") from None
     kind, task = saved_kind_and_task(config)
     if kind not in DIFFKIT_KINDS:
         raise ValueError(
-            f"`--pipeline` {name_or_path!r} holds a {saved_class_name(config)}; diffkit-edit works on diffkit "
+            f"`--model` {name_or_path!r} holds a {saved_class_name(config)}; diffkit-edit works on diffkit "
             f"pipelines ({', '.join(DIFFKIT_KINDS)}); for Stable Diffusion use diffkit-generate."
         )
     return kind, task, config
@@ -236,15 +245,15 @@ def check_task(args, kind: str, config: dict):
     if args.task == UPSCALE and kind != SUPER_RESOLUTION:
         raise ValueError(
             f"`upscale` needs a super-resolution stage (trained with --conditioning super_resolution), but "
-            f"`--pipeline` {args.pipeline!r} holds a {saved_class_name(config)}."
+            f"`--model` {args.model!r} holds a {saved_class_name(config)}."
         )
     if args.task != UPSCALE and kind == SUPER_RESOLUTION:
         raise ValueError(
-            f"`--pipeline` {args.pipeline!r} is a super-resolution stage: it can only `upscale`, not {args.task}."
+            f"`--model` {args.model!r} is a super-resolution stage: it can only `upscale`, not {args.task}."
         )
     if args.task == "denoise" and (config.get("vae") or [None])[0] is not None:
         raise ValueError(
-            f"`denoise` removes pixel noise, which `--pipeline` {args.pipeline!r} cannot: it is a latent model (it "
+            f"`denoise` removes pixel noise, which `--model` {args.model!r} cannot: it is a latent model (it "
             "has a `vae`), and pixel noise is not noise in its latents. Redraw the image with `img2img --strength "
             "0.3` instead."
         )
@@ -265,10 +274,10 @@ def check_task(args, kind: str, config: dict):
 
 def main(argv=None):
     args = parse_args(argv)
-    kind, saved_task, config = saved_pipeline(args.pipeline)
+    kind, saved_task, config = saved_pipeline(args.model)
     check_task(args, kind, config)
     conditioning = conditioning_of(kind, config)
-    check_conditioning(args, conditioning, "--pipeline")
+    check_conditioning(args, conditioning, "--model")
     check_class_labels(args.class_labels, config)
     with launched_processes(args.device) as state:
         edit(args, state, kind, saved_task, conditioning)
@@ -288,7 +297,7 @@ def edit(args, state, kind: str, saved_task: str, conditioning):
     # The installed class that the folder names, not the code saved beside the weights: no remote code runs. The
     # task's pipeline then shares its modules (as `from_pipe` would, without casting them to float32).
     device = args.device or state.device
-    pipe = load_for_sampling(pipeline_class(kind, saved_task), args.pipeline, device, args.quantize, args.compile)
+    pipe = load_for_sampling(pipeline_class(kind, saved_task), args.model, device, args.quantize, args.compile)
     pipe.set_progress_bar_config(disable=not state.is_local_main_process)
     with Image.open(args.image) as opened:
         image = opened.copy()
@@ -304,7 +313,9 @@ def edit(args, state, kind: str, saved_task: str, conditioning):
 
     def make_batch(batch):
         kwargs = dict(
-            image=[image] * len(batch), num_inference_steps=args.steps, generator=image_generators(args.seed, batch)
+            image=[image] * len(batch),
+            num_inference_steps=args.num_inference_steps,
+            generator=image_generators(args.seed, batch),
         )
         condition_of = [index // args.num_images for index in batch]
         if conditioning == CLASS_CONDITIONAL:
@@ -325,7 +336,7 @@ def edit(args, state, kind: str, saved_task: str, conditioning):
             return task_pipe(strength=args.strength, **kwargs).images
         return task_pipe(noise_level=args.noise_level, **kwargs).images  # denoise: from the noise's level
 
-    parameters = {k: v for k, v in vars(args).items() if k not in ("out", "device")}
+    parameters = {k: v for k, v in vars(args).items() if k not in ("output_dir", "device")}
 
     def parameters_of(index):
         # the condition of this image: its class, or its one prompt in place of the list
@@ -338,9 +349,9 @@ def edit(args, state, kind: str, saved_task: str, conditioning):
 
     def path_of(index):
         condition = conditions[index // args.num_images]
-        return os.path.join(args.out, f"{args.task}-{condition}-seed{args.seed}-{index % args.num_images}.png")
+        return os.path.join(args.output_dir, f"{args.task}-{condition}-seed{args.seed}-{index % args.num_images}.png")
 
-    make_and_save(state, batches, make_batch, path_of, parameters_of, args.out)
+    make_and_save(state, batches, make_batch, path_of, parameters_of, args.output_dir)
 
 
 def command():

@@ -60,7 +60,12 @@ def parse_args(argv=None):
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("output_dir", help="The --output_dir of a finished training/train.py run.")
+    parser.add_argument(
+        "output_dir", nargs="?", default=None, help="The --output_dir of a finished training/train.py run."
+    )
+    parser.add_argument(
+        "--model", default=None, help="The same folder, named as the other commands name a trained model."
+    )
     parser.add_argument("--num_samples", type=int, default=500, help="Generated images, and real images per set.")
     parser.add_argument(
         "--num_inference_steps", type=int, default=None, help="Sampling steps; the pipeline's default if unset."
@@ -94,6 +99,12 @@ def parse_args(argv=None):
         "$DIFFKIT_CACHE or ~/.cache/diffkit.",
     )
     args = parser.parse_args(argv)
+    if (args.output_dir is None) == (args.model is None):
+        raise ValueError(
+            "Name the finished training run once: `diffkit-evaluate OUTPUT_DIR` or `diffkit-evaluate --model "
+            f"OUTPUT_DIR` (given: {args.output_dir!r} and --model {args.model!r})."
+        )
+    args.output_dir = args.output_dir or args.model
     if not os.path.isfile(os.path.join(args.output_dir, "training_config.json")):
         raise ValueError(
             f"{args.output_dir!r} holds no training_config.json: pass the --output_dir of a finished training run."

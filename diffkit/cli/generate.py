@@ -1,13 +1,13 @@
 """Images from a trained diffkit model, or from text, edges or your own images with the Stable Diffusion family.
 
-    python -m diffkit.cli.generate --model out --class seven --num_images 8 --out images   # a diffkit training run
-    python -m diffkit.cli.generate --model out-text --prompt "a handwritten eight" --out images
-    python -m diffkit.cli.generate sd --prompt "an astronaut riding a horse" --out images
-    python -m diffkit.cli.generate sdxl --prompt "a lion" --vae madebyollin/sdxl-vae-fp16-fix --out images
-    python -m diffkit.cli.generate controlnet-canny --image photo.png --prompt "a robot" --out images
-    python -m diffkit.cli.generate img2img --image photo.png --prompt "a watercolour" --strength 0.6 --out images
-    python -m diffkit.cli.generate inpaint --image photo.png --mask mask.png --prompt "a red scarf" --out images
-    python -m diffkit.cli.generate upscale --image small.png --prompt "a photo of a cat" --out images
+    python -m diffkit.cli.generate --model out --class seven --num_images 8 --output_dir images  # a diffkit run
+    python -m diffkit.cli.generate --model out-text --prompt "a handwritten eight" --output_dir images
+    python -m diffkit.cli.generate sd --prompt "an astronaut riding a horse" --output_dir images
+    python -m diffkit.cli.generate sdxl --prompt "a lion" --vae madebyollin/sdxl-vae-fp16-fix --output_dir images
+    python -m diffkit.cli.generate controlnet-canny --image photo.png --prompt "a robot" --output_dir images
+    python -m diffkit.cli.generate img2img --image photo.png --prompt "a watercolour" --strength 0.6 --output_dir out
+    python -m diffkit.cli.generate inpaint --image photo.png --mask mask.png --prompt "a red scarf" --output_dir images
+    python -m diffkit.cli.generate upscale --image small.png --prompt "a photo of a cat" --output_dir images
 
 Without a task, `--model`'s own model_index.json picks the pipeline: a diffkit class-, text-conditional or
 unconditional model samples with its saved defaults (`--class`, `--prompt` or neither), a Stable Diffusion or SDXL
@@ -95,7 +95,7 @@ STABLE_DIFFUSION_ONLY_FLAGS = (
 DEFAULT_STRENGTH = {"img2img": 0.75, "inpaint": 1.0}
 DEFAULT_NOISE_LEVEL = 20  # the x4 upscaler's own default
 # Arguments that say where and how the images are made, not what they are: left out of each PNG's settings.
-NOT_IMAGE_SETTINGS = ("out", "device")
+NOT_IMAGE_SETTINGS = ("output_dir", "device")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,10 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--low_threshold", type=int, default=100, help="Canny's lower hysteresis threshold.")
     parser.add_argument("--high_threshold", type=int, default=200, help="Canny's upper hysteresis threshold.")
     parser.add_argument(
+        "--num_inference_steps",
         "--steps",
+        dest="num_inference_steps",
         type=int,
         default=None,
-        help=f"Denoising steps; by default {STABLE_DIFFUSION_STEPS} for the Stable Diffusion family and the saved "
+        help=f"Denoising steps (`--steps` is its former name); by default {STABLE_DIFFUSION_STEPS} for the Stable "
+        "Diffusion family and the saved "
         "default of a diffkit model.",
     )
     parser.add_argument(
@@ -255,14 +258,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--fuse_lora", action="store_true", help="Add the --lora adapters into the weights: no cost per step."
     )
-    parser.add_argument("--out", required=True, help="Folder for the PNGs (created if missing).")
+    parser.add_argument(
+        "--output_dir", "--out", dest="output_dir", required=True,
+        help="Folder for the PNGs (created if missing; `--out` is its former name).",
+    )  # fmt: skip
     return parser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("steps", "num_images", "batch_size"):
+    for name in ("num_inference_steps", "num_images", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"`--{name}` must be a positive integer, but is {getattr(args, name)}.")
     if args.family is None and args.model is None:
@@ -291,7 +297,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise ValueError(f"`{args.family}` needs `--prompt`: what to draw.")
     if args.class_labels is not None:
         raise ValueError(f"`--class` needs a class-conditional diffkit model; `{args.family}` takes `--prompt`.")
-    args.steps = args.steps or STABLE_DIFFUSION_STEPS
+    args.num_inference_steps = args.num_inference_steps or STABLE_DIFFUSION_STEPS
     if args.guidance_scale is None:
         args.guidance_scale = STABLE_DIFFUSION_GUIDANCE_SCALE
     for name in ("width", "height"):
@@ -338,12 +344,12 @@ def check_diffkit_sampling(args, parser, config: dict) -> argparse.Namespace:
         task = "upscale" if args.kind == SUPER_RESOLUTION else args.family
         raise ValueError(
             f"`--model` {args.model!r} is a diffkit {args.kind} model: `{args.family}` on it is "
-            f"`diffkit-edit {task} --pipeline {args.model} ...`; without a task, diffkit-generate samples from it."
+            f"`diffkit-edit {task} --model {args.model} ...`; without a task, diffkit-generate samples from it."
         )
     if args.kind == SUPER_RESOLUTION:
         raise ValueError(
             f"`--model` {args.model!r} is a super-resolution stage, which upscales a given image: "
-            f"`diffkit-edit upscale --pipeline {args.model} --image IMAGE ...`."
+            f"`diffkit-edit upscale --model {args.model} --image IMAGE ...`."
         )
     for name in STABLE_DIFFUSION_ONLY_FLAGS:
         if getattr(args, name) != parser.get_default(name):
@@ -367,8 +373,8 @@ def sample_diffkit_model(args, state):
     pipe = load_for_sampling(pipeline_class(args.kind, GENERATE), args.model, device, args.quantize, args.compile)
     pipe.set_progress_bar_config(disable=not state.is_local_main_process)
     kwargs = {}
-    if args.steps is not None:
-        kwargs["num_inference_steps"] = args.steps
+    if args.num_inference_steps is not None:
+        kwargs["num_inference_steps"] = args.num_inference_steps
     if args.guidance_scale is not None:
         kwargs["guidance_scale"] = args.guidance_scale
 
@@ -391,9 +397,9 @@ def sample_diffkit_model(args, state):
 
     def path_of(index):
         condition = conditions[index // args.num_images]
-        return os.path.join(args.out, f"{args.kind}-{condition}-seed{args.seed}-{index % args.num_images}.png")
+        return os.path.join(args.output_dir, f"{args.kind}-{condition}-seed{args.seed}-{index % args.num_images}.png")
 
-    make_and_save(state, batches, make_batch, path_of, parameters_of, args.out)
+    make_and_save(state, batches, make_batch, path_of, parameters_of, args.output_dir)
 
 
 def read_image(path: str, argument: str) -> Image.Image:
@@ -427,7 +433,7 @@ def check_image_task_arguments(args, images: dict):
         return
     if args.strength is None:
         args.strength = DEFAULT_STRENGTH[args.family]
-    check_strength(args.strength, args.steps)
+    check_strength(args.strength, args.num_inference_steps)
     if args.mask_blur < 0:
         raise ValueError(f"`--mask_blur` must be 0 or more pixels, but is {args.mask_blur}.")
     if args.padding_mask_crop is not None and args.padding_mask_crop < 0:
@@ -483,7 +489,7 @@ def run_stable_diffusion(args, state):
     call_kwargs = dict(
         prompt=args.prompt,
         negative_prompt=args.negative_prompt,
-        num_inference_steps=args.steps,
+        num_inference_steps=args.num_inference_steps,
         guidance_scale=args.guidance_scale,
         width=args.width,
         height=args.height,
@@ -539,9 +545,9 @@ def save_images(state, batches, make_batch, args):
         state,
         batches,
         make_batch,
-        lambda index: os.path.join(args.out, f"{args.family}-seed{args.seed}-{index}.png"),
+        lambda index: os.path.join(args.output_dir, f"{args.family}-seed{args.seed}-{index}.png"),
         lambda index: {**parameters, "image_index": index, "image_seed": args.seed + index},
-        args.out,
+        args.output_dir,
     )
 
 
