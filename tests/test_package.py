@@ -6,6 +6,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -201,3 +202,12 @@ def test_every_module_maps_to_one_file_that_an_editor_can_follow():
         assert os.path.realpath(found[0]) == os.path.realpath(source), module
         # and Python imports the same file
         assert os.path.realpath(importlib.util.find_spec(module).origin) == os.path.realpath(source), module
+
+
+def test_committed_results_and_docs_hold_no_progress_bars_or_library_warnings():
+    # benchmark output pasted with its terminal noise: tqdm bars and diffusers' loader warnings are not results
+    noise = re.compile(r"it/s\]|Loading pipeline components|should be kept in float32")
+    for folder in ("benchmarks/results", "docs"):
+        for path in sorted(glob.glob(os.path.join(REPO_ROOT, folder, "*.md"))):
+            noisy = [line for line in open(path, encoding="utf-8") if noise.search(line)]
+            assert not noisy, f"{os.path.relpath(path, REPO_ROOT)}: {noisy[:2]}"
