@@ -27,8 +27,6 @@ import os
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from diffkit.training.command_line import usage_errors_reported
-
 try:  # diffkit installed: its demo module
     import diffkit  # noqa: F401
 
@@ -210,6 +208,9 @@ def main(argv=None):
 def command():
     """`diffkit-app` on the command line: bad input ends it with `diffkit-app: error: ...` and exit status
     2, without a traceback (training/command_line.py); `main` raises the `ValueError` for Python callers."""
+    # imported here: on a Space this file runs without diffkit, and only `main` is called there
+    from diffkit.training.command_line import usage_errors_reported
+
     with usage_errors_reported("diffkit-app"):
         main()
 

@@ -62,7 +62,7 @@ def test_the_space_holds_the_app_unchanged_and_a_launcher(pushed_space):
         assert files["model_kinds.py"] == f.read()  # the kinds' table, which the app reads there
     launcher = files["app.py"].decode()
     assert "from diffkit_app import main" in launcher
-    assert f'main(["--pipeline", "{MODEL_ID}", "--trust_remote_code", "--host", "0.0.0.0", *sys.argv[1:]])' in launcher
+    assert f'main(["--model", "{MODEL_ID}", "--trust_remote_code", "--host", "0.0.0.0", *sys.argv[1:]])' in launcher
     card = files["README.md"].decode()
     assert card.startswith("---\ntitle: space-digits\nsdk: gradio\nsdk_version: ") and f"- {MODEL_ID}\n" in card
     assert "diffusers==" in files["requirements.txt"].decode()
