@@ -45,11 +45,13 @@ class WriteFailed(RuntimeError):
 
 def size_text(size: float) -> str:
     """A size in bytes as a person reads it ("12.4 MB")."""
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+    if size < 1000:
+        return f"{size:.0f} bytes"
+    for unit in ("KB", "MB"):
         size /= 1000
-    raise AssertionError("unreachable")
+        if size < 1000:
+            return f"{size:.1f} {unit}"
+    return f"{size / 1000:.1f} GB"
 
 
 def free_space_text(folder: str) -> str:

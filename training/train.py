@@ -999,9 +999,8 @@ def main(args):
         def seconds_trained():
             return previous_train_seconds + time.time() - start_time
 
-        stop = (
-            StopSignals().install()
-        )  # SIGTERM / SIGUSR1: checkpoint at the next step and exit (training/preemption.py)
+        # SIGTERM / SIGUSR1: checkpoint at the next step and exit (training/preemption.py)
+        stop = StopSignals().install()
         checkpointed = False
         nonfinite_in_a_row = 0
         progress_bar = tqdm(
