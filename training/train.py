@@ -466,9 +466,9 @@ def remove_leftovers(output_dir: str):
 def build_pipeline(unet, noise_scheduler, conditioning):
     """The pipeline that training saves, around `unet` (and, for text conditioning, the frozen text encoder)."""
     # The saved scheduler is DDPM itself, run with 20 steps instead of 1000, chosen from
-    # benchmarks/bench_sampling.py: on the default job at guidance 4 it matches DDPM-1000 in FD-classifier (119.3
-    # against 126.4) and FID-MobileNetV2 (60.2 against 62.1), where DPM-Solver++, UniPC and DDIM at 20 steps land
-    # 19-28% below DDPM-1000's FD-classifier and far above its FID-MobileNetV2 (102-144), i.e. on other images.
+    # benchmarks/bench_sampling.py: on the default job at guidance 4 it matches DDPM-1000 in FD-classifier (125.0
+    # against 126.2) and FID-MobileNetV2 (64.0 against 62.2), where DPM-Solver++, UniPC and DDIM at 20 steps land
+    # 10-15% below DDPM-1000's FD-classifier and at twice its FID-MobileNetV2 (127-139), i.e. on other images.
     # `clip_sample` keeps its clean-image estimates in the data range [-1, 1].
     # A latent model's samples are latents, which may lie outside [-1, 1]: only pixels are clipped. Its timesteps are
     # offset by one, as Stable Diffusion's are (`steps_offset=1`), which StableDiffusionPipeline would impose.
