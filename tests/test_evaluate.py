@@ -57,7 +57,7 @@ def test_evaluate_command_on_a_tiny_model(tiny_run):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    # diffkit-evaluate sets up logging before diffusers imports torchao, so torchao's import notices reach it
+    # diffkit-evaluate sets up logging before diffusers imports torchao: only library_notices' filters keep them out
     assert not [line for line in result.stderr.splitlines() if any(notice in line for notice in NOTICES)], (
         result.stderr
     )
