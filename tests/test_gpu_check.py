@@ -100,7 +100,10 @@ def test_a_failing_row_is_written_down_and_the_check_goes_on(tmp_path, monkeypat
     table = out.read_text()
     assert status == 1 and "1 row(s) failed" in table
     assert "| ours: loader defaults | | | | | | | | failed: OutOfMemoryError: CUDA out of memory" in table
-    assert table.count("| x4 upscaler, 128 -> 512 px |") == 2 and table.count("| 1.00x |") == 2
+    # the baseline row is 1.00x by definition; ours is timed on its own, so its ratio is whatever the CPU gave
+    upscaler_rows = [line for line in table.splitlines() if line.startswith("| x4 upscaler, 128 -> 512 px |")]
+    assert len(upscaler_rows) == 2 and sum("| 1.00x |" in row for row in upscaler_rows) >= 1
+    assert all(re.search(r"\| \d+\.\d\dx \|", row) for row in upscaler_rows), upscaler_rows
     # the file was rewritten after each of the 4 rows (and at the start and the end), each time with one more row
     assert len(snapshots) == 6
     assert [snapshot.count("\n| ") for snapshot in snapshots[:5]] == [2, 3, 4, 5, 6]
