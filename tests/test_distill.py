@@ -21,8 +21,10 @@ from diffkit import (
 )
 from diffkit.pipelines.pipeline_class_conditional_image import guidance_scale_embedding, one_hot_label_states
 from diffkit.training.distill import build_student, guided_teacher_output, parse_args, solver_grid
+from diffkit.training.output_lock import OutputDirInUseError
 
 from .test_checkpointing import assert_same_weights
+from .test_output_lock import start_holder
 from .test_train import write_unet_config
 from .utils import (
     NUM_TEST_CLASSES,
@@ -335,6 +337,17 @@ def test_bad_flags_are_refused_before_any_work(teacher, tmp_path, extra, message
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_args(["--teacher", str(teacher), "--output_dir", str(tmp_path / "out"), *extra])
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_student_folder_that_a_live_run_holds_is_refused_before_any_work(teacher, tmp_path):
+    holder = start_holder(tmp_path / "out")
+    try:
+        with pytest.raises(OutputDirInUseError, match=f"is in use by another training run \\(pid {holder.pid} "):
+            parse_args(["--teacher", str(teacher), "--output_dir", str(tmp_path / "out")])
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 @pytest.mark.slow

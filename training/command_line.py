@@ -34,6 +34,7 @@ def usage_errors_reported(prog: str = None):
     ... except SystemExit as exit:
     ...     print(exit.code)
     2
+
     ```
     """
     try:

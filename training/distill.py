@@ -50,7 +50,7 @@ from diffkit.training.dataset_loading import INDEX_COLUMN, decode_once, load_tra
 from diffkit.training.distill_arguments import CONSISTENCY, DEFAULT_GUIDANCE_SCALE_RANGE, GUIDANCE, build_parser
 from diffkit.training.hub import HubPushError, push_pipeline_folder
 from diffkit.training.latents import encode_training_images
-from diffkit.training.output_lock import release_output_dir
+from diffkit.training.output_lock import check_output_dir_free, release_output_dir
 from diffkit.training.preemption import StopSignals
 from diffkit.training.process_group import collective_failures_named, count_processes, settle_process_group
 from diffkit.training.train import (
@@ -159,6 +159,7 @@ def validate_args(args):
                     f"{args.teacher!r} is {kind}: drop --{name}."
                 )
     check_hub_args(args)
+    check_output_dir_free(args.output_dir)
     check_output_dir(args, build_parser())
 
 

@@ -27,8 +27,12 @@ ACQUIRE_RETRY_SECONDS = 2.0
 ACQUIRE_RETRY_INTERVAL = 0.05
 
 
-class OutputDirInUseError(RuntimeError):
-    """Another live training run holds the output folder."""
+class OutputDirInUseError(ValueError):
+    """Another live training run holds the output folder.
+
+    A `ValueError`, as every check of a flag's value is: whether it is found while the flags are checked or when the
+    run takes the folder, the command reports it as `SCRIPT: error: ...` with exit status 2 and no traceback.
+    """
 
 
 def lock_path(output_dir: str) -> str:

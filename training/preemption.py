@@ -49,6 +49,7 @@ class StopSignals:
     >>> stop.received is None
     True
     >>> stop.restore()
+
     ```
     """
 
@@ -89,6 +90,7 @@ class StopSignals:
         >>> stop = StopSignals()
         >>> stop.interruptible("adding", sum, [1, 2])
         3
+
         ```
         """
         if self.received is not None:

@@ -79,8 +79,9 @@ def collective_failures_named(accelerator, timeout_s: float, last_step: Callable
     ...     with collective_failures_named(accelerator, 5, lambda: 7):
     ...         raise RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 5000ms for recv")
     ... except CollectiveFailure as failure:
-    ...     print(str(failure)[:60])
+    ...     print(str(failure)[:59])
     Process 1 of 2 gave up on the other processes after step 7:
+
     ```
     """
     try:

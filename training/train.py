@@ -102,7 +102,6 @@ from diffkit.training.losses import min_snr_loss_weights, offset_noise, perturbe
 from diffkit.training.metrics import PRECISION_RECALL_K
 from diffkit.training.output_lock import (
     LOCK_NAME,
-    OutputDirInUseError,
     check_output_dir_free,
     hold_output_dir_for_run,
     release_output_dir,
@@ -1244,7 +1243,7 @@ def run_script(main, parse_args, validate_args, args=None):
     except NonFiniteLossError as error:  # the same on every process: said once
         logger.error(str(error))  # no traceback: the message says what happened and what to do
         raise SystemExit(1) from None
-    except (WriteFailed, CollectiveFailure, OutputDirInUseError) as error:  # each process says what it saw
+    except (WriteFailed, CollectiveFailure) as error:  # each process says what it saw
         logger.error(str(error), main_process_only=False)
         raise SystemExit(1) from None
     finally:
