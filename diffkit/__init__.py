@@ -5,7 +5,7 @@ The repository's `pipelines/`, `training/` and `model_cards/` folders install as
 `diffkit.app`). The public classes and functions are importable from here, each on first use, so that a command's
 `--help` does not wait for torch and diffusers:
 
-    >>> from diffkit import ClassConditionalImagePipeline, load_stable_diffusion  # doctest: +SKIP
+    >>> from diffkit import ClassConditionalImagePipeline, load_stable_diffusion
 """
 
 import importlib

@@ -39,7 +39,8 @@ class DenoisingFilm:
     ...               callback_on_step_end_tensor_inputs=film.tensor_inputs).images
     >>> len(film.frames), film.strip().size  # 4 steps; one row per image, one column per step, 4x enlarged
     (4, (128, 64))
-    >>> film.save("film.gif")  # doctest: +SKIP
+    >>> film.save("film.gif")
+    'film.gif'
 
     ```
     """

@@ -416,13 +416,15 @@ class ClassConditionalImagePipeline(DiffusionPipeline):
         >>> import torch
         >>> from diffkit import ClassConditionalImagePipeline
 
-        >>> # out/ is the --output_dir of `accelerate launch training/train.py` (not run by doctest: it needs training)
-        >>> pipe = ClassConditionalImagePipeline.from_pretrained("out/")  # doctest: +SKIP
+        >>> # out/ is the --output_dir of `accelerate launch training/train.py`
+        >>> pipe = ClassConditionalImagePipeline.from_pretrained("out/")
         >>> images = pipe(
         ...     class_labels=[3, "seven"], guidance_scale=4.0, num_inference_steps=50,
         ...     generator=torch.Generator().manual_seed(0),
-        ... ).images  # doctest: +SKIP
-        >>> images[1].save("seven.png")  # doctest: +SKIP
+        ... ).images
+        >>> images[1].save("seven.png")
+        >>> images[1].size
+        (28, 28)
 
         ```
 

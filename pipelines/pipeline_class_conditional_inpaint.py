@@ -662,11 +662,14 @@ class ClassConditionalInpaintPipeline(DiffusionPipeline):
         >>> import torch
         >>> from diffkit import ClassConditionalImagePipeline, ClassConditionalInpaintPipeline
 
-        >>> pipe = ClassConditionalImagePipeline.from_pretrained("out/")  # doctest: +SKIP
-        >>> inpaint = ClassConditionalInpaintPipeline.from_pipe(pipe)  # doctest: +SKIP
-        >>> mask = torch.zeros(1, 28, 28)  # doctest: +SKIP
-        >>> mask[:, 14:] = 1  # fill the bottom half  # doctest: +SKIP
-        >>> images = inpaint(image=digit, mask_image=mask, class_labels=["three", "eight"]).images  # doctest: +SKIP
+        >>> pipe = ClassConditionalImagePipeline.from_pretrained("out/")
+        >>> inpaint = ClassConditionalInpaintPipeline.from_pipe(pipe)  # shares the weights, loads nothing
+        >>> digit = pipe(class_labels="three", generator=torch.Generator().manual_seed(0)).images[0]
+        >>> mask = torch.zeros(1, 28, 28)
+        >>> mask[:, 14:] = 1  # fill the bottom half
+        >>> images = inpaint(image=digit, mask_image=mask, class_labels=["three", "eight"]).images
+        >>> len(images)
+        2
 
         ```
 

@@ -495,11 +495,13 @@ class SuperResolutionPipeline(DiffusionPipeline):
         >>> from diffkit import SuperResolutionPipeline
 
         >>> # sr/ is the --output_dir of `diffkit-train --conditioning super_resolution --low_resolution 14`
-        >>> pipe = SuperResolutionPipeline.from_pretrained("sr/")  # doctest: +SKIP
+        >>> pipe = SuperResolutionPipeline.from_pretrained("sr/")
         >>> from PIL import Image
 
-        >>> small = Image.open("digit-14px.png")  # doctest: +SKIP
-        >>> image = pipe(image=small, generator=torch.Generator().manual_seed(0)).images[0]  # doctest: +SKIP
+        >>> small = Image.open("digit-14px.png")
+        >>> image = pipe(image=small, generator=torch.Generator().manual_seed(0)).images[0]
+        >>> small.size, image.size
+        ((14, 14), (28, 28))
 
         ```
 

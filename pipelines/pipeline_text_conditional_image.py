@@ -521,13 +521,14 @@ class TextConditionalImagePipeline(DiffusionPipeline):
         >>> import torch
         >>> from diffkit import TextConditionalImagePipeline
 
-        >>> # out/ is the --output_dir of a `--conditioning text_conditional` training run (not run by doctest: it
-        >>> # needs training)
-        >>> pipe = TextConditionalImagePipeline.from_pretrained("out/")  # doctest: +SKIP
+        >>> # out-text/ is the --output_dir of a `--conditioning text_conditional` training run
+        >>> pipe = TextConditionalImagePipeline.from_pretrained("out-text/")
         >>> images = pipe(
         ...     ["a handwritten seven", "the digit 3"], negative_prompt="a blurry digit",
         ...     generator=torch.Generator().manual_seed(0),
-        ... ).images  # doctest: +SKIP
+        ... ).images
+        >>> len(images), images[0].size
+        (2, (28, 28))
 
         ```
 

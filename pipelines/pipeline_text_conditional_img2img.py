@@ -671,11 +671,16 @@ class TextConditionalImg2ImgPipeline(DiffusionPipeline):
         Examples:
 
         ```py
+        >>> import torch
         >>> from diffkit import TextConditionalImagePipeline, TextConditionalImg2ImgPipeline
 
-        >>> pipe = TextConditionalImagePipeline.from_pretrained("out-text/")  # doctest: +SKIP
-        >>> img2img = TextConditionalImg2ImgPipeline.from_pipe(pipe)  # doctest: +SKIP
-        >>> eight = img2img("a handwritten eight", image=three, strength=0.6).images[0]  # doctest: +SKIP
+        >>> pipe = TextConditionalImagePipeline.from_pretrained("out-text/")
+        >>> img2img = TextConditionalImg2ImgPipeline.from_pipe(pipe)  # shares the weights, loads nothing
+        >>> generator = torch.Generator().manual_seed(0)
+        >>> three = pipe("a handwritten three", generator=generator).images[0]
+        >>> eight = img2img("a handwritten eight", image=three, strength=0.6, generator=generator).images[0]
+        >>> eight.size
+        (28, 28)
 
         ```
 

@@ -748,11 +748,14 @@ class TextConditionalInpaintPipeline(DiffusionPipeline):
         >>> import torch
         >>> from diffkit import TextConditionalImagePipeline, TextConditionalInpaintPipeline
 
-        >>> pipe = TextConditionalImagePipeline.from_pretrained("out-text/")  # doctest: +SKIP
-        >>> inpaint = TextConditionalInpaintPipeline.from_pipe(pipe)  # doctest: +SKIP
-        >>> mask = torch.zeros(1, 28, 28)  # doctest: +SKIP
-        >>> mask[:, 14:] = 1  # fill the bottom half  # doctest: +SKIP
-        >>> images = inpaint("a handwritten eight", image=digit, mask_image=mask).images  # doctest: +SKIP
+        >>> pipe = TextConditionalImagePipeline.from_pretrained("out-text/")
+        >>> inpaint = TextConditionalInpaintPipeline.from_pipe(pipe)  # shares the weights, loads nothing
+        >>> digit = pipe("a handwritten three", generator=torch.Generator().manual_seed(0)).images[0]
+        >>> mask = torch.zeros(1, 28, 28)
+        >>> mask[:, 14:] = 1  # fill the bottom half
+        >>> images = inpaint("a handwritten eight", image=digit, mask_image=mask).images
+        >>> images[0].size
+        (28, 28)
 
         ```
 

@@ -439,11 +439,18 @@ class UnconditionalImg2ImgPipeline(DiffusionPipeline):
         Examples:
 
         ```py
+        >>> import numpy as np
+        >>> import torch
         >>> from diffkit import UnconditionalImagePipeline, UnconditionalImg2ImgPipeline
 
-        >>> pipe = UnconditionalImagePipeline.from_pretrained("out-uncond/")  # doctest: +SKIP
-        >>> img2img = UnconditionalImg2ImgPipeline.from_pipe(pipe)  # doctest: +SKIP
-        >>> clean = img2img(image=noisy_photo, noise_level=0.2).images[0]  # doctest: +SKIP
+        >>> pipe = UnconditionalImagePipeline.from_pretrained("out-uncond/")
+        >>> img2img = UnconditionalImg2ImgPipeline.from_pipe(pipe)  # shares the weights, loads nothing
+        >>> generator = torch.Generator().manual_seed(0)
+        >>> image = pipe(generator=generator, output_type="np").images  # (1, 28, 28, 1) in [0, 1]
+        >>> noisy_image = (image + np.random.default_rng(0).normal(0, 0.2, image.shape)).clip(0, 1)
+        >>> clean = img2img(image=noisy_image, noise_level=0.2, generator=generator).images[0]
+        >>> clean.size
+        (28, 28)
 
         ```
 

@@ -526,11 +526,17 @@ class UnconditionalInpaintPipeline(DiffusionPipeline):
         Examples:
 
         ```py
+        >>> import torch
         >>> from diffkit import UnconditionalImagePipeline, UnconditionalInpaintPipeline
 
-        >>> pipe = UnconditionalImagePipeline.from_pretrained("out-uncond/")  # doctest: +SKIP
-        >>> inpaint = UnconditionalInpaintPipeline.from_pipe(pipe)  # doctest: +SKIP
-        >>> completed = inpaint(image=photo, mask_image=mask, num_images_per_image=4).images  # doctest: +SKIP
+        >>> pipe = UnconditionalImagePipeline.from_pretrained("out-uncond/")
+        >>> inpaint = UnconditionalInpaintPipeline.from_pipe(pipe)  # shares the weights, loads nothing
+        >>> image = pipe(generator=torch.Generator().manual_seed(0)).images[0]
+        >>> mask = torch.zeros(1, 28, 28)
+        >>> mask[:, :, 14:] = 1  # redraw the right half
+        >>> completed = inpaint(image=image, mask_image=mask, num_images_per_image=4).images
+        >>> len(completed)
+        4
 
         ```
 
