@@ -604,13 +604,14 @@ class ClassConditionalImg2ImgPipeline(DiffusionPipeline):
         >>> pipe = ClassConditionalImagePipeline.from_pretrained("out/")
         >>> img2img = ClassConditionalImg2ImgPipeline.from_pipe(pipe)  # shares the weights, loads nothing
         >>> generator = torch.Generator().manual_seed(0)
-        >>> three = pipe(class_labels="three", generator=generator).images[0]
+        >>> # every output form of a pipeline is a valid input; "np" gives (1, 28, 28, 1) in [0, 1]
+        >>> three = pipe(class_labels="three", generator=generator, output_type="np").images
         >>> eight = img2img(image=three, class_labels="eight", strength=0.6, generator=generator).images[0]
 
-        >>> # Denoising: start at the noise level the image has; every output form of a pipeline is a valid input
-        >>> three = pipe(class_labels="three", generator=generator, output_type="np").images  # (1, 28, 28, 1)
-        >>> noisy_three = (three + np.random.default_rng(0).normal(0, 0.3, three.shape)).clip(0, 1)
-        >>> clean = img2img(image=noisy_three, class_labels="three", noise_level=0.4, generator=generator).images[0]
+        >>> # Denoising starts at the noise level the image has: the noise's std in the pipeline's [-1, 1] range
+        >>> noise_level = 0.4
+        >>> noisy_three = (three + np.random.default_rng(0).normal(0, noise_level / 2, three.shape)).clip(0, 1)
+        >>> clean = img2img(image=noisy_three, class_labels="three", noise_level=noise_level).images[0]
         >>> eight.size, clean.size
         ((28, 28), (28, 28))
 

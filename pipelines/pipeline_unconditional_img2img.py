@@ -447,8 +447,9 @@ class UnconditionalImg2ImgPipeline(DiffusionPipeline):
         >>> img2img = UnconditionalImg2ImgPipeline.from_pipe(pipe)  # shares the weights, loads nothing
         >>> generator = torch.Generator().manual_seed(0)
         >>> image = pipe(generator=generator, output_type="np").images  # (1, 28, 28, 1) in [0, 1]
-        >>> noisy_image = (image + np.random.default_rng(0).normal(0, 0.2, image.shape)).clip(0, 1)
-        >>> clean = img2img(image=noisy_image, noise_level=0.2, generator=generator).images[0]
+        >>> noise_level = 0.2  # the noise's std in the pipeline's [-1, 1] range: half of it in [0, 1]
+        >>> noisy_image = (image + np.random.default_rng(0).normal(0, noise_level / 2, image.shape)).clip(0, 1)
+        >>> clean = img2img(image=noisy_image, noise_level=noise_level, generator=generator).images[0]
         >>> clean.size
         (28, 28)
 
